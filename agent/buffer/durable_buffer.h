@@ -1,0 +1,90 @@
+// DurableBuffer: the agent's SQLite (WAL) store of accepted records, the
+// quarantine of rejected ones, and the batches formed from them.
+//
+// Crash semantics: append() returns (or calls back) only after the records are
+// committed and fsync'd (synchronous=FULL): a crash or power cut after that
+// loses nothing. A batch, once formed, keeps its sequence number and exactly
+// its records across restarts until ack() deletes them; sequence numbers are
+// never reused. Concurrent appends share one transaction and one fsync (group
+// commit). The buffer is bounded in bytes: an append that would pass the bound
+// is refused whole (kResourceExhausted) and nothing of it is stored.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "protocol/batch_codec.h"
+#include "shared/core/status.h"
+
+namespace branchline::agent {
+
+using protocol::WireRecord;   // source, key, ingested_at_us, payload
+using protocol::WireReject;   // source, raw, reasons_json, ingested_at_us
+
+struct BufferOptions {
+  std::filesystem::path path;                 // the SQLite file; created if missing
+  uint64_t max_bytes = 1ull << 30;            // payload + raw bytes held, all states
+  std::chrono::milliseconds checkpoint_interval{1000};  // WAL checkpoint timer
+  size_t max_group_records = 50000;           // most records one group commit takes
+};
+
+struct BatchLimits {
+  size_t max_records = 2000;
+  size_t max_bytes = 512 << 10;  // payload bytes (pre-compression)
+};
+
+// A formed batch as stored: the same seq, created_at and records every time it is loaded.
+struct PendingBatch {
+  uint64_t seq = 0;
+  int64_t created_at_us = 0;
+  std::vector<WireRecord> records;
+  std::vector<WireReject> rejects;
+};
+
+struct BufferStats {
+  uint64_t records = 0;            // accepted records held (batched or not)
+  uint64_t rejects = 0;            // quarantined records not yet reported upstream
+  uint64_t bytes = 0;              // bytes counted against max_bytes
+  uint64_t unbatched_records = 0;  // records + rejects not yet in a batch
+  uint64_t batches = 0;            // formed, unacked batches
+  int64_t oldest_unbatched_us = 0; // ingested_at of the oldest unbatched entry, 0 if none
+  int64_t oldest_unacked_us = 0;   // created_at of the oldest unacked batch, 0 if none
+};
+
+class DurableBuffer {
+ public:
+  // Opens or creates the file, recovers counters and the next batch seq.
+  static Result<std::unique_ptr<DurableBuffer>> open(BufferOptions options);
+  ~DurableBuffer();  // finishes pending appends, checkpoints, closes
+
+  using AppendDone = std::function<void(Status)>;
+  // Queues the entries for the next group commit and returns at once; `done` runs on
+  // the committer thread after the commit's fsync (or with the failure). Must not block.
+  void appendAsync(std::vector<WireRecord> records, std::vector<WireReject> rejects,
+                   AppendDone done);
+  // Blocking form of appendAsync.
+  Status append(std::vector<WireRecord> records, std::vector<WireReject> rejects);
+
+  // Seals the oldest unbatched entries (up to the limits) into a new batch and
+  // returns it; nullopt when nothing is unbatched.
+  Result<std::optional<PendingBatch>> formBatch(const BatchLimits& limits, int64_t now_us);
+  // Formed, unacked batch seqs, oldest first (to resend after a restart).
+  Result<std::vector<uint64_t>> unackedBatches();
+  Result<PendingBatch> loadBatch(uint64_t seq);
+  // Deletes the batch and its entries. Acking an unknown (already acked) seq is OK.
+  Status ack(uint64_t seq);
+
+  BufferStats stats() const;  // cheap: kept in memory, no SQL
+
+ private:
+  DurableBuffer();
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace branchline::agent

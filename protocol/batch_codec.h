@@ -1,0 +1,85 @@
+// Batch and ack codec: turns the agent's batches and the aggregator's acks into
+// MQTT payloads (a versioned Envelope around a zstd-compressed Cap'n Proto
+// message) and back. Decoding treats every byte as hostile: sizes, inflation
+// and Cap'n Proto traversal are bounded by DecodeLimits before any allocation
+// they would cause.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "shared/core/status.h"
+
+namespace branchline::protocol {
+
+inline constexpr uint16_t kFormatVersion = 1;
+
+struct WireRecord {
+  std::string source;
+  std::string key;
+  int64_t ingested_at_us = 0;
+  std::string payload;  // canonical JSON of the normalized record
+  bool operator==(const WireRecord&) const = default;
+};
+
+struct WireReject {
+  std::string source;
+  std::string raw;           // the input as received, as far as it could be read
+  std::string reasons_json;  // [{"field":"email","reason":"not an email address"}]
+  int64_t ingested_at_us = 0;
+  bool operator==(const WireReject&) const = default;
+};
+
+struct WireBatch {
+  std::string agent_id;
+  uint64_t seq = 0;
+  int64_t created_at_us = 0;
+  std::vector<WireRecord> records;
+  std::vector<WireReject> rejects;
+  bool operator==(const WireBatch&) const = default;
+};
+
+enum class AckStatus { kStored, kDuplicate, kRefused };
+
+struct WireAck {
+  std::string agent_id;
+  uint64_t batch_seq = 0;
+  AckStatus status = AckStatus::kStored;
+  uint32_t stored_records = 0;
+  uint32_t duplicate_records = 0;
+  uint32_t rejects = 0;
+  std::string message;
+  std::string aggregator;
+  bool operator==(const WireAck&) const = default;
+};
+
+struct DecodeLimits {
+  size_t max_message_bytes = 16 << 20;    // the MQTT payload as received
+  size_t max_inflated_bytes = 64 << 20;   // the body after decompression
+  uint64_t max_traversal_words = 16 << 20;  // Cap'n Proto read budget (8-byte words)
+  int max_nesting = 16;
+  size_t max_records = 100000;            // records + rejects in one batch
+};
+
+// The envelope header, readable before the body is opened.
+struct EnvelopeHeader {
+  uint16_t format_version = 0;
+  std::string agent_id;
+  uint64_t batch_seq = 0;
+  bool is_ack = false;
+};
+
+// Encodes a batch as an MQTT payload. zstd_level 0 stores the body raw.
+std::string encodeBatch(const WireBatch& batch, int zstd_level = 1);
+// Decodes and validates; kInvalidArgument names what was wrong ("body inflates
+// past 67108864 bytes", "envelope agent `a` does not match batch agent `b`").
+Result<WireBatch> decodeBatch(std::string_view payload, const DecodeLimits& limits = {});
+// Reads only the header (for audit context when the body is refused).
+Result<EnvelopeHeader> peekHeader(std::string_view payload, const DecodeLimits& limits = {});
+
+std::string encodeAck(const WireAck& ack);
+Result<WireAck> decodeAck(std::string_view payload, const DecodeLimits& limits = {});
+
+}  // namespace branchline::protocol

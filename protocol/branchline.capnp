@@ -1,0 +1,73 @@
+# Branchline wire schema, version 1. Every MQTT payload is one Envelope; its
+# body holds a Batch (agent -> aggregators) or an Ack (aggregator -> agent),
+# encoded with `codec` and protected with `cipher`. Fields are only ever added
+# (with new ordinals), never renumbered, so old agents keep working.
+@0x8b006e497840b9c3;
+
+$import "/capnp/c++.capnp".namespace("branchline::wire");
+
+enum Codec {
+  none @0;   # body is the raw Cap'n Proto message
+  zstd @1;   # body is a zstd frame of the Cap'n Proto message
+}
+
+enum Cipher {
+  none @0;              # plaintext (transport security only)
+  x25519Aes256Gcm @1;   # sealed batch (reserved for the security issue)
+}
+
+enum Kind {
+  batch @0;
+  ack @1;
+}
+
+struct Envelope {
+  formatVersion @0 :UInt16;   # 1
+  kind @1 :Kind;
+  codec @2 :Codec;
+  cipher @3 :Cipher;
+  keyId @4 :Text;             # which aggregator key sealed it ("" when cipher = none)
+  agentId @5 :Text;
+  batchSeq @6 :UInt64;
+  rawSize @7 :UInt64;         # size of the body once decoded; checked against limits first
+  body @8 :Data;
+}
+
+struct Record {
+  source @0 :Text;
+  key @1 :Text;               # record key: dedup identity within its source
+  ingestedAt @2 :Int64;       # Unix microseconds when the agent accepted it
+  payload @3 :Text;           # the normalized record, canonical JSON text
+}
+
+struct Reject {
+  source @0 :Text;
+  raw @1 :Text;               # the record as received (as far as it could be read)
+  reasons @2 :Text;           # JSON array of {"field":..,"reason":..}
+  ingestedAt @3 :Int64;
+}
+
+struct Batch {
+  agentId @0 :Text;
+  seq @1 :UInt64;             # per-agent batch sequence, never reused
+  createdAt @2 :Int64;        # Unix microseconds when the batch was formed
+  records @3 :List(Record);
+  rejects @4 :List(Reject);
+}
+
+enum AckStatus {
+  stored @0;      # committed centrally by this delivery
+  duplicate @1;   # already in the ledger: committed by an earlier delivery
+  refused @2;     # could not be accepted (malformed, over a limit); see message
+}
+
+struct Ack {
+  agentId @0 :Text;
+  batchSeq @1 :UInt64;
+  status @2 :AckStatus;
+  storedRecords @3 :UInt32;
+  duplicateRecords @4 :UInt32;
+  rejects @5 :UInt32;
+  message @6 :Text;
+  aggregator @7 :Text;
+}

@@ -1,0 +1,61 @@
+// MQTT client for agents and aggregators, over the Eclipse Paho C++ async
+// client: QoS 1 publish, subscriptions re-made on every reconnect, automatic
+// reconnect with backoff across a list of broker URIs. Callbacks run on Paho's
+// single network thread: they must not block (post work elsewhere).
+//
+// A PUBACK only means the broker has the message; nothing here is a record of
+// truth. Callers keep in flight only what they can re-drive from their own
+// durable state.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "shared/core/status.h"
+
+namespace branchline::mqtt {
+
+struct ClientOptions {
+  std::vector<std::string> broker_uris;   // "tcp://127.0.0.1:1883", tried in order
+  std::string client_id;
+  bool clean_session = true;
+  std::chrono::seconds keepalive{10};
+  std::chrono::milliseconds min_reconnect{250};
+  std::chrono::milliseconds max_reconnect{5000};
+  int max_inflight = 64;                  // Paho's own in-flight window (messages)
+  std::string username;                   // optional
+  std::string password;                   // optional; never logged
+};
+
+struct Message {
+  std::string topic;
+  std::string payload;
+};
+
+using MessageHandler = std::function<void(Message&&)>;
+// connected=true after each (re)connect, once subscriptions are re-made; false on loss.
+using ConnectionHandler = std::function<void(bool connected)>;
+
+class Client {
+ public:
+  Client(ClientOptions options, MessageHandler on_message, ConnectionHandler on_connection);
+  ~Client();  // disconnects, waits for Paho's thread to finish with our callbacks
+
+  // Starts connecting in the background; returns at once. Keeps retrying forever.
+  Status start();
+  // Remembered and re-applied after every reconnect. `filter` may be `$share/g/...`.
+  Status subscribe(const std::string& filter, int qos = 1);
+  // Queues a publish without blocking. kUnavailable while disconnected (nothing queued).
+  Status publish(const std::string& topic, std::string payload, int qos = 1);
+  bool connected() const;
+  void stop();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace branchline::mqtt
