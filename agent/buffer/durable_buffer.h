@@ -16,6 +16,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "protocol/batch_codec.h"
@@ -65,10 +66,15 @@ class DurableBuffer {
   using AppendDone = std::function<void(Status)>;
   // Queues the entries for the next group commit and returns at once; `done` runs on
   // the committer thread after the commit's fsync (or with the failure). Must not block.
+  // A non-empty `token` (e.g. a spool file's identity) is stored in the same
+  // transaction, so hasToken() tells afterwards whether this append committed.
   void appendAsync(std::vector<WireRecord> records, std::vector<WireReject> rejects,
-                   AppendDone done);
+                   AppendDone done, std::string token = {});
   // Blocking form of appendAsync.
-  Status append(std::vector<WireRecord> records, std::vector<WireReject> rejects);
+  Status append(std::vector<WireRecord> records, std::vector<WireReject> rejects,
+                std::string token = {});
+  // Whether an append carrying `token` has committed (tokens are kept 30 days).
+  Result<bool> hasToken(const std::string& token);
 
   // Seals the oldest unbatched entries (up to the limits) into a new batch and
   // returns it; nullopt when nothing is unbatched.
