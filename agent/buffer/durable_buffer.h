@@ -24,14 +24,17 @@
 
 namespace branchline::agent {
 
-using protocol::WireRecord;   // source, key, ingested_at_us, payload
-using protocol::WireReject;   // source, raw, reasons_json, ingested_at_us
+using protocol::WireRecord;  // source, key, ingested_at_us, payload
+using protocol::WireReject;  // source, raw, reasons_json, ingested_at_us
 
 struct BufferOptions {
-  std::filesystem::path path;                 // the SQLite file; created if missing
-  uint64_t max_bytes = 1ull << 30;            // payload + raw bytes held, all states
+  std::filesystem::path path;                           // the SQLite file; created if missing
+  uint64_t max_bytes = 1ull << 30;                      // payload + raw bytes held, all states
   std::chrono::milliseconds checkpoint_interval{1000};  // WAL checkpoint timer
-  size_t max_group_records = 50000;           // most records one group commit takes
+  size_t max_group_records = 50000;                     // most records one group commit takes
+  // Memory held by appends waiting for the committer (payload + raw + per-entry
+  // overhead). Past it appendAsync refuses at once with kResourceExhausted.
+  size_t max_queued_bytes = 64 << 20;
 };
 
 struct BatchLimits {
@@ -48,13 +51,14 @@ struct PendingBatch {
 };
 
 struct BufferStats {
-  uint64_t records = 0;            // accepted records held (batched or not)
-  uint64_t rejects = 0;            // quarantined records not yet reported upstream
-  uint64_t bytes = 0;              // bytes counted against max_bytes
-  uint64_t unbatched_records = 0;  // records + rejects not yet in a batch
-  uint64_t batches = 0;            // formed, unacked batches
-  int64_t oldest_unbatched_us = 0; // ingested_at of the oldest unbatched entry, 0 if none
-  int64_t oldest_unacked_us = 0;   // created_at of the oldest unacked batch, 0 if none
+  uint64_t records = 0;             // accepted records held (batched or not)
+  uint64_t rejects = 0;             // quarantined records not yet reported upstream
+  uint64_t bytes = 0;               // bytes counted against max_bytes
+  uint64_t unbatched_records = 0;   // records + rejects not yet in a batch
+  uint64_t batches = 0;             // formed, unacked batches
+  int64_t oldest_unbatched_us = 0;  // ingested_at of the oldest unbatched entry, 0 if none
+  int64_t oldest_unacked_us = 0;    // created_at of the oldest unacked batch, 0 if none
+  uint64_t commits = 0;             // group-commit transactions since open (one fsync each)
 };
 
 class DurableBuffer {
@@ -66,6 +70,8 @@ class DurableBuffer {
   using AppendDone = std::function<void(Status)>;
   // Queues the entries for the next group commit and returns at once; `done` runs on
   // the committer thread after the commit's fsync (or with the failure). Must not block.
+  // When the queue itself is over max_queued_bytes, or the buffer is closing, `done`
+  // runs at once on the caller's thread with kResourceExhausted / kUnavailable.
   // A non-empty `token` (e.g. a spool file's identity) is stored in the same
   // transaction, so hasToken() tells afterwards whether this append committed.
   void appendAsync(std::vector<WireRecord> records, std::vector<WireReject> rejects,

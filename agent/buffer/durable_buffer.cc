@@ -1,0 +1,1019 @@
+// DurableBuffer on SQLite (WAL, synchronous=FULL, one connection).
+//
+// Schema (version 1):
+//
+//   records(id INTEGER PRIMARY KEY, source TEXT, record_key TEXT,
+//           ingested_at INTEGER  -- Unix µs
+//           payload BLOB)
+//   quarantine(id INTEGER PRIMARY KEY, source TEXT, raw BLOB, reasons TEXT,
+//              ingested_at INTEGER)
+//       `id` is assigned by the committer in arrival order, so every insert lands at
+//       the right edge of the B-tree (LIMITS.md: 3-5x faster than random keys) and the
+//       entries of one batch are one contiguous id range. Ids are never reused: the
+//       next id is max(highest id, last batched id) + 1, so even when every row has
+//       been acked and deleted a new row cannot fall into an already batched range.
+//       payload and raw are BLOBs: length() then counts bytes (the byte bound) and
+//       raw input that is not UTF-8 is kept verbatim.
+//   batches(seq INTEGER PRIMARY KEY, created_at INTEGER,
+//           first_record, last_record, first_reject, last_reject,  -- inclusive id
+//           record_count, reject_count, bytes)                     -- ranges; empty
+//       A batch is its two id ranges; loading it reads them back in id order, so a
+//       retransmission carries the same records. ack deletes the ranges and the row.
+//   meta(id = 1, schema_version, next_batch_seq, last_batched_record,
+//        last_batched_reject)
+//       One row. next_batch_seq is only ever incremented (seqs are never reused, even
+//       after every batch is acked and the process restarts); the two markers are the
+//       highest ids already in a batch, everything above them is unbatched.
+//   tokens(token TEXT PRIMARY KEY, committed_at INTEGER) WITHOUT ROWID
+//       Idempotency tokens of appends (spool files), written in the append's
+//       transaction and pruned after 30 days.
+//
+// Threads: appendAsync() only queues; one committer thread takes everything queued
+// (up to max_group_records) into one transaction and one fsync, then runs the
+// callbacks in order. The forwarder's calls (formBatch, loadBatch, ack) use the same
+// connection under `db_mu`, so there is exactly one writer and no SQLITE_BUSY.
+// Counters for stats() live under their own mutex and never wait for SQL.
+//
+// WAL: automatic checkpoints are off on the hot path; the committer runs a PASSIVE
+// checkpoint every checkpoint_interval (TRUNCATE when the buffer is empty), so the
+// WAL stays bounded and deleted rows do not linger in it. secure_delete=ON zeroes
+// freed pages. locking_mode=EXCLUSIVE: one agent owns the file (a second process
+// opening it gets kUnavailable) and no shared-memory wal-index is needed.
+#include "agent/buffer/durable_buffer.h"
+
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <cassert>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <string_view>
+#include <system_error>
+#include <thread>
+#include <utility>
+
+#include "shared/core/clock.h"
+#include "shared/core/log.h"
+
+namespace branchline::agent {
+namespace {
+
+constexpr int64_t kSchemaVersion = 1;
+constexpr int64_t kTokenRetentionUs = int64_t{30} * 24 * 3600 * 1000000;
+constexpr int64_t kTokenPruneEveryUs = int64_t{3600} * 1000000;
+// Per-entry and per-append bookkeeping counted against max_queued_bytes, so a flood
+// of empty appends is bounded too.
+constexpr size_t kEntryOverhead = sizeof(WireRecord);
+constexpr size_t kAppendOverhead = 256;
+
+struct StmtFinalizer {
+  void operator()(sqlite3_stmt* s) const { sqlite3_finalize(s); }
+};
+using Stmt = std::unique_ptr<sqlite3_stmt, StmtFinalizer>;
+
+struct DbCloser {
+  void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
+};
+using Db = std::unique_ptr<sqlite3, DbCloser>;
+
+// Resets a statement on scope exit: releases its read cursor and forgets the
+// SQLITE_STATIC pointers bound to it before the bound data goes away.
+class StmtUse {
+ public:
+  explicit StmtUse(sqlite3_stmt* s) : s_(s) {}
+  ~StmtUse() {
+    sqlite3_reset(s_);
+    sqlite3_clear_bindings(s_);
+  }
+  StmtUse(const StmtUse&) = delete;
+  StmtUse& operator=(const StmtUse&) = delete;
+  sqlite3_stmt* get() const { return s_; }
+
+ private:
+  sqlite3_stmt* s_;
+};
+
+// The bound data outlives the statement's use (StmtUse clears bindings), so SQLite
+// need not copy it.
+int bindText(sqlite3_stmt* s, int i, std::string_view v) {
+  return sqlite3_bind_text64(s, i, v.data(), v.size(), SQLITE_STATIC, SQLITE_UTF8);
+}
+int bindBlob(sqlite3_stmt* s, int i, std::string_view v) {
+  return sqlite3_bind_blob64(s, i, v.data(), v.size(), SQLITE_STATIC);
+}
+std::string columnString(sqlite3_stmt* s, int i) {
+  const void* p = sqlite3_column_blob(s, i);
+  int n = sqlite3_column_bytes(s, i);
+  return p == nullptr ? std::string() : std::string(static_cast<const char*>(p), size_t(n));
+}
+
+uint64_t appendBytes(const std::vector<WireRecord>& records,
+                     const std::vector<WireReject>& rejects) {
+  uint64_t n = 0;
+  for (const auto& r : records) n += r.payload.size();
+  for (const auto& r : rejects) n += r.raw.size();
+  return n;
+}
+
+struct PendingAppend {
+  std::vector<WireRecord> records;
+  std::vector<WireReject> rejects;
+  DurableBuffer::AppendDone done;
+  std::string token;
+  uint64_t bytes = 0;  // counted against max_bytes
+  size_t cost = 0;     // counted against max_queued_bytes
+  Status status;
+};
+
+}  // namespace
+
+struct DurableBuffer::Impl {
+  BufferOptions options;
+  std::string path;  // for error messages
+
+  // --- guarded by db_mu: the connection, its statements, the id markers ---
+  std::mutex db_mu;
+  Db db;
+  Stmt begin, commit, rollback;
+  Stmt insert_record, insert_reject, insert_token, has_token, prune_tokens;
+  Stmt select_unbatched_records, select_unbatched_rejects;
+  Stmt first_unbatched_record_time, first_unbatched_reject_time;
+  Stmt insert_batch, update_meta, select_batch;
+  Stmt select_records_range, select_rejects_range;
+  Stmt delete_records_range, delete_rejects_range, delete_batch;
+  int64_t next_record_id = 1;
+  int64_t next_reject_id = 1;
+  int64_t last_batched_record = 0;
+  int64_t last_batched_reject = 0;
+  uint64_t next_batch_seq = 1;
+  bool wal_dirty = false;  // written since the last checkpoint
+  int64_t last_token_prune_us = 0;
+
+  // --- guarded by stats_mu: what stats() reports, without SQL ---
+  mutable std::mutex stats_mu;
+  BufferStats counters;  // unbatched_records / oldest_* are derived in stats()
+  uint64_t unbatched_records = 0;
+  uint64_t unbatched_rejects = 0;
+  int64_t oldest_unbatched_record_us = 0;
+  int64_t oldest_unbatched_reject_us = 0;
+  std::map<uint64_t, int64_t> unacked;  // seq -> created_at
+
+  // --- guarded by q_mu: the append queue ---
+  std::mutex q_mu;
+  std::condition_variable q_cv;
+  std::deque<PendingAppend> queue;
+  size_t queued_cost = 0;
+  bool stopping = false;
+
+  std::thread committer;
+  bool committer_started = false;  // open() succeeded
+
+  // ---------------------------------------------------------------- errors
+  Status sqlError(int rc, std::string_view op) const {
+    std::string msg = "buffer ";
+    msg += path;
+    msg += ": ";
+    msg += op;
+    msg += ": ";
+    msg += db ? sqlite3_errmsg(db.get()) : sqlite3_errstr(rc);
+    msg += " (sqlite code " + std::to_string(rc) + ")";
+    switch (rc & 0xff) {
+      case SQLITE_FULL:
+        return Status::exhausted(msg + "; free disk space");
+      case SQLITE_CORRUPT:
+      case SQLITE_NOTADB:
+        return Status::dataLoss(msg);
+      case SQLITE_BUSY:
+      case SQLITE_LOCKED:
+        return Status::unavailable(msg + "; is another agent using this buffer?");
+      default:
+        return Status::internal(msg);
+    }
+  }
+
+  Status exec(const char* sql, std::string_view op) {
+    char* err = nullptr;
+    int rc = sqlite3_exec(db.get(), sql, nullptr, nullptr, &err);
+    sqlite3_free(err);
+    return rc == SQLITE_OK ? Status::ok() : sqlError(rc, op);
+  }
+
+  Status prepare(Stmt& out, const char* sql) {
+    sqlite3_stmt* s = nullptr;
+    int rc = sqlite3_prepare_v3(db.get(), sql, -1, SQLITE_PREPARE_PERSISTENT, &s, nullptr);
+    if (rc != SQLITE_OK) return sqlError(rc, std::string("prepare `") + sql + "`");
+    out.reset(s);
+    return Status::ok();
+  }
+
+  // Runs a statement that returns no rows.
+  Status run(sqlite3_stmt* s, std::string_view op) {
+    int rc = sqlite3_step(s);
+    return rc == SQLITE_DONE ? Status::ok() : sqlError(rc, op);
+  }
+  Status runOnce(const Stmt& s, std::string_view op) {
+    StmtUse use(s.get());
+    return run(s.get(), op);
+  }
+
+  void rollbackQuietly() {
+    if (sqlite3_get_autocommit(db.get()) == 0) {
+      StmtUse use(rollback.get());
+      sqlite3_step(rollback.get());
+    }
+  }
+
+  // ---------------------------------------------------------------- open
+  Status openDb() {
+    std::error_code ec;
+    auto parent = options.path.parent_path();
+    if (!parent.empty()) {
+      std::filesystem::create_directories(parent, ec);
+      if (ec) {
+        return Status::internal("buffer " + path + ": cannot create directory " + parent.string() +
+                                ": " + ec.message());
+      }
+    }
+    sqlite3* raw = nullptr;
+    int rc =
+        sqlite3_open_v2(path.c_str(), &raw,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+    db.reset(raw);  // closes it even when open failed
+    if (rc != SQLITE_OK) return sqlError(rc, "open");
+    sqlite3_extended_result_codes(db.get(), 1);
+    sqlite3_busy_timeout(db.get(), 1000);
+
+    // Exclusive locking before the first WAL access: no shm file, one owner.
+    BL_RETURN_IF_ERROR(exec("PRAGMA locking_mode=EXCLUSIVE", "set locking_mode"));
+    {
+      Stmt s;
+      BL_RETURN_IF_ERROR(prepare(s, "PRAGMA journal_mode=WAL"));
+      rc = sqlite3_step(s.get());
+      if (rc != SQLITE_ROW) return sqlError(rc, "set journal_mode=WAL");
+      std::string mode = columnString(s.get(), 0);
+      if (mode != "wal") {
+        return Status::internal("buffer " + path + ": journal_mode is `" + mode +
+                                "`, WAL is required");
+      }
+    }
+    BL_RETURN_IF_ERROR(exec("PRAGMA synchronous=FULL", "set synchronous"));
+    BL_RETURN_IF_ERROR(exec("PRAGMA secure_delete=ON", "set secure_delete"));
+    // A WAL file left large by a burst is cut back to this size when it restarts.
+    BL_RETURN_IF_ERROR(exec("PRAGMA journal_size_limit=67108864", "set journal_size_limit"));
+    // Checkpoints run on our timer, never inside an append's commit.
+    rc = sqlite3_wal_autocheckpoint(db.get(), 0);
+    if (rc != SQLITE_OK) return sqlError(rc, "disable wal_autocheckpoint");
+
+    BL_RETURN_IF_ERROR(exec("BEGIN IMMEDIATE", "begin schema transaction"));
+    Status s = exec(
+        "CREATE TABLE IF NOT EXISTS records("
+        " id INTEGER PRIMARY KEY, source TEXT NOT NULL, record_key TEXT NOT NULL,"
+        " ingested_at INTEGER NOT NULL, payload BLOB NOT NULL);"
+        "CREATE TABLE IF NOT EXISTS quarantine("
+        " id INTEGER PRIMARY KEY, source TEXT NOT NULL, raw BLOB NOT NULL,"
+        " reasons TEXT NOT NULL, ingested_at INTEGER NOT NULL);"
+        "CREATE TABLE IF NOT EXISTS batches("
+        " seq INTEGER PRIMARY KEY, created_at INTEGER NOT NULL,"
+        " first_record INTEGER NOT NULL, last_record INTEGER NOT NULL,"
+        " first_reject INTEGER NOT NULL, last_reject INTEGER NOT NULL,"
+        " record_count INTEGER NOT NULL, reject_count INTEGER NOT NULL,"
+        " bytes INTEGER NOT NULL);"
+        "CREATE TABLE IF NOT EXISTS meta("
+        " id INTEGER PRIMARY KEY CHECK (id = 1), schema_version INTEGER NOT NULL,"
+        " next_batch_seq INTEGER NOT NULL, last_batched_record INTEGER NOT NULL,"
+        " last_batched_reject INTEGER NOT NULL);"
+        "CREATE TABLE IF NOT EXISTS tokens("
+        " token TEXT PRIMARY KEY, committed_at INTEGER NOT NULL) WITHOUT ROWID;"
+        "INSERT OR IGNORE INTO meta VALUES (1, 1, 1, 0, 0);",
+        "create schema");
+    if (s.isOk()) s = exec("COMMIT", "commit schema");
+    if (!s.isOk()) {
+      (void)exec("ROLLBACK", "rollback schema");
+      return s;
+    }
+    return Status::ok();
+  }
+
+  Status prepareAll() {
+    BL_RETURN_IF_ERROR(prepare(begin, "BEGIN IMMEDIATE"));
+    BL_RETURN_IF_ERROR(prepare(commit, "COMMIT"));
+    BL_RETURN_IF_ERROR(prepare(rollback, "ROLLBACK"));
+    BL_RETURN_IF_ERROR(prepare(
+        insert_record,
+        "INSERT INTO records(id, source, record_key, ingested_at, payload) VALUES (?,?,?,?,?)"));
+    BL_RETURN_IF_ERROR(prepare(
+        insert_reject,
+        "INSERT INTO quarantine(id, source, raw, reasons, ingested_at) VALUES (?,?,?,?,?)"));
+    BL_RETURN_IF_ERROR(
+        prepare(insert_token, "INSERT OR REPLACE INTO tokens(token, committed_at) VALUES (?,?)"));
+    BL_RETURN_IF_ERROR(prepare(has_token, "SELECT 1 FROM tokens WHERE token = ?"));
+    BL_RETURN_IF_ERROR(prepare(prune_tokens, "DELETE FROM tokens WHERE committed_at < ?"));
+    BL_RETURN_IF_ERROR(prepare(select_unbatched_records,
+                               "SELECT id, source, record_key, ingested_at, payload FROM records"
+                               " WHERE id > ? ORDER BY id LIMIT ?"));
+    BL_RETURN_IF_ERROR(prepare(select_unbatched_rejects,
+                               "SELECT id, source, raw, reasons, ingested_at FROM quarantine"
+                               " WHERE id > ? ORDER BY id LIMIT ?"));
+    BL_RETURN_IF_ERROR(prepare(first_unbatched_record_time,
+                               "SELECT ingested_at FROM records WHERE id > ? ORDER BY id LIMIT 1"));
+    BL_RETURN_IF_ERROR(
+        prepare(first_unbatched_reject_time,
+                "SELECT ingested_at FROM quarantine WHERE id > ? ORDER BY id LIMIT 1"));
+    BL_RETURN_IF_ERROR(prepare(insert_batch, "INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?)"));
+    BL_RETURN_IF_ERROR(prepare(update_meta,
+                               "UPDATE meta SET next_batch_seq = ?, last_batched_record = ?,"
+                               " last_batched_reject = ? WHERE id = 1"));
+    BL_RETURN_IF_ERROR(prepare(select_batch,
+                               "SELECT created_at, first_record, last_record, first_reject,"
+                               " last_reject, record_count, reject_count, bytes"
+                               " FROM batches WHERE seq = ?"));
+    BL_RETURN_IF_ERROR(prepare(select_records_range,
+                               "SELECT source, record_key, ingested_at, payload FROM records"
+                               " WHERE id BETWEEN ? AND ? ORDER BY id"));
+    BL_RETURN_IF_ERROR(prepare(select_rejects_range,
+                               "SELECT source, raw, reasons, ingested_at FROM quarantine"
+                               " WHERE id BETWEEN ? AND ? ORDER BY id"));
+    BL_RETURN_IF_ERROR(
+        prepare(delete_records_range, "DELETE FROM records WHERE id BETWEEN ? AND ?"));
+    BL_RETURN_IF_ERROR(
+        prepare(delete_rejects_range, "DELETE FROM quarantine WHERE id BETWEEN ? AND ?"));
+    BL_RETURN_IF_ERROR(prepare(delete_batch, "DELETE FROM batches WHERE seq = ?"));
+    return Status::ok();
+  }
+
+  // Runs a query whose one row holds only integers, into `out`.
+  Status queryInts(const char* sql, std::initializer_list<int64_t*> out, std::string_view op) {
+    Stmt s;
+    BL_RETURN_IF_ERROR(prepare(s, sql));
+    int rc = sqlite3_step(s.get());
+    if (rc == SQLITE_DONE) {
+      return Status::dataLoss("buffer " + path + ": " + std::string(op) + ": no row");
+    }
+    if (rc != SQLITE_ROW) return sqlError(rc, op);
+    int i = 0;
+    for (int64_t* p : out) *p = sqlite3_column_int64(s.get(), i++);
+    rc = sqlite3_step(s.get());
+    return rc == SQLITE_DONE ? Status::ok() : sqlError(rc, op);
+  }
+
+  // Rebuilds the in-memory counters from the file. Scans every row's header (not
+  // the payloads: length() of a BLOB reads only its size), which also surfaces a
+  // corrupt B-tree as kDataLoss here rather than on the first batch.
+  Status recover() {
+    int64_t version = 0, next_seq = 0;
+    BL_RETURN_IF_ERROR(
+        queryInts("SELECT schema_version, next_batch_seq, last_batched_record, last_batched_reject"
+                  " FROM meta WHERE id = 1",
+                  {&version, &next_seq, &last_batched_record, &last_batched_reject}, "read meta"));
+    if (version != kSchemaVersion) {
+      return Status::dataLoss("buffer " + path + ": schema version " + std::to_string(version) +
+                              " is not " + std::to_string(kSchemaVersion) +
+                              "; written by another Branchline version?");
+    }
+    if (next_seq < 1) return Status::dataLoss("buffer " + path + ": meta.next_batch_seq < 1");
+    next_batch_seq = uint64_t(next_seq);
+
+    int64_t rec_count = 0, rec_bytes = 0, rec_max = 0;
+    int64_t rej_count = 0, rej_bytes = 0, rej_max = 0;
+    BL_RETURN_IF_ERROR(queryInts(
+        "SELECT count(*), coalesce(sum(length(payload)), 0), coalesce(max(id), 0) FROM records",
+        {&rec_count, &rec_bytes, &rec_max}, "scan records"));
+    BL_RETURN_IF_ERROR(queryInts(
+        "SELECT count(*), coalesce(sum(length(raw)), 0), coalesce(max(id), 0) FROM quarantine",
+        {&rej_count, &rej_bytes, &rej_max}, "scan quarantine"));
+    int64_t unb_rec = 0, unb_rej = 0;
+    {
+      Stmt s;
+      BL_RETURN_IF_ERROR(prepare(s, "SELECT count(*) FROM records WHERE id > ?"));
+      sqlite3_bind_int64(s.get(), 1, last_batched_record);
+      int rc = sqlite3_step(s.get());
+      if (rc != SQLITE_ROW) return sqlError(rc, "count unbatched records");
+      unb_rec = sqlite3_column_int64(s.get(), 0);
+      BL_RETURN_IF_ERROR(prepare(s, "SELECT count(*) FROM quarantine WHERE id > ?"));
+      sqlite3_bind_int64(s.get(), 1, last_batched_reject);
+      rc = sqlite3_step(s.get());
+      if (rc != SQLITE_ROW) return sqlError(rc, "count unbatched rejects");
+      unb_rej = sqlite3_column_int64(s.get(), 0);
+    }
+    next_record_id = std::max(rec_max, last_batched_record) + 1;
+    next_reject_id = std::max(rej_max, last_batched_reject) + 1;
+
+    std::map<uint64_t, int64_t> batches;
+    {
+      Stmt s;
+      BL_RETURN_IF_ERROR(prepare(s, "SELECT seq, created_at FROM batches ORDER BY seq"));
+      int rc;
+      while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) {
+        batches.emplace(uint64_t(sqlite3_column_int64(s.get(), 0)),
+                        sqlite3_column_int64(s.get(), 1));
+      }
+      if (rc != SQLITE_DONE) return sqlError(rc, "scan batches");
+    }
+    if (!batches.empty() && batches.rbegin()->first >= next_batch_seq) {
+      return Status::dataLoss("buffer " + path + ": batch " +
+                              std::to_string(batches.rbegin()->first) +
+                              " is not below meta.next_batch_seq " + std::to_string(next_seq));
+    }
+
+    int64_t oldest_rec = 0, oldest_rej = 0;
+    BL_RETURN_IF_ERROR(firstUnbatchedTimes(&oldest_rec, &oldest_rej));
+
+    std::lock_guard lock(stats_mu);
+    counters.records = uint64_t(rec_count);
+    counters.rejects = uint64_t(rej_count);
+    counters.bytes = uint64_t(rec_bytes + rej_bytes);
+    counters.batches = batches.size();
+    unbatched_records = uint64_t(unb_rec);
+    unbatched_rejects = uint64_t(unb_rej);
+    oldest_unbatched_record_us = oldest_rec;
+    oldest_unbatched_reject_us = oldest_rej;
+    unacked = std::move(batches);
+    return Status::ok();
+  }
+
+  Status firstUnbatchedTimes(int64_t* rec, int64_t* rej) {
+    for (auto [stmt, marker, out] :
+         {std::tuple{first_unbatched_record_time.get(), last_batched_record, rec},
+          std::tuple{first_unbatched_reject_time.get(), last_batched_reject, rej}}) {
+      StmtUse use(stmt);
+      sqlite3_bind_int64(stmt, 1, marker);
+      int rc = sqlite3_step(stmt);
+      if (rc == SQLITE_ROW) {
+        *out = sqlite3_column_int64(stmt, 0);
+      } else if (rc == SQLITE_DONE) {
+        *out = 0;
+      } else {
+        return sqlError(rc, "read oldest unbatched entry");
+      }
+    }
+    return Status::ok();
+  }
+
+  Status pruneTokens(int64_t now_us) {
+    StmtUse use(prune_tokens.get());
+    sqlite3_bind_int64(prune_tokens.get(), 1, now_us - kTokenRetentionUs);
+    BL_RETURN_IF_ERROR(run(prune_tokens.get(), "prune tokens"));
+    last_token_prune_us = now_us;
+    if (sqlite3_changes(db.get()) > 0) wal_dirty = true;
+    return Status::ok();
+  }
+
+  // ---------------------------------------------------------------- committer
+  void committerLoop() {
+    std::vector<PendingAppend> group;
+    auto next_checkpoint = std::chrono::steady_clock::now() + options.checkpoint_interval;
+    std::unique_lock lock(q_mu);
+    while (true) {
+      q_cv.wait_until(lock, next_checkpoint, [&] { return stopping || !queue.empty(); });
+      if (!queue.empty()) {
+        size_t entries = 0;
+        while (!queue.empty()) {
+          const PendingAppend& front = queue.front();
+          size_t n = front.records.size() + front.rejects.size();
+          if (!group.empty() && entries + n > options.max_group_records) break;
+          entries += n;
+          queued_cost -= front.cost;
+          group.push_back(std::move(queue.front()));
+          queue.pop_front();
+        }
+        lock.unlock();
+        commitGroup(group);
+        for (PendingAppend& a : group) a.done(std::move(a.status));
+        group.clear();
+        lock.lock();
+      } else if (stopping) {
+        break;
+      }
+      if (std::chrono::steady_clock::now() >= next_checkpoint) {
+        lock.unlock();
+        checkpoint();
+        lock.lock();
+        next_checkpoint = std::chrono::steady_clock::now() + options.checkpoint_interval;
+      }
+    }
+  }
+
+  // Writes the appends that fit into one transaction; sets each one's status.
+  void commitGroup(std::vector<PendingAppend>& group) {
+    std::lock_guard db_lock(db_mu);
+    uint64_t held;
+    bool records_were_unbatched, rejects_were_unbatched;
+    {
+      std::lock_guard lock(stats_mu);
+      held = counters.bytes;
+      records_were_unbatched = unbatched_records > 0;
+      rejects_were_unbatched = unbatched_rejects > 0;
+    }
+    const int64_t first_record_id = next_record_id;
+    const int64_t first_reject_id = next_reject_id;
+    uint64_t added_bytes = 0, added_records = 0, added_rejects = 0;
+    int64_t first_record_time = 0, first_reject_time = 0;
+    bool any = false;
+
+    auto fail_all = [&](const Status& s) {
+      rollbackQuietly();
+      next_record_id = first_record_id;
+      next_reject_id = first_reject_id;
+      log::error("buffer_commit_failed",
+                 {{"path", path}, {"appends", group.size()}, {"error", s.toString()}});
+      for (PendingAppend& a : group) {
+        if (a.status.isOk()) a.status = s;
+      }
+    };
+
+    Status s = runOnce(begin, "begin append transaction");
+    if (!s.isOk()) return fail_all(s);
+    const int64_t now_us = nowMicros();
+    for (PendingAppend& a : group) {
+      if (held + added_bytes + a.bytes > options.max_bytes) {
+        a.status = Status::exhausted("buffer full: " + std::to_string(held + added_bytes) + " of " +
+                                     std::to_string(options.max_bytes) + " bytes used, append of " +
+                                     std::to_string(a.bytes) +
+                                     " bytes refused; retry after batches are acknowledged");
+        continue;
+      }
+      s = insertAppend(a, now_us);
+      if (!s.isOk()) return fail_all(s);
+      if (!a.records.empty() && added_records == 0) {
+        first_record_time = a.records.front().ingested_at_us;
+      }
+      if (!a.rejects.empty() && added_rejects == 0) {
+        first_reject_time = a.rejects.front().ingested_at_us;
+      }
+      added_bytes += a.bytes;
+      added_records += a.records.size();
+      added_rejects += a.rejects.size();
+      any = true;
+    }
+    if (!any) {
+      rollbackQuietly();
+      return;
+    }
+    s = runOnce(commit, "commit append transaction");
+    if (!s.isOk()) return fail_all(s);
+    wal_dirty = true;
+
+    std::lock_guard lock(stats_mu);
+    counters.records += added_records;
+    counters.rejects += added_rejects;
+    counters.bytes += added_bytes;
+    counters.commits += 1;
+    unbatched_records += added_records;
+    unbatched_rejects += added_rejects;
+    if (!records_were_unbatched && added_records > 0)
+      oldest_unbatched_record_us = first_record_time;
+    if (!rejects_were_unbatched && added_rejects > 0)
+      oldest_unbatched_reject_us = first_reject_time;
+  }
+
+  Status insertAppend(const PendingAppend& a, int64_t now_us) {
+    sqlite3_stmt* ins = insert_record.get();
+    for (const WireRecord& r : a.records) {
+      StmtUse use(ins);
+      sqlite3_bind_int64(ins, 1, next_record_id);
+      bindText(ins, 2, r.source);
+      bindText(ins, 3, r.key);
+      sqlite3_bind_int64(ins, 4, r.ingested_at_us);
+      bindBlob(ins, 5, r.payload);
+      BL_RETURN_IF_ERROR(run(ins, "insert record"));
+      ++next_record_id;
+    }
+    ins = insert_reject.get();
+    for (const WireReject& r : a.rejects) {
+      StmtUse use(ins);
+      sqlite3_bind_int64(ins, 1, next_reject_id);
+      bindText(ins, 2, r.source);
+      bindBlob(ins, 3, r.raw);
+      bindText(ins, 4, r.reasons_json);
+      sqlite3_bind_int64(ins, 5, r.ingested_at_us);
+      BL_RETURN_IF_ERROR(run(ins, "insert reject"));
+      ++next_reject_id;
+    }
+    if (!a.token.empty()) {
+      ins = insert_token.get();
+      StmtUse use(ins);
+      bindText(ins, 1, a.token);
+      sqlite3_bind_int64(ins, 2, now_us);
+      BL_RETURN_IF_ERROR(run(ins, "insert token"));
+    }
+    return Status::ok();
+  }
+
+  void checkpoint() {
+    std::lock_guard db_lock(db_mu);
+    const int64_t now_us = nowMicros();
+    if (now_us - last_token_prune_us >= kTokenPruneEveryUs) {
+      Status s = pruneTokens(now_us);
+      if (!s.isOk()) log::warn("buffer_token_prune_failed", {{"error", s.toString()}});
+    }
+    if (!wal_dirty) return;
+    bool empty;
+    {
+      std::lock_guard lock(stats_mu);
+      empty = counters.records == 0 && counters.rejects == 0;
+    }
+    int wal_frames = 0, checkpointed = 0;
+    int rc = sqlite3_wal_checkpoint_v2(
+        db.get(), nullptr, empty ? SQLITE_CHECKPOINT_TRUNCATE : SQLITE_CHECKPOINT_PASSIVE,
+        &wal_frames, &checkpointed);
+    if (rc != SQLITE_OK) {
+      log::warn("buffer_checkpoint_failed", {{"error", sqlError(rc, "checkpoint").toString()}});
+      return;
+    }
+    // Only a complete checkpoint lets the next write restart the WAL from its start.
+    wal_dirty = checkpointed < wal_frames;
+  }
+
+  // ---------------------------------------------------------------- batches
+  Result<std::optional<PendingBatch>> formBatch(const BatchLimits& limits, int64_t now_us) {
+    std::lock_guard db_lock(db_mu);
+    uint64_t records_waiting, rejects_waiting;
+    {
+      std::lock_guard lock(stats_mu);
+      records_waiting = unbatched_records;
+      rejects_waiting = unbatched_rejects;
+    }
+    if (records_waiting == 0 && rejects_waiting == 0) return std::optional<PendingBatch>();
+
+    const size_t max_entries = std::max<size_t>(1, limits.max_records);
+    // Rejects are few but must not starve behind a steady stream of records, nor
+    // crowd records out: while records wait, rejects get at most half the room.
+    const size_t reject_entries =
+        records_waiting > 0 ? std::max<size_t>(1, max_entries / 2) : max_entries;
+    const size_t reject_bytes = records_waiting > 0 ? limits.max_bytes / 2 : limits.max_bytes;
+
+    Status s = runOnce(begin, "begin batch transaction");
+    if (!s.isOk()) return s.withContext("form batch");
+
+    PendingBatch batch;
+    batch.seq = next_batch_seq;
+    batch.created_at_us = now_us;
+    uint64_t bytes = 0;
+    int64_t last_reject = last_batched_reject, last_record = last_batched_record;
+    {
+      sqlite3_stmt* q = select_unbatched_rejects.get();
+      StmtUse use(q);
+      sqlite3_bind_int64(q, 1, last_batched_reject);
+      sqlite3_bind_int64(q, 2, int64_t(reject_entries));
+      int rc;
+      while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        size_t n = size_t(sqlite3_column_bytes(q, 2));
+        if (!batch.rejects.empty() && bytes + n > reject_bytes) break;
+        WireReject& r = batch.rejects.emplace_back();
+        last_reject = sqlite3_column_int64(q, 0);
+        r.source = columnString(q, 1);
+        r.raw = columnString(q, 2);
+        r.reasons_json = columnString(q, 3);
+        r.ingested_at_us = sqlite3_column_int64(q, 4);
+        bytes += n;
+      }
+      if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        rollbackQuietly();
+        return sqlError(rc, "read unbatched rejects")
+            .withContext("form batch " + std::to_string(batch.seq));
+      }
+    }
+    if (records_waiting > 0) {
+      sqlite3_stmt* q = select_unbatched_records.get();
+      StmtUse use(q);
+      sqlite3_bind_int64(q, 1, last_batched_record);
+      sqlite3_bind_int64(q, 2, int64_t(std::max<size_t>(1, max_entries - batch.rejects.size())));
+      int rc;
+      while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        size_t n = size_t(sqlite3_column_bytes(q, 4));
+        if (!batch.records.empty() && bytes + n > limits.max_bytes) break;
+        WireRecord& r = batch.records.emplace_back();
+        last_record = sqlite3_column_int64(q, 0);
+        r.source = columnString(q, 1);
+        r.key = columnString(q, 2);
+        r.ingested_at_us = sqlite3_column_int64(q, 3);
+        r.payload = columnString(q, 4);
+        bytes += n;
+      }
+      if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        rollbackQuietly();
+        return sqlError(rc, "read unbatched records")
+            .withContext("form batch " + std::to_string(batch.seq));
+      }
+    }
+    if (batch.records.empty() && batch.rejects.empty()) {
+      rollbackQuietly();
+      return Status::dataLoss("buffer " + path + ": " + std::to_string(records_waiting) +
+                              " records and " + std::to_string(rejects_waiting) +
+                              " rejects counted as unbatched but none found");
+    }
+
+    {
+      sqlite3_stmt* ins = insert_batch.get();
+      StmtUse use(ins);
+      sqlite3_bind_int64(ins, 1, int64_t(batch.seq));
+      sqlite3_bind_int64(ins, 2, now_us);
+      sqlite3_bind_int64(ins, 3, last_batched_record + 1);
+      sqlite3_bind_int64(ins, 4, last_record);
+      sqlite3_bind_int64(ins, 5, last_batched_reject + 1);
+      sqlite3_bind_int64(ins, 6, last_reject);
+      sqlite3_bind_int64(ins, 7, int64_t(batch.records.size()));
+      sqlite3_bind_int64(ins, 8, int64_t(batch.rejects.size()));
+      sqlite3_bind_int64(ins, 9, int64_t(bytes));
+      s = run(ins, "insert batch");
+    }
+    if (s.isOk()) {
+      sqlite3_stmt* up = update_meta.get();
+      StmtUse use(up);
+      sqlite3_bind_int64(up, 1, int64_t(batch.seq + 1));
+      sqlite3_bind_int64(up, 2, last_record);
+      sqlite3_bind_int64(up, 3, last_reject);
+      s = run(up, "advance batch markers");
+    }
+    const int64_t prev_record = last_batched_record, prev_reject = last_batched_reject;
+    int64_t oldest_rec = 0, oldest_rej = 0;
+    if (s.isOk()) {
+      last_batched_record = last_record;
+      last_batched_reject = last_reject;
+      s = firstUnbatchedTimes(&oldest_rec, &oldest_rej);
+    }
+    if (s.isOk()) s = runOnce(commit, "commit batch");
+    if (!s.isOk()) {
+      rollbackQuietly();
+      last_batched_record = prev_record;
+      last_batched_reject = prev_reject;
+      return s.withContext("form batch " + std::to_string(batch.seq));
+    }
+    ++next_batch_seq;
+    wal_dirty = true;
+
+    std::lock_guard lock(stats_mu);
+    unbatched_records -= batch.records.size();
+    unbatched_rejects -= batch.rejects.size();
+    oldest_unbatched_record_us = oldest_rec;
+    oldest_unbatched_reject_us = oldest_rej;
+    counters.batches += 1;
+    unacked.emplace(batch.seq, batch.created_at_us);
+    return std::optional<PendingBatch>(std::move(batch));
+  }
+
+  struct BatchRow {
+    int64_t created_at, first_record, last_record, first_reject, last_reject;
+    int64_t record_count, reject_count, bytes;
+  };
+
+  // Reads the batch row; nullopt when there is none.
+  Result<std::optional<BatchRow>> readBatchRow(uint64_t seq) {
+    sqlite3_stmt* q = select_batch.get();
+    StmtUse use(q);
+    sqlite3_bind_int64(q, 1, int64_t(seq));
+    int rc = sqlite3_step(q);
+    if (rc == SQLITE_DONE) return std::optional<BatchRow>();
+    if (rc != SQLITE_ROW) return sqlError(rc, "read batch " + std::to_string(seq));
+    BatchRow b;
+    int64_t* cols[] = {&b.created_at,  &b.first_record, &b.last_record,  &b.first_reject,
+                       &b.last_reject, &b.record_count, &b.reject_count, &b.bytes};
+    for (int i = 0; i < 8; ++i) *cols[i] = sqlite3_column_int64(q, i);
+    return std::optional<BatchRow>(b);
+  }
+
+  Result<PendingBatch> loadBatch(uint64_t seq) {
+    std::lock_guard db_lock(db_mu);
+    const std::string what = "batch " + std::to_string(seq);
+    auto row = readBatchRow(seq);
+    if (!row.isOk()) return row.status();
+    if (!row->has_value()) {
+      return Status::notFound("buffer " + path + ": " + what + " not found (already acked?)");
+    }
+    const BatchRow& b = **row;
+    PendingBatch batch;
+    batch.seq = seq;
+    batch.created_at_us = b.created_at;
+    batch.records.reserve(size_t(b.record_count));
+    batch.rejects.reserve(size_t(b.reject_count));
+    {
+      sqlite3_stmt* q = select_records_range.get();
+      StmtUse use(q);
+      sqlite3_bind_int64(q, 1, b.first_record);
+      sqlite3_bind_int64(q, 2, b.last_record);
+      int rc;
+      while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        WireRecord& r = batch.records.emplace_back();
+        r.source = columnString(q, 0);
+        r.key = columnString(q, 1);
+        r.ingested_at_us = sqlite3_column_int64(q, 2);
+        r.payload = columnString(q, 3);
+      }
+      if (rc != SQLITE_DONE) return sqlError(rc, "read records of " + what);
+    }
+    {
+      sqlite3_stmt* q = select_rejects_range.get();
+      StmtUse use(q);
+      sqlite3_bind_int64(q, 1, b.first_reject);
+      sqlite3_bind_int64(q, 2, b.last_reject);
+      int rc;
+      while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        WireReject& r = batch.rejects.emplace_back();
+        r.source = columnString(q, 0);
+        r.raw = columnString(q, 1);
+        r.reasons_json = columnString(q, 2);
+        r.ingested_at_us = sqlite3_column_int64(q, 3);
+      }
+      if (rc != SQLITE_DONE) return sqlError(rc, "read rejects of " + what);
+    }
+    if (batch.records.size() != size_t(b.record_count) ||
+        batch.rejects.size() != size_t(b.reject_count)) {
+      return Status::dataLoss(
+          "buffer " + path + ": " + what + " should hold " + std::to_string(b.record_count) +
+          " records and " + std::to_string(b.reject_count) + " rejects, found " +
+          std::to_string(batch.records.size()) + " and " + std::to_string(batch.rejects.size()));
+    }
+    return batch;
+  }
+
+  Status ack(uint64_t seq) {
+    std::lock_guard db_lock(db_mu);
+    const std::string what = "ack batch " + std::to_string(seq);
+    auto row = readBatchRow(seq);
+    if (!row.isOk()) return row.status().withContext(what);
+    if (!row->has_value()) return Status::ok();  // acked before: acks are idempotent
+    const BatchRow& b = **row;
+
+    Status s = runOnce(begin, "begin");
+    if (s.isOk()) {
+      sqlite3_stmt* d = delete_records_range.get();
+      StmtUse use(d);
+      sqlite3_bind_int64(d, 1, b.first_record);
+      sqlite3_bind_int64(d, 2, b.last_record);
+      s = run(d, "delete records");
+    }
+    if (s.isOk()) {
+      sqlite3_stmt* d = delete_rejects_range.get();
+      StmtUse use(d);
+      sqlite3_bind_int64(d, 1, b.first_reject);
+      sqlite3_bind_int64(d, 2, b.last_reject);
+      s = run(d, "delete rejects");
+    }
+    if (s.isOk()) {
+      sqlite3_stmt* d = delete_batch.get();
+      StmtUse use(d);
+      sqlite3_bind_int64(d, 1, int64_t(seq));
+      s = run(d, "delete batch row");
+    }
+    if (s.isOk()) s = runOnce(commit, "commit");
+    if (!s.isOk()) {
+      rollbackQuietly();
+      return s.withContext(what);
+    }
+    wal_dirty = true;
+
+    std::lock_guard lock(stats_mu);
+    counters.records -= uint64_t(b.record_count);
+    counters.rejects -= uint64_t(b.reject_count);
+    counters.bytes -= uint64_t(b.bytes);
+    counters.batches -= 1;
+    unacked.erase(seq);
+    return Status::ok();
+  }
+
+  Result<bool> hasToken(const std::string& token) {
+    std::lock_guard db_lock(db_mu);
+    sqlite3_stmt* q = has_token.get();
+    StmtUse use(q);
+    bindText(q, 1, token);
+    int rc = sqlite3_step(q);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    return sqlError(rc, "look up token");
+  }
+};
+
+DurableBuffer::DurableBuffer() : impl_(std::make_unique<Impl>()) {}
+
+Result<std::unique_ptr<DurableBuffer>> DurableBuffer::open(BufferOptions options) {
+  if (options.path.empty()) return Status::invalid("buffer: options.path is empty");
+  std::unique_ptr<DurableBuffer> buffer(new DurableBuffer());
+  Impl& impl = *buffer->impl_;
+  impl.options = std::move(options);
+  impl.options.max_group_records = std::max<size_t>(1, impl.options.max_group_records);
+  impl.path = impl.options.path.string();
+  {
+    std::lock_guard lock(impl.db_mu);
+    Status s = impl.openDb();
+    if (s.isOk()) s = impl.prepareAll();
+    if (s.isOk()) s = impl.recover();
+    if (s.isOk()) s = impl.pruneTokens(nowMicros());
+    if (!s.isOk()) {
+      log::error("buffer_open_failed", {{"path", impl.path}, {"error", s.toString()}});
+      return s;
+    }
+  }
+  BufferStats st = buffer->stats();
+  log::info("buffer_opened", {{"path", impl.path},
+                              {"records", st.records},
+                              {"rejects", st.rejects},
+                              {"bytes", st.bytes},
+                              {"batches", st.batches},
+                              {"next_batch_seq", impl.next_batch_seq}});
+  impl.committer = std::thread([&impl] { impl.committerLoop(); });
+  impl.committer_started = true;
+  return buffer;
+}
+
+DurableBuffer::~DurableBuffer() {
+  if (!impl_) return;
+  {
+    std::lock_guard lock(impl_->q_mu);
+    impl_->stopping = true;
+  }
+  impl_->q_cv.notify_all();
+  if (impl_->committer.joinable()) impl_->committer.join();  // drains the queue first
+  if (impl_->committer_started) {
+    impl_->wal_dirty = true;
+    impl_->checkpoint();
+  }
+}
+
+void DurableBuffer::appendAsync(std::vector<WireRecord> records, std::vector<WireReject> rejects,
+                                AppendDone done, std::string token) {
+  assert(done && "appendAsync needs a callback; use append() to wait instead");
+  PendingAppend a;
+  a.bytes = appendBytes(records, rejects);
+  a.cost = size_t(a.bytes) + (records.size() + rejects.size()) * kEntryOverhead + kAppendOverhead +
+           token.size();
+  a.records = std::move(records);
+  a.rejects = std::move(rejects);
+  a.token = std::move(token);
+  a.done = std::move(done);
+  Impl& impl = *impl_;
+  std::unique_lock lock(impl.q_mu);
+  if (impl.stopping) {
+    lock.unlock();
+    a.done(Status::unavailable("buffer " + impl.path + " is closing"));
+    return;
+  }
+  // An append alone larger than the queue bound is still taken when the queue is
+  // empty; max_bytes decides about it.
+  if (!impl.queue.empty() && impl.queued_cost + a.cost > impl.options.max_queued_bytes) {
+    size_t queued = impl.queued_cost;
+    lock.unlock();
+    a.done(Status::exhausted("buffer commit queue full: " + std::to_string(queued) + " of " +
+                             std::to_string(impl.options.max_queued_bytes) +
+                             " bytes waiting; retry shortly"));
+    return;
+  }
+  impl.queued_cost += a.cost;
+  impl.queue.push_back(std::move(a));
+  lock.unlock();
+  impl.q_cv.notify_one();
+}
+
+Status DurableBuffer::append(std::vector<WireRecord> records, std::vector<WireReject> rejects,
+                             std::string token) {
+  std::mutex m;
+  std::condition_variable cv;
+  bool finished = false;
+  Status result;
+  appendAsync(
+      std::move(records), std::move(rejects),
+      [&](Status s) {
+        // Notify under the lock: the waiter may destroy `cv` as soon as it sees `finished`.
+        std::lock_guard lock(m);
+        result = std::move(s);
+        finished = true;
+        cv.notify_one();
+      },
+      std::move(token));
+  std::unique_lock lock(m);
+  cv.wait(lock, [&] { return finished; });
+  return result;
+}
+
+Result<bool> DurableBuffer::hasToken(const std::string& token) { return impl_->hasToken(token); }
+
+Result<std::optional<PendingBatch>> DurableBuffer::formBatch(const BatchLimits& limits,
+                                                             int64_t now_us) {
+  return impl_->formBatch(limits, now_us);
+}
+
+Result<std::vector<uint64_t>> DurableBuffer::unackedBatches() {
+  std::lock_guard lock(impl_->stats_mu);
+  std::vector<uint64_t> seqs;
+  seqs.reserve(impl_->unacked.size());
+  for (const auto& [seq, created] : impl_->unacked) seqs.push_back(seq);
+  return seqs;
+}
+
+Result<PendingBatch> DurableBuffer::loadBatch(uint64_t seq) { return impl_->loadBatch(seq); }
+
+Status DurableBuffer::ack(uint64_t seq) { return impl_->ack(seq); }
+
+BufferStats DurableBuffer::stats() const {
+  const Impl& impl = *impl_;
+  std::lock_guard lock(impl.stats_mu);
+  BufferStats s = impl.counters;
+  s.unbatched_records = impl.unbatched_records + impl.unbatched_rejects;
+  int64_t a = impl.oldest_unbatched_record_us, b = impl.oldest_unbatched_reject_us;
+  s.oldest_unbatched_us = a == 0 ? b : (b == 0 ? a : std::min(a, b));
+  s.oldest_unacked_us = impl.unacked.empty() ? 0 : impl.unacked.begin()->second;
+  return s;
+}
+
+}  // namespace branchline::agent
