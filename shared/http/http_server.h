@@ -37,9 +37,9 @@ using Handler = std::function<void(Request&&, Respond)>;
 
 struct ServerOptions {
   std::string listen_address = "127.0.0.1";
-  uint16_t port = 0;                          // 0: pick a free port (see Server::port())
-  size_t max_body_bytes = 8 << 20;            // past it: 413, before reading the rest
-  size_t max_header_bytes = 16 << 10;         // past it: 431
+  uint16_t port = 0;                              // 0: pick a free port (see Server::port())
+  size_t max_body_bytes = 8 << 20;                // past it: 413, before reading the rest
+  size_t max_header_bytes = 16 << 10;             // past it: 431
   std::chrono::milliseconds read_timeout{30000};  // whole request; slow clients are cut
   size_t max_connections = 256;
   int threads = 2;

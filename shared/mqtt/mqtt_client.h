@@ -6,6 +6,9 @@
 // A PUBACK only means the broker has the message; nothing here is a record of
 // truth. Callers keep in flight only what they can re-drive from their own
 // durable state.
+//
+// Protocol: MQTT 3.1.1 (Mosquitto 2.0 honours `$share/<group>/...` with it), no
+// client persistence (MQTTCLIENT_PERSISTENCE_NONE).
 #pragma once
 
 #include <chrono>
@@ -19,15 +22,15 @@
 namespace branchline::mqtt {
 
 struct ClientOptions {
-  std::vector<std::string> broker_uris;   // "tcp://127.0.0.1:1883", tried in order
+  std::vector<std::string> broker_uris;  // "tcp://127.0.0.1:1883", tried in order
   std::string client_id;
   bool clean_session = true;
   std::chrono::seconds keepalive{10};
   std::chrono::milliseconds min_reconnect{250};
   std::chrono::milliseconds max_reconnect{5000};
-  int max_inflight = 64;                  // Paho's own in-flight window (messages)
-  std::string username;                   // optional
-  std::string password;                   // optional; never logged
+  int max_inflight = 64;  // Paho's own in-flight window (messages)
+  std::string username;   // optional
+  std::string password;   // optional; never logged
 };
 
 struct Message {
@@ -47,6 +50,8 @@ class Client {
   // Starts connecting in the background; returns at once. Keeps retrying forever.
   Status start();
   // Remembered and re-applied after every reconnect. `filter` may be `$share/g/...`.
+  // While connected it waits (up to 5 s) for the SUBACK, so a publish right after
+  // it is seen; called from a handler it only queues the request (never blocks Paho).
   Status subscribe(const std::string& filter, int qos = 1);
   // Queues a publish without blocking. kUnavailable while disconnected (nothing queued).
   Status publish(const std::string& topic, std::string payload, int qos = 1);

@@ -1,0 +1,317 @@
+#include "agent/config/agent_config.h"
+
+#include <toml++/toml.h>
+
+#include <fstream>
+#include <initializer_list>
+#include <limits>
+#include <sstream>
+
+#if __has_include("shared/rules/schema_config.h")
+#include "shared/rules/schema_config.h"
+#endif
+
+namespace branchline::agent {
+namespace {
+
+// Reads the keys of one table, remembering which it consumed so every other
+// key can be reported as unknown.
+class TableReader {
+ public:
+  TableReader(const toml::table& table, std::string path) : table_(table), path_(std::move(path)) {}
+
+  std::string keyPath(std::string_view key) const {
+    return path_.empty() ? std::string(key) : path_ + "." + std::string(key);
+  }
+
+  const toml::node* take(std::string_view key) {
+    known_.emplace_back(key);
+    return table_.get(key);
+  }
+
+  Status integer(std::string_view key, int64_t min, int64_t max, int64_t& out) {
+    const toml::node* node = take(key);
+    if (node == nullptr) return Status::ok();
+    const auto* v = node->as_integer();
+    if (v == nullptr) return Status::invalid(keyPath(key) + ": must be an integer");
+    if (v->get() < min || v->get() > max) {
+      return Status::invalid(keyPath(key) + ": must be between " + std::to_string(min) + " and " +
+                             std::to_string(max));
+    }
+    out = v->get();
+    return Status::ok();
+  }
+
+  template <typename T>
+  Status integerAs(std::string_view key, int64_t min, int64_t max, T& out) {
+    int64_t v = static_cast<int64_t>(out);
+    BL_RETURN_IF_ERROR(integer(key, min, max, v));
+    out = static_cast<T>(v);
+    return Status::ok();
+  }
+
+  Status millis(std::string_view key, int64_t min, int64_t max, std::chrono::milliseconds& out) {
+    int64_t v = out.count();
+    BL_RETURN_IF_ERROR(integer(key, min, max, v));
+    out = std::chrono::milliseconds(v);
+    return Status::ok();
+  }
+
+  Status string(std::string_view key, std::string& out, bool* present = nullptr) {
+    const toml::node* node = take(key);
+    if (present != nullptr) *present = node != nullptr;
+    if (node == nullptr) return Status::ok();
+    const auto* v = node->as_string();
+    if (v == nullptr) return Status::invalid(keyPath(key) + ": must be a string");
+    out = v->get();
+    return Status::ok();
+  }
+
+  Status boolean(std::string_view key, bool& out) {
+    const toml::node* node = take(key);
+    if (node == nullptr) return Status::ok();
+    const auto* v = node->as_boolean();
+    if (v == nullptr) return Status::invalid(keyPath(key) + ": must be true or false");
+    out = v->get();
+    return Status::ok();
+  }
+
+  Status stringArray(std::string_view key, std::vector<std::string>& out) {
+    const toml::node* node = take(key);
+    if (node == nullptr) return Status::ok();
+    const auto* arr = node->as_array();
+    if (arr == nullptr) return Status::invalid(keyPath(key) + ": must be an array of strings");
+    std::vector<std::string> values;
+    for (size_t i = 0; i < arr->size(); ++i) {
+      const auto* s = arr->get(i)->as_string();
+      if (s == nullptr) {
+        return Status::invalid(keyPath(key) + "[" + std::to_string(i) + "]: must be a string");
+      }
+      values.push_back(s->get());
+    }
+    out = std::move(values);
+    return Status::ok();
+  }
+
+  // A sub-table; nullptr when absent. Not a table: error.
+  Result<const toml::table*> table(std::string_view key) {
+    const toml::node* node = take(key);
+    if (node == nullptr) return static_cast<const toml::table*>(nullptr);
+    const auto* t = node->as_table();
+    if (t == nullptr) return Status::invalid(keyPath(key) + ": must be a table");
+    return t;
+  }
+
+  // Call after every take(): any key left over is a typo or a key we do not have.
+  Status rejectUnknown() const {
+    for (const auto& [k, v] : table_) {
+      bool known = false;
+      for (const auto& name : known_) known = known || name == k.str();
+      if (!known) return Status::invalid("unknown key `" + keyPath(k.str()) + "`");
+    }
+    return Status::ok();
+  }
+
+ private:
+  const toml::table& table_;
+  std::string path_;
+  std::vector<std::string> known_;
+};
+
+bool validAgentId(std::string_view id) {
+  if (id.empty() || id.size() > 64) return false;
+  for (char c : id) {
+    const bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                    c == '_' || c == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+// "host:port" or "[v6]:port"; port 0..65535.
+Status parseListen(const std::string& listen, AgentConfig::Http& http) {
+  const auto bad = [&](const std::string& why) {
+    return Status::invalid("http.listen: `" + listen + "`: " + why + " (expected host:port)");
+  };
+  std::string host;
+  std::string port;
+  if (!listen.empty() && listen.front() == '[') {
+    const size_t close = listen.find(']');
+    if (close == std::string::npos || close + 1 >= listen.size() || listen[close + 1] != ':') {
+      return bad("unterminated IPv6 address");
+    }
+    host = listen.substr(1, close - 1);
+    port = listen.substr(close + 2);
+  } else {
+    const size_t colon = listen.rfind(':');
+    if (colon == std::string::npos) return bad("no port");
+    host = listen.substr(0, colon);
+    port = listen.substr(colon + 1);
+    if (host.find(':') != std::string::npos) return bad("IPv6 addresses need brackets");
+  }
+  if (host.empty()) return bad("empty host");
+  if (port.empty() || port.size() > 5 ||
+      port.find_first_not_of("0123456789") != std::string::npos) {
+    return bad("port must be a number");
+  }
+  const unsigned long p = std::stoul(port);
+  if (p > 65535) return bad("port must be between 0 and 65535");
+  http.host = host;
+  http.port = static_cast<uint16_t>(p);
+  return Status::ok();
+}
+
+Status validateBroker(const std::string& uri, size_t index) {
+  static constexpr std::string_view kSchemes[] = {"tcp://",   "ssl://", "mqtt://",
+                                                  "mqtts://", "ws://",  "wss://"};
+  for (auto scheme : kSchemes) {
+    if (uri.rfind(scheme, 0) == 0 && uri.size() > scheme.size()) return Status::ok();
+  }
+  return Status::invalid(
+      "mqtt.brokers[" + std::to_string(index) + "]: `" + uri +
+      "`: expected tcp://host:port (or ssl://, mqtt://, mqtts://, ws://, wss://)");
+}
+
+Status validateTopicPrefix(const std::string& prefix) {
+  if (prefix.empty()) return Status::invalid("mqtt.topic_prefix: must not be empty");
+  if (prefix.find_first_of("+#") != std::string::npos || prefix.find('\0') != std::string::npos) {
+    return Status::invalid("mqtt.topic_prefix: must not contain the wildcards `+` or `#`");
+  }
+  if (prefix.front() == '/' || prefix.back() == '/' || prefix.front() == '$') {
+    return Status::invalid("mqtt.topic_prefix: must not start with `/` or `$` or end with `/`");
+  }
+  return Status::ok();
+}
+
+constexpr int64_t kMaxInt = std::numeric_limits<int64_t>::max();
+
+Status parseRoot(const toml::table& root, const std::filesystem::path& base_dir, AgentConfig& cfg) {
+  TableReader top(root, "");
+  // Table order matches the README; each section is optional except [agent].
+  auto agent = top.table("agent");
+  if (!agent.isOk()) return agent.status();
+  if (*agent == nullptr) return Status::invalid("agent.id: required key is missing");
+  {
+    TableReader t(**agent, "agent");
+    bool has_id = false;
+    bool has_dir = false;
+    std::string data_dir;
+    BL_RETURN_IF_ERROR(t.string("id", cfg.id, &has_id));
+    BL_RETURN_IF_ERROR(t.string("data_dir", data_dir, &has_dir));
+    BL_RETURN_IF_ERROR(t.rejectUnknown());
+    if (!has_id) return Status::invalid("agent.id: required key is missing");
+    if (!validAgentId(cfg.id)) {
+      return Status::invalid("agent.id: `" + cfg.id +
+                             "`: must be 1 to 64 characters of A-Z a-z 0-9 _ -");
+    }
+    if (!has_dir) return Status::invalid("agent.data_dir: required key is missing");
+    if (data_dir.empty()) return Status::invalid("agent.data_dir: must not be empty");
+    cfg.data_dir = (base_dir / data_dir).lexically_normal();
+  }
+
+  auto http = top.table("http");
+  if (!http.isOk()) return http.status();
+  if (*http != nullptr) {
+    TableReader t(**http, "http");
+    BL_RETURN_IF_ERROR(t.string("listen", cfg.http.listen));
+    BL_RETURN_IF_ERROR(t.integerAs("max_body_bytes", 1, int64_t{1} << 30, cfg.http.max_body_bytes));
+    BL_RETURN_IF_ERROR(t.integerAs("max_depth", 1, 1024, cfg.http.max_depth));
+    BL_RETURN_IF_ERROR(
+        t.integerAs("max_records_per_request", 1, 1000000, cfg.http.max_records_per_request));
+    BL_RETURN_IF_ERROR(t.rejectUnknown());
+  }
+  BL_RETURN_IF_ERROR(parseListen(cfg.http.listen, cfg.http));
+
+  auto mqtt = top.table("mqtt");
+  if (!mqtt.isOk()) return mqtt.status();
+  if (*mqtt != nullptr) {
+    TableReader t(**mqtt, "mqtt");
+    BL_RETURN_IF_ERROR(t.stringArray("brokers", cfg.mqtt.brokers));
+    BL_RETURN_IF_ERROR(t.string("topic_prefix", cfg.mqtt.topic_prefix));
+    BL_RETURN_IF_ERROR(t.rejectUnknown());
+  }
+  if (cfg.mqtt.brokers.empty()) return Status::invalid("mqtt.brokers: must list at least one URI");
+  for (size_t i = 0; i < cfg.mqtt.brokers.size(); ++i) {
+    BL_RETURN_IF_ERROR(validateBroker(cfg.mqtt.brokers[i], i));
+  }
+  BL_RETURN_IF_ERROR(validateTopicPrefix(cfg.mqtt.topic_prefix));
+
+  auto buffer = top.table("buffer");
+  if (!buffer.isOk()) return buffer.status();
+  if (*buffer != nullptr) {
+    TableReader t(**buffer, "buffer");
+    BL_RETURN_IF_ERROR(t.integerAs("max_bytes", int64_t{1} << 20, kMaxInt, cfg.buffer.max_bytes));
+    BL_RETURN_IF_ERROR(t.rejectUnknown());
+  }
+
+  auto batch = top.table("batch");
+  if (!batch.isOk()) return batch.status();
+  if (*batch != nullptr) {
+    TableReader t(**batch, "batch");
+    BL_RETURN_IF_ERROR(t.integerAs("max_records", 1, 100000, cfg.batch.max_records));
+    BL_RETURN_IF_ERROR(t.integerAs("max_bytes", 1024, int64_t{16} << 20, cfg.batch.max_bytes));
+    BL_RETURN_IF_ERROR(t.millis("linger_ms", 0, 60000, cfg.batch.linger));
+    BL_RETURN_IF_ERROR(t.integerAs("window_batches", 1, 1000, cfg.batch.window_batches));
+    BL_RETURN_IF_ERROR(
+        t.integerAs("window_bytes", 1024, int64_t{64} << 20, cfg.batch.window_bytes));
+    BL_RETURN_IF_ERROR(t.millis("ack_timeout_ms", 100, 3600000, cfg.batch.ack_timeout));
+    BL_RETURN_IF_ERROR(t.integerAs("zstd_level", 0, 19, cfg.batch.zstd_level));
+    BL_RETURN_IF_ERROR(t.rejectUnknown());
+  }
+
+  auto spool = top.table("spool");
+  if (!spool.isOk()) return spool.status();
+  std::string spool_dir;
+  if (*spool != nullptr) {
+    TableReader t(**spool, "spool");
+    BL_RETURN_IF_ERROR(t.boolean("enabled", cfg.spool.enabled));
+    BL_RETURN_IF_ERROR(t.string("dir", spool_dir));
+    BL_RETURN_IF_ERROR(t.millis("poll_ms", 10, 600000, cfg.spool.poll));
+    BL_RETURN_IF_ERROR(t.rejectUnknown());
+  }
+  cfg.spool.dir =
+      spool_dir.empty() ? cfg.data_dir / "spool" : (base_dir / spool_dir).lexically_normal();
+
+  auto sources = top.table("sources");
+  if (!sources.isOk()) return sources.status();
+  if (*sources != nullptr && !(*sources)->empty()) {
+    auto parsed = rules::parseSources(**sources);
+    if (!parsed.isOk()) return parsed.status();
+    cfg.sources = std::move(parsed).value();
+  } else {
+    cfg.sources = {rules::defaultCustomerSchema()};
+  }
+
+  return top.rejectUnknown();
+}
+
+}  // namespace
+
+Result<AgentConfig> parseAgentConfig(std::string_view toml_text,
+                                     const std::filesystem::path& base_dir) {
+  toml::table root;
+  try {
+    root = toml::parse(toml_text);
+  } catch (const toml::parse_error& e) {
+    const auto& at = e.source().begin;
+    return Status::invalid("line " + std::to_string(at.line) + ", column " +
+                           std::to_string(at.column) + ": " + std::string(e.description()));
+  }
+  AgentConfig cfg;
+  const std::filesystem::path base = std::filesystem::absolute(base_dir);
+  BL_RETURN_IF_ERROR(parseRoot(root, base, cfg));
+  return cfg;
+}
+
+Result<AgentConfig> loadAgentConfig(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) return Status::notFound("cannot read config file " + file.string());
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) return Status::notFound("cannot read config file " + file.string());
+  auto cfg = parseAgentConfig(text.str(), std::filesystem::absolute(file).parent_path());
+  if (!cfg.isOk()) return cfg.status().withContext(file.string());
+  return cfg;
+}
+
+}  // namespace branchline::agent

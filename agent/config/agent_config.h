@@ -1,0 +1,70 @@
+// The agent's configuration: the TOML file documented in README "Configuration
+// / Agent", read into one plain struct with defaults. Every key not listed there
+// is an error naming its path, so a typo never silently falls back to a
+// default; wrong types and out-of-range values name the key and the bound
+// ("batch.max_records: must be between 1 and 100000").
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "shared/core/status.h"
+#include "shared/rules/rule_engine.h"
+
+namespace branchline::agent {
+
+struct AgentConfig {
+  struct Http {
+    std::string listen = "127.0.0.1:8080";  // as written
+    std::string host = "127.0.0.1";         // parsed from `listen` ("[::1]:80" -> "::1")
+    uint16_t port = 8080;                   // 0: pick a free one
+    uint64_t max_body_bytes = 8 << 20;
+    int max_depth = 32;
+    uint64_t max_records_per_request = 10000;
+  };
+  struct Mqtt {
+    std::vector<std::string> brokers{"tcp://127.0.0.1:1883"};
+    std::string topic_prefix = "branchline/v1";
+  };
+  struct Buffer {
+    uint64_t max_bytes = 1ull << 30;
+  };
+  struct Batch {
+    uint64_t max_records = 2000;
+    uint64_t max_bytes = 512 << 10;  // uncompressed payload bytes
+    std::chrono::milliseconds linger{100};
+    uint64_t window_batches = 8;
+    uint64_t window_bytes = 1 << 20;  // compressed bytes in flight
+    std::chrono::milliseconds ack_timeout{10000};
+    int zstd_level = 1;
+  };
+  struct Spool {
+    bool enabled = true;
+    std::filesystem::path dir;  // resolved: `<data_dir>/spool` when not set
+    std::chrono::milliseconds poll{500};
+  };
+
+  std::string id;                  // required; [A-Za-z0-9_-]{1,64}
+  std::filesystem::path data_dir;  // required; made absolute against the config's folder
+  Http http;
+  Mqtt mqtt;
+  Buffer buffer;
+  Batch batch;
+  Spool spool;
+  std::vector<rules::SourceSchema> sources;  // built-in `customer` when none are declared
+};
+
+// Reads and validates the file. kNotFound when it cannot be read, kInvalidArgument
+// (naming the key) when its content is wrong. Relative paths in it are taken
+// relative to the file's folder.
+Result<AgentConfig> loadAgentConfig(const std::filesystem::path& file);
+
+// The same for TOML text; relative paths resolve against `base_dir`.
+Result<AgentConfig> parseAgentConfig(std::string_view toml_text,
+                                     const std::filesystem::path& base_dir);
+
+}  // namespace branchline::agent

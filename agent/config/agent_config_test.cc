@@ -1,0 +1,239 @@
+#include "agent/config/agent_config.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <fstream>
+
+namespace branchline::agent {
+namespace {
+
+using namespace std::chrono_literals;
+
+// The agent example from README "Configuration / Agent", verbatim.
+constexpr std::string_view kReadmeExample = R"toml(
+[agent]
+id = "office-1"              # required; [A-Za-z0-9_-]{1,64}; names its MQTT topics
+data_dir = "/var/lib/branchline/agent"   # required; buffer.db and spool/ live here
+
+[http]
+listen = "127.0.0.1:8080"    # host:port; port 0 picks a free one
+max_body_bytes = 8388608     # past it: 413
+max_depth = 32               # JSON nesting past it: 400
+max_records_per_request = 10000
+
+[mqtt]
+brokers = ["tcp://127.0.0.1:1883"]   # tried in order on failure
+topic_prefix = "branchline/v1"
+
+[buffer]
+max_bytes = 1073741824       # past it: 503 with Retry-After
+
+[batch]
+max_records = 2000
+max_bytes = 524288           # uncompressed payload bytes per batch
+linger_ms = 100              # a partial batch leaves after this long
+window_batches = 8           # unacked batches in flight
+window_bytes = 1048576       # compressed bytes in flight
+ack_timeout_ms = 10000       # resend an unacked batch after this
+zstd_level = 1
+
+[spool]
+enabled = true
+dir = ""                     # default: <data_dir>/spool ; files go in spool/<source>/
+poll_ms = 500
+
+# Sources. Without any [sources.*] table the built-in `customer` source is used.
+[sources.customer]
+key = ["external_id"]        # record key fields; empty: hash of the normalized record
+unknown_fields = "reject"    # keep | drop | reject
+[sources.customer.fields.external_id]
+type = "string"              # string|email|phone|timestamp|enum|integer|decimal|boolean
+required = true
+max_length = 128
+# pattern = "^[A-Za-z0-9-]+$"   # regex the whole value must match
+# values = ["web","mobile"]     # for enum
+# region = "US"                 # for phone: default region
+)toml";
+
+constexpr std::string_view kMinimal = "[agent]\nid = \"a1\"\ndata_dir = \"/d\"\n";
+
+Status parseError(std::string_view text) {
+  auto r = parseAgentConfig(text, "/etc/branchline");
+  EXPECT_FALSE(r.isOk()) << "expected an error for:\n" << text;
+  return r.status();
+}
+
+std::string withMinimal(std::string_view extra) {
+  return std::string(kMinimal) + std::string(extra);
+}
+
+TEST(AgentConfigTest, ReadmeExampleParses) {
+  auto r = parseAgentConfig(kReadmeExample, "/etc/branchline");
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  const AgentConfig& c = *r;
+  EXPECT_EQ(c.id, "office-1");
+  EXPECT_EQ(c.data_dir, "/var/lib/branchline/agent");
+  EXPECT_EQ(c.http.host, "127.0.0.1");
+  EXPECT_EQ(c.http.port, 8080);
+  EXPECT_EQ(c.http.max_body_bytes, 8388608u);
+  EXPECT_EQ(c.mqtt.brokers, std::vector<std::string>{"tcp://127.0.0.1:1883"});
+  EXPECT_EQ(c.batch.window_bytes, 1048576u);
+  EXPECT_EQ(c.batch.ack_timeout, 10000ms);
+  EXPECT_EQ(c.spool.dir, "/var/lib/branchline/agent/spool");
+  ASSERT_EQ(c.sources.size(), 1u);
+  EXPECT_EQ(c.sources[0].name, "customer");
+  EXPECT_EQ(c.sources[0].key_fields, std::vector<std::string>{"external_id"});
+}
+
+TEST(AgentConfigTest, DefaultsForEverythingButTheRequiredKeys) {
+  auto r = parseAgentConfig(kMinimal, "/etc/branchline");
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  const AgentConfig& c = *r;
+  const AgentConfig d;  // the struct's defaults are the README's
+  EXPECT_EQ(c.http.port, 8080);
+  EXPECT_EQ(c.http.max_depth, 32);
+  EXPECT_EQ(c.http.max_records_per_request, 10000u);
+  EXPECT_EQ(c.mqtt.topic_prefix, "branchline/v1");
+  EXPECT_EQ(c.buffer.max_bytes, 1ull << 30);
+  EXPECT_EQ(c.batch.max_records, 2000u);
+  EXPECT_EQ(c.batch.max_bytes, 524288u);
+  EXPECT_EQ(c.batch.linger, 100ms);
+  EXPECT_EQ(c.batch.window_batches, 8u);
+  EXPECT_EQ(c.batch.zstd_level, d.batch.zstd_level);
+  EXPECT_TRUE(c.spool.enabled);
+  EXPECT_EQ(c.spool.poll, 500ms);
+  EXPECT_EQ(c.spool.dir, "/d/spool");
+  // No [sources.*]: the built-in customer source.
+  ASSERT_EQ(c.sources.size(), 1u);
+  EXPECT_EQ(c.sources[0].name, "customer");
+  EXPECT_FALSE(c.sources[0].fields.empty());
+}
+
+TEST(AgentConfigTest, RelativePathsResolveAgainstTheConfigFolder) {
+  auto r = parseAgentConfig("[agent]\nid = \"a\"\ndata_dir = \"data\"\n[spool]\ndir = \"../in\"\n",
+                            "/etc/bl");
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  EXPECT_EQ(r->data_dir, "/etc/bl/data");
+  EXPECT_EQ(r->spool.dir, "/etc/in");
+}
+
+TEST(AgentConfigTest, ListenForms) {
+  auto r = parseAgentConfig(withMinimal("[http]\nlisten = \"[::1]:0\"\n"), "/");
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  EXPECT_EQ(r->http.host, "::1");
+  EXPECT_EQ(r->http.port, 0);
+  for (const char* bad : {"127.0.0.1", "127.0.0.1:http", ":80", "1.2.3.4:70000", "::1:80"}) {
+    Status s = parseError(withMinimal(std::string("[http]\nlisten = \"") + bad + "\"\n"));
+    EXPECT_NE(s.message().find("http.listen"), std::string::npos) << s.toString();
+  }
+}
+
+TEST(AgentConfigTest, MissingRequiredKeysAreNamed) {
+  EXPECT_NE(parseError("").message().find("agent.id: required"), std::string::npos);
+  EXPECT_NE(parseError("[agent]\ndata_dir = \"/d\"\n").message().find("agent.id: required"),
+            std::string::npos);
+  EXPECT_NE(parseError("[agent]\nid = \"a\"\n").message().find("agent.data_dir: required"),
+            std::string::npos);
+}
+
+TEST(AgentConfigTest, AgentIdIsValidated) {
+  for (std::string bad : {std::string(""), std::string("has space"), std::string("a/b"),
+                          std::string("ünï"), std::string(65, 'x')}) {
+    Status s = parseError("[agent]\nid = \"" + bad + "\"\ndata_dir = \"/d\"\n");
+    EXPECT_EQ(s.code(), Code::kInvalidArgument);
+    EXPECT_NE(s.message().find("agent.id"), std::string::npos) << s.toString();
+  }
+  EXPECT_TRUE(
+      parseAgentConfig("[agent]\nid = \"" + std::string(64, 'x') + "\"\ndata_dir = \"/d\"", "/")
+          .isOk());
+}
+
+TEST(AgentConfigTest, UnknownKeysAreErrorsNamingThePath) {
+  EXPECT_EQ(parseError(withMinimal("[batch]\nmax_record = 5\n")).message(),
+            "unknown key `batch.max_record`");
+  EXPECT_EQ(parseError(withMinimal("[htp]\nlisten = \"x:1\"\n")).message(), "unknown key `htp`");
+  EXPECT_EQ(parseError("[agent]\nid = \"a\"\ndata_dir = \"/d\"\nname = \"x\"\n").message(),
+            "unknown key `agent.name`");
+  EXPECT_EQ(parseError(withMinimal("[spool]\nenabled = true\n[spool.extra]\nx = 1\n")).message(),
+            "unknown key `spool.extra`");
+}
+
+TEST(AgentConfigTest, WrongTypesNameTheKey) {
+  EXPECT_EQ(parseError(withMinimal("[batch]\nmax_records = \"2000\"\n")).message(),
+            "batch.max_records: must be an integer");
+  EXPECT_EQ(parseError(withMinimal("[spool]\nenabled = 1\n")).message(),
+            "spool.enabled: must be true or false");
+  EXPECT_EQ(parseError(withMinimal("[mqtt]\nbrokers = \"tcp://h:1\"\n")).message(),
+            "mqtt.brokers: must be an array of strings");
+  EXPECT_EQ(parseError(withMinimal("[mqtt]\nbrokers = [\"tcp://h:1\", 2]\n")).message(),
+            "mqtt.brokers[1]: must be a string");
+  EXPECT_EQ(parseError("agent = 5\n").message(), "agent: must be a table");
+  EXPECT_EQ(parseError("[agent]\nid = 7\ndata_dir = \"/d\"\n").message(),
+            "agent.id: must be a string");
+}
+
+TEST(AgentConfigTest, OutOfRangeValuesNameTheKeyAndTheBound) {
+  EXPECT_EQ(parseError(withMinimal("[batch]\nmax_records = 0\n")).message(),
+            "batch.max_records: must be between 1 and 100000");
+  EXPECT_EQ(parseError(withMinimal("[batch]\nmax_records = 100001\n")).message(),
+            "batch.max_records: must be between 1 and 100000");
+  EXPECT_NE(
+      parseError(withMinimal("[batch]\nzstd_level = 30\n")).message().find("batch.zstd_level"),
+      std::string::npos);
+  EXPECT_NE(parseError(withMinimal("[batch]\nack_timeout_ms = -1\n"))
+                .message()
+                .find("batch.ack_timeout_ms: must be between"),
+            std::string::npos);
+  EXPECT_NE(
+      parseError(withMinimal("[buffer]\nmax_bytes = 10\n")).message().find("buffer.max_bytes"),
+      std::string::npos);
+  EXPECT_NE(parseError(withMinimal("[http]\nmax_depth = 0\n")).message().find("http.max_depth"),
+            std::string::npos);
+  EXPECT_NE(parseError(withMinimal("[mqtt]\nbrokers = []\n")).message().find("mqtt.brokers"),
+            std::string::npos);
+  EXPECT_NE(parseError(withMinimal("[mqtt]\nbrokers = [\"localhost:1883\"]\n"))
+                .message()
+                .find("mqtt.brokers[0]"),
+            std::string::npos);
+  EXPECT_NE(parseError(withMinimal("[mqtt]\ntopic_prefix = \"a/#\"\n"))
+                .message()
+                .find("mqtt.topic_prefix"),
+            std::string::npos);
+}
+
+TEST(AgentConfigTest, SyntaxErrorsGiveTheLine) {
+  Status s = parseError("[agent]\nid = \"a\"\ndata_dir = \n");
+  EXPECT_EQ(s.code(), Code::kInvalidArgument);
+  EXPECT_NE(s.message().find("line 3"), std::string::npos) << s.toString();
+}
+
+TEST(AgentConfigTest, SourceErrorsComeFromTheRuleParserWithTheirKey) {
+  Status s = parseError(withMinimal(
+      "[sources.customer]\nkey = [\"id\"]\n[sources.customer.fields.id]\ntype = \"mail\"\n"));
+  EXPECT_EQ(s.code(), Code::kInvalidArgument);
+  EXPECT_NE(s.message().find("sources.customer.fields.id.type"), std::string::npos) << s.toString();
+}
+
+TEST(AgentConfigTest, LoadReadsAFileAndNamesItOnError) {
+  char tmpl[] = "/tmp/bl-config-test-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::filesystem::path dir = tmpl;
+  {
+    std::ofstream(dir / "agent.toml") << "[agent]\nid = \"o\"\ndata_dir = \"state\"\n";
+    std::ofstream(dir / "bad.toml") << "[agent]\nid = \"o\"\ndata_dir = \"state\"\n[x]\n";
+  }
+  auto ok = loadAgentConfig(dir / "agent.toml");
+  ASSERT_TRUE(ok.isOk()) << ok.status().toString();
+  EXPECT_EQ(ok->data_dir, dir / "state");
+  auto bad = loadAgentConfig(dir / "bad.toml");
+  ASSERT_FALSE(bad.isOk());
+  EXPECT_NE(bad.status().message().find("bad.toml"), std::string::npos);
+  EXPECT_NE(bad.status().message().find("unknown key `x`"), std::string::npos);
+  auto missing = loadAgentConfig(dir / "nope.toml");
+  EXPECT_EQ(missing.status().code(), Code::kNotFound);
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace branchline::agent

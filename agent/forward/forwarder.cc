@@ -1,0 +1,415 @@
+#include "agent/forward/forwarder.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cassert>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "protocol/batch_codec.h"
+#include "shared/core/clock.h"
+#include "shared/core/log.h"
+
+namespace branchline::agent {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+// Acks waiting for the forwarder thread. Only as many can be legitimately
+// outstanding as the window; past this bound (a flood) they are dropped, which
+// costs at most a resend.
+constexpr size_t kMaxQueuedAcks = 4096;
+// An ack is a few hundred bytes; anything bigger is not one.
+constexpr size_t kMaxAckBytes = 64 << 10;
+// After a local failure (SQLite, a refused publish) wait this long before trying again.
+constexpr milliseconds kErrorBackoff{1000};
+
+}  // namespace
+
+std::string batchTopic(const std::string& prefix, const std::string& agent_id) {
+  return prefix + "/agents/" + agent_id + "/batch";
+}
+std::string ackTopic(const std::string& prefix, const std::string& agent_id) {
+  return prefix + "/agents/" + agent_id + "/ack";
+}
+
+struct Forwarder::Impl {
+  Impl(DurableBuffer& b, ForwarderOptions o, MetricsRegistry& m)
+      : buffer(b),
+        options(std::move(o)),
+        batch_topic(batchTopic(options.topic_prefix, options.agent_id)),
+        ack_topic(ackTopic(options.topic_prefix, options.agent_id)),
+        sent(m.counter("bl_agent_batches_sent_total", "Batches published for the first time")),
+        acked(m.counter("bl_agent_batches_acked_total",
+                        "Batches acknowledged by an aggregator and deleted")),
+        retried(m.counter("bl_agent_batches_retried_total",
+                          "Batches re-published (ack timeout, reconnect, restart, refusal)")),
+        refused(m.counter("bl_agent_batches_refused_total",
+                          "Acks refusing a batch (kept and retried)")),
+        buffer_records(m.gauge("bl_agent_buffer_records",
+                               "Records and quarantined rejects held in the buffer")),
+        buffer_bytes(m.gauge("bl_agent_buffer_bytes", "Bytes held in the buffer")),
+        oldest_unacked_age(m.gauge("bl_agent_oldest_unacked_age_seconds",
+                                   "Age of the oldest formed, unacked batch")),
+        mqtt_connected(m.gauge("bl_agent_mqtt_connected", "1 while connected to a broker")) {}
+
+  // One published, unacked batch.
+  struct InFlight {
+    size_t bytes = 0;                     // encoded size, counted against window_bytes
+    Clock::time_point due;                // re-publish at this time (when connected)
+    bool published = false;               // at least once by this process
+    const char* due_why = "ack_timeout";  // for the resend log line
+  };
+
+  DurableBuffer& buffer;
+  const ForwarderOptions options;
+  const std::string batch_topic;
+  const std::string ack_topic;
+  Counter& sent;
+  Counter& acked;
+  Counter& retried;
+  Counter& refused;
+  Gauge& buffer_records;
+  Gauge& buffer_bytes;
+  Gauge& oldest_unacked_age;
+  Gauge& mqtt_connected;
+
+  // Shared with Paho's thread: only the queue and the connection state.
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::deque<std::string> ack_queue;
+  uint64_t dropped_acks = 0;
+  bool up = false;
+  uint64_t up_generation = 0;  // incremented on every (re)connect
+  bool stopping = false;
+  bool wake = false;
+
+  // Forwarder thread only.
+  std::map<uint64_t, InFlight> in_flight;  // by seq: oldest first
+  std::deque<uint64_t> startup_resend;     // unacked at start, not yet re-published
+  size_t in_flight_bytes = 0;
+  size_t last_batch_bytes = 0;
+  uint64_t seen_generation = 0;
+  bool connected = false;
+  Clock::time_point error_backoff_until{};
+  std::atomic<size_t> in_flight_count{0};
+  std::atomic<bool> connected_flag{false};
+
+  std::unique_ptr<mqtt::Client> client;
+  std::thread thread;
+
+  // --- Paho's thread: post and return. ---
+  void onMessage(mqtt::Message&& m) {
+    if (m.topic != ack_topic) return;
+    {
+      std::lock_guard lock(mutex);
+      if (ack_queue.size() >= kMaxQueuedAcks) {
+        ++dropped_acks;
+        return;
+      }
+      ack_queue.push_back(std::move(m.payload));
+      wake = true;
+    }
+    cv.notify_one();
+  }
+  void onConnection(bool is_up) {
+    mqtt_connected.set(is_up ? 1 : 0);
+    connected_flag.store(is_up);
+    {
+      std::lock_guard lock(mutex);
+      up = is_up;
+      if (is_up) ++up_generation;
+      wake = true;
+    }
+    cv.notify_one();
+  }
+
+  // --- Forwarder thread. ---
+  bool windowAllows() const {
+    if (in_flight.empty()) return true;
+    return in_flight.size() < options.window_batches &&
+           in_flight_bytes + last_batch_bytes <= options.window_bytes;
+  }
+
+  void track(uint64_t seq, size_t bytes) {
+    InFlight& f = in_flight[seq];
+    in_flight_bytes -= f.bytes;
+    f.bytes = bytes;
+    in_flight_bytes += bytes;
+    last_batch_bytes = bytes;
+    in_flight_count.store(in_flight.size());
+  }
+
+  void untrack(std::map<uint64_t, InFlight>::iterator it) {
+    in_flight_bytes -= it->second.bytes;
+    in_flight.erase(it);
+    in_flight_count.store(in_flight.size());
+  }
+
+  // Encodes and publishes; the batch is in `in_flight` afterwards whatever happens,
+  // so a failed publish is simply retried.
+  void publish(PendingBatch&& batch, const char* why) {
+    const uint64_t seq = batch.seq;
+    protocol::WireBatch wire;
+    wire.agent_id = options.agent_id;
+    wire.seq = seq;
+    wire.created_at_us = batch.created_at_us;
+    wire.records = std::move(batch.records);
+    wire.rejects = std::move(batch.rejects);
+    std::string payload = protocol::encodeBatch(wire, options.zstd_level);
+    track(seq, payload.size());
+    InFlight& f = in_flight[seq];
+    Status s = client->publish(batch_topic, std::move(payload), 1);
+    const auto now = Clock::now();
+    if (!s.isOk()) {
+      f.due = now + std::min(options.ack_timeout, kErrorBackoff);
+      log::warn("batch_publish_failed", {{"seq", seq}, {"error", s.toString()}});
+      return;
+    }
+    f.due = now + options.ack_timeout;
+    f.due_why = "ack_timeout";
+    if (!f.published && std::string_view(why) == "new") {
+      sent.inc();
+    } else {
+      retried.inc();
+      log::info("batch_resent", {{"seq", seq}, {"why", why}});
+    }
+    f.published = true;
+  }
+
+  // Re-publishes a batch from the buffer: same seq, same records. False when
+  // the buffer failed (the caller backs off); a batch no longer there was acked.
+  bool republish(uint64_t seq, const char* why) {
+    auto loaded = buffer.loadBatch(seq);
+    if (!loaded.isOk()) {
+      if (loaded.status().code() == Code::kNotFound) {
+        auto it = in_flight.find(seq);
+        if (it != in_flight.end()) untrack(it);
+        return true;
+      }
+      log::error("batch_load_failed", {{"seq", seq}, {"error", loaded.status().toString()}});
+      error_backoff_until = Clock::now() + kErrorBackoff;
+      return false;
+    }
+    publish(std::move(loaded).value(), why);
+    return true;
+  }
+
+  void handleAck(const std::string& payload) {
+    protocol::DecodeLimits limits;
+    limits.max_message_bytes = kMaxAckBytes;
+    limits.max_inflated_bytes = kMaxAckBytes;
+    auto ack = protocol::decodeAck(payload, limits);
+    if (!ack.isOk()) {
+      log::warn("ack_undecodable", {{"topic", ack_topic}, {"error", ack.status().toString()}});
+      return;
+    }
+    if (ack->agent_id != options.agent_id) {
+      log::warn("ack_for_other_agent", {{"agent", ack->agent_id}, {"seq", ack->batch_seq}});
+      return;
+    }
+    const uint64_t seq = ack->batch_seq;
+    auto it = in_flight.find(seq);
+    auto pending = std::find(startup_resend.begin(), startup_resend.end(), seq);
+    // Acks for seqs not in flight were already handled (a resend's second ack).
+    if (it == in_flight.end() && pending == startup_resend.end()) return;
+
+    if (ack->status == protocol::AckStatus::kRefused) {
+      refused.inc();
+      log::warn("batch_refused",
+                {{"seq", seq}, {"aggregator", ack->aggregator}, {"reason", ack->message}});
+      if (it != in_flight.end()) {
+        it->second.due = Clock::now() + options.ack_timeout;
+        it->second.due_why = "refused";
+      }
+      return;
+    }
+    Status s = buffer.ack(seq);
+    if (!s.isOk()) {
+      // Kept: the resend gets a `duplicate` ack, and the delete is tried again.
+      log::error("batch_ack_failed", {{"seq", seq}, {"error", s.toString()}});
+      return;
+    }
+    acked.inc();
+    if (it != in_flight.end()) untrack(it);
+    if (pending != startup_resend.end()) startup_resend.erase(pending);
+  }
+
+  void resendDue(Clock::time_point now) {
+    std::vector<std::pair<uint64_t, const char*>> due;  // republish() may erase entries
+    for (const auto& [seq, f] : in_flight) {
+      if (f.due <= now) due.emplace_back(seq, f.published ? f.due_why : "unsent");
+    }
+    for (const auto& [seq, why] : due) {
+      if (!republish(seq, why)) return;
+    }
+  }
+
+  void sendStartupBacklog() {
+    while (!startup_resend.empty() && windowAllows()) {
+      const uint64_t seq = startup_resend.front();
+      auto loaded = buffer.loadBatch(seq);
+      if (!loaded.isOk() && loaded.status().code() != Code::kNotFound) {
+        log::error("batch_load_failed", {{"seq", seq}, {"error", loaded.status().toString()}});
+        error_backoff_until = Clock::now() + kErrorBackoff;
+        return;
+      }
+      startup_resend.pop_front();
+      if (loaded.isOk()) publish(std::move(loaded).value(), "restart");
+    }
+  }
+
+  bool lingerExpired(const BufferStats& st) const {
+    if (st.oldest_unbatched_us == 0) return false;
+    const int64_t linger_us =
+        std::chrono::duration_cast<std::chrono::microseconds>(options.linger).count();
+    return nowMicros() - st.oldest_unbatched_us >= linger_us;
+  }
+
+  bool batchIsFull(const BufferStats& st) const {
+    if (st.unbatched_records >= options.limits.max_records) return true;
+    // stats() has no unbatched byte count; estimate it from the average entry.
+    const uint64_t entries = st.records + st.rejects;
+    if (entries == 0) return false;
+    const double avg = static_cast<double>(st.bytes) / static_cast<double>(entries);
+    return avg * static_cast<double>(st.unbatched_records) >=
+           static_cast<double>(options.limits.max_bytes);
+  }
+
+  void formNewBatches() {
+    while (startup_resend.empty() && windowAllows()) {
+      const BufferStats st = buffer.stats();
+      if (st.unbatched_records == 0) return;
+      if (!batchIsFull(st) && !lingerExpired(st)) return;
+      auto formed = buffer.formBatch(options.limits, nowMicros());
+      if (!formed.isOk()) {
+        log::error("batch_form_failed", {{"error", formed.status().toString()}});
+        error_backoff_until = Clock::now() + kErrorBackoff;
+        return;
+      }
+      if (!formed->has_value()) return;
+      publish(std::move(**formed), "new");
+    }
+  }
+
+  void updateGauges() {
+    const BufferStats st = buffer.stats();
+    buffer_records.set(static_cast<int64_t>(st.records + st.rejects));
+    buffer_bytes.set(static_cast<int64_t>(st.bytes));
+    oldest_unacked_age.set(
+        st.oldest_unacked_us == 0
+            ? 0
+            : std::max<int64_t>(0, (nowMicros() - st.oldest_unacked_us) / 1000000));
+  }
+
+  // When the loop must look again: the next resend, the linger deadline, or a poll
+  // (appends do not always notify()).
+  Clock::time_point nextWake(Clock::time_point now) const {
+    const milliseconds poll = std::clamp(options.linger / 2, milliseconds(5), milliseconds(50));
+    auto next = now + poll;
+    if (connected) {
+      for (const auto& [seq, f] : in_flight) next = std::min(next, f.due);
+    }
+    return std::max(next, error_backoff_until);
+  }
+
+  void run() {
+    for (;;) {
+      std::deque<std::string> acks;
+      bool is_up;
+      uint64_t generation;
+      {
+        std::unique_lock lock(mutex);
+        if (stopping) return;
+        acks.swap(ack_queue);
+        is_up = up;
+        generation = up_generation;
+        wake = false;
+        if (dropped_acks > 0) {
+          log::warn("acks_dropped", {{"count", dropped_acks}});
+          dropped_acks = 0;
+        }
+      }
+      for (const auto& payload : acks) handleAck(payload);
+
+      const auto now = Clock::now();
+      connected = is_up;
+      if (is_up && generation != seen_generation) {
+        // After a reconnect whatever was in flight may be lost with the old session.
+        seen_generation = generation;
+        for (auto& [seq, f] : in_flight) {
+          f.due = now;
+          f.due_why = "reconnect";
+        }
+      }
+      if (connected && now >= error_backoff_until) {
+        resendDue(now);
+        if (now >= error_backoff_until) sendStartupBacklog();
+        if (now >= error_backoff_until) formNewBatches();
+      }
+      updateGauges();
+
+      std::unique_lock lock(mutex);
+      cv.wait_until(lock, nextWake(Clock::now()), [&] { return stopping || wake; });
+    }
+  }
+};
+
+Forwarder::Forwarder() = default;
+
+Result<std::unique_ptr<Forwarder>> Forwarder::start(DurableBuffer& buffer, ForwarderOptions options,
+                                                    MetricsRegistry& metrics) {
+  if (options.agent_id.empty()) return Status::invalid("forwarder: agent id is empty");
+  if (options.mqtt.broker_uris.empty()) return Status::invalid("forwarder: no broker URIs");
+  if (options.window_batches == 0) return Status::invalid("forwarder: window_batches is 0");
+  std::unique_ptr<Forwarder> f(new Forwarder());
+  f->impl_ = std::make_unique<Impl>(buffer, std::move(options), metrics);
+  Impl* impl = f->impl_.get();
+
+  auto unacked = buffer.unackedBatches();
+  if (!unacked.isOk()) return unacked.status().withContext("forwarder: listing unacked batches");
+  impl->startup_resend.assign(unacked->begin(), unacked->end());
+  if (!impl->startup_resend.empty()) {
+    log::info("forwarder_resuming", {{"unacked_batches", static_cast<uint64_t>(unacked->size())},
+                                     {"oldest_seq", impl->startup_resend.front()}});
+  }
+
+  impl->client = std::make_unique<mqtt::Client>(
+      impl->options.mqtt, [impl](mqtt::Message&& m) { impl->onMessage(std::move(m)); },
+      [impl](bool up) { impl->onConnection(up); });
+  BL_RETURN_IF_ERROR(impl->client->subscribe(impl->ack_topic, 1));
+  BL_RETURN_IF_ERROR(impl->client->start());
+  impl->thread = std::thread([impl] { impl->run(); });
+  return f;
+}
+
+Forwarder::~Forwarder() { stop(); }
+
+void Forwarder::notify() {
+  {
+    std::lock_guard lock(impl_->mutex);
+    impl_->wake = true;
+  }
+  impl_->cv.notify_one();
+}
+
+void Forwarder::stop() {
+  if (!impl_) return;
+  {
+    std::lock_guard lock(impl_->mutex);
+    impl_->stopping = true;
+  }
+  impl_->cv.notify_one();
+  if (impl_->thread.joinable()) impl_->thread.join();
+  if (impl_->client) impl_->client->stop();  // no Paho callback runs after this
+  impl_->mqtt_connected.set(0);
+}
+
+size_t Forwarder::inFlight() const { return impl_->in_flight_count.load(); }
+bool Forwarder::connected() const { return impl_->connected_flag.load(); }
+
+}  // namespace branchline::agent

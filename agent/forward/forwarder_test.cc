@@ -1,0 +1,378 @@
+#include "agent/forward/forwarder.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "shared/core/clock.h"
+#include "shared/mqtt/testing/mosquitto_process.h"
+
+namespace branchline::agent {
+namespace {
+
+using namespace std::chrono_literals;
+using mqtt::testing::MosquittoProcess;
+using protocol::AckStatus;
+using protocol::WireBatch;
+
+constexpr char kPrefix[] = "bl-test/v1";
+constexpr char kAgent[] = "office-7";
+
+// Stands in for the aggregator pair: decodes every batch it receives and acks it
+// according to `mode`. Handlers only decode, record and publish (non-blocking).
+class FakeAggregator {
+ public:
+  enum class Mode {
+    kAck,          // ack `stored` (or `duplicate` when seen before)
+    kSilent,       // never ack
+    kIgnoreFirst,  // drop the first delivery of each seq, ack the next
+    kRefuseFirst,  // refuse the first delivery of each seq, ack the next
+  };
+
+  explicit FakeAggregator(const std::string& uri) {
+    mqtt::ClientOptions o;
+    o.broker_uris = {uri};
+    o.client_id = "fake-aggregator";
+    o.min_reconnect = 100ms;
+    o.max_reconnect = 300ms;
+    client_ = std::make_unique<mqtt::Client>(
+        o, [this](mqtt::Message&& m) { onBatch(std::move(m)); },
+        [this](bool up) {
+          std::lock_guard lock(mu_);
+          if (up) ++ups_;
+          cv_.notify_all();
+        });
+    EXPECT_TRUE(client_->subscribe(std::string(kPrefix) + "/agents/+/batch", 1).isOk());
+    EXPECT_TRUE(client_->start().isOk());
+    EXPECT_TRUE(waitFor([&] { return ups_ > 0; })) << "fake aggregator never connected";
+  }
+
+  void setMode(Mode m) {
+    std::lock_guard lock(mu_);
+    mode_ = m;
+  }
+
+  // Acks every batch seen so far (for a test that held acks back).
+  void ackAllSeen() {
+    std::lock_guard lock(mu_);
+    for (const auto& [seq, b] : first_) sendAck(seq, AckStatus::kStored);
+  }
+
+  template <typename Pred>
+  bool waitFor(Pred pred, std::chrono::milliseconds timeout = 15s) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, timeout, [&] { return pred(); });
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<uint64_t, WireBatch> first_;       // first delivery of each seq
+  std::map<uint64_t, int> deliveries_;        // seq -> times received
+  std::map<uint64_t, bool> equal_on_resend_;  // seq -> every resend matched the first
+  std::set<std::string> keys_acked_;          // record keys in batches acked
+  size_t decode_errors_ = 0;
+  int ups_ = 0;
+
+ private:
+  void onBatch(mqtt::Message&& m) {
+    auto batch = protocol::decodeBatch(m.payload);
+    std::lock_guard lock(mu_);
+    if (!batch.isOk()) {
+      ++decode_errors_;
+      cv_.notify_all();
+      return;
+    }
+    const uint64_t seq = batch->seq;
+    const int n = ++deliveries_[seq];
+    if (n == 1) {
+      first_[seq] = *batch;
+    } else {
+      auto& eq = equal_on_resend_.try_emplace(seq, true).first->second;
+      eq = eq && (first_[seq] == *batch);
+    }
+    switch (mode_) {
+      case Mode::kAck:
+        sendAck(seq, n == 1 ? AckStatus::kStored : AckStatus::kDuplicate);
+        break;
+      case Mode::kSilent:
+        break;
+      case Mode::kIgnoreFirst:
+        if (n > 1) sendAck(seq, AckStatus::kStored);
+        break;
+      case Mode::kRefuseFirst:
+        sendAck(seq, n == 1 ? AckStatus::kRefused : AckStatus::kStored);
+        break;
+    }
+    cv_.notify_all();
+  }
+
+  void sendAck(uint64_t seq, AckStatus status) {
+    protocol::WireAck ack;
+    ack.agent_id = kAgent;
+    ack.batch_seq = seq;
+    ack.status = status;
+    ack.aggregator = "fake";
+    ack.message = status == AckStatus::kRefused ? "test refusal" : "";
+    if (status != AckStatus::kRefused) {
+      for (const auto& r : first_[seq].records) keys_acked_.insert(r.key);
+    }
+    EXPECT_TRUE(client_
+                    ->publish(std::string(kPrefix) + "/agents/" + kAgent + "/ack",
+                              protocol::encodeAck(ack), 1)
+                    .isOk());
+  }
+
+  Mode mode_ = Mode::kAck;
+  std::unique_ptr<mqtt::Client> client_;
+};
+
+class ForwarderTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(broker_.start()) << broker_.error();
+    char tmpl[] = "/tmp/bl-forwarder-test-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    openBuffer();
+    aggregator_ = std::make_unique<FakeAggregator>(broker_.uri());
+  }
+  void TearDown() override {
+    forwarder_.reset();
+    buffer_.reset();
+    aggregator_.reset();
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+
+  void openBuffer() {
+    BufferOptions o;
+    o.path = dir_ / "buffer.db";
+    auto b = DurableBuffer::open(o);
+    ASSERT_TRUE(b.isOk()) << b.status().toString();
+    buffer_ = std::move(b).value();
+  }
+
+  ForwarderOptions options() {
+    ForwarderOptions o;
+    o.mqtt.broker_uris = {broker_.uri()};
+    o.mqtt.client_id = std::string("agent-") + kAgent;
+    o.mqtt.clean_session = false;
+    o.mqtt.min_reconnect = 100ms;
+    o.mqtt.max_reconnect = 300ms;
+    o.agent_id = kAgent;
+    o.topic_prefix = kPrefix;
+    o.limits.max_records = 100;
+    o.linger = 20ms;
+    o.ack_timeout = 30s;
+    return o;
+  }
+
+  void startForwarder(ForwarderOptions o) {
+    metrics_ = std::make_unique<MetricsRegistry>();
+    auto f = Forwarder::start(*buffer_, std::move(o), *metrics_);
+    ASSERT_TRUE(f.isOk()) << f.status().toString();
+    forwarder_ = std::move(f).value();
+  }
+
+  // Appends records k<first>..k<first+n-1> (durably).
+  void append(int first, int n) {
+    std::vector<WireRecord> records;
+    for (int i = first; i < first + n; ++i) {
+      records.push_back({"customer", "k" + std::to_string(i), nowMicros(),
+                         "{\"external_id\":\"k" + std::to_string(i) + "\",\"name\":\"N\"}"});
+    }
+    ASSERT_TRUE(buffer_->append(std::move(records), {}).isOk());
+    forwarder_->notify();
+  }
+
+  // Waits until the buffer holds nothing: every batch acked and deleted.
+  bool waitDrained(std::chrono::milliseconds timeout = 15s) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      const BufferStats s = buffer_->stats();
+      if (s.records == 0 && s.batches == 0 && s.unbatched_records == 0) return true;
+      std::this_thread::sleep_for(20ms);
+    }
+    return false;
+  }
+
+  uint64_t metric(const std::string& name) {
+    const std::string text = metrics_->renderPrometheus();
+    const size_t at = text.find("\n" + name + " ");
+    if (at == std::string::npos) return UINT64_MAX;
+    return std::stoull(text.substr(at + name.size() + 2));
+  }
+
+  MosquittoProcess broker_;
+  std::filesystem::path dir_;
+  std::unique_ptr<DurableBuffer> buffer_;
+  std::unique_ptr<MetricsRegistry> metrics_;
+  std::unique_ptr<FakeAggregator> aggregator_;
+  std::unique_ptr<Forwarder> forwarder_;
+};
+
+TEST_F(ForwarderTest, RecordsArriveAndAreDeletedOnceAcked) {
+  startForwarder(options());
+  append(0, 250);  // two full batches and a partial one that leaves after linger
+  append(250, 7);
+  ASSERT_TRUE(aggregator_->waitFor([&] { return aggregator_->keys_acked_.size() == 257; }))
+      << "acked keys: " << aggregator_->keys_acked_.size();
+  ASSERT_TRUE(waitDrained()) << "buffer still holds " << buffer_->stats().records << " records";
+  {
+    std::lock_guard lock(aggregator_->mu_);
+    EXPECT_EQ(aggregator_->decode_errors_, 0u);
+    for (const auto& [seq, b] : aggregator_->first_) {
+      EXPECT_EQ(b.agent_id, kAgent);
+      EXPECT_LE(b.records.size(), 100u) << "batch " << seq << " past max_records";
+    }
+  }
+  EXPECT_EQ(metric("bl_agent_batches_acked_total"), metric("bl_agent_batches_sent_total"));
+  EXPECT_GE(metric("bl_agent_batches_sent_total"), 3u);
+  EXPECT_EQ(metric("bl_agent_batches_retried_total"), 0u);
+  EXPECT_EQ(metric("bl_agent_mqtt_connected"), 1u);
+  EXPECT_EQ(forwarder_->inFlight(), 0u);
+}
+
+TEST_F(ForwarderTest, UnackedBatchIsResentAfterAckTimeoutWithTheSameSeqAndRecords) {
+  aggregator_->setMode(FakeAggregator::Mode::kIgnoreFirst);
+  auto o = options();
+  o.ack_timeout = 400ms;
+  startForwarder(o);
+  const auto t0 = std::chrono::steady_clock::now();
+  append(0, 30);
+  ASSERT_TRUE(waitDrained()) << "never acked";
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, 400ms) << "resent before ack_timeout";
+  std::lock_guard lock(aggregator_->mu_);
+  ASSERT_FALSE(aggregator_->deliveries_.empty());
+  for (const auto& [seq, n] : aggregator_->deliveries_) {
+    EXPECT_GE(n, 2) << "batch " << seq;
+    EXPECT_TRUE(aggregator_->equal_on_resend_[seq]) << "batch " << seq << " changed on resend";
+  }
+  EXPECT_EQ(aggregator_->keys_acked_.size(), 30u);
+  EXPECT_GE(metric("bl_agent_batches_retried_total"), 1u);
+}
+
+TEST_F(ForwarderTest, RefusedBatchIsKeptAndRetried) {
+  aggregator_->setMode(FakeAggregator::Mode::kRefuseFirst);
+  auto o = options();
+  o.ack_timeout = 300ms;
+  startForwarder(o);
+  append(0, 5);
+  ASSERT_TRUE(waitDrained());
+  EXPECT_EQ(metric("bl_agent_batches_refused_total"), 1u);
+  EXPECT_GE(metric("bl_agent_batches_retried_total"), 1u);
+  std::lock_guard lock(aggregator_->mu_);
+  EXPECT_EQ(aggregator_->keys_acked_.size(), 5u);
+}
+
+TEST_F(ForwarderTest, RestartResendsUnackedBatchesFirst) {
+  aggregator_->setMode(FakeAggregator::Mode::kSilent);
+  startForwarder(options());
+  append(0, 150);  // batch of 100 + batch of 50
+  ASSERT_TRUE(aggregator_->waitFor([&] { return aggregator_->first_.size() == 2; }));
+  std::map<uint64_t, WireBatch> before;
+  {
+    std::lock_guard lock(aggregator_->mu_);
+    before = aggregator_->first_;
+  }
+  // The agent goes down with both batches unacked, and comes back.
+  forwarder_.reset();
+  buffer_.reset();
+  openBuffer();
+  ASSERT_EQ(buffer_->stats().batches, 2u);
+  aggregator_->setMode(FakeAggregator::Mode::kAck);
+  startForwarder(options());
+  append(150, 10);  // formed only after the old ones went out again
+  ASSERT_TRUE(waitDrained());
+  std::lock_guard lock(aggregator_->mu_);
+  for (const auto& [seq, b] : before) {
+    EXPECT_GE(aggregator_->deliveries_[seq], 2) << "batch " << seq << " not resent";
+    EXPECT_TRUE(aggregator_->equal_on_resend_[seq]) << "batch " << seq << " changed on resend";
+  }
+  EXPECT_EQ(aggregator_->keys_acked_.size(), 160u);
+  EXPECT_GT(aggregator_->first_.rbegin()->first, before.rbegin()->first)
+      << "the new batch reused an old seq";
+}
+
+TEST_F(ForwarderTest, WindowBoundsBatchesInFlight) {
+  aggregator_->setMode(FakeAggregator::Mode::kSilent);
+  auto o = options();
+  o.limits.max_records = 10;
+  o.window_batches = 3;
+  startForwarder(o);
+  append(0, 100);
+  ASSERT_TRUE(aggregator_->waitFor([&] { return aggregator_->first_.size() >= 3; }));
+  std::this_thread::sleep_for(500ms);
+  {
+    std::lock_guard lock(aggregator_->mu_);
+    EXPECT_EQ(aggregator_->first_.size(), 3u) << "window of 3 batches exceeded";
+  }
+  EXPECT_EQ(forwarder_->inFlight(), 3u);
+  // Acks open the window again, until everything is through.
+  aggregator_->setMode(FakeAggregator::Mode::kAck);
+  aggregator_->ackAllSeen();
+  ASSERT_TRUE(waitDrained());
+  std::lock_guard lock(aggregator_->mu_);
+  EXPECT_EQ(aggregator_->keys_acked_.size(), 100u);
+  EXPECT_EQ(aggregator_->first_.size(), 10u);
+}
+
+TEST_F(ForwarderTest, WindowBytesBoundsBytesInFlight) {
+  aggregator_->setMode(FakeAggregator::Mode::kSilent);
+  auto o = options();
+  o.limits.max_records = 10;
+  o.window_batches = 100;
+  o.window_bytes = 1;  // below one batch: exactly one in flight at a time
+  startForwarder(o);
+  append(0, 50);
+  ASSERT_TRUE(aggregator_->waitFor([&] { return aggregator_->first_.size() >= 1; }));
+  std::this_thread::sleep_for(500ms);
+  EXPECT_EQ(forwarder_->inFlight(), 1u);
+  std::lock_guard lock(aggregator_->mu_);
+  EXPECT_EQ(aggregator_->first_.size(), 1u);
+}
+
+TEST_F(ForwarderTest, BrokerCrashThenEverythingArrives) {
+  auto o = options();
+  o.ack_timeout = 60s;  // only the reconnect may trigger the resend here
+  startForwarder(o);
+  append(0, 20);
+  ASSERT_TRUE(waitDrained());
+
+  aggregator_->setMode(FakeAggregator::Mode::kSilent);
+  append(20, 20);
+  ASSERT_TRUE(aggregator_->waitFor([&] { return aggregator_->first_.size() >= 2; }));
+  broker_.kill9();
+  // While away nothing new is formed.
+  std::this_thread::sleep_for(300ms);
+  append(40, 20);
+  std::this_thread::sleep_for(300ms);
+  EXPECT_EQ(buffer_->stats().unbatched_records, 20u);
+  EXPECT_FALSE(forwarder_->connected());
+
+  aggregator_->setMode(FakeAggregator::Mode::kAck);
+  ASSERT_TRUE(broker_.restart()) << broker_.error();
+  ASSERT_TRUE(waitDrained(20s)) << "not drained after the broker came back";
+  std::lock_guard lock(aggregator_->mu_);
+  EXPECT_EQ(aggregator_->keys_acked_.size(), 60u);
+}
+
+TEST_F(ForwarderTest, NothingIsFormedWithoutABroker) {
+  auto o = options();
+  o.mqtt.broker_uris = {"tcp://127.0.0.1:" + std::to_string(MosquittoProcess::freePort())};
+  startForwarder(o);
+  append(0, 250);
+  std::this_thread::sleep_for(300ms);
+  EXPECT_EQ(buffer_->stats().batches, 0u);
+  EXPECT_EQ(buffer_->stats().unbatched_records, 250u);
+  EXPECT_EQ(metric("bl_agent_buffer_records"), 250u);
+}
+
+}  // namespace
+}  // namespace branchline::agent

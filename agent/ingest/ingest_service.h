@@ -1,0 +1,45 @@
+// IngestService: the agent's HTTP API (README "The ingest API"). It parses a
+// request's records, runs them through the source's rules and appends the
+// accepted records and the rejects to the DurableBuffer in one append.
+//
+// Guarantee: a 200 is sent only after the buffer's group commit of that
+// append has been fsync'd, so an answered record survives a crash. Any other
+// answer means nothing of the request was stored (400, 404, 413, 415, 503,
+// 500): a client may retry the whole request. A request is never half-accepted.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "agent/buffer/durable_buffer.h"
+#include "shared/core/metrics.h"
+#include "shared/http/http_server.h"
+#include "shared/rules/rule_engine.h"
+
+namespace branchline::agent {
+
+struct IngestOptions {
+  size_t max_depth = 32;                   // JSON nesting past it: 400
+  size_t max_records_per_request = 10000;  // past it: 413
+};
+
+class IngestService {
+ public:
+  // Registers its metrics in `metrics`. `buffer` and `metrics` must outlive the
+  // service and every answer still pending in the buffer.
+  IngestService(std::shared_ptr<const rules::RuleEngine> engine, DurableBuffer& buffer,
+                MetricsRegistry& metrics, IngestOptions options = {});
+  ~IngestService();
+
+  // The http::Handler: POST /v1/records/<source>, GET /healthz, GET /metrics.
+  // Parses on the calling (network) thread; answers from the buffer's committer
+  // thread once the append committed. Thread-safe.
+  void handle(http::Request&& request, http::Respond respond);
+
+ private:
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace branchline::agent

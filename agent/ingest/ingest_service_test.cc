@@ -1,0 +1,359 @@
+#include "agent/ingest/ingest_service.h"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <atomic>
+#include <boost/json.hpp>
+#include <filesystem>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "shared/http/http_test_client.h"
+
+namespace branchline::agent {
+namespace {
+
+namespace fs = std::filesystem;
+namespace json = boost::json;
+using http::testing::TestClient;
+
+std::string customer(int i, std::string email = "") {
+  if (email.empty()) email = "Person" + std::to_string(i) + "@Example.com";
+  return R"({"external_id":"c-)" + std::to_string(i) + R"(","name":"Ada Lovelace","email":")" +
+         email + R"(","channel":"Web","created_at":"2026-11-25T12:53:47+01:00",)" +
+         R"("phone":"(415) 555-0132"})";
+}
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = "/tmp/bl-ingest-test-XXXXXX";
+    char* made = mkdtemp(tmpl.data());
+    EXPECT_NE(made, nullptr);
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+// A real agent front end: rule engine, buffer on disk, service, server on port 0.
+struct Agent {
+  explicit Agent(uint64_t max_buffer_bytes = 1ull << 30, IngestOptions options = {}) {
+    auto engine = rules::RuleEngine::create({rules::defaultCustomerSchema()});
+    EXPECT_TRUE(engine.isOk()) << engine.status().toString();
+    BufferOptions bo;
+    bo.path = dir.path() / "buffer.db";
+    bo.max_bytes = max_buffer_bytes;
+    auto opened = DurableBuffer::open(bo);
+    EXPECT_TRUE(opened.isOk()) << opened.status().toString();
+    buffer = std::move(opened).value();
+    service = std::make_unique<IngestService>(engine.value(), *buffer, metrics, options);
+    http::ServerOptions so;
+    so.max_body_bytes = 8 << 20;
+    auto started = http::Server::start(so, [this](http::Request&& r, http::Respond respond) {
+      service->handle(std::move(r), std::move(respond));
+    });
+    EXPECT_TRUE(started.isOk()) << started.status().toString();
+    server = std::move(started).value();
+  }
+  ~Agent() {
+    server.reset();
+    service.reset();
+    buffer.reset();
+  }
+
+  TempDir dir;
+  MetricsRegistry metrics;
+  std::unique_ptr<DurableBuffer> buffer;
+  std::unique_ptr<IngestService> service;
+  std::unique_ptr<http::Server> server;
+};
+
+struct Answer {
+  int status = 0;
+  json::value body;
+  std::string text;
+  std::string retry_after;
+};
+
+Answer post(Agent& agent, const std::string& body, const std::string& type = "application/json",
+            const std::string& target = "/v1/records/customer") {
+  TestClient client;
+  Answer a;
+  if (client.connect(agent.server->port())) return a;
+  client.send("POST", target, body, type);  // a 413 may cut the upload short
+  auto r = client.read();
+  if (!r) return a;
+  a.status = r->status;
+  a.text = r->body;
+  a.retry_after = r->header("Retry-After");
+  json::error_code ec;
+  a.body = json::parse(r->body, ec);
+  return a;
+}
+
+bool healthy(Agent& agent) {
+  TestClient client;
+  if (client.connect(agent.server->port())) return false;
+  auto r = client.request("GET", "/healthz");
+  return r && r->status == 200 && r->body.find("\"status\":\"ok\"") != std::string::npos;
+}
+
+int64_t num(const json::value& v, const char* key) {
+  if (!v.is_object() || !v.as_object().contains(key)) return -1;
+  return v.at(key).as_int64();
+}
+
+std::string errorText(const Answer& a) {
+  if (!a.body.is_object() || !a.body.as_object().contains("error")) return "";
+  return std::string(a.body.at("error").as_string());
+}
+
+TEST(IngestServiceTest, AcceptsSingleObjectArrayAndNdjson) {
+  Agent agent;
+  Answer a = post(agent, customer(1));
+  EXPECT_EQ(a.status, 200) << a.text;
+  EXPECT_EQ(a.text, R"({"accepted":1,"rejected":0,"errors":[]})");
+
+  a = post(agent, "[" + customer(2) + "," + customer(3) + "," + customer(4) + "]",
+           "application/json; charset=utf-8");
+  EXPECT_EQ(a.status, 200) << a.text;
+  EXPECT_EQ(num(a.body, "accepted"), 3);
+
+  a = post(agent, customer(5) + "\n\n" + customer(6) + "\r\n", "application/x-ndjson");
+  EXPECT_EQ(a.status, 200) << a.text;
+  EXPECT_EQ(num(a.body, "accepted"), 2);
+
+  a = post(agent, "[]");
+  EXPECT_EQ(a.status, 200) << a.text;
+  EXPECT_EQ(num(a.body, "accepted"), 0);
+
+  EXPECT_EQ(agent.buffer->stats().records, 6u);
+  auto batch = agent.buffer->formBatch({}, 0);
+  ASSERT_TRUE(batch.isOk()) << batch.status().toString();
+  ASSERT_TRUE(batch->has_value());
+  ASSERT_EQ((*batch)->records.size(), 6u);
+  std::set<std::string> keys;
+  for (const auto& r : (*batch)->records) {
+    EXPECT_EQ(r.source, "customer");
+    EXPECT_GT(r.ingested_at_us, 0);
+    keys.insert(r.key);
+  }
+  EXPECT_EQ(keys.size(), 6u);
+  // The payload is the normalized record: lower-cased email, UTC time, E.164 phone.
+  const std::string& payload = (*batch)->records[0].payload;
+  EXPECT_NE(payload.find("person1@example.com"), std::string::npos) << payload;
+  EXPECT_NE(payload.find("+14155550132"), std::string::npos) << payload;
+}
+
+struct BadInput {
+  const char* name;
+  std::string body;
+  std::string content_type;
+  std::string target;
+  int status;
+  std::string error_contains;
+};
+
+TEST(IngestServiceTest, BadInputGetsItsDocumentedAnswerAndHarmsNothing) {
+  Agent agent;
+  std::string deep(1000, '[');
+  deep += std::string(1000, ']');
+  std::string deep_object = "{\"a\":" + std::string(999, '[') + std::string(999, ']') + "}";
+  const std::string path = "/v1/records/customer";
+  std::vector<BadInput> table = {
+      {"broken JSON", R"({"external_id": "x", )", "application/json", path, 400, "invalid JSON"},
+      {"invalid UTF-8", "{\"external_id\":\"\xff\xfe\"}", "application/json", path, 400,
+       "not valid UTF-8"},
+      {"1,000-deep nesting", deep, "application/json", path, 400, "deeper than 32"},
+      {"deep inside an object", deep_object, "application/json", path, 400, "deeper than 32"},
+      {"20 MB body", "[" + std::string(20 << 20, ' ') + "]", "application/json", path, 413,
+       "larger than"},
+      {"wrong content type", customer(1), "text/plain", path, 415, "content type"},
+      {"no content type", customer(1), "", path, 415, "content type"},
+      {"unknown source", customer(1), "application/json", "/v1/records/nope", 404,
+       "unknown source `nope`"},
+      {"unknown path", customer(1), "application/json", "/v2/whatever", 404, "no such path"},
+      {"empty body", "", "application/json", path, 400, "empty body"},
+      {"blank body", " \n\r\n", "application/x-ndjson", path, 400, "empty body"},
+      {"top-level scalar", "42", "application/json", path, 400, "object or an array"},
+      {"trailing garbage", customer(1) + " x", "application/json", path, 400, "invalid JSON"},
+      {"NDJSON where no line parses", "{\n[\n", "application/x-ndjson", path, 400,
+       "no line of the NDJSON body"},
+  };
+  for (const auto& t : table) {
+    SCOPED_TRACE(t.name);
+    Answer a = post(agent, t.body, t.content_type, t.target);
+    EXPECT_EQ(a.status, t.status) << a.text;
+    EXPECT_NE(errorText(a).find(t.error_contains), std::string::npos) << a.text;
+    EXPECT_TRUE(healthy(agent));
+  }
+  EXPECT_EQ(agent.buffer->stats().records, 0u);
+  EXPECT_EQ(agent.buffer->stats().rejects, 0u);
+
+  // NDJSON with one bad line: the rest is accepted, the bad line is a reject.
+  // Indexes count non-blank lines: the bad line is the second record.
+  Answer a = post(agent, customer(1) + "\n\n{\"external_id\": oops\n" + customer(2) + "\n",
+                  "application/x-ndjson");
+  EXPECT_EQ(a.status, 200) << a.text;
+  EXPECT_EQ(num(a.body, "accepted"), 2);
+  EXPECT_EQ(num(a.body, "rejected"), 1);
+  ASSERT_EQ(a.body.at("errors").as_array().size(), 1u);
+  const auto& err = a.body.at("errors").at(0);
+  EXPECT_EQ(err.at("index").as_int64(), 1);
+  EXPECT_EQ(err.at("field").as_string(), "");
+  EXPECT_NE(std::string(err.at("reason").as_string()).find("invalid JSON"), std::string::npos);
+  EXPECT_EQ(agent.buffer->stats().records, 2u);
+  EXPECT_EQ(agent.buffer->stats().rejects, 1u);
+  EXPECT_TRUE(healthy(agent));
+}
+
+TEST(IngestServiceTest, RejectsAreListedAndQuarantined) {
+  Agent agent;
+  std::string missing_email = R"({"external_id":"c-9","name":"N","channel":"web",)"
+                              R"("created_at":"2026-01-01T00:00:00Z"})";
+  Answer a = post(
+      agent, "[" + customer(1) + "," + customer(2, "not-an-email") + ",7," + missing_email + "]");
+  ASSERT_EQ(a.status, 200) << a.text;
+  EXPECT_EQ(num(a.body, "accepted"), 1);
+  EXPECT_EQ(num(a.body, "rejected"), 3);
+  const auto& errors = a.body.at("errors").as_array();
+  ASSERT_EQ(errors.size(), 3u);
+  EXPECT_EQ(errors[0].at("index").as_int64(), 1);
+  EXPECT_EQ(errors[0].at("field").as_string(), "email");
+  EXPECT_EQ(errors[0].at("reason").as_string(), "not an email address");
+  EXPECT_EQ(errors[1].at("index").as_int64(), 2);
+  EXPECT_EQ(errors[1].at("reason").as_string(), "not a JSON object");
+  EXPECT_EQ(errors[2].at("index").as_int64(), 3);
+  EXPECT_EQ(errors[2].at("field").as_string(), "email");
+  EXPECT_EQ(errors[2].at("reason").as_string(), "required field is missing");
+
+  auto batch = agent.buffer->formBatch({}, 0);
+  ASSERT_TRUE(batch.isOk()) << batch.status().toString();
+  ASSERT_TRUE(batch->has_value());
+  EXPECT_EQ((*batch)->records.size(), 1u);
+  ASSERT_EQ((*batch)->rejects.size(), 3u);
+  std::map<std::string, std::string> reasons_by_raw;
+  for (const auto& r : (*batch)->rejects) {
+    EXPECT_EQ(r.source, "customer");
+    reasons_by_raw[r.raw] = r.reasons_json;
+  }
+  ASSERT_TRUE(reasons_by_raw.count("7"));
+  EXPECT_EQ(reasons_by_raw["7"], R"([{"field":"","reason":"not a JSON object"}])");
+  bool found_email = false;
+  for (const auto& [raw, reasons] : reasons_by_raw) {
+    if (raw.find("not-an-email") != std::string::npos) {
+      found_email = true;
+      EXPECT_EQ(reasons, R"([{"field":"email","reason":"not an email address"}])");
+      EXPECT_TRUE(json::parse(raw).is_object());  // raw is the record as received
+    }
+  }
+  EXPECT_TRUE(found_email);
+
+  TestClient client;
+  ASSERT_FALSE(client.connect(agent.server->port()));
+  auto m = client.request("GET", "/metrics");
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->status, 200);
+  EXPECT_EQ(m->content_type, "text/plain; version=0.0.4");
+  EXPECT_NE(m->body.find("bl_agent_records_accepted_total 1\n"), std::string::npos) << m->body;
+  EXPECT_NE(m->body.find("bl_agent_records_rejected_total{reason=\"invalid_email\"} 1\n"),
+            std::string::npos);
+  EXPECT_NE(m->body.find("bl_agent_records_rejected_total{reason=\"missing_field\"} 1\n"),
+            std::string::npos);
+  EXPECT_NE(m->body.find("bl_agent_records_rejected_total{reason=\"not_object\"} 1\n"),
+            std::string::npos);
+  EXPECT_NE(m->body.find("bl_agent_http_requests_total{status=\"200\"} 1\n"), std::string::npos);
+}
+
+TEST(IngestServiceTest, ErrorListIsCappedWithTruncatedFlag) {
+  Agent agent;
+  std::string body = "[";
+  for (int i = 0; i < 1500; ++i) body += (i ? ",1" : "1");
+  body += "]";
+  Answer a = post(agent, body);
+  ASSERT_EQ(a.status, 200) << a.text.substr(0, 200);
+  EXPECT_EQ(num(a.body, "rejected"), 1500);
+  EXPECT_EQ(a.body.at("errors").as_array().size(), 1000u);
+  EXPECT_TRUE(a.body.at("truncated").as_bool());
+  EXPECT_EQ(agent.buffer->stats().rejects, 1500u);
+}
+
+TEST(IngestServiceTest, TooManyRecordsIs413AndNothingAccepted) {
+  IngestOptions options;
+  options.max_records_per_request = 5;
+  Agent agent(1ull << 30, options);
+  std::string array = "[";
+  std::string ndjson;
+  for (int i = 0; i < 6; ++i) {
+    array += (i ? "," : "") + customer(i);
+    ndjson += customer(i) + "\n";
+  }
+  array += "]";
+  Answer a = post(agent, array);
+  EXPECT_EQ(a.status, 413) << a.text;
+  EXPECT_NE(errorText(a).find("more than 5 records"), std::string::npos) << a.text;
+  a = post(agent, ndjson, "application/x-ndjson");
+  EXPECT_EQ(a.status, 413) << a.text;
+  EXPECT_EQ(agent.buffer->stats().records, 0u);
+}
+
+TEST(IngestServiceTest, FullBufferAnswers503WithRetryAfterAndAcceptsNothing) {
+  Agent agent(/*max_buffer_bytes=*/300);
+  Answer a = post(agent, "[" + customer(1) + "," + customer(2) + "," + customer(3) + "]");
+  EXPECT_EQ(a.status, 503) << a.text;
+  EXPECT_EQ(a.retry_after, "1");
+  EXPECT_NE(errorText(a).find("buffer is full"), std::string::npos) << a.text;
+  EXPECT_EQ(agent.buffer->stats().records, 0u);
+  EXPECT_EQ(agent.buffer->stats().rejects, 0u);
+  EXPECT_TRUE(healthy(agent));
+}
+
+TEST(IngestServiceTest, ConcurrentClientsAreAllCommitted) {
+  Agent agent;
+  constexpr int kClients = 8;
+  constexpr int kRequests = 10;
+  constexpr int kPerRequest = 50;
+  std::atomic<int> accepted{0};
+  std::vector<std::thread> threads;
+  for (int c = 0; c < kClients; ++c) {
+    threads.emplace_back([&, c] {
+      TestClient client;
+      if (client.connect(agent.server->port())) return;
+      for (int r = 0; r < kRequests; ++r) {
+        std::string body;
+        for (int i = 0; i < kPerRequest; ++i) {
+          body += customer((c * kRequests + r) * kPerRequest + i) + "\n";
+        }
+        auto resp = client.request("POST", "/v1/records/customer", body, "application/x-ndjson");
+        if (resp && resp->status == 200) {
+          accepted += static_cast<int>(json::parse(resp->body).at("accepted").as_int64());
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(accepted.load(), kClients * kRequests * kPerRequest);
+  EXPECT_EQ(agent.buffer->stats().records, uint64_t{kClients * kRequests * kPerRequest});
+}
+
+TEST(IngestServiceTest, WrongMethodIs405) {
+  Agent agent;
+  TestClient client;
+  ASSERT_FALSE(client.connect(agent.server->port()));
+  auto r = client.request("GET", "/v1/records/customer");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 405);
+  EXPECT_EQ(r->header("Allow"), "POST");
+}
+
+}  // namespace
+}  // namespace branchline::agent

@@ -1,0 +1,162 @@
+// branchline-agent: reads agent.toml, wires the stages (HTTP ingest and spool
+// -> DurableBuffer -> Forwarder -> MQTT) and runs until SIGINT or SIGTERM.
+// Exit codes: 0 after a clean stop, 2 for a bad configuration (the message
+// names the key), 1 when the agent cannot start (port taken, data dir not
+// writable, buffer unreadable).
+#include <signal.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "agent/buffer/durable_buffer.h"
+#include "agent/config/agent_config.h"
+#include "agent/forward/forwarder.h"
+#include "agent/ingest/ingest_service.h"
+#include "agent/spool/spool_ingester.h"
+#include "shared/core/log.h"
+#include "shared/core/metrics.h"
+#include "shared/http/http_server.h"
+#include "shared/rules/rule_engine.h"
+
+namespace {
+
+using namespace branchline;
+
+constexpr int kExitBadConfig = 2;
+constexpr int kExitStartupFailed = 1;
+
+int fail(int code, const std::string& message) {
+  std::fprintf(stderr, "branchline-agent: %s\n", message.c_str());
+  log::error(code == kExitBadConfig ? "agent_bad_config" : "agent_start_failed",
+             {{"error", message}});
+  return code;
+}
+
+int run(const std::string& config_path, const sigset_t& stop_signals) {
+  auto cfg = agent::loadAgentConfig(config_path);
+  if (!cfg.isOk()) return fail(kExitBadConfig, cfg.status().message());
+  log::init("agent");
+
+  auto engine = rules::RuleEngine::create(cfg->sources);
+  if (!engine.isOk()) return fail(kExitBadConfig, engine.status().message());
+
+  std::error_code ec;
+  std::filesystem::create_directories(cfg->data_dir, ec);
+  if (ec) {
+    return fail(kExitStartupFailed,
+                "agent.data_dir " + cfg->data_dir.string() + ": cannot create: " + ec.message());
+  }
+  agent::BufferOptions buffer_options;
+  buffer_options.path = cfg->data_dir / "buffer.db";
+  buffer_options.max_bytes = cfg->buffer.max_bytes;
+  auto opened = agent::DurableBuffer::open(buffer_options);
+  if (!opened.isOk()) {
+    return fail(kExitStartupFailed, "buffer " + buffer_options.path.string() + ": " +
+                                        opened.status().message() +
+                                        " (is agent.data_dir writable?)");
+  }
+  std::unique_ptr<agent::DurableBuffer> buffer = std::move(opened).value();
+
+  MetricsRegistry metrics;
+  agent::IngestOptions ingest_options;
+  ingest_options.max_depth = static_cast<size_t>(cfg->http.max_depth);
+  ingest_options.max_records_per_request = cfg->http.max_records_per_request;
+  // Declared before the stages that call into it, so it is destroyed after them.
+  agent::IngestService ingest(*engine, *buffer, metrics, ingest_options);
+
+  http::ServerOptions http_options;
+  http_options.listen_address = cfg->http.host;
+  http_options.port = cfg->http.port;
+  http_options.max_body_bytes = cfg->http.max_body_bytes;
+  auto server =
+      http::Server::start(http_options, [&ingest](http::Request&& request, http::Respond respond) {
+        ingest.handle(std::move(request), std::move(respond));
+      });
+  if (!server.isOk()) {
+    return fail(kExitStartupFailed,
+                "http.listen " + cfg->http.listen + ": " + server.status().message());
+  }
+
+  std::unique_ptr<agent::SpoolIngester> spool;
+  if (cfg->spool.enabled) {
+    agent::SpoolOptions spool_options;
+    spool_options.dir = cfg->spool.dir;
+    spool_options.sources = (*engine)->sourceNames();
+    spool_options.poll = cfg->spool.poll;
+    spool_options.max_depth = static_cast<size_t>(cfg->http.max_depth);
+    auto created = agent::SpoolIngester::create(spool_options, *engine, *buffer, metrics);
+    if (!created.isOk()) {
+      return fail(kExitStartupFailed,
+                  "spool.dir " + cfg->spool.dir.string() + ": " + created.status().message());
+    }
+    spool = std::move(created).value();
+    spool->start();
+  }
+
+  agent::ForwarderOptions forward;
+  forward.mqtt.broker_uris = cfg->mqtt.brokers;
+  forward.mqtt.client_id = "branchline-agent-" + cfg->id;
+  // A persistent session: acks sent while the link was briefly down still arrive.
+  forward.mqtt.clean_session = false;
+  forward.agent_id = cfg->id;
+  forward.topic_prefix = cfg->mqtt.topic_prefix;
+  forward.limits.max_records = cfg->batch.max_records;
+  forward.limits.max_bytes = cfg->batch.max_bytes;
+  forward.window_batches = cfg->batch.window_batches;
+  forward.window_bytes = cfg->batch.window_bytes;
+  forward.linger = cfg->batch.linger;
+  forward.ack_timeout = cfg->batch.ack_timeout;
+  forward.zstd_level = cfg->batch.zstd_level;
+  auto forwarder = agent::Forwarder::start(*buffer, std::move(forward), metrics);
+  if (!forwarder.isOk()) return fail(kExitStartupFailed, forwarder.status().message());
+
+  log::info("agent_started", {{"agent", cfg->id},
+                              {"http_host", cfg->http.host},
+                              {"http_port", static_cast<uint64_t>((*server)->port())},
+                              {"data_dir", cfg->data_dir.string()},
+                              {"spool", cfg->spool.enabled},
+                              {"brokers", static_cast<uint64_t>(cfg->mqtt.brokers.size())}});
+
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  log::info("agent_stopping", {{"agent", cfg->id}, {"signal", signal_number}});
+
+  // Inputs first, so nothing new arrives; then the forwarder; then the buffer,
+  // which finishes pending appends (and their answers) before it closes.
+  server->reset();
+  spool.reset();
+  forwarder->reset();
+  buffer.reset();
+  log::info("agent_stopped", {{"agent", cfg->id}});
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "branchline-agent: takes records over HTTP and from a spool folder, keeps them "
+      "durably and forwards them to the aggregators"};
+  std::string config_path;
+  app.add_option("--config", config_path, "agent configuration (TOML)")->required();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : kExitBadConfig;
+  }
+
+  // Blocked before any thread starts, so every thread inherits the mask and
+  // only sigwait() below sees SIGINT/SIGTERM.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // A peer closing a socket mid-write must be an error value, not a kill.
+  signal(SIGPIPE, SIG_IGN);
+
+  return run(config_path, stop_signals);
+}

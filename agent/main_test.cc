@@ -1,0 +1,187 @@
+// Runs the real branchline-agent binary: what an operator sees at startup and
+// shutdown (exit codes, the message naming the problem, the agent_started line).
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include "shared/mqtt/testing/mosquitto_process.h"
+
+namespace {
+
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+
+std::string readFile(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+class AgentMainTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const char* bin = std::getenv("BRANCHLINE_BIN_DIR");
+    binary_ = fs::path(bin ? bin : "bin") / "branchline-agent";
+    ASSERT_TRUE(fs::exists(binary_)) << binary_ << " not built";
+    char tmpl[] = "/tmp/bl-agent-main-test-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+
+  fs::path writeConfig(const std::string& body) {
+    const fs::path p = dir_ / "agent.toml";
+    std::ofstream(p) << body;
+    return p;
+  }
+
+  std::string baseConfig(const std::string& listen, const std::string& broker) {
+    return "[agent]\nid = \"main-test\"\ndata_dir = \"" + (dir_ / "data").string() +
+           "\"\n[http]\nlisten = \"" + listen + "\"\n[mqtt]\nbrokers = [\"" + broker + "\"]\n";
+  }
+
+  void spawn(const fs::path& config) {
+    pid_ = ::fork();
+    ASSERT_GE(pid_, 0);
+    if (pid_ == 0) {
+      const int err = ::open((dir_ / "stderr").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+      ::dup2(err, STDERR_FILENO);
+      ::execl(binary_.c_str(), "branchline-agent", "--config", config.c_str(),
+              static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+  }
+
+  // Exit code, or -1 if it did not exit within `timeout`.
+  int waitExit(std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      int status = 0;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      std::this_thread::sleep_for(20ms);
+    }
+    return -1;
+  }
+
+  int runToExit(const fs::path& config) {
+    spawn(config);
+    return waitExit(20s);
+  }
+
+  std::string stderrText() { return readFile(dir_ / "stderr"); }
+
+  fs::path binary_;
+  fs::path dir_;
+  pid_t pid_ = -1;
+};
+
+TEST_F(AgentMainTest, BadConfigExits2NamingTheKey) {
+  auto cfg =
+      writeConfig(baseConfig("127.0.0.1:0", "tcp://127.0.0.1:1") + "[batch]\nmax_records = 0\n");
+  EXPECT_EQ(runToExit(cfg), 2);
+  EXPECT_NE(stderrText().find("batch.max_records: must be between 1 and 100000"), std::string::npos)
+      << stderrText();
+}
+
+TEST_F(AgentMainTest, UnknownKeyAndMissingFileExit2) {
+  auto cfg = writeConfig(baseConfig("127.0.0.1:0", "tcp://127.0.0.1:1") + "[bufer]\n");
+  EXPECT_EQ(runToExit(cfg), 2);
+  EXPECT_NE(stderrText().find("unknown key `bufer`"), std::string::npos) << stderrText();
+  EXPECT_EQ(runToExit(dir_ / "missing.toml"), 2);
+  EXPECT_NE(stderrText().find("missing.toml"), std::string::npos) << stderrText();
+}
+
+TEST_F(AgentMainTest, PortTakenExits1) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(::listen(fd, 4), 0);
+  ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  const std::string listen = "127.0.0.1:" + std::to_string(ntohs(addr.sin_port));
+  auto cfg = writeConfig(baseConfig(listen, "tcp://127.0.0.1:1"));
+  EXPECT_EQ(runToExit(cfg), 1);
+  ::close(fd);
+  EXPECT_NE(stderrText().find("http.listen " + listen), std::string::npos) << stderrText();
+}
+
+TEST_F(AgentMainTest, UnusableDataDirExits1) {
+  std::ofstream(dir_ / "a-file") << "x";
+  auto cfg =
+      writeConfig("[agent]\nid = \"m\"\ndata_dir = \"" + (dir_ / "a-file" / "data").string() +
+                  "\"\n[http]\nlisten = \"127.0.0.1:0\"\n");
+  EXPECT_EQ(runToExit(cfg), 1);
+  EXPECT_NE(stderrText().find("agent.data_dir"), std::string::npos) << stderrText();
+}
+
+TEST_F(AgentMainTest, StartsServesAndStopsCleanlyOnSigterm) {
+  branchline::mqtt::testing::MosquittoProcess broker;
+  ASSERT_TRUE(broker.start()) << broker.error();
+  spawn(writeConfig(baseConfig("127.0.0.1:0", broker.uri())));
+
+  // The agent_started line names the agent and the port actually bound.
+  const std::regex started(
+      R"re("event":"agent_started".*"agent":"main-test".*"http_port":(\d+))re");
+  std::smatch m;
+  std::string text;
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    text = stderrText();
+    if (std::regex_search(text, m, started)) break;
+    ASSERT_EQ(::waitpid(pid_, nullptr, WNOHANG), 0) << "agent exited:\n" << text;
+    std::this_thread::sleep_for(50ms);
+  }
+  ASSERT_TRUE(m.size() == 2) << "no agent_started line:\n" << text;
+  const int port = std::stoi(m[1].str());
+  ASSERT_GT(port, 0);
+
+  // It answers on that port.
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  const std::string req = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  ASSERT_EQ(::write(fd, req.data(), req.size()), static_cast<ssize_t>(req.size()));
+  std::string answer;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;)
+    answer.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  EXPECT_EQ(answer.rfind("HTTP/1.1 200", 0), 0u) << answer;
+
+  ::kill(pid_, SIGTERM);
+  EXPECT_EQ(waitExit(15s), 0) << stderrText();
+  EXPECT_NE(stderrText().find("\"event\":\"agent_stopped\""), std::string::npos);
+  EXPECT_TRUE(fs::exists(dir_ / "data" / "buffer.db"));
+}
+
+}  // namespace

@@ -1,0 +1,82 @@
+// SpoolIngester: takes record files dropped into <spool_dir>/<source>/ (for
+// software that writes files rather than calling the HTTP API) and feeds them
+// through the same RecordIntake as HTTP ingest.
+//
+// Files: *.ndjson / *.jsonl (one JSON object per line) and *.csv (RFC 4180,
+// header row = field names, empty cell = absent field). Dotfiles and names
+// ending .tmp/.part are ignored; a file is taken only once its size and mtime
+// are unchanged across two polls (its writer is done).
+//
+// Guarantee: a file's records are committed in ONE DurableBuffer append that
+// carries the file's identity token ("spool:<source>/<name>:<size>:<mtime_ns>"),
+// checked before appending, so a crash between the commit and the move into
+// done/ never ingests a file twice. After the commit the file moves to done/
+// (with <name>.errors.json when any record was rejected); a file that cannot
+// be read, is not UTF-8, is broken CSV as a whole or is too large moves to
+// failed/ with an .errors.json saying why, and nothing of it is accepted. When
+// the buffer is full the file stays and is retried on a later poll.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "agent/buffer/durable_buffer.h"
+#include "shared/core/metrics.h"
+#include "shared/core/status.h"
+#include "shared/rules/rule_engine.h"
+
+namespace branchline::agent {
+
+struct SpoolOptions {
+  std::filesystem::path dir;         // files go in dir/<source>/
+  std::vector<std::string> sources;  // each must be known to the rule engine
+  std::chrono::milliseconds poll{500};
+  uint64_t max_file_bytes = 64ull << 20;  // past it: failed/
+  size_t max_depth = 32;                  // JSON nesting past it: the line is rejected
+  // Test seam for crash tests: called after a file's append committed and
+  // before it moves; returning false stops there, as if the process died.
+  std::function<bool(const std::filesystem::path& file)> after_commit;
+};
+
+// What one poll of one source did.
+struct SpoolPollReport {
+  size_t done = 0;      // committed (or found committed) and moved to done/
+  size_t failed = 0;    // moved to failed/
+  size_t waiting = 0;   // not yet stable (still being written) or first seen
+  size_t deferred = 0;  // buffer full or failing: left for a later poll
+};
+
+class SpoolIngester {
+ public:
+  // Creates <dir>/<source>/{,done,failed} for every source; kInvalidArgument
+  // for a source the rule engine does not know, kInternal if a folder cannot
+  // be made. Does not start polling.
+  static Result<std::unique_ptr<SpoolIngester>> create(
+      SpoolOptions options, std::shared_ptr<const rules::RuleEngine> engine, DurableBuffer& buffer,
+      MetricsRegistry& metrics);
+  ~SpoolIngester();  // stops and joins the polling threads
+
+  // Starts one polling thread per source.
+  void start();
+  void stop();
+
+  // One poll of one source, on the calling thread (the polling threads call
+  // this). Not to be called concurrently for the same source.
+  Result<SpoolPollReport> pollOnce(const std::string& source);
+
+  // The token an append of `name` (size, mtime in ns) carries.
+  static std::string fileToken(const std::string& source, const std::string& name, uint64_t size,
+                               int64_t mtime_ns);
+
+ private:
+  SpoolIngester();
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace branchline::agent

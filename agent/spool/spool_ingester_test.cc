@@ -1,0 +1,287 @@
+#include "agent/spool/spool_ingester.h"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <boost/json.hpp>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+namespace branchline::agent {
+namespace {
+
+namespace fs = std::filesystem;
+namespace json = boost::json;
+using namespace std::chrono_literals;
+
+std::string customer(int i, std::string email = "") {
+  if (email.empty()) email = "p" + std::to_string(i) + "@example.com";
+  return R"({"external_id":"s-)" + std::to_string(i) + R"(","name":"Grace Hopper","email":")" +
+         email + R"(","channel":"office","created_at":"2026-11-25T11:53:47Z"})";
+}
+
+void writeFile(const fs::path& path, const std::string& content, bool append = false) {
+  std::ofstream out(path, append ? std::ios::app | std::ios::binary : std::ios::binary);
+  out << content;
+}
+
+std::string readFile(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class SpoolIngesterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string tmpl = "/tmp/bl-spool-test-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
+    root_ = tmpl;
+    auto engine = rules::RuleEngine::create({rules::defaultCustomerSchema()});
+    ASSERT_TRUE(engine.isOk()) << engine.status().toString();
+    engine_ = engine.value();
+    openBuffer(1ull << 30);
+  }
+  void TearDown() override {
+    buffer_.reset();
+    std::error_code ec;
+    fs::remove_all(root_, ec);
+  }
+
+  void openBuffer(uint64_t max_bytes) {
+    buffer_.reset();
+    BufferOptions bo;
+    bo.path = root_ / ("buffer-" + std::to_string(max_bytes) + ".db");
+    bo.max_bytes = max_bytes;
+    auto b = DurableBuffer::open(bo);
+    ASSERT_TRUE(b.isOk()) << b.status().toString();
+    buffer_ = std::move(b).value();
+  }
+
+  std::unique_ptr<SpoolIngester> ingester(SpoolOptions options = {}) {
+    options.dir = root_ / "spool";
+    options.sources = {"customer"};
+    auto s = SpoolIngester::create(std::move(options), engine_, *buffer_, metrics_);
+    EXPECT_TRUE(s.isOk()) << s.status().toString();
+    return s.isOk() ? std::move(s).value() : nullptr;
+  }
+
+  // Two polls: the first sees the file, the second finds it stable and takes it.
+  SpoolPollReport pollTwice(SpoolIngester& s) {
+    auto first = s.pollOnce("customer");
+    EXPECT_TRUE(first.isOk());
+    auto second = s.pollOnce("customer");
+    EXPECT_TRUE(second.isOk());
+    return second.isOk() ? second.value() : SpoolPollReport{};
+  }
+
+  fs::path dir() const { return root_ / "spool" / "customer"; }
+
+  fs::path root_;
+  std::shared_ptr<const rules::RuleEngine> engine_;
+  std::unique_ptr<DurableBuffer> buffer_;
+  MetricsRegistry metrics_;
+};
+
+TEST_F(SpoolIngesterTest, NdjsonAndCsvFilesAreIngestedAndMoved) {
+  auto s = ingester();
+  ASSERT_TRUE(s);
+  writeFile(dir() / "a.ndjson", customer(1) + "\n\n" + customer(2) + "\r\n" + customer(3));
+  writeFile(dir() / "b.csv",
+            "external_id,name,email,channel,created_at,phone,notes\r\n"
+            "c-1,\"Hopper, Grace\",G@Example.com,web,2026-11-25T11:53:47Z,,\"said \"\"hi\"\"\n"
+            "on two lines\"\r\n"
+            "\n"
+            "c-2,Ada,ada@example.com,mobile,2026-11-25T11:53:47Z,(415) 555-0132,\n");
+  auto report = pollTwice(*s);
+  EXPECT_EQ(report.done, 2u);
+  EXPECT_EQ(report.failed, 0u);
+  EXPECT_TRUE(fs::exists(dir() / "done" / "a.ndjson"));
+  EXPECT_TRUE(fs::exists(dir() / "done" / "b.csv"));
+  EXPECT_FALSE(fs::exists(dir() / "a.ndjson"));
+  EXPECT_FALSE(fs::exists(dir() / "done" / "a.ndjson.errors.json"));
+  EXPECT_EQ(buffer_->stats().records, 5u);
+  EXPECT_EQ(buffer_->stats().rejects, 0u);
+
+  auto batch = buffer_->formBatch({}, 0);
+  ASSERT_TRUE(batch.isOk());
+  ASSERT_TRUE(batch->has_value());
+  bool found_quoted = false;
+  for (const auto& r : (*batch)->records) {
+    if (r.key != "c-1") continue;
+    json::value v = json::parse(r.payload);
+    EXPECT_EQ(v.at("name").as_string(), "Hopper, Grace");
+    EXPECT_EQ(v.at("notes").as_string(), "said \"hi\"\non two lines");
+    EXPECT_EQ(v.at("email").as_string(), "g@example.com");
+    EXPECT_FALSE(v.as_object().contains("phone"));  // empty cell = absent
+    found_quoted = true;
+  }
+  EXPECT_TRUE(found_quoted);
+  EXPECT_NE(metrics_.renderPrometheus().find("bl_agent_spool_files_total{outcome=\"done\"} 2"),
+            std::string::npos);
+}
+
+TEST_F(SpoolIngesterTest, RejectedRecordsAreListedInErrorsJson) {
+  auto s = ingester();
+  ASSERT_TRUE(s);
+  writeFile(dir() / "mixed.ndjson",
+            customer(1) + "\n" + customer(2, "nope") + "\n{\"broken\": \n" + customer(3) + "\n");
+  writeFile(dir() / "rows.csv",
+            "external_id,name,email,channel,created_at\n"
+            "r-1,Ann,ann@example.com,web,2026-11-25T11:53:47Z\n"
+            "r-2,Bob,bob@example.com,web\n"
+            "r-3,Cy,cy@example.com,fax,2026-11-25T11:53:47Z\n");
+  auto report = pollTwice(*s);
+  EXPECT_EQ(report.done, 2u);
+  EXPECT_EQ(buffer_->stats().records, 3u);
+  EXPECT_EQ(buffer_->stats().rejects, 4u);
+
+  json::value e = json::parse(readFile(dir() / "done" / "mixed.ndjson.errors.json"));
+  EXPECT_EQ(e.at("file").as_string(), "mixed.ndjson");
+  EXPECT_EQ(e.at("accepted").as_int64(), 2);
+  EXPECT_EQ(e.at("rejected").as_int64(), 2);
+  const auto& errors = e.at("errors").as_array();
+  ASSERT_EQ(errors.size(), 2u);
+  EXPECT_EQ(errors[0].at("index").as_int64(), 1);
+  EXPECT_EQ(errors[0].at("field").as_string(), "email");
+  EXPECT_EQ(errors[0].at("reason").as_string(), "not an email address");
+  EXPECT_EQ(errors[1].at("index").as_int64(), 2);
+  EXPECT_EQ(errors[1].at("field").as_string(), "");
+  EXPECT_NE(std::string(errors[1].at("reason").as_string()).find("invalid JSON"),
+            std::string::npos);
+
+  json::value c = json::parse(readFile(dir() / "done" / "rows.csv.errors.json"));
+  EXPECT_EQ(c.at("accepted").as_int64(), 1);
+  EXPECT_EQ(c.at("rejected").as_int64(), 2);
+  const auto& cerrors = c.at("errors").as_array();
+  ASSERT_EQ(cerrors.size(), 2u);
+  EXPECT_EQ(cerrors[0].at("index").as_int64(), 1);
+  EXPECT_NE(std::string(cerrors[0].at("reason").as_string()).find("row has 4 fields"),
+            std::string::npos);
+  EXPECT_EQ(cerrors[1].at("index").as_int64(), 2);
+  EXPECT_EQ(cerrors[1].at("field").as_string(), "channel");
+}
+
+TEST_F(SpoolIngesterTest, FileStillBeingWrittenWaits) {
+  auto s = ingester();
+  ASSERT_TRUE(s);
+  writeFile(dir() / "growing.ndjson", customer(1) + "\n");
+  writeFile(dir() / "upload.ndjson.part", customer(9) + "\n");
+  writeFile(dir() / ".hidden.ndjson", customer(8) + "\n");
+  auto r = s->pollOnce("customer");
+  ASSERT_TRUE(r.isOk());
+  EXPECT_EQ(r->waiting, 1u);
+  writeFile(dir() / "growing.ndjson", customer(2) + "\n", /*append=*/true);
+  r = s->pollOnce("customer");  // size changed since the last poll: still waiting
+  ASSERT_TRUE(r.isOk());
+  EXPECT_EQ(r->waiting, 1u);
+  EXPECT_EQ(r->done, 0u);
+  EXPECT_EQ(buffer_->stats().records, 0u);
+  r = s->pollOnce("customer");
+  ASSERT_TRUE(r.isOk());
+  EXPECT_EQ(r->done, 1u);
+  EXPECT_EQ(buffer_->stats().records, 2u);
+  EXPECT_TRUE(fs::exists(dir() / "upload.ndjson.part"));  // ignored
+  EXPECT_TRUE(fs::exists(dir() / ".hidden.ndjson"));
+}
+
+TEST_F(SpoolIngesterTest, CrashBetweenCommitAndMoveDoesNotIngestTwice) {
+  {
+    SpoolOptions crashing;
+    crashing.after_commit = [](const fs::path&) { return false; };  // "dies" here
+    auto s = ingester(crashing);
+    ASSERT_TRUE(s);
+    writeFile(dir() / "once.ndjson", customer(1) + "\n" + customer(2) + "\n" + customer(3, "x"));
+    auto r = pollTwice(*s);
+    EXPECT_EQ(r.deferred, 1u);
+  }
+  EXPECT_TRUE(fs::exists(dir() / "once.ndjson"));  // committed but not moved
+  EXPECT_EQ(buffer_->stats().records, 2u);
+  EXPECT_EQ(buffer_->stats().rejects, 1u);
+
+  auto restarted = ingester();
+  ASSERT_TRUE(restarted);
+  auto r = pollTwice(*restarted);
+  EXPECT_EQ(r.done, 1u);
+  EXPECT_TRUE(fs::exists(dir() / "done" / "once.ndjson"));
+  EXPECT_EQ(buffer_->stats().records, 2u);  // not appended again
+  EXPECT_EQ(buffer_->stats().rejects, 1u);
+  // The errors file is still written from the (deterministic) re-read.
+  json::value e = json::parse(readFile(dir() / "done" / "once.ndjson.errors.json"));
+  EXPECT_EQ(e.at("accepted").as_int64(), 2);
+  EXPECT_EQ(e.at("rejected").as_int64(), 1);
+}
+
+TEST_F(SpoolIngesterTest, UnusableFilesGoToFailedWithAReason) {
+  SpoolOptions options;
+  options.max_file_bytes = 4096;
+  auto s = ingester(options);
+  ASSERT_TRUE(s);
+  std::string garbage;
+  for (int i = 0; i < 512; ++i) garbage.push_back(static_cast<char>((i * 37 + 128) & 0xff));
+  writeFile(dir() / "garbage.ndjson", garbage);
+  writeFile(dir() / "notjson.ndjson", "hello\nworld\n");
+  writeFile(dir() / "broken.csv", "external_id,name\n\"r-1,Ann\n");
+  writeFile(dir() / "big.ndjson", std::string(5000, ' '));
+  writeFile(dir() / "notes.txt", "what is this");
+  auto r = pollTwice(*s);
+  EXPECT_EQ(r.failed, 5u);
+  EXPECT_EQ(r.done, 0u);
+  EXPECT_EQ(buffer_->stats().records, 0u);
+  EXPECT_EQ(buffer_->stats().rejects, 0u);
+  auto reason = [&](const std::string& name) {
+    EXPECT_TRUE(fs::exists(dir() / "failed" / name)) << name;
+    json::value e = json::parse(readFile(dir() / "failed" / (name + ".errors.json")));
+    EXPECT_EQ(e.at("accepted").as_int64(), 0);
+    return std::string(e.at("error").as_string());
+  };
+  EXPECT_NE(reason("garbage.ndjson").find("not valid UTF-8"), std::string::npos);
+  EXPECT_NE(reason("notjson.ndjson").find("no line is valid JSON"), std::string::npos);
+  EXPECT_NE(reason("broken.csv").find("never closed"), std::string::npos);
+  EXPECT_NE(reason("big.ndjson").find("past the limit"), std::string::npos);
+  EXPECT_NE(reason("notes.txt").find("unsupported file type"), std::string::npos);
+}
+
+TEST_F(SpoolIngesterTest, FullBufferLeavesTheFileForLater) {
+  openBuffer(/*max_bytes=*/200);
+  auto s = ingester();
+  ASSERT_TRUE(s);
+  writeFile(dir() / "wait.ndjson", customer(1) + "\n" + customer(2) + "\n" + customer(3) + "\n");
+  auto r = pollTwice(*s);
+  EXPECT_EQ(r.deferred, 1u);
+  EXPECT_TRUE(fs::exists(dir() / "wait.ndjson"));
+  EXPECT_EQ(buffer_->stats().records, 0u);
+  auto again = s->pollOnce("customer");  // still stable: retried at once, still full
+  ASSERT_TRUE(again.isOk());
+  EXPECT_EQ(again->deferred, 1u);
+}
+
+TEST_F(SpoolIngesterTest, PollingThreadPicksUpFiles) {
+  SpoolOptions options;
+  options.poll = 20ms;
+  auto s = ingester(options);
+  ASSERT_TRUE(s);
+  s->start();
+  writeFile(dir() / "bg.ndjson", customer(1) + "\n");
+  auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (!fs::exists(dir() / "done" / "bg.ndjson") && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(10ms);
+  }
+  s->stop();
+  EXPECT_TRUE(fs::exists(dir() / "done" / "bg.ndjson"));
+  EXPECT_EQ(buffer_->stats().records, 1u);
+}
+
+TEST_F(SpoolIngesterTest, UnknownSourceIsRefused) {
+  SpoolOptions options;
+  options.dir = root_ / "spool";
+  options.sources = {"orders"};
+  auto s = SpoolIngester::create(options, engine_, *buffer_, metrics_);
+  ASSERT_FALSE(s.isOk());
+  EXPECT_EQ(s.status().code(), Code::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace branchline::agent

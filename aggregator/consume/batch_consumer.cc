@@ -1,0 +1,412 @@
+#include "aggregator/consume/batch_consumer.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <utility>
+
+#include "shared/core/clock.h"
+#include "shared/core/log.h"
+#include "shared/mqtt/mqtt_client.h"
+
+namespace branchline::aggregator {
+namespace {
+
+bool validAgentId(std::string_view id) {
+  if (id.empty() || id.size() > 64) return false;
+  return std::all_of(id.begin(), id.end(), [](char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-';
+  });
+}
+
+// Identifiers from hostile input go into audit rows and logs: keep them short
+// and printable.
+std::string printable(std::string_view s, size_t max = 80) {
+  std::string out;
+  out.reserve(std::min(s.size(), max) + 3);
+  for (size_t i = 0; i < s.size() && i < max; ++i) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    out.push_back(c >= 0x20 && c < 0x7f ? static_cast<char>(c) : '?');
+  }
+  if (s.size() > max) out += "...";
+  return out;
+}
+
+struct Queued {
+  std::string topic;
+  std::string payload;
+  size_t oversize = 0;  // payload size when it was past max_message_bytes (payload dropped)
+  size_t bytes = 0;     // counted against max_queue_bytes
+};
+
+struct Refusal {
+  std::string agent_id;  // from the topic; empty when the topic is unusable
+  std::optional<uint64_t> seq;
+  const char* reason;  // bounded metric label
+  std::string detail;
+};
+
+}  // namespace
+
+struct BatchConsumer::Impl {
+  ConsumerOptions options;
+  CentralStore& store;
+
+  Counter& received;
+  Counter& stored;
+  Counter& duplicate;
+  LabeledCounter& refused;
+  Counter& records_stored;
+  Counter& records_duplicate;
+  Counter& rejects_stored;
+  Counter& dropped;
+  Counter& commit_failures;
+  Counter& acks_failed;
+  Gauge& queue_bytes_gauge;
+  Gauge& store_ready_gauge;
+  Gauge& broker_connected_gauge;
+  std::atomic<uint64_t> commit_micros{0};
+
+  std::unique_ptr<mqtt::Client> client;
+  std::atomic<bool> store_ready{true};
+  std::atomic<bool> connected{false};
+
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::deque<Queued> queue;
+  size_t queue_bytes = 0;  // queued plus the group being written
+  bool stopping = false;
+  int64_t last_drop_log_us = 0;
+  std::thread writer;
+
+  Impl(ConsumerOptions o, CentralStore& s, MetricsRegistry& m)
+      : options(std::move(o)),
+        store(s),
+        received(m.counter("bl_aggregator_batches_received_total",
+                           "Batch messages delivered by the broker (dropped ones included)")),
+        stored(m.counter("bl_aggregator_batches_stored_total",
+                         "Batches committed to the central store by this aggregator")),
+        duplicate(m.counter("bl_aggregator_batches_duplicate_total",
+                            "Batches already in the batch ledger (redeliveries)")),
+        refused(m.labeledCounter("bl_aggregator_batches_refused_total",
+                                 "Batch messages refused (malformed, over a limit, forged)",
+                                 "reason")),
+        records_stored(m.counter("bl_aggregator_records_stored_total",
+                                 "Records newly stored in the central store")),
+        records_duplicate(m.counter("bl_aggregator_records_duplicate_total",
+                                    "Records whose source and key were already stored")),
+        rejects_stored(m.counter("bl_aggregator_rejects_stored_total",
+                                 "Agent rejects stored in the central rejects table")),
+        dropped(m.counter("bl_aggregator_batches_dropped_total",
+                          "Batch messages dropped because the receive queue was full")),
+        commit_failures(m.counter("bl_aggregator_commit_failures_total",
+                                  "Failed store commits (retried with backoff)")),
+        acks_failed(m.counter("bl_aggregator_acks_failed_total",
+                              "Acks that could not be published (the agent resends)")),
+        queue_bytes_gauge(m.gauge("bl_aggregator_queue_bytes",
+                                  "Bytes of batch messages received and not yet acked")),
+        store_ready_gauge(m.gauge("bl_aggregator_store_ready",
+                                  "1 when the last central store operation succeeded")),
+        broker_connected_gauge(m.gauge("bl_aggregator_broker_connected",
+                                       "1 when connected and subscribed to the broker")) {
+    // MetricsRegistry has no float counter: a callback renders the seconds.
+    m.callbackGauge("bl_aggregator_commit_seconds_total",
+                    "Seconds spent in central store commits (monotonic)", [this] {
+                      return static_cast<double>(commit_micros.load(std::memory_order_relaxed)) /
+                             1e6;
+                    });
+    store_ready_gauge.set(1);
+    options.max_batches_per_commit = std::max<size_t>(options.max_batches_per_commit, 1);
+  }
+
+  std::string ackTopic(const std::string& agent) const {
+    return options.topic_prefix + "/agents/" + agent + "/ack";
+  }
+
+  // Paho's network thread: never block beyond a short mutex hold.
+  void onMessage(mqtt::Message&& m) {
+    Queued q;
+    q.topic = std::move(m.topic);
+    if (m.payload.size() > options.limits.max_message_bytes) {
+      q.oversize = m.payload.size();  // refused by the writer; don't hold the bytes
+    } else {
+      q.payload = std::move(m.payload);
+    }
+    q.bytes = q.topic.size() + q.payload.size();
+    {
+      std::lock_guard lock(mutex);
+      if (stopping) return;
+      received.inc();
+      // An empty queue takes any message, so one of max_message_bytes always fits.
+      if (queue_bytes != 0 && queue_bytes + q.bytes > options.max_queue_bytes) {
+        dropped.inc();
+        int64_t now = steadyMicros();
+        if (now - last_drop_log_us > 1000000) {
+          last_drop_log_us = now;
+          log::warn("batch_dropped_queue_full",
+                    {{"queue_bytes", static_cast<uint64_t>(queue_bytes)},
+                     {"max_queue_bytes", static_cast<uint64_t>(options.max_queue_bytes)},
+                     {"dropped_total", dropped.value()}});
+        }
+        return;
+      }
+      queue_bytes += q.bytes;
+      queue_bytes_gauge.set(static_cast<int64_t>(queue_bytes));
+      queue.push_back(std::move(q));
+    }
+    cv.notify_one();
+  }
+
+  void onConnection(bool up) {
+    connected.store(up);
+    broker_connected_gauge.set(up ? 1 : 0);
+  }
+
+  void setStoreReady(bool ready) {
+    if (store_ready.exchange(ready) != ready) {
+      if (ready) {
+        log::info("central_store_ready");
+      }
+    }
+    store_ready_gauge.set(ready ? 1 : 0);
+  }
+
+  void run() {
+    for (;;) {
+      std::vector<Queued> group;
+      size_t group_bytes = 0;
+      {
+        std::unique_lock lock(mutex);
+        cv.wait(lock, [this] { return stopping || !queue.empty(); });
+        // Queued, unstarted messages are left unacked on stop: their agents resend.
+        if (stopping) return;
+        while (!queue.empty() && group.size() < options.max_batches_per_commit) {
+          group_bytes += queue.front().bytes;
+          group.push_back(std::move(queue.front()));
+          queue.pop_front();
+        }
+      }
+      processGroup(group);
+      std::lock_guard lock(mutex);
+      queue_bytes -= group_bytes;
+      queue_bytes_gauge.set(static_cast<int64_t>(queue_bytes));
+    }
+  }
+
+  // Opens one message; on success appends to `batches`, else to `refusals`.
+  void open(Queued& q, std::vector<protocol::WireBatch>& batches, std::vector<Refusal>& refusals) {
+    std::string agent = agentFromTopic(q.topic, options.topic_prefix);
+    if (agent.empty()) {
+      refusals.push_back({"", std::nullopt, "bad_topic",
+                          "topic `" + printable(q.topic) + "` is not " + options.topic_prefix +
+                              "/agents/<agent-id>/batch"});
+      return;
+    }
+    if (q.oversize) {
+      refusals.push_back({agent, std::nullopt, "too_large",
+                          "payload of " + std::to_string(q.oversize) +
+                              " bytes exceeds max_message_bytes " +
+                              std::to_string(options.limits.max_message_bytes)});
+      return;
+    }
+    auto decoded = protocol::decodeBatch(q.payload, options.limits);
+    if (!decoded) {
+      std::optional<uint64_t> seq;
+      auto header = protocol::peekHeader(q.payload, options.limits);
+      if (header && header->agent_id == agent) seq = header->batch_seq;
+      const char* reason =
+          decoded.status().code() == Code::kResourceExhausted ? "too_large" : "malformed";
+      refusals.push_back({agent, seq, reason, decoded.status().message()});
+      return;
+    }
+    if (decoded->agent_id != agent) {
+      // The broker's ACL vouches for the topic, not the envelope: a batch
+      // claiming another agent is forged or misrouted and stored nowhere.
+      refusals.push_back({agent, std::nullopt, "agent_mismatch",
+                          "topic names agent `" + agent + "` but the batch claims `" +
+                              printable(decoded->agent_id, 64) + "` batch " +
+                              std::to_string(decoded->seq)});
+      return;
+    }
+    batches.push_back(std::move(decoded.value()));
+  }
+
+  // Waits out a backoff step; false when stopping.
+  bool backoff(std::chrono::milliseconds& delay) {
+    std::unique_lock lock(mutex);
+    bool stop = cv.wait_for(lock, delay, [this] { return stopping; });
+    delay = std::min(delay * 2, options.max_retry);
+    return !stop;
+  }
+
+  void processGroup(std::vector<Queued>& group) {
+    std::vector<protocol::WireBatch> batches;
+    std::vector<Refusal> refusals;
+    batches.reserve(group.size());
+    for (Queued& q : group) open(q, batches, refusals);
+    // The payloads are decoded; free them before a possibly long commit wait.
+    for (Queued& q : group) std::string().swap(q.payload);
+
+    for (const Refusal& r : refusals) {
+      refused.with(r.reason).inc();
+      log::warn("batch_refused", {{"agent", r.agent_id},
+                                  {"batch_seq", r.seq ? static_cast<int64_t>(*r.seq) : -1},
+                                  {"reason", r.reason},
+                                  {"detail", r.detail}});
+    }
+
+    // Audits and the commit are retried together until the store takes them:
+    // no ack (stored, duplicate or refused) leaves before its row is durable.
+    size_t audited = 0;
+    bool committed = batches.empty();
+    std::vector<BatchOutcome> outcomes;
+    auto delay = options.min_retry;
+    for (;;) {
+      Status s;
+      for (; audited < refusals.size(); ++audited) {
+        const Refusal& r = refusals[audited];
+        s = store.audit({options.aggregator_name, "batch_refused", r.agent_id, r.seq, r.detail});
+        if (!s) break;
+      }
+      if (s && !committed) {
+        int64_t t0 = steadyMicros();
+        auto result = store.commit(batches, options.aggregator_name);
+        commit_micros.fetch_add(static_cast<uint64_t>(steadyMicros() - t0),
+                                std::memory_order_relaxed);
+        if (result) {
+          outcomes = std::move(result.value());
+          committed = true;
+        } else {
+          s = result.status();
+        }
+      }
+      if (s) break;
+      commit_failures.inc();
+      if (store_ready.load()) {
+        log::error("central_store_unavailable",
+                   {{"error", s.toString()}, {"batches", static_cast<uint64_t>(batches.size())}});
+      }
+      setStoreReady(false);
+      if (!backoff(delay)) {
+        log::warn("batches_abandoned_on_stop",
+                  {{"batches", static_cast<uint64_t>(batches.size())},
+                   {"refusals", static_cast<uint64_t>(refusals.size() - audited)}});
+        return;
+      }
+    }
+    setStoreReady(true);
+
+    for (const BatchOutcome& o : outcomes) {
+      protocol::WireAck ack;
+      ack.agent_id = o.agent_id;
+      ack.batch_seq = o.batch_seq;
+      ack.status = o.duplicate ? protocol::AckStatus::kDuplicate : protocol::AckStatus::kStored;
+      ack.stored_records = o.stored_records;
+      ack.duplicate_records = o.duplicate_records;
+      ack.rejects = o.rejects;
+      ack.aggregator = options.aggregator_name;
+      if (o.duplicate) {
+        duplicate.inc();
+      } else {
+        stored.inc();
+        records_stored.inc(o.stored_records);
+        records_duplicate.inc(o.duplicate_records);
+        rejects_stored.inc(o.rejects);
+      }
+      publishAck(ack);
+    }
+    for (const Refusal& r : refusals) {
+      if (r.agent_id.empty()) continue;  // nobody to answer
+      protocol::WireAck ack;
+      ack.agent_id = r.agent_id;
+      ack.batch_seq = r.seq.value_or(0);
+      ack.status = protocol::AckStatus::kRefused;
+      ack.message = r.detail;
+      ack.aggregator = options.aggregator_name;
+      publishAck(ack);
+    }
+  }
+
+  void publishAck(const protocol::WireAck& ack) {
+    Status s = client->publish(ackTopic(ack.agent_id), protocol::encodeAck(ack), 1);
+    if (!s) {
+      // Committed but unacked: the agent resends and gets a duplicate ack.
+      acks_failed.inc();
+      log::warn("ack_publish_failed", {{"agent", ack.agent_id},
+                                       {"batch_seq", static_cast<uint64_t>(ack.batch_seq)},
+                                       {"error", s.toString()}});
+    }
+  }
+};
+
+BatchConsumer::BatchConsumer(ConsumerOptions options, CentralStore& store, MetricsRegistry& metrics)
+    : impl_(std::make_unique<Impl>(std::move(options), store, metrics)) {}
+
+BatchConsumer::~BatchConsumer() { stop(); }
+
+Status BatchConsumer::start() {
+  ConsumerOptions& o = impl_->options;
+  if (o.aggregator_name.empty()) return Status::invalid("consumer: aggregator name is empty");
+  if (o.topic_prefix.empty()) return Status::invalid("consumer: topic prefix is empty");
+  if (o.share_group.empty()) return Status::invalid("consumer: share group is empty");
+  if (o.broker_uris.empty()) return Status::invalid("consumer: no broker URIs");
+  if (impl_->client) return Status::ok();
+
+  mqtt::ClientOptions co;
+  co.broker_uris = o.broker_uris;
+  co.client_id =
+      o.client_id.empty() ? o.aggregator_name + "-" + std::to_string(::getpid()) : o.client_id;
+  // DESIGN.md: a durable session would trap this member's share of batches
+  // if it died; agents resend unacked batches and the survivor takes them.
+  co.clean_session = true;
+  Impl* impl = impl_.get();
+  impl_->client = std::make_unique<mqtt::Client>(
+      co, [impl](mqtt::Message&& m) { impl->onMessage(std::move(m)); },
+      [impl](bool up) { impl->onConnection(up); });
+  impl_->writer = std::thread([impl] { impl->run(); });
+  const std::string filter = "$share/" + o.share_group + "/" + o.topic_prefix + "/agents/+/batch";
+  BL_RETURN_IF_ERROR(impl_->client->subscribe(filter, 1));
+  BL_RETURN_IF_ERROR(impl_->client->start());
+  log::info("consumer_started",
+            {{"aggregator", o.aggregator_name},
+             {"client_id", co.client_id},
+             {"subscription", filter},
+             {"max_batches_per_commit", static_cast<uint64_t>(o.max_batches_per_commit)}});
+  return Status::ok();
+}
+
+void BatchConsumer::stop() {
+  {
+    std::lock_guard lock(impl_->mutex);
+    if (impl_->stopping) return;
+    impl_->stopping = true;
+  }
+  impl_->cv.notify_all();
+  // The writer finishes its group (commit and acks) before the client goes.
+  if (impl_->writer.joinable()) impl_->writer.join();
+  if (impl_->client) impl_->client->stop();
+  impl_->onConnection(false);
+}
+
+bool BatchConsumer::storeReady() const { return impl_->store_ready.load(); }
+bool BatchConsumer::brokerConnected() const { return impl_->connected.load(); }
+
+std::string BatchConsumer::agentFromTopic(const std::string& topic, const std::string& prefix) {
+  const std::string head = prefix + "/agents/";
+  static constexpr std::string_view kTail = "/batch";
+  if (topic.size() <= head.size() + kTail.size() || topic.compare(0, head.size(), head) != 0 ||
+      topic.compare(topic.size() - kTail.size(), kTail.size(), kTail) != 0) {
+    return {};
+  }
+  std::string agent = topic.substr(head.size(), topic.size() - head.size() - kTail.size());
+  return validAgentId(agent) ? agent : std::string();
+}
+
+}  // namespace branchline::aggregator

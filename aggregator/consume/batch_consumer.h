@@ -1,0 +1,75 @@
+// BatchConsumer: takes agents' batches from the shared MQTT subscription,
+// opens them under DecodeLimits, commits several per store transaction and
+// acknowledges each one only after that transaction is durable.
+//
+// Guarantees:
+// - An ack with status stored/duplicate is published only after the batch is
+//   committed centrally; while the store is unavailable nothing is acked and
+//   the batches are retried with backoff (the agent also resends them).
+// - Hostile or malformed input (garbage, truncated frames, compression bombs,
+//   a topic naming another agent than the batch) is refused: audited, counted,
+//   answered with a refused ack when the agent is known; it never stops the
+//   other batches of its group from committing and never crashes the process.
+// - Paho's callback never blocks: it moves the message into a queue bounded
+//   in bytes; when that is full the message is dropped and counted (the agent
+//   resends it after its ack timeout), so the network thread keeps flowing.
+// - The session is clean: an aggregator that dies traps no batches in the
+//   broker; agents resend and the surviving member of the share group takes them.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "aggregator/store/central_store.h"
+#include "protocol/batch_codec.h"
+#include "shared/core/metrics.h"
+#include "shared/core/status.h"
+
+namespace branchline::aggregator {
+
+struct ConsumerOptions {
+  std::string aggregator_name;  // stamped on acks, ledger rows, audit rows
+  std::vector<std::string> broker_uris{"tcp://127.0.0.1:1883"};
+  std::string client_id;  // default: "<aggregator_name>-<pid>"
+  std::string topic_prefix = "branchline/v1";
+  std::string share_group = "branchline-aggregators";
+  protocol::DecodeLimits limits;
+  size_t max_batches_per_commit = 16;
+  size_t max_queue_bytes = 64 << 20;  // received, not yet acked; an empty queue takes any message
+  std::chrono::milliseconds min_retry{100};  // store commit retry backoff
+  std::chrono::milliseconds max_retry{5000};
+};
+
+class BatchConsumer {
+ public:
+  // `store` and `metrics` must outlive the consumer. Metrics are registered here.
+  BatchConsumer(ConsumerOptions options, CentralStore& store, MetricsRegistry& metrics);
+  ~BatchConsumer();  // stop()
+
+  // Connects (in the background), subscribes and starts the writer thread.
+  // kInvalidArgument for unusable options (empty name or prefix).
+  Status start();
+  // Stops taking messages, lets the writer finish the group it holds (commit
+  // and acks; a group waiting on an unavailable store is abandoned unacked),
+  // then disconnects. Idempotent.
+  void stop();
+
+  // The last store operation succeeded (false while commits are being retried).
+  bool storeReady() const;
+  bool brokerConnected() const;
+  // Both of the above: what /healthz reports.
+  bool ready() const { return storeReady() && brokerConnected(); }
+
+  // `<prefix>/agents/<agent>/batch` -> agent; empty when the topic has another
+  // shape or the agent id is not [A-Za-z0-9_-]{1,64}.
+  static std::string agentFromTopic(const std::string& topic, const std::string& prefix);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace branchline::aggregator

@@ -1,0 +1,499 @@
+#include "aggregator/consume/batch_consumer.h"
+
+#include <gtest/gtest.h>
+#include <sqlite3.h>
+#include <stdlib.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "aggregator/store/sqlite_store.h"
+#include "protocol/batch_codec.h"
+#include "shared/mqtt/mqtt_client.h"
+#include "shared/mqtt/testing/mosquitto_process.h"
+
+namespace branchline::aggregator {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using protocol::AckStatus;
+using protocol::WireAck;
+using protocol::WireBatch;
+
+constexpr const char* kPrefix = "branchline/v1";
+
+fs::path makeTempDir() {
+  std::string tmpl = "/tmp/bl_consumer_test_XXXXXX";
+  EXPECT_NE(mkdtemp(tmpl.data()), nullptr);
+  return tmpl;
+}
+
+int64_t queryCount(const fs::path& db, const std::string& sql) {
+  sqlite3* h = nullptr;
+  EXPECT_EQ(sqlite3_open_v2(db.c_str(), &h, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  EXPECT_EQ(sqlite3_prepare_v2(h, sql.c_str(), -1, &st, nullptr), SQLITE_OK) << sql;
+  int64_t n = -1;
+  if (sqlite3_step(st) == SQLITE_ROW) n = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  sqlite3_close_v2(h);
+  return n;
+}
+
+WireBatch makeBatch(const std::string& agent, uint64_t seq, size_t records,
+                    const std::string& key_prefix) {
+  WireBatch b;
+  b.agent_id = agent;
+  b.seq = seq;
+  b.created_at_us = 1'790'000'000'000'000;
+  for (size_t i = 0; i < records; ++i) {
+    std::string key = key_prefix + std::to_string(i);
+    b.records.push_back({"customer", key, 1'790'000'000'000'000 + static_cast<int64_t>(i),
+                         "{\"external_id\":\"" + key + "\"}"});
+  }
+  return b;
+}
+
+std::string batchTopic(const std::string& agent) {
+  return std::string(kPrefix) + "/agents/" + agent + "/batch";
+}
+
+// Wraps the real store: can hold commits at a gate, fail them as if the store
+// were away, and records how many batches each commit carried.
+class ControlledStore : public CentralStore {
+ public:
+  explicit ControlledStore(CentralStore& inner) : inner_(inner) {}
+
+  Result<std::vector<BatchOutcome>> commit(const std::vector<WireBatch>& batches,
+                                           const std::string& aggregator) override {
+    {
+      std::unique_lock lock(mutex_);
+      ++waiting_;
+      cv_.notify_all();
+      cv_.wait(lock, [this] { return open_; });
+      --waiting_;
+      ++attempts_;
+      cv_.notify_all();
+      if (failing_) return Status::unavailable("central store is down (test)");
+      sizes_.push_back(batches.size());
+    }
+    return inner_.commit(batches, aggregator);
+  }
+  Status audit(const AuditEntry& entry) override {
+    if (failing_.load()) return Status::unavailable("central store is down (test)");
+    return inner_.audit(entry);
+  }
+  Status health() override { return inner_.health(); }
+
+  void setOpen(bool open) {
+    std::lock_guard lock(mutex_);
+    open_ = open;
+    cv_.notify_all();
+  }
+  void setFailing(bool failing) { failing_ = failing; }
+  bool waitForWaiting(int n, std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mutex_);
+    return cv_.wait_for(lock, timeout, [&] { return waiting_ >= n; });
+  }
+  bool waitForAttempts(int n, std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mutex_);
+    return cv_.wait_for(lock, timeout, [&] { return attempts_ >= n; });
+  }
+  std::vector<size_t> sizes() {
+    std::lock_guard lock(mutex_);
+    return sizes_;
+  }
+
+ private:
+  CentralStore& inner_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool open_ = true;
+  std::atomic<bool> failing_{false};
+  int waiting_ = 0;
+  int attempts_ = 0;
+  std::vector<size_t> sizes_;
+};
+
+// A fake agent (any number of agent ids) on its own MQTT connection: publishes
+// raw payloads and collects the acks addressed to any agent.
+class FakeAgent {
+ public:
+  explicit FakeAgent(const std::string& uri) {
+    mqtt::ClientOptions o;
+    o.broker_uris = {uri};
+    o.client_id = "fake-agent-" + std::to_string(::getpid());
+    client_ = std::make_unique<mqtt::Client>(
+        o, [this](mqtt::Message&& m) { onMessage(std::move(m)); },
+        [this](bool up) {
+          std::lock_guard lock(mutex_);
+          connected_ = up;
+          cv_.notify_all();
+        });
+    EXPECT_TRUE(client_->subscribe(std::string(kPrefix) + "/agents/+/ack", 1).isOk());
+    EXPECT_TRUE(client_->start().isOk());
+  }
+  ~FakeAgent() { client_->stop(); }
+
+  bool waitConnected() {
+    std::unique_lock lock(mutex_);
+    return cv_.wait_for(lock, 10s, [this] { return connected_; });
+  }
+  void publish(const std::string& topic, std::string payload) {
+    ASSERT_TRUE(client_->publish(topic, std::move(payload), 1).isOk());
+  }
+  void publishBatch(const WireBatch& b, const std::string& topic_agent = "") {
+    publish(batchTopic(topic_agent.empty() ? b.agent_id : topic_agent), protocol::encodeBatch(b));
+  }
+  // Waits until at least n acks arrived; returns all so far.
+  std::vector<WireAck> waitAcks(size_t n, std::chrono::milliseconds timeout = 20s) {
+    std::unique_lock lock(mutex_);
+    cv_.wait_for(lock, timeout, [&] { return acks_.size() >= n; });
+    return acks_;
+  }
+  size_t ackCount() {
+    std::lock_guard lock(mutex_);
+    return acks_.size();
+  }
+  std::vector<std::string> badAcks() {
+    std::lock_guard lock(mutex_);
+    return bad_;
+  }
+
+ private:
+  void onMessage(mqtt::Message&& m) {
+    auto ack = protocol::decodeAck(m.payload);
+    std::lock_guard lock(mutex_);
+    if (!ack) {
+      bad_.push_back(ack.status().toString());
+    } else if (m.topic != std::string(kPrefix) + "/agents/" + ack->agent_id + "/ack") {
+      bad_.push_back("ack for `" + ack->agent_id + "` on topic " + m.topic);
+    } else {
+      acks_.push_back(std::move(ack.value()));
+    }
+    cv_.notify_all();
+  }
+
+  std::unique_ptr<mqtt::Client> client_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool connected_ = false;
+  std::vector<WireAck> acks_;
+  std::vector<std::string> bad_;
+};
+
+class BatchConsumerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(broker_.start()) << broker_.error();
+    dir_ = makeTempDir();
+    db_ = dir_ / "central.db";
+    SqliteStoreOptions so;
+    so.path = db_;
+    auto store = SqliteCentralStore::open(so);
+    ASSERT_TRUE(store.isOk()) << store.status().toString();
+    store_ = std::move(store.value());
+    controlled_ = std::make_unique<ControlledStore>(*store_);
+  }
+  void TearDown() override {
+    consumers_.clear();
+    agent_.reset();
+    controlled_.reset();
+    store_.reset();
+    broker_.stop();
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+
+  ConsumerOptions options(const std::string& name) {
+    ConsumerOptions o;
+    o.aggregator_name = name;
+    o.broker_uris = {broker_.uri()};
+    o.topic_prefix = kPrefix;
+    o.share_group = "test-aggregators";
+    o.limits.max_inflated_bytes = 1 << 20;
+    o.min_retry = 20ms;
+    o.max_retry = 100ms;
+    return o;
+  }
+
+  BatchConsumer& startConsumer(ConsumerOptions o, CentralStore& store, MetricsRegistry& metrics) {
+    consumers_.push_back(std::make_unique<BatchConsumer>(std::move(o), store, metrics));
+    BatchConsumer& c = *consumers_.back();
+    EXPECT_TRUE(c.start().isOk());
+    // Clean sessions: only a made subscription receives, so wait for it.
+    for (int i = 0; i < 500 && !c.brokerConnected(); ++i) std::this_thread::sleep_for(20ms);
+    EXPECT_TRUE(c.brokerConnected());
+    return c;
+  }
+
+  FakeAgent& agent() {
+    if (!agent_) {
+      agent_ = std::make_unique<FakeAgent>(broker_.uri());
+      EXPECT_TRUE(agent_->waitConnected());
+    }
+    return *agent_;
+  }
+
+  int64_t count(const std::string& sql) { return queryCount(db_, sql); }
+
+  mqtt::testing::MosquittoProcess broker_;
+  fs::path dir_, db_;
+  std::unique_ptr<SqliteCentralStore> store_;
+  std::unique_ptr<ControlledStore> controlled_;
+  MetricsRegistry metrics_;
+  std::unique_ptr<FakeAgent> agent_;
+  std::vector<std::unique_ptr<BatchConsumer>> consumers_;
+};
+
+TEST(AgentFromTopic, AcceptsOnlyWellFormedBatchTopics) {
+  EXPECT_EQ(BatchConsumer::agentFromTopic("branchline/v1/agents/office-1/batch", kPrefix),
+            "office-1");
+  EXPECT_EQ(BatchConsumer::agentFromTopic("branchline/v1/agents//batch", kPrefix), "");
+  EXPECT_EQ(BatchConsumer::agentFromTopic("branchline/v1/agents/a/b/batch", kPrefix), "");
+  EXPECT_EQ(BatchConsumer::agentFromTopic("branchline/v1/agents/office 1/batch", kPrefix), "");
+  EXPECT_EQ(BatchConsumer::agentFromTopic("other/v1/agents/office-1/batch", kPrefix), "");
+  EXPECT_EQ(BatchConsumer::agentFromTopic("branchline/v1/agents/office-1/ack", kPrefix), "");
+  EXPECT_EQ(BatchConsumer::agentFromTopic("branchline/v1/agents/" + std::string(65, 'a') + "/batch",
+                                          kPrefix),
+            "");
+}
+
+TEST_F(BatchConsumerTest, AcksArriveAfterCommitAndRecordsAreStored) {
+  startConsumer(options("agg-a"), *store_, metrics_);
+  FakeAgent& a = agent();
+  a.publishBatch(makeBatch("office-1", 1, 100, "one-"));
+  auto acks = a.waitAcks(1);
+  ASSERT_EQ(acks.size(), 1u);
+  // The ack left after the commit: the ledger already holds the batch.
+  EXPECT_EQ(count("SELECT count(*) FROM batch_ledger WHERE agent_id='office-1' AND batch_seq=1"),
+            1);
+  EXPECT_EQ(acks[0].status, AckStatus::kStored);
+  EXPECT_EQ(acks[0].agent_id, "office-1");
+  EXPECT_EQ(acks[0].batch_seq, 1u);
+  EXPECT_EQ(acks[0].stored_records, 100u);
+  EXPECT_EQ(acks[0].aggregator, "agg-a");
+
+  for (uint64_t seq = 2; seq <= 6; ++seq) {
+    a.publishBatch(makeBatch("office-1", seq, 50, "s" + std::to_string(seq) + "-"));
+  }
+  acks = a.waitAcks(6);
+  ASSERT_EQ(acks.size(), 6u);
+  for (const auto& ack : acks) EXPECT_EQ(ack.status, AckStatus::kStored);
+  EXPECT_EQ(count("SELECT count(*) FROM records"), 100 + 5 * 50);
+  EXPECT_EQ(count("SELECT count(*) FROM batch_ledger WHERE aggregator='agg-a'"), 6);
+  EXPECT_TRUE(a.badAcks().empty());
+  std::string text = metrics_.renderPrometheus();
+  EXPECT_NE(text.find("bl_aggregator_batches_stored_total 6\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("bl_aggregator_records_stored_total 350\n"), std::string::npos);
+  EXPECT_NE(text.find("bl_aggregator_store_ready 1\n"), std::string::npos);
+}
+
+TEST_F(BatchConsumerTest, SameBatchTwiceIsStoredOnceAndSecondAckIsDuplicate) {
+  startConsumer(options("agg-a"), *store_, metrics_);
+  FakeAgent& a = agent();
+  WireBatch batch = makeBatch("office-2", 9, 20, "dup-");
+  a.publishBatch(batch);
+  ASSERT_EQ(a.waitAcks(1).size(), 1u);
+  a.publishBatch(batch);  // an agent resending after its ack timeout
+  auto acks = a.waitAcks(2);
+  ASSERT_EQ(acks.size(), 2u);
+  EXPECT_EQ(acks[0].status, AckStatus::kStored);
+  EXPECT_EQ(acks[1].status, AckStatus::kDuplicate);
+  EXPECT_EQ(acks[1].batch_seq, 9u);
+  EXPECT_EQ(acks[1].stored_records, 0u);
+  EXPECT_EQ(count("SELECT count(*) FROM records"), 20);
+  EXPECT_EQ(count("SELECT count(*) FROM batch_ledger"), 1);
+  EXPECT_NE(metrics_.renderPrometheus().find("bl_aggregator_batches_duplicate_total 1\n"),
+            std::string::npos);
+}
+
+TEST_F(BatchConsumerTest, HostileInputIsRefusedAuditedAndDoesNotStopItsGroup) {
+  ConsumerOptions o = options("agg-a");
+  o.max_batches_per_commit = 16;
+  startConsumer(o, *controlled_, metrics_);
+  FakeAgent& a = agent();
+
+  // Hold the writer inside a first commit so everything below queues into one group.
+  controlled_->setOpen(false);
+  size_t queued_bytes = 0;
+  auto send = [&](const std::string& topic, std::string payload) {
+    queued_bytes += topic.size() + payload.size();
+    a.publish(topic, std::move(payload));
+  };
+  const std::string topic1 = batchTopic("office-1");
+  send(topic1, protocol::encodeBatch(makeBatch("office-1", 1, 5, "first-")));
+  ASSERT_TRUE(controlled_->waitForWaiting(1, 10s));
+
+  send(topic1, "this is not a Cap'n Proto envelope at all");
+  {
+    WireBatch bomb = makeBatch("office-1", 2, 0, "");
+    bomb.records.push_back({"customer", "bomb", 1, std::string(64 << 20, 'a')});
+    std::string bomb_payload = protocol::encodeBatch(bomb, 19);
+    ASSERT_LT(bomb_payload.size(), 1u << 20);  // small on the wire, 64 MB inflated
+    send(topic1, std::move(bomb_payload));
+  }
+  std::string full = protocol::encodeBatch(makeBatch("office-1", 3, 50, "trunc-"));
+  send(topic1, full.substr(0, full.size() / 2));
+  send(topic1, protocol::encodeBatch(makeBatch("office-2", 4, 7, "forged-")));  // not office-1's
+  send(topic1, protocol::encodeBatch(makeBatch("office-1", 5, 10, "valid-")));
+  send(topic1, "");  // empty payload
+
+  // Everything is queued (the gauge counts the held group too); let the writer go.
+  const std::string want = "bl_aggregator_queue_bytes " + std::to_string(queued_bytes) + "\n";
+  for (int i = 0; i < 1000 && metrics_.renderPrometheus().find(want) == std::string::npos; ++i) {
+    std::this_thread::sleep_for(10ms);
+  }
+  ASSERT_NE(metrics_.renderPrometheus().find(want), std::string::npos)
+      << metrics_.renderPrometheus();
+  controlled_->setOpen(true);
+
+  auto acks = a.waitAcks(7);
+  ASSERT_EQ(acks.size(), 7u);
+  int refused_for_office1 = 0;
+  for (const auto& ack : acks) {
+    if (ack.status == AckStatus::kRefused) {
+      EXPECT_EQ(ack.agent_id, "office-1");
+      EXPECT_FALSE(ack.message.empty());
+      ++refused_for_office1;
+    }
+  }
+  EXPECT_EQ(refused_for_office1, 5);
+  EXPECT_TRUE(a.badAcks().empty());
+
+  // The valid batches of the group were committed together, the rest audited.
+  EXPECT_EQ(count("SELECT count(*) FROM records"), 15);
+  EXPECT_EQ(count("SELECT count(*) FROM batch_ledger"), 2);
+  EXPECT_EQ(count("SELECT count(*) FROM records WHERE record_key LIKE 'forged-%' OR "
+                  "record_key LIKE 'trunc-%' OR record_key = 'bomb'"),
+            0);
+  auto sizes = controlled_->sizes();
+  ASSERT_EQ(sizes.size(), 2u);
+  EXPECT_EQ(sizes[1], 1u);  // only `valid-` was left to commit in the second group
+  EXPECT_EQ(count("SELECT count(*) FROM audit WHERE action='batch_refused' AND "
+                  "agent_id='office-1' AND actor='agg-a'"),
+            5);
+  EXPECT_EQ(count("SELECT count(*) FROM audit WHERE batch_seq = 2 AND detail LIKE "
+                  "'%max_inflated_bytes%'"),
+            1);
+  EXPECT_EQ(count("SELECT count(*) FROM audit WHERE detail LIKE '%claims `office-2`%'"), 1);
+  std::string text = metrics_.renderPrometheus();
+  EXPECT_NE(text.find("bl_aggregator_batches_refused_total{reason=\"too_large\"} 1\n"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("bl_aggregator_batches_refused_total{reason=\"agent_mismatch\"} 1\n"),
+            std::string::npos);
+  EXPECT_NE(text.find("bl_aggregator_batches_refused_total{reason=\"malformed\"} 3\n"),
+            std::string::npos);
+
+  // And it keeps working afterwards.
+  a.publishBatch(makeBatch("office-1", 6, 3, "after-"));
+  acks = a.waitAcks(8);
+  ASSERT_EQ(acks.size(), 8u);
+  EXPECT_EQ(acks.back().status, AckStatus::kStored);
+  EXPECT_EQ(acks.back().batch_seq, 6u);
+}
+
+TEST_F(BatchConsumerTest, StoreOutageMeansNoAckUntilTheCommitSucceeds) {
+  BatchConsumer& c = startConsumer(options("agg-a"), *controlled_, metrics_);
+  FakeAgent& a = agent();
+  controlled_->setFailing(true);
+  a.publishBatch(makeBatch("office-1", 1, 30, "outage-"));
+  ASSERT_TRUE(controlled_->waitForAttempts(3, 10s));  // retried with backoff
+  EXPECT_FALSE(c.storeReady());
+  EXPECT_FALSE(c.ready());
+  std::this_thread::sleep_for(200ms);
+  EXPECT_EQ(a.ackCount(), 0u);
+  EXPECT_EQ(count("SELECT count(*) FROM records"), 0);
+  EXPECT_NE(metrics_.renderPrometheus().find("bl_aggregator_store_ready 0\n"), std::string::npos);
+
+  controlled_->setFailing(false);
+  auto acks = a.waitAcks(1);
+  ASSERT_EQ(acks.size(), 1u);
+  EXPECT_EQ(acks[0].status, AckStatus::kStored);
+  EXPECT_EQ(acks[0].stored_records, 30u);
+  EXPECT_EQ(count("SELECT count(*) FROM records"), 30);
+  EXPECT_TRUE(c.storeReady());
+}
+
+TEST_F(BatchConsumerTest, FullQueueDropsWithoutBlockingAndKeepsWorking) {
+  ConsumerOptions o = options("agg-a");
+  o.limits.max_message_bytes = 64 << 10;
+  o.max_queue_bytes = 64 << 10;
+  o.max_batches_per_commit = 1;
+  startConsumer(o, *controlled_, metrics_);
+  FakeAgent& a = agent();
+  controlled_->setOpen(false);
+  std::minstd_rand rng(7);
+  auto bulky = [&rng](uint64_t seq) {
+    WireBatch b = makeBatch("office-1", seq, 1, "bulky-" + std::to_string(seq) + "-");
+    b.records[0].payload.resize(20 << 10);
+    for (char& ch : b.records[0].payload) ch = static_cast<char>('a' + rng() % 26);
+    return protocol::encodeBatch(b, 0);  // stored raw: exactly its size on the wire
+  };
+  a.publish(batchTopic("office-1"), bulky(1));
+  ASSERT_TRUE(controlled_->waitForWaiting(1, 10s));
+  for (uint64_t seq = 2; seq <= 10; ++seq) a.publish(batchTopic("office-1"), bulky(seq));
+  std::string text;
+  for (int i = 0; i < 500; ++i) {
+    text = metrics_.renderPrometheus();
+    if (text.find("bl_aggregator_batches_dropped_total 0\n") == std::string::npos) break;
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(text.find("bl_aggregator_batches_dropped_total 0\n"), std::string::npos) << text;
+  controlled_->setOpen(true);
+  // The queued ones are acked; the dropped ones are not (their agent resends).
+  auto acks = a.waitAcks(3, 10s);
+  ASSERT_GE(acks.size(), 3u);
+  std::this_thread::sleep_for(300ms);
+  size_t acked = a.ackCount();
+  EXPECT_LT(acked, 10u);
+  EXPECT_EQ(count("SELECT count(*) FROM records"), static_cast<int64_t>(acked));
+  // A resend of a dropped batch goes through.
+  a.publish(batchTopic("office-1"), bulky(10));
+  ASSERT_EQ(a.waitAcks(acked + 1).size(), acked + 1);
+}
+
+TEST_F(BatchConsumerTest, TwoConsumersInOneShareGroupSplitBatchesAndStoreEachOnce) {
+  SqliteStoreOptions so;
+  so.path = db_;
+  auto second_store = SqliteCentralStore::open(so);  // the pair shares the file
+  ASSERT_TRUE(second_store.isOk());
+  MetricsRegistry second_metrics;
+  startConsumer(options("agg-a"), *store_, metrics_);
+  startConsumer(options("agg-b"), **second_store, second_metrics);
+  FakeAgent& a = agent();
+  constexpr int kAgents = 4, kBatches = 15;
+  for (int s = 1; s <= kBatches; ++s) {
+    for (int g = 0; g < kAgents; ++g) {
+      std::string id = "office-" + std::to_string(g);
+      a.publishBatch(
+          makeBatch(id, static_cast<uint64_t>(s), 20, id + "-" + std::to_string(s) + "-"));
+    }
+  }
+  auto acks = a.waitAcks(kAgents * kBatches, 30s);
+  ASSERT_EQ(acks.size(), static_cast<size_t>(kAgents * kBatches));
+  std::map<std::string, int> by_aggregator;
+  for (const auto& ack : acks) {
+    EXPECT_EQ(ack.status, AckStatus::kStored);
+    by_aggregator[ack.aggregator]++;
+  }
+  EXPECT_GT(by_aggregator["agg-a"], 0);
+  EXPECT_GT(by_aggregator["agg-b"], 0);
+  EXPECT_EQ(count("SELECT count(*) FROM batch_ledger"), kAgents * kBatches);
+  EXPECT_EQ(count("SELECT count(*) FROM records"), kAgents * kBatches * 20);
+  EXPECT_EQ(count("SELECT count(DISTINCT aggregator) FROM batch_ledger"), 2);
+  consumers_.clear();  // before second_store goes away
+}
+
+}  // namespace
+}  // namespace branchline::aggregator

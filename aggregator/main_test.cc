@@ -1,0 +1,250 @@
+// Runs the real branchline-aggregator binary (from BRANCHLINE_BIN_DIR) against
+// a private Mosquitto: exit codes, /healthz, /metrics, a batch stored and acked.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "protocol/batch_codec.h"
+#include "shared/http/http_test_client.h"
+#include "shared/mqtt/mqtt_client.h"
+#include "shared/mqtt/testing/mosquitto_process.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using branchline::mqtt::testing::MosquittoProcess;
+
+fs::path binary() {
+  const char* dir = std::getenv("BRANCHLINE_BIN_DIR");
+  return fs::path(dir ? dir : "bin") / "branchline-aggregator";
+}
+
+// One child process with stderr captured to a file; killed if still running at the end.
+class Process {
+ public:
+  Process(std::vector<std::string> args, const fs::path& log) : log_(log) {
+    pid_ = fork();
+    if (pid_ == 0) {
+      FILE* f = std::freopen(log.c_str(), "w", stderr);
+      (void)f;
+      std::vector<char*> argv;
+      std::string bin = binary().string();
+      argv.push_back(bin.data());
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(bin.c_str(), argv.data());
+      _exit(127);
+    }
+  }
+  ~Process() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  // Exit code, or nullopt when it did not exit in time.
+  std::optional<int> wait(std::chrono::milliseconds timeout) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+    return std::nullopt;
+  }
+  void signal(int sig) { kill(pid_, sig); }
+  std::string stderrText() const {
+    std::ifstream in(log_);
+    std::stringstream s;
+    s << in.rdbuf();
+    return s.str();
+  }
+
+ private:
+  fs::path log_;
+  pid_t pid_ = -1;
+};
+
+class AggregatorMainTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string tmpl = "/tmp/bl_aggmain_test_XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+  fs::path writeConfig(const std::string& text) {
+    fs::path p = dir_ / "aggregator.toml";
+    std::ofstream(p) << text;
+    return p;
+  }
+  std::string config(const std::string& broker_uri, uint16_t http_port) {
+    return "[aggregator]\nname = \"agg-main\"\ndata_dir = \"" + (dir_ / "data").string() +
+           "\"\n[http]\nlisten = \"127.0.0.1:" + std::to_string(http_port) +
+           "\"\n[mqtt]\nbrokers = [\"" + broker_uri + "\"]\n[store]\nurl = \"sqlite://" +
+           (dir_ / "central.db").string() + "\"\n[commit]\nmax_batches = 8\n";
+  }
+  std::optional<branchline::http::testing::ClientResponse> get(uint16_t port,
+                                                               const std::string& target) {
+    branchline::http::testing::TestClient client(2s);
+    if (client.connect(port)) return std::nullopt;
+    if (client.send("GET", target)) return std::nullopt;
+    return client.read();
+  }
+  // Polls until GET /healthz answers `status`.
+  std::optional<branchline::http::testing::ClientResponse> waitHealth(uint16_t port, int status) {
+    std::optional<branchline::http::testing::ClientResponse> r;
+    for (int i = 0; i < 300; ++i) {
+      r = get(port, "/healthz");
+      if (r && r->status == status) return r;
+      std::this_thread::sleep_for(50ms);
+    }
+    return r;
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(AggregatorMainTest, BadCommandLineOrConfigExitsTwoNamingTheKey) {
+  {
+    Process p({}, dir_ / "noargs.log");
+    EXPECT_EQ(p.wait(10s), 2);
+  }
+  {
+    fs::path cfg = writeConfig(config("tcp://127.0.0.1:1", 0) + "[limits]\nmax_inflate = 5\n");
+    Process p({"--config", cfg.string()}, dir_ / "bad.log");
+    EXPECT_EQ(p.wait(10s), 2);
+    EXPECT_NE(p.stderrText().find("limits.max_inflate"), std::string::npos) << p.stderrText();
+  }
+  {
+    Process p({"--config", (dir_ / "missing.toml").string()}, dir_ / "missing.log");
+    EXPECT_EQ(p.wait(10s), 2);
+    EXPECT_NE(p.stderrText().find("missing.toml"), std::string::npos) << p.stderrText();
+  }
+}
+
+TEST_F(AggregatorMainTest, UnopenableStoreExitsOne) {
+  std::ofstream(dir_ / "a-file") << "x";
+  std::string text = config("tcp://127.0.0.1:1", 0);
+  std::string from = "sqlite://" + (dir_ / "central.db").string();
+  text.replace(text.find(from), from.size(),
+               "sqlite://" + (dir_ / "a-file" / "central.db").string());
+  Process p({"--config", writeConfig(text).string()}, dir_ / "store.log");
+  EXPECT_EQ(p.wait(10s), 1);
+  EXPECT_NE(p.stderrText().find("startup_failed"), std::string::npos) << p.stderrText();
+}
+
+TEST_F(AggregatorMainTest, ServesHealthAndMetricsStoresABatchAndStopsCleanly) {
+  MosquittoProcess broker;
+  ASSERT_TRUE(broker.start()) << broker.error();
+  const uint16_t http_port = MosquittoProcess::freePort();
+  Process agg({"--config", writeConfig(config(broker.uri(), http_port)).string()},
+              dir_ / "agg.log");
+
+  auto health = waitHealth(http_port, 200);
+  ASSERT_TRUE(health.has_value()) << agg.stderrText();
+  ASSERT_EQ(health->status, 200) << health->body;
+  EXPECT_NE(health->body.find("\"status\":\"ok\""), std::string::npos) << health->body;
+  EXPECT_NE(health->body.find("\"store\":\"ready\""), std::string::npos) << health->body;
+
+  // A fake agent publishes one batch and gets its ack.
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::vector<branchline::protocol::WireAck> acks;
+  bool up = false;
+  branchline::mqtt::ClientOptions o;
+  o.broker_uris = {broker.uri()};
+  o.client_id = "main-test-agent";
+  branchline::mqtt::Client agent(
+      o,
+      [&](branchline::mqtt::Message&& m) {
+        auto ack = branchline::protocol::decodeAck(m.payload);
+        std::lock_guard lock(mutex);
+        if (ack) acks.push_back(*ack);
+        cv.notify_all();
+      },
+      [&](bool connected) {
+        std::lock_guard lock(mutex);
+        up = connected;
+        cv.notify_all();
+      });
+  ASSERT_TRUE(agent.subscribe("branchline/v1/agents/office-7/ack", 1).isOk());
+  ASSERT_TRUE(agent.start().isOk());
+  {
+    std::unique_lock lock(mutex);
+    ASSERT_TRUE(cv.wait_for(lock, 10s, [&] { return up; }));
+  }
+  branchline::protocol::WireBatch batch;
+  batch.agent_id = "office-7";
+  batch.seq = 1;
+  for (int i = 0; i < 25; ++i) {
+    batch.records.push_back({"customer", "k" + std::to_string(i), 1, "{}"});
+  }
+  ASSERT_TRUE(agent
+                  .publish("branchline/v1/agents/office-7/batch",
+                           branchline::protocol::encodeBatch(batch), 1)
+                  .isOk());
+  {
+    std::unique_lock lock(mutex);
+    ASSERT_TRUE(cv.wait_for(lock, 15s, [&] { return !acks.empty(); })) << agg.stderrText();
+    EXPECT_EQ(acks[0].status, branchline::protocol::AckStatus::kStored);
+    EXPECT_EQ(acks[0].stored_records, 25u);
+    EXPECT_EQ(acks[0].aggregator, "agg-main");
+  }
+  agent.stop();
+
+  auto metrics = get(http_port, "/metrics");
+  ASSERT_TRUE(metrics.has_value());
+  EXPECT_EQ(metrics->status, 200);
+  EXPECT_NE(metrics->body.find("bl_aggregator_records_stored_total 25\n"), std::string::npos)
+      << metrics->body;
+  auto missing = get(http_port, "/nope");
+  ASSERT_TRUE(missing.has_value());
+  EXPECT_EQ(missing->status, 404);
+
+  // Without its broker the aggregator reports itself not ready.
+  broker.stop();
+  health = waitHealth(http_port, 503);
+  ASSERT_TRUE(health.has_value());
+  EXPECT_EQ(health->status, 503) << health->body;
+  EXPECT_NE(health->body.find("\"broker\":\"disconnected\""), std::string::npos) << health->body;
+
+  agg.signal(SIGTERM);
+  EXPECT_EQ(agg.wait(15s), 0) << agg.stderrText();
+  EXPECT_NE(agg.stderrText().find("aggregator_stopped"), std::string::npos);
+
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open_v2((dir_ / "central.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr),
+            SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db, "SELECT count(*) FROM records WHERE agent_id='office-7'", -1,
+                               &st, nullptr),
+            SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
+  EXPECT_EQ(sqlite3_column_int(st, 0), 25);
+  sqlite3_finalize(st);
+  sqlite3_close_v2(db);
+}
+
+}  // namespace

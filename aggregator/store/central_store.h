@@ -1,0 +1,70 @@
+// CentralStore: the aggregators' idempotent writer into the central store (the
+// tables documented in README "The central store"). One commit() is one
+// transaction: either every given batch is recorded in the batch ledger with
+// its records and rejects, or nothing is. A batch already in the ledger
+// (agent_id, batch_seq) is a duplicate and adds nothing; a record whose
+// (source, record_key) is already stored is counted as a duplicate and not
+// stored again. So redelivery, from any agent through any aggregator, never
+// doubles data: at-least-once delivery becomes exactly-once storage.
+//
+// When commit() returns OK the transaction is durable (synchronous=FULL for
+// SQLite): only then may the caller acknowledge the batches to their agents.
+// Backends (SQLite now, PostgreSQL later) share these semantics and tests.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "protocol/batch_codec.h"
+#include "shared/core/status.h"
+
+namespace branchline::aggregator {
+
+// What one commit did with one batch, in the order the batches were given.
+struct BatchOutcome {
+  std::string agent_id;
+  uint64_t batch_seq = 0;
+  bool duplicate = false;          // already in the ledger; nothing was written for it
+  uint32_t records = 0;            // records in the batch
+  uint32_t stored_records = 0;     // of which newly stored
+  uint32_t duplicate_records = 0;  // of which already stored (same source and record key)
+  uint32_t rejects = 0;            // rejects stored from this batch
+};
+
+// One row of the audit trail. `detail` is a reason, never record contents.
+struct AuditEntry {
+  std::string actor;   // the aggregator (or admin) recording it
+  std::string action;  // "batch_refused", ...
+  std::string agent_id;
+  std::optional<uint64_t> batch_seq;
+  std::string detail;
+  int64_t at_us = 0;  // 0: now
+};
+
+class CentralStore {
+ public:
+  virtual ~CentralStore() = default;
+
+  // Commits all `batches` in one transaction, stamping `aggregator` on their
+  // ledger rows. Returns one outcome per batch (a batch given twice in the same
+  // call is stored once and reported duplicate the second time). On failure
+  // nothing is written: kUnavailable when the store is away or busy past its
+  // retry budget (retry later with backoff), kInternal/kDataLoss otherwise.
+  virtual Result<std::vector<BatchOutcome>> commit(const std::vector<protocol::WireBatch>& batches,
+                                                   const std::string& aggregator) = 0;
+
+  // Appends one audit row in its own transaction; durable when OK.
+  virtual Status audit(const AuditEntry& entry) = 0;
+
+  // OK when the store answers a trivial query; kUnavailable otherwise.
+  virtual Status health() = 0;
+};
+
+// Opens the backend named by `url`. Supported: "sqlite:///abs/path.db".
+// kInvalidArgument names the URL and what is accepted when it is not supported.
+Result<std::unique_ptr<CentralStore>> openCentralStore(const std::string& url);
+
+}  // namespace branchline::aggregator

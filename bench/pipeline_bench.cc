@@ -1,0 +1,241 @@
+// branchline-bench: measures the local pipeline on this machine and, in the same
+// run, the raw limits of its stages (SQLite batched insert, zstd), so every
+// figure is reported next to a reference measured under the same noise.
+//
+// Figures: records/s accepted by one agent (durable, HTTP in, forwarding on),
+// records/s end to end into the central store, p50/p99 latency from ingest to
+// central commit, and the agent's peak RSS.
+#include <sqlite3.h>
+#include <unistd.h>
+#include <zstd.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cli/loadgen/load_client.h"
+#include "cli/loadgen/record_generator.h"
+#include "cli/net/http_client.h"
+#include "cli/pipeline/local_pipeline.h"
+#include "shared/core/clock.h"
+
+namespace {
+
+using namespace branchline;
+
+double seconds(std::chrono::steady_clock::duration d) {
+  return std::chrono::duration<double>(d).count();
+}
+
+// Peak resident set (VmHWM) of a process, in MiB; -1 if unreadable.
+double peakRssMiB(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  }
+  return -1;
+}
+
+// SQLite reference: INSERT OR IGNORE of random 16-byte-ish text keys, 1,000 rows
+// per transaction, synchronous=FULL, WAL: the central writer's raw limit.
+double sqliteInsertLimit(const std::string& dir, int rows) {
+  std::string path = dir + "/limit.db";
+  sqlite3* db = nullptr;
+  sqlite3_open(path.c_str(), &db);
+  sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", nullptr, nullptr, nullptr);
+  sqlite3_exec(db,
+               "CREATE TABLE t(id INTEGER PRIMARY KEY, k TEXT, payload TEXT, UNIQUE(k));",
+               nullptr, nullptr, nullptr);
+  sqlite3_stmt* stmt = nullptr;
+  sqlite3_prepare_v2(db, "INSERT OR IGNORE INTO t(k, payload) VALUES(?, ?)", -1, &stmt, nullptr);
+  std::mt19937_64 rng(7);
+  std::string payload(410, 'x');
+  auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < rows; i += 1000) {
+    sqlite3_exec(db, "BEGIN", nullptr, nullptr, nullptr);
+    for (int j = 0; j < 1000; ++j) {
+      std::string key = std::to_string(rng());
+      sqlite3_bind_text(stmt, 1, key.data(), static_cast<int>(key.size()), SQLITE_TRANSIENT);
+      sqlite3_bind_text(stmt, 2, payload.data(), static_cast<int>(payload.size()), SQLITE_STATIC);
+      sqlite3_step(stmt);
+      sqlite3_reset(stmt);
+    }
+    sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
+  }
+  double rate = rows / seconds(std::chrono::steady_clock::now() - start);
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+  std::filesystem::remove(path);
+  return rate;
+}
+
+// zstd level 1 on generated records: MB/s.
+double zstdLimit() {
+  loadgen::CustomerGenerator gen({});
+  std::string batch;
+  for (int i = 0; i < 2000; ++i) batch += gen.generate(static_cast<uint64_t>(i)).json;
+  std::string out(ZSTD_compressBound(batch.size()), '\0');
+  auto start = std::chrono::steady_clock::now();
+  int rounds = 0;
+  while (seconds(std::chrono::steady_clock::now() - start) < 1.0) {
+    ZSTD_compress(out.data(), out.size(), batch.data(), batch.size(), 1);
+    ++rounds;
+  }
+  return batch.size() * rounds / 1e6 / seconds(std::chrono::steady_clock::now() - start);
+}
+
+struct Latency {
+  double p50_ms = 0, p99_ms = 0, rate = 0;
+  int64_t count = 0;
+};
+
+// From the central table: ingest (agent) -> stored (aggregator) per record.
+Latency centralLatency(const std::string& db_path) {
+  Latency out;
+  sqlite3* db = nullptr;
+  sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr);
+  sqlite3_stmt* stmt = nullptr;
+  sqlite3_prepare_v2(db, "SELECT ingested_at, stored_at FROM records", -1, &stmt, nullptr);
+  std::vector<double> lat;
+  int64_t first_ingest = INT64_MAX, last_store = 0;
+  while (sqlite3_step(stmt) == SQLITE_ROW) {
+    auto in = parseRfc3339Micros(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0)));
+    auto st = parseRfc3339Micros(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 1)));
+    if (!in || !st) continue;
+    lat.push_back((*st - *in) / 1000.0);
+    first_ingest = std::min(first_ingest, *in);
+    last_store = std::max(last_store, *st);
+  }
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+  out.count = static_cast<int64_t>(lat.size());
+  if (lat.empty()) return out;
+  std::sort(lat.begin(), lat.end());
+  out.p50_ms = lat[lat.size() / 2];
+  out.p99_ms = lat[std::min(lat.size() - 1, lat.size() * 99 / 100)];
+  out.rate = out.count / ((last_store - first_ingest) / 1e6);
+  return out;
+}
+
+int64_t countRecords(const std::string& db_path) {
+  sqlite3* db = nullptr;
+  if (sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
+    sqlite3_close(db);
+    return 0;
+  }
+  sqlite3_busy_timeout(db, 2000);
+  sqlite3_stmt* stmt = nullptr;
+  int64_t n = 0;
+  if (sqlite3_prepare_v2(db, "SELECT COUNT(*) FROM records", -1, &stmt, nullptr) == SQLITE_OK &&
+      sqlite3_step(stmt) == SQLITE_ROW) {
+    n = sqlite3_column_int64(stmt, 0);
+  }
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+  return n;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"branchline-bench: pipeline throughput, latency and memory on this machine"};
+  uint64_t records = 200000;
+  int concurrency = 8;
+  int batch = 200;
+  std::string dir;
+  app.add_option("--records", records, "records to send end to end");
+  app.add_option("--concurrency", concurrency, "HTTP connections");
+  app.add_option("--batch", batch, "records per request");
+  app.add_option("--dir", dir, "working directory (default: a temp dir)");
+  CLI11_PARSE(app, argc, argv);
+  if (dir.empty()) {
+    char tmpl[] = "/tmp/branchline-bench.XXXXXX";
+    if (!mkdtemp(tmpl)) return 1;
+    dir = tmpl;
+  }
+  std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe").parent_path();
+
+  std::printf("branchline-bench: %llu records, dir %s\n",
+              static_cast<unsigned long long>(records), dir.c_str());
+  const double sqlite_limit = sqliteInsertLimit(dir, 100000);
+  const double zstd_limit = zstdLimit();
+  std::printf("limit  sqlite INSERT OR IGNORE random keys, 1000/txn, FULL: %.0f rows/s\n",
+              sqlite_limit);
+  std::printf("limit  zstd level 1 on customer records: %.0f MB/s\n", zstd_limit);
+
+  // Stage 1: one agent alone (its broker is up, no aggregator draining): the
+  // durable ingest rate, HTTP -> validate -> SQLite fsync'd group commit.
+  {
+    cli::PipelineOptions opt;
+    opt.dir = dir + "/agent-only";
+    opt.agents = 1;
+    opt.aggregators = 1;
+    opt.bin_dir = self.string();
+    cli::LocalPipeline p(opt);
+    if (Status s = p.start(); !s.isOk()) {
+      std::fprintf(stderr, "bench: %s\n", s.toString().c_str());
+      return 1;
+    }
+    (void)p.kill9("agg-1");  // no draining: measure the agent's durable ingest alone
+    loadgen::LoadOptions load;
+    load.urls = p.agentUrls();
+    load.records = records / 2;
+    load.concurrency = concurrency;
+    load.batch = batch;
+    auto stats = loadgen::runLoad(load);
+    if (!stats.isOk()) return 1;
+    double rate = stats->accepted / stats->seconds;
+    std::printf("agent  durable ingest, 1 agent: %.0f records/s (%.2fx sqlite limit), "
+                "request p50 %.1f ms p99 %.1f ms, peak RSS %.1f MiB\n",
+                rate, rate / sqlite_limit, stats->latency_p50_ms, stats->latency_p99_ms,
+                peakRssMiB(p.process("agent-1")->pid()));
+    p.stop();
+  }
+
+  // Stage 2: the whole pipeline, 2 agents, 2 aggregators, one central store.
+  {
+    cli::PipelineOptions opt;
+    opt.dir = dir + "/pipeline";
+    opt.bin_dir = self.string();
+    cli::LocalPipeline p(opt);
+    if (Status s = p.start(); !s.isOk()) {
+      std::fprintf(stderr, "bench: %s\n", s.toString().c_str());
+      return 1;
+    }
+    loadgen::LoadOptions load;
+    load.urls = p.agentUrls();
+    load.records = records;
+    load.concurrency = concurrency;
+    load.batch = batch;
+    auto start = std::chrono::steady_clock::now();
+    auto stats = loadgen::runLoad(load);
+    if (!stats.isOk()) return 1;
+    const int64_t want = static_cast<int64_t>(stats->accepted_unique.size());
+    while (countRecords(p.storePath()) < want &&
+           seconds(std::chrono::steady_clock::now() - start) < 600) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    double wall = seconds(std::chrono::steady_clock::now() - start);
+    double rss1 = peakRssMiB(p.process("agent-1")->pid());
+    double rss_agg = peakRssMiB(p.process("agg-1")->pid());
+    p.stop();
+    Latency lat = centralLatency(p.storePath());
+    std::printf("e2e    2 agents -> 2 aggregators: %lld records in %.1f s wall = %.0f records/s "
+                "(%.2fx sqlite limit); store-side rate %.0f records/s\n",
+                static_cast<long long>(lat.count), wall, lat.count / wall,
+                lat.count / wall / sqlite_limit, lat.rate);
+    std::printf("e2e    latency ingest -> central commit: p50 %.1f ms, p99 %.1f ms\n", lat.p50_ms,
+                lat.p99_ms);
+    std::printf("memory peak RSS: agent %.1f MiB, aggregator %.1f MiB\n", rss1, rss_agg);
+  }
+  std::filesystem::remove_all(dir);
+  return 0;
+}

@@ -1,0 +1,452 @@
+#include "cli/pipeline/local_pipeline.h"
+
+#include <fcntl.h>
+#include <pwd.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "cli/net/http_client.h"
+#include "shared/core/clock.h"
+#include "shared/core/log.h"
+
+namespace branchline::cli {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string tomlString(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') out.push_back('\\');
+    out.push_back(c);
+  }
+  out.push_back('"');
+  return out;
+}
+
+// An ordered TOML document: tables in insertion order, keys in insertion order.
+class TomlDoc {
+ public:
+  void set(const std::string& table, const std::string& key, const std::string& value) {
+    auto& keys = tableNamed(table);
+    for (auto& kv : keys) {
+      if (kv.first == key) {
+        kv.second = value;
+        return;
+      }
+    }
+    keys.emplace_back(key, value);
+  }
+  Status applyOverrides(const std::map<std::string, std::string>& overrides) {
+    for (const auto& [path, value] : overrides) {
+      size_t dot = path.rfind('.');
+      if (dot == std::string::npos || dot == 0 || dot + 1 == path.size()) {
+        return Status::invalid("config override `" + path + "`: expected table.key");
+      }
+      set(path.substr(0, dot), path.substr(dot + 1), value);
+    }
+    return Status::ok();
+  }
+  std::string render() const {
+    std::string out = "# Written by `branchline up`; see README \"Configuration\".\n";
+    for (const auto& [table, keys] : tables_) {
+      out += "\n[" + table + "]\n";
+      for (const auto& [k, v] : keys) out += k + " = " + v + "\n";
+    }
+    return out;
+  }
+
+ private:
+  std::vector<std::pair<std::string, std::string>>& tableNamed(const std::string& name) {
+    for (auto& t : tables_) {
+      if (t.first == name) return t.second;
+    }
+    tables_.emplace_back(name, std::vector<std::pair<std::string, std::string>>{});
+    return tables_.back().second;
+  }
+  std::vector<std::pair<std::string, std::vector<std::pair<std::string, std::string>>>> tables_;
+};
+
+Status writeFile(const std::string& path, const std::string& contents) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << contents;
+  out.close();
+  if (!out) return Status::internal("cannot write " + path);
+  return Status::ok();
+}
+
+std::string defaultBinDir() {
+  if (const char* env = std::getenv("BRANCHLINE_BIN_DIR"); env != nullptr && *env != '\0') {
+    return env;
+  }
+  std::error_code ec;
+  fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string(".") : exe.parent_path().string();
+}
+
+std::string currentUserName() {
+  if (const passwd* pw = ::getpwuid(::geteuid()); pw != nullptr) return pw->pw_name;
+  return "root";
+}
+
+}  // namespace
+
+const char* roleName(Role role) {
+  switch (role) {
+    case Role::kBroker:
+      return "broker";
+    case Role::kAggregator:
+      return "aggregator";
+    case Role::kAgent:
+      return "agent";
+  }
+  return "?";
+}
+
+std::string tailOfFile(const std::string& path, size_t max_bytes) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return "";
+  in.seekg(0, std::ios::end);
+  std::streamoff size = in.tellg();
+  std::streamoff from = size > static_cast<std::streamoff>(max_bytes)
+                            ? size - static_cast<std::streamoff>(max_bytes)
+                            : 0;
+  in.seekg(from);
+  std::string out(static_cast<size_t>(size - from), '\0');
+  in.read(out.data(), static_cast<std::streamsize>(out.size()));
+  return out;
+}
+
+Status writeFileAtomically(const std::string& path, const std::string& contents) {
+  const std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return Status::internal("open " + tmp + ": " + strerror(errno));
+  const char* p = contents.data();
+  size_t left = contents.size();
+  while (left > 0) {
+    ssize_t n = ::write(fd, p, left);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      int err = errno;
+      ::close(fd);
+      return Status::internal("write " + tmp + ": " + strerror(err));
+    }
+    p += n;
+    left -= static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0) {
+    int err = errno;
+    ::close(fd);
+    return Status::internal("fsync " + tmp + ": " + strerror(err));
+  }
+  if (::close(fd) != 0) return Status::internal("close " + tmp + ": " + strerror(errno));
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    return Status::internal("rename " + tmp + " -> " + path + ": " + strerror(errno));
+  }
+  // The rename is durable only once the directory entry is.
+  const std::string dir = fs::path(path).parent_path().string();
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) return Status::internal("open " + dir + ": " + strerror(errno));
+  int rc = ::fsync(dfd);
+  int err = errno;
+  ::close(dfd);
+  if (rc != 0) return Status::internal("fsync " + dir + ": " + strerror(err));
+  return Status::ok();
+}
+
+LocalPipeline::LocalPipeline(PipelineOptions options) : options_(std::move(options)) {}
+
+LocalPipeline::~LocalPipeline() { stop(); }
+
+std::string LocalPipeline::brokerUri() const {
+  for (const auto& m : members_) {
+    if (m->role == Role::kBroker) return "tcp://127.0.0.1:" + std::to_string(m->port);
+  }
+  return "";
+}
+
+std::vector<std::string> LocalPipeline::agentUrls() const {
+  std::vector<std::string> out;
+  for (const auto& m : members_) {
+    if (m->role == Role::kAgent) out.push_back(m->url);
+  }
+  return out;
+}
+
+std::vector<std::string> LocalPipeline::aggregatorUrls() const {
+  std::vector<std::string> out;
+  for (const auto& m : members_) {
+    if (m->role == Role::kAggregator) out.push_back(m->url);
+  }
+  return out;
+}
+
+Member* LocalPipeline::member(const std::string& name) {
+  for (auto& m : members_) {
+    if (m->name == name) return m.get();
+  }
+  return nullptr;
+}
+
+Process* LocalPipeline::process(const std::string& name) {
+  Member* m = member(name);
+  return m == nullptr ? nullptr : &m->process;
+}
+
+Status LocalPipeline::plan() {
+  if (options_.dir.empty()) return Status::invalid("pipeline: no directory given (--dir)");
+  if (options_.agents < 1 || options_.agents > 100) {
+    return Status::invalid("pipeline: agents must be 1..100, got " +
+                           std::to_string(options_.agents));
+  }
+  if (options_.aggregators < 1 || options_.aggregators > 10) {
+    return Status::invalid("pipeline: aggregators must be 1..10, got " +
+                           std::to_string(options_.aggregators));
+  }
+  if (options_.base_port != 0 && options_.base_port + 20 + options_.agents > 65535) {
+    return Status::invalid("pipeline: base port " + std::to_string(options_.base_port) +
+                           " leaves no room for " + std::to_string(options_.agents) + " agents");
+  }
+  std::error_code ec;
+  fs::create_directories(options_.dir, ec);
+  if (ec) return Status::internal("create " + options_.dir + ": " + ec.message());
+  options_.dir = fs::canonical(options_.dir, ec).string();
+  if (ec) return Status::internal("resolve " + options_.dir + ": " + ec.message());
+  if (options_.bin_dir.empty()) options_.bin_dir = defaultBinDir();
+
+  auto port_for = [this](int offset) -> Result<uint16_t> {
+    if (options_.base_port != 0) return static_cast<uint16_t>(options_.base_port + offset);
+    return freeLoopbackPort();
+  };
+  auto add = [&](Role role, std::string name, int offset, std::string config_file,
+                 std::string exe) -> Status {
+    auto m = std::make_unique<Member>();
+    m->role = role;
+    m->name = std::move(name);
+    m->data_dir = options_.dir + "/" + m->name;
+    m->config_path = m->data_dir + "/" + config_file;
+    m->log_path = m->data_dir + "/" + m->name + ".log";
+    auto port = port_for(offset);
+    if (!port.isOk()) return port.status();
+    m->port = *port;
+    m->url = std::string(role == Role::kBroker ? "mqtt" : "http") +
+             "://127.0.0.1:" + std::to_string(m->port);
+    m->spec.executable = std::move(exe);
+    m->spec.args = role == Role::kBroker ? std::vector<std::string>{"-c", m->config_path}
+                                         : std::vector<std::string>{"--config", m->config_path};
+    m->spec.working_dir = m->data_dir;
+    m->spec.log_path = m->log_path;
+    fs::create_directories(m->data_dir, ec);
+    if (ec) return Status::internal("create " + m->data_dir + ": " + ec.message());
+    members_.push_back(std::move(m));
+    return Status::ok();
+  };
+  members_.clear();
+  BL_RETURN_IF_ERROR(add(Role::kBroker, "mosquitto", 0, "mosquitto.conf", options_.mosquitto));
+  for (int i = 0; i < options_.aggregators; ++i) {
+    BL_RETURN_IF_ERROR(add(Role::kAggregator, "agg-" + std::to_string(i + 1), 10 + i,
+                           "aggregator.toml", options_.bin_dir + "/branchline-aggregator"));
+  }
+  for (int i = 0; i < options_.agents; ++i) {
+    BL_RETURN_IF_ERROR(add(Role::kAgent, "agent-" + std::to_string(i + 1), 20 + i, "agent.toml",
+                           options_.bin_dir + "/branchline-agent"));
+  }
+  return Status::ok();
+}
+
+Status LocalPipeline::writeConfigs() {
+  const std::string brokers = "[" + tomlString(brokerUri()) + "]";
+  for (const auto& m : members_) {
+    std::string text;
+    if (m->role == Role::kBroker) {
+      text = "# Written by `branchline up`: a private broker on loopback.\n";
+      text += "listener " + std::to_string(m->port) + " 127.0.0.1\n";
+      text += "allow_anonymous true\n";
+      // Queues must survive a broker restart and never drop silently: a PUBACK
+      // only means the broker has the batch, so nothing may be thrown away here.
+      text += "persistence true\n";
+      text += "persistence_location " + m->data_dir + "/\n";
+      text += "autosave_interval 1\n";
+      text += "max_queued_messages 1000000\n";
+      text += "max_queued_bytes 0\n";
+      text += "max_inflight_messages 100\n";
+      text += "set_tcp_nodelay true\n";
+      // As root Mosquitto would switch to user `mosquitto`, who cannot write DIR.
+      text += "user " + currentUserName() + "\n";
+      text += "log_dest file " + m->data_dir + "/mosquitto.log\n";
+      text += "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n";
+      text += "connection_messages true\n";
+    } else if (m->role == Role::kAggregator) {
+      TomlDoc doc;
+      doc.set("aggregator", "name", tomlString(m->name));
+      doc.set("aggregator", "data_dir", tomlString(m->data_dir));
+      doc.set("http", "listen", tomlString("127.0.0.1:" + std::to_string(m->port)));
+      doc.set("mqtt", "brokers", brokers);
+      doc.set("store", "url", tomlString(storeUrl()));
+      BL_RETURN_IF_ERROR(doc.applyOverrides(options_.aggregator_overrides));
+      text = doc.render();
+    } else {
+      TomlDoc doc;
+      doc.set("agent", "id", tomlString(m->name));
+      doc.set("agent", "data_dir", tomlString(m->data_dir));
+      doc.set("http", "listen", tomlString("127.0.0.1:" + std::to_string(m->port)));
+      doc.set("mqtt", "brokers", brokers);
+      BL_RETURN_IF_ERROR(doc.applyOverrides(options_.agent_overrides));
+      text = doc.render();
+    }
+    BL_RETURN_IF_ERROR(writeFile(m->config_path, text));
+  }
+  return Status::ok();
+}
+
+Status LocalPipeline::launch(Member& m) {
+  auto proc = Process::spawn(m.spec);
+  if (!proc.isOk()) {
+    Status s = proc.status().withContext(m.name);
+    if (s.code() == Code::kNotFound && m.role != Role::kBroker) {
+      return Status::notFound(s.message() + " (build it with ci/build, or pass --bin-dir)");
+    }
+    return s;
+  }
+  m.process = std::move(proc).value();
+  m.exit_reported = false;
+  log::info("process_started", {{"name", m.name},
+                                {"role", roleName(m.role)},
+                                {"pid", static_cast<int64_t>(m.process.pid())}});
+  return waitReady(m);
+}
+
+Status LocalPipeline::waitReady(Member& m) {
+  const int64_t deadline = steadyMicros() + options_.ready_timeout.count() * 1000;
+  auto died = [&m]() {
+    return Status::unavailable(m.name + " " + describeWaitStatus(*m.process.waitStatus()) +
+                               " while starting; end of " + m.log_path + ":\n" +
+                               tailOfFile(m.log_path));
+  };
+  std::string last_error;
+  while (true) {
+    if (!m.process.isRunning()) return died();
+    if (m.role == Role::kBroker) {
+      if (waitForTcp(m.port, std::chrono::milliseconds(100)).isOk()) return Status::ok();
+      last_error = "port " + std::to_string(m.port) + " not listening";
+    } else {
+      auto res = httpGet(m.url + "/healthz", std::chrono::milliseconds(1000));
+      if (res.isOk() && res->status == 200) return Status::ok();
+      last_error = res.isOk() ? "GET /healthz answered " + std::to_string(res->status)
+                              : res.status().message();
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    if (steadyMicros() >= deadline) {
+      return Status::unavailable(
+          m.name + " not ready after " + std::to_string(options_.ready_timeout.count()) + " ms (" +
+          last_error + "); end of " + m.log_path + ":\n" + tailOfFile(m.log_path));
+    }
+  }
+}
+
+Status LocalPipeline::writeTopology() {
+  std::string out = "{\"store\": ";
+  log::appendJsonString(out, storeUrl());
+  out += ",\n \"processes\": [";
+  bool first = true;
+  for (const auto& m : members_) {
+    out += first ? "\n  " : ",\n  ";
+    first = false;
+    out += "{\"role\": ";
+    log::appendJsonString(out, roleName(m->role));
+    out += ", \"name\": ";
+    log::appendJsonString(out, m->name);
+    out += ", \"pid\": " + std::to_string(m->process.pid());
+    out += ", \"config\": ";
+    log::appendJsonString(out, m->config_path);
+    out += ",\n   \"data\": ";
+    log::appendJsonString(out, m->data_dir);
+    out += ", \"url\": ";
+    log::appendJsonString(out, m->url);
+    out += "}";
+  }
+  out += "]}\n";
+  return writeFileAtomically(topologyPath(), out);
+}
+
+Status LocalPipeline::start() {
+  if (started_) return Status::ok();
+  Status s = [this]() -> Status {
+    BL_RETURN_IF_ERROR(plan());
+    // A topology.json left from an earlier run must not be mistaken for this one.
+    ::unlink(topologyPath().c_str());
+    BL_RETURN_IF_ERROR(writeConfigs());
+    for (Role role : {Role::kBroker, Role::kAggregator, Role::kAgent}) {
+      for (auto& m : members_) {
+        if (m->role == role) BL_RETURN_IF_ERROR(launch(*m));
+      }
+    }
+    return writeTopology();
+  }();
+  if (!s.isOk()) {
+    stop();
+    return s;
+  }
+  started_ = true;
+  return Status::ok();
+}
+
+void LocalPipeline::stop() {
+  for (Role role : {Role::kAgent, Role::kAggregator, Role::kBroker}) {
+    // Signal the whole tier at once, then wait: the grace periods overlap.
+    for (auto& m : members_) {
+      if (m->role == role && m->process.isRunning()) (void)m->process.signal(SIGTERM);
+    }
+    for (auto& m : members_) {
+      if (m->role != role || !m->process.started() || m->process.waitStatus()) continue;
+      if (!m->process.waitFor(options_.stop_grace)) {
+        log::warn(
+            "process_killed_after_grace",
+            {{"name", m->name}, {"grace_ms", static_cast<int64_t>(options_.stop_grace.count())}});
+        m->process.kill();
+      }
+      m->exit_reported = true;
+      log::info("process_stopped",
+                {{"name", m->name}, {"status", describeWaitStatus(*m->process.waitStatus())}});
+    }
+  }
+  started_ = false;
+}
+
+Status LocalPipeline::kill9(const std::string& name) {
+  Member* m = member(name);
+  if (m == nullptr) return Status::notFound("no process named `" + name + "`");
+  if (!m->process.isRunning()) return Status::notFound(name + " is not running");
+  m->process.kill();
+  m->exit_reported = true;
+  return Status::ok();
+}
+
+Status LocalPipeline::restart(const std::string& name) {
+  Member* m = member(name);
+  if (m == nullptr) return Status::notFound("no process named `" + name + "`");
+  if (m->process.isRunning()) m->process.terminate(options_.stop_grace);
+  BL_RETURN_IF_ERROR(launch(*m));
+  return writeTopology();
+}
+
+std::vector<std::pair<std::string, std::string>> LocalPipeline::pollExits() {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (auto& m : members_) {
+    if (m->exit_reported || !m->process.started() || m->process.isRunning()) continue;
+    m->exit_reported = true;
+    out.emplace_back(m->name, describeWaitStatus(*m->process.waitStatus()));
+  }
+  return out;
+}
+
+}  // namespace branchline::cli

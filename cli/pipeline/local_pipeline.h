@@ -1,0 +1,120 @@
+// LocalPipeline runs a whole Branchline deployment on this machine, for
+// `branchline up`, the demo, integration tests and benchmarks: a private
+// Mosquitto on loopback, N aggregators sharing one central SQLite store, and
+// M agents, each with its own config, data dir and log under one directory.
+//
+// Guarantees: start() returns only once every process answers (broker accepts
+// TCP, aggregators and agents answer GET /healthz with 200), and only then is
+// DIR/topology.json written (atomically: temp file, fsync, rename, fsync dir),
+// so a script that sees the file can use every URL in it. stop() (and the
+// destructor) stop agents first, then aggregators, then the broker, each with
+// SIGTERM and up to 10 s before SIGKILL.
+//
+// Children are started with PR_SET_PDEATHSIG (see ProcessSpec), tied to the
+// thread that spawns them: call start() and restart() from a thread that lives
+// as long as the pipeline (main, or a test's thread), never from a short-lived one.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cli/pipeline/process.h"
+#include "shared/core/status.h"
+
+namespace branchline::cli {
+
+struct PipelineOptions {
+  std::string dir;  // made absolute; created if missing
+  int agents = 2;
+  int aggregators = 2;
+  uint16_t base_port = 0;  // broker P, aggregators P+10+i, agents P+20+i; 0: free ports
+  // Where branchline-agent/-aggregator are. "": $BRANCHLINE_BIN_DIR if set (ctest
+  // sets it), else the directory of the running executable (/proc/self/exe).
+  std::string bin_dir;
+  std::string mosquitto = "/usr/sbin/mosquitto";
+  // Extra config keys, "table.key" -> TOML value text (`"batch.linger_ms" -> "20"`,
+  // `"mqtt.topic_prefix" -> "\"x\""`). They replace the generated value of the same key.
+  std::map<std::string, std::string> agent_overrides;
+  std::map<std::string, std::string> aggregator_overrides;
+  std::chrono::milliseconds ready_timeout{30000};  // per process
+  std::chrono::milliseconds stop_grace{10000};     // SIGTERM to SIGKILL
+};
+
+enum class Role { kBroker, kAggregator, kAgent };
+const char* roleName(Role role);
+
+struct Member {
+  Role role;
+  std::string name;         // "mosquitto", "agg-1", "agent-1"
+  std::string config_path;  // absolute
+  std::string data_dir;     // absolute
+  std::string log_path;     // DIR/<name>/<name>.log
+  uint16_t port = 0;
+  std::string url;   // "mqtt://127.0.0.1:P" or "http://127.0.0.1:P"
+  ProcessSpec spec;  // how to start it again
+  Process process;
+  bool exit_reported = false;
+};
+
+class LocalPipeline {
+ public:
+  explicit LocalPipeline(PipelineOptions options);
+  ~LocalPipeline();  // stop()
+  LocalPipeline(const LocalPipeline&) = delete;
+  LocalPipeline& operator=(const LocalPipeline&) = delete;
+
+  // Writes configs, starts everything, waits until ready, writes topology.json.
+  // On failure stops what it started; the error names the process and quotes the
+  // end of its log.
+  Status start();
+  // Agents, then aggregators, then the broker. Idempotent.
+  void stop();
+
+  const std::string& dir() const { return options_.dir; }
+  std::string topologyPath() const { return options_.dir + "/topology.json"; }
+  std::string storeUrl() const { return "sqlite://" + storePath(); }
+  std::string storePath() const { return options_.dir + "/central.db"; }
+  std::string brokerUri() const;  // "tcp://127.0.0.1:P", as the configs name it
+  std::vector<std::string> agentUrls() const;
+  std::vector<std::string> aggregatorUrls() const;
+
+  // nullptr for an unknown name.
+  Member* member(const std::string& name);
+  Process* process(const std::string& name);
+  const std::vector<std::unique_ptr<Member>>& members() const { return members_; }
+
+  // SIGKILL one process and reap it; it stays down until restart().
+  Status kill9(const std::string& name);
+  // Stops it (if running) and starts it again with the same config, waits until
+  // ready, and rewrites topology.json with its new pid.
+  Status restart(const std::string& name);
+  Status brokerRestart() { return restart("mosquitto"); }
+
+  // Processes that exited since the last call, each reported once:
+  // {name, "exited with status 1"}. Reaps them; the others are untouched.
+  std::vector<std::pair<std::string, std::string>> pollExits();
+
+ private:
+  Status plan();
+  Status writeConfigs();
+  Status launch(Member& m);
+  Status waitReady(Member& m);
+  Status writeTopology();
+
+  PipelineOptions options_;
+  std::vector<std::unique_ptr<Member>> members_;
+  bool started_ = false;
+};
+
+// The last `max_bytes` of a log file, for error messages ("" if unreadable).
+std::string tailOfFile(const std::string& path, size_t max_bytes = 2000);
+
+// Writes `contents` to `path` atomically and durably: temp file in the same
+// directory, fsync, rename, fsync of the directory.
+Status writeFileAtomically(const std::string& path, const std::string& contents);
+
+}  // namespace branchline::cli

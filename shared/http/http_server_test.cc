@@ -1,0 +1,368 @@
+#include "shared/http/http_server.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#include "shared/http/http_test_client.h"
+
+namespace branchline::http {
+namespace {
+
+using testing::TestClient;
+using namespace std::chrono_literals;
+
+// Echoes what the server handed to the handler, so tests see the parsed request.
+void echoHandler(Request&& req, Respond respond) {
+  Response r;
+  r.content_type = "text/plain";
+  if (req.target == "/missing") {
+    respond(jsonError(404, "no such path"));
+    return;
+  }
+  r.body = req.method + " " + req.target + " [" + req.content_type + "] " + req.body;
+  respond(std::move(r));
+}
+
+std::unique_ptr<Server> startServer(ServerOptions options, Handler handler = echoHandler) {
+  auto server = Server::start(std::move(options), std::move(handler));
+  EXPECT_TRUE(server.isOk()) << server.status().toString();
+  return server.isOk() ? std::move(server).value() : nullptr;
+}
+
+TEST(HttpServerTest, RoutesRequestsThroughTheHandler) {
+  auto server = startServer({});
+  ASSERT_TRUE(server);
+  EXPECT_NE(server->port(), 0);
+  TestClient client;
+  ASSERT_FALSE(client.connect(server->port()));
+  auto r = client.request("POST", "/v1/records/customer", "{\"a\":1}",
+                          "Application/JSON; charset=utf-8");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(r->body, "POST /v1/records/customer [application/json] {\"a\":1}");
+  EXPECT_EQ(r->content_type, "text/plain");
+  r = client.request("GET", "/missing");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 404);
+  EXPECT_EQ(r->body, "{\"error\":\"no such path\"}");
+}
+
+TEST(HttpServerTest, SecondServerOnATakenPortIsUnavailable) {
+  auto server = startServer({});
+  ASSERT_TRUE(server);
+  ServerOptions options;
+  options.port = server->port();
+  auto second = Server::start(options, echoHandler);
+  ASSERT_FALSE(second.isOk());
+  EXPECT_EQ(second.status().code(), Code::kUnavailable);
+}
+
+TEST(HttpServerTest, HandlerMayRespondLaterFromAnotherThread) {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<Respond> pending;
+  bool quit = false;
+  std::thread responder([&] {
+    std::unique_lock lock(mu);
+    int n = 0;
+    while (true) {
+      cv.wait(lock, [&] { return quit || !pending.empty(); });
+      if (quit) return;
+      Respond r = std::move(pending.front());
+      pending.pop_front();
+      lock.unlock();
+      std::this_thread::sleep_for(50ms);  // e.g. waiting for a group commit
+      Response resp;
+      resp.body = "late " + std::to_string(++n);
+      resp.headers.emplace_back("Retry-After", "1");
+      r(std::move(resp));
+      lock.lock();
+    }
+  });
+  auto server = startServer({}, [&](Request&&, Respond respond) {
+    std::lock_guard lock(mu);
+    pending.push_back(std::move(respond));
+    cv.notify_one();
+  });
+  ASSERT_TRUE(server);
+  TestClient client;
+  ASSERT_FALSE(client.connect(server->port()));
+  for (int i = 1; i <= 3; ++i) {
+    auto r = client.request("GET", "/x");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
+    EXPECT_EQ(r->body, "late " + std::to_string(i));
+    EXPECT_EQ(r->header("Retry-After"), "1");
+  }
+  {
+    std::lock_guard lock(mu);
+    quit = true;
+  }
+  cv.notify_one();
+  responder.join();
+}
+
+TEST(HttpServerTest, DroppedRespondAnswers500) {
+  auto server = startServer({}, [](Request&&, Respond) {});
+  ASSERT_TRUE(server);
+  TestClient client;
+  ASSERT_FALSE(client.connect(server->port()));
+  auto r = client.request("GET", "/x");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 500);
+}
+
+TEST(HttpServerTest, RespondAfterStopIsHarmless) {
+  std::mutex mu;
+  std::optional<Respond> kept;
+  std::atomic<bool> got{false};
+  auto server = startServer({}, [&](Request&&, Respond respond) {
+    std::lock_guard lock(mu);
+    kept = std::move(respond);
+    got = true;
+  });
+  ASSERT_TRUE(server);
+  TestClient client;
+  ASSERT_FALSE(client.connect(server->port()));
+  ASSERT_FALSE(client.send("GET", "/x"));
+  for (int i = 0; i < 500 && !got; ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_TRUE(got);
+  server.reset();
+  std::lock_guard lock(mu);
+  (*kept)(Response{});  // must not touch the destroyed server
+  EXPECT_TRUE(client.waitClosed());
+}
+
+TEST(HttpServerTest, OversizedBodyGets413WithoutReachingTheHandler) {
+  std::atomic<int> calls{0};
+  ServerOptions options;
+  options.max_body_bytes = 8 << 20;
+  auto server = startServer(options, [&](Request&& req, Respond respond) {
+    ++calls;
+    echoHandler(std::move(req), std::move(respond));
+  });
+  ASSERT_TRUE(server);
+  TestClient client;
+  ASSERT_FALSE(client.connect(server->port()));
+  std::string body(20 << 20, 'x');
+  client.send("POST", "/v1/records/customer", body, "application/json");  // may be cut
+  auto r = client.read();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 413);
+  EXPECT_NE(r->body.find("larger than 8388608 bytes"), std::string::npos) << r->body;
+  EXPECT_EQ(calls.load(), 0);
+
+  // Chunked: no Content-Length up front, so the limit trips while reading.
+  TestClient chunked;
+  ASSERT_FALSE(chunked.connect(server->port()));
+  std::string head =
+      "POST /v1/records/customer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+      "Transfer-Encoding: chunked\r\n\r\n";
+  std::string chunk = "100000\r\n" + std::string(0x100000, 'y') + "\r\n";
+  std::string all = head;
+  for (int i = 0; i < 10; ++i) all += chunk;
+  all += "0\r\n\r\n";
+  chunked.writeRaw(all);
+  r = chunked.read();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 413);
+  EXPECT_EQ(calls.load(), 0);
+
+  // The server keeps answering.
+  TestClient after;
+  ASSERT_FALSE(after.connect(server->port()));
+  r = after.request("GET", "/ok");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+}
+
+TEST(HttpServerTest, ChunkedBodyWithinTheLimitReachesTheHandlerWhole) {
+  auto server = startServer({});
+  ASSERT_TRUE(server);
+  TestClient client;
+  ASSERT_FALSE(client.connect(server->port()));
+  client.writeRaw(
+      "POST /c HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n"
+      "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+  auto r = client.read();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(r->body, "POST /c [application/x-ndjson] hello world");
+}
+
+TEST(HttpServerTest, ExpectContinueIsHonoured) {
+  auto server = startServer({});
+  ASSERT_TRUE(server);
+  TestClient client;
+  ASSERT_FALSE(client.connect(server->port()));
+  client.writeRaw(
+      "POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n");
+  auto r = client.read();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 100);
+  client.writeRaw("hi");
+  r = client.read();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(r->body, "POST /e [] hi");
+}
+
+TEST(HttpServerTest, OversizedHeaderGets431) {
+  ServerOptions options;
+  options.max_header_bytes = 1024;
+  auto server = startServer(options);
+  ASSERT_TRUE(server);
+  TestClient client;
+  ASSERT_FALSE(client.connect(server->port()));
+  client.writeRaw("GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(4096, 'a') + "\r\n\r\n");
+  auto r = client.read();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 431);
+  EXPECT_TRUE(client.waitClosed());
+}
+
+TEST(HttpServerTest, MalformedRequestGets400AndClose) {
+  auto server = startServer({});
+  ASSERT_TRUE(server);
+  TestClient client;
+  ASSERT_FALSE(client.connect(server->port()));
+  client.writeRaw("THIS IS NOT HTTP\r\n\r\n");
+  auto r = client.read();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 400);
+  EXPECT_NE(r->body.find("malformed HTTP request"), std::string::npos);
+  EXPECT_TRUE(client.waitClosed());
+}
+
+TEST(HttpServerTest, SlowClientIsCutByTheReadTimeout) {
+  ServerOptions options;
+  options.read_timeout = 300ms;
+  auto server = startServer(options);
+  ASSERT_TRUE(server);
+  TestClient slow(5s);
+  ASSERT_FALSE(slow.connect(server->port()));
+  auto started = std::chrono::steady_clock::now();
+  // Trickle the header, one piece every 100 ms: each piece is in time, the
+  // whole request is not.
+  const std::string request = "GET /slow HTTP/1.1\r\nHost: x\r\nX-Pad: aaaaaaaaaaaaaaaa\r\n\r\n";
+  bool cut = false;
+  for (size_t i = 0; i < request.size(); i += 4) {
+    if (slow.writeRaw(request.substr(i, 4))) {
+      cut = true;
+      break;
+    }
+    std::this_thread::sleep_for(100ms);
+  }
+  if (!cut) {
+    testing::beast::error_code ec;
+    auto r = slow.read(&ec);
+    EXPECT_FALSE(r) << "got an answer: " << (r ? r->status : 0);
+    cut = !r;
+  }
+  EXPECT_TRUE(cut);
+  EXPECT_LT(std::chrono::steady_clock::now() - started, 4s);
+
+  TestClient fast;
+  ASSERT_FALSE(fast.connect(server->port()));
+  auto r = fast.request("GET", "/fast");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+}
+
+TEST(HttpServerTest, KeepAlivePipelineAnswersInOrder) {
+  auto server = startServer({});
+  ASSERT_TRUE(server);
+  TestClient client;
+  ASSERT_FALSE(client.connect(server->port()));
+  std::string pipeline;
+  for (int i = 0; i < 5; ++i) {
+    std::string body = "body" + std::to_string(i);
+    pipeline += "POST /p" + std::to_string(i) +
+                " HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(body.size()) +
+                "\r\n\r\n" + body;
+  }
+  ASSERT_FALSE(client.writeRaw(pipeline));
+  for (int i = 0; i < 5; ++i) {
+    auto r = client.read();
+    ASSERT_TRUE(r) << i;
+    EXPECT_EQ(r->status, 200);
+    EXPECT_TRUE(r->keep_alive);
+    EXPECT_EQ(r->body, "POST /p" + std::to_string(i) + " [] body" + std::to_string(i));
+  }
+}
+
+TEST(HttpServerTest, ConnectionCloseIsHonoured) {
+  auto server = startServer({});
+  ASSERT_TRUE(server);
+  TestClient client;
+  ASSERT_FALSE(client.connect(server->port()));
+  ASSERT_FALSE(client.send("GET", "/bye", "", "", /*keep_alive=*/false));
+  auto r = client.read();
+  ASSERT_TRUE(r);
+  EXPECT_FALSE(r->keep_alive);
+  EXPECT_TRUE(client.waitClosed());
+}
+
+TEST(HttpServerTest, ManyConcurrentConnections) {
+  ServerOptions options;
+  options.threads = 2;
+  auto server = startServer(options);
+  ASSERT_TRUE(server);
+  constexpr int kClients = 32;
+  constexpr int kRequests = 20;
+  std::atomic<int> ok{0};
+  std::vector<std::thread> threads;
+  for (int c = 0; c < kClients; ++c) {
+    threads.emplace_back([&, c] {
+      TestClient client;
+      if (client.connect(server->port())) return;
+      for (int i = 0; i < kRequests; ++i) {
+        std::string body = std::to_string(c) + ":" + std::to_string(i);
+        auto r = client.request("POST", "/m", body, "text/plain");
+        if (r && r->status == 200 && r->body == "POST /m [text/plain] " + body) ++ok;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), kClients * kRequests);
+}
+
+TEST(HttpServerTest, ConnectionsPastTheLimitGet503) {
+  ServerOptions options;
+  options.max_connections = 4;
+  auto server = startServer(options);
+  ASSERT_TRUE(server);
+  std::vector<std::unique_ptr<TestClient>> held;
+  for (int i = 0; i < 4; ++i) {
+    held.push_back(std::make_unique<TestClient>());
+    ASSERT_FALSE(held.back()->connect(server->port()));
+    auto r = held.back()->request("GET", "/hold");  // admitted and kept alive
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
+  }
+  TestClient extra;
+  ASSERT_FALSE(extra.connect(server->port()));
+  auto r = extra.read();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 503);
+  EXPECT_TRUE(extra.waitClosed());
+
+  held.pop_back();  // frees a slot once the server notices the close
+  bool served = false;
+  for (int attempt = 0; attempt < 50 && !served; ++attempt) {
+    TestClient again;
+    ASSERT_FALSE(again.connect(server->port()));
+    auto a = again.request("GET", "/again");
+    served = a && a->status == 200;
+    if (!served) std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_TRUE(served);
+}
+
+}  // namespace
+}  // namespace branchline::http

@@ -1,0 +1,292 @@
+#include "shared/mqtt/mqtt_client.h"
+
+#include <MQTTAsync.h>
+#include <mqtt/async_client.h>
+
+#include <atomic>
+#include <cassert>
+#include <condition_variable>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "shared/core/log.h"
+
+namespace branchline::mqtt {
+namespace {
+
+// Set while one of our Paho callbacks runs on this thread, so calls that would
+// wait on Paho (a blocking subscribe, stop) can tell they would deadlock it.
+thread_local bool t_in_paho_callback = false;
+
+struct CallbackScope {
+  CallbackScope() { t_in_paho_callback = true; }
+  ~CallbackScope() { t_in_paho_callback = false; }
+};
+
+std::string randomClientId() {
+  std::random_device rd;
+  std::mt19937_64 gen(rd());
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "bl-%016llx", static_cast<unsigned long long>(gen()));
+  return buf;
+}
+
+Status fromPaho(const ::mqtt::exception& e, const std::string& what) {
+  const int rc = e.get_return_code();
+  if (rc == MQTTASYNC_DISCONNECTED)
+    return Status::unavailable(what + ": not connected to a broker");
+  if (rc == MQTTASYNC_MAX_BUFFERED_MESSAGES || rc == MQTTASYNC_MAX_MESSAGES_INFLIGHT) {
+    return Status::exhausted(what + ": client queue full (" + e.get_error_str() + "); back off");
+  }
+  return Status::unavailable(what + ": " + e.what());
+}
+
+// How long the destructor waits for the DISCONNECT to go out; longer only
+// delays shutdown, since nothing in flight here is a record of truth.
+constexpr auto kDisconnectTimeout = std::chrono::milliseconds(1000);
+constexpr auto kConnectTimeout = std::chrono::seconds(5);
+constexpr auto kSubscribeWait = std::chrono::seconds(5);
+
+}  // namespace
+
+struct Client::Impl : public ::mqtt::iaction_listener {
+  ClientOptions options;
+  MessageHandler on_message;
+  ConnectionHandler on_connection;
+
+  // Serializes user handlers against stop(): once `deliver` is false no handler
+  // runs again, and one running has returned.
+  std::mutex handler_mutex;
+  bool deliver = true;
+
+  std::atomic<bool> connected{false};
+
+  std::mutex state_mutex;  // subscriptions, stopping
+  std::condition_variable state_cv;
+  std::vector<std::pair<std::string, int>> subscriptions;
+  bool stopping = false;
+  bool started = false;
+  std::thread connector;
+
+  ::mqtt::connect_options connect_options;
+  // Declared last: destroyed first, so Paho never calls into freed members.
+  std::unique_ptr<::mqtt::async_client> client;
+
+  void callHandler(bool up) {
+    std::lock_guard lock(handler_mutex);
+    if (deliver && on_connection) on_connection(up);
+  }
+
+  // Resubscription listener (iaction_listener): SUBACK for the whole remembered set.
+  void on_success(const ::mqtt::token&) override {
+    CallbackScope scope;
+    if (connected.load()) callHandler(true);
+  }
+  void on_failure(const ::mqtt::token& tok) override {
+    CallbackScope scope;
+    log::error("mqtt_resubscribe_failed",
+               {{"client_id", options.client_id}, {"rc", tok.get_return_code()}});
+    // Publishing still works; the caller's resend timers cover what is missed.
+    if (connected.load()) callHandler(true);
+  }
+
+  void onConnected() {
+    CallbackScope scope;
+    connected.store(true);
+    log::info("mqtt_connected", {{"client_id", options.client_id}});
+    std::vector<std::pair<std::string, int>> subs;
+    {
+      std::lock_guard lock(state_mutex);
+      subs = subscriptions;
+    }
+    if (subs.empty()) {
+      callHandler(true);
+      return;
+    }
+    auto filters = std::make_shared<::mqtt::string_collection>();
+    std::vector<int> qos;
+    for (const auto& [filter, q] : subs) {
+      filters->push_back(filter);
+      qos.push_back(q);
+    }
+    try {
+      // Never wait here: this is Paho's network thread. The listener reports.
+      client->subscribe(filters, qos, nullptr, *this);
+    } catch (const ::mqtt::exception& e) {
+      log::error("mqtt_resubscribe_failed",
+                 {{"client_id", options.client_id}, {"error", e.what()}});
+      callHandler(true);
+    }
+  }
+
+  void onConnectionLost(const std::string& cause) {
+    CallbackScope scope;
+    connected.store(false);
+    log::warn("mqtt_connection_lost", {{"client_id", options.client_id}, {"cause", cause}});
+    callHandler(false);
+  }
+
+  void onMessage(::mqtt::const_message_ptr msg) {
+    CallbackScope scope;
+    if (!msg) return;
+    Message m{msg->get_topic(), msg->get_payload_str()};
+    std::lock_guard lock(handler_mutex);
+    if (deliver && on_message) on_message(std::move(m));
+  }
+
+  // Runs until the first connect succeeds; Paho's automatic reconnect owns
+  // every later one. (Paho does not retry a first connect that fails.)
+  void connectLoop() {
+    auto backoff = options.min_reconnect;
+    for (;;) {
+      {
+        std::lock_guard lock(state_mutex);
+        if (stopping) return;
+      }
+      std::string error;
+      try {
+        auto tok = client->connect(connect_options);
+        const auto budget = kConnectTimeout * static_cast<int>(options.broker_uris.size()) +
+                            std::chrono::seconds(1);
+        if (tok->wait_for(budget)) return;
+        error = "timed out";
+        // The attempt may still be running; wait for it before starting another.
+        tok->wait_for(budget);
+        if (connected.load()) return;
+      } catch (const ::mqtt::exception& e) {
+        error = e.what();
+      }
+      log::warn("mqtt_connect_failed",
+                {{"client_id", options.client_id},
+                 {"brokers", static_cast<uint64_t>(options.broker_uris.size())},
+                 {"error", error},
+                 {"retry_ms", static_cast<int64_t>(backoff.count())}});
+      std::unique_lock lock(state_mutex);
+      if (state_cv.wait_for(lock, backoff, [&] { return stopping; })) return;
+      backoff = std::min(backoff * 2, options.max_reconnect);
+    }
+  }
+};
+
+Client::Client(ClientOptions options, MessageHandler on_message, ConnectionHandler on_connection)
+    : impl_(std::make_unique<Impl>()) {
+  assert(!options.broker_uris.empty() && "mqtt::Client needs at least one broker URI");
+  if (options.client_id.empty()) options.client_id = randomClientId();
+  impl_->options = std::move(options);
+  impl_->on_message = std::move(on_message);
+  impl_->on_connection = std::move(on_connection);
+
+  const ClientOptions& o = impl_->options;
+  // MQTT 3.1.1: Mosquitto 2.0 honours `$share/<group>/...` for it too, and its
+  // clean-session flag is the persistent-session switch we need.
+  ::mqtt::create_options create(MQTTVERSION_3_1_1);
+  // nullptr persistence = MQTTCLIENT_PERSISTENCE_NONE: the caller's SQLite is the record of truth.
+  impl_->client =
+      std::make_unique<::mqtt::async_client>(o.broker_uris.front(), o.client_id, create, nullptr);
+
+  auto& co = impl_->connect_options;
+  co.set_mqtt_version(MQTTVERSION_3_1_1);
+  co.set_clean_session(o.clean_session);
+  co.set_keep_alive_interval(o.keepalive);
+  co.set_connect_timeout(kConnectTimeout);
+  co.set_automatic_reconnect(o.min_reconnect, o.max_reconnect);
+  co.set_max_inflight(o.max_inflight);
+  co.set_servers(std::make_shared<::mqtt::string_collection>(o.broker_uris));
+  if (!o.username.empty()) co.set_user_name(o.username);
+  if (!o.password.empty()) co.set_password(o.password);
+
+  Impl* impl = impl_.get();
+  impl_->client->set_connected_handler([impl](const std::string&) { impl->onConnected(); });
+  impl_->client->set_connection_lost_handler(
+      [impl](const std::string& cause) { impl->onConnectionLost(cause); });
+  impl_->client->set_message_callback(
+      [impl](::mqtt::const_message_ptr msg) { impl->onMessage(std::move(msg)); });
+}
+
+Client::~Client() { stop(); }
+
+Status Client::start() {
+  std::lock_guard lock(impl_->state_mutex);
+  if (impl_->stopping) return Status::unavailable("mqtt client is stopped");
+  if (impl_->started) return Status::ok();
+  impl_->started = true;
+  impl_->connector = std::thread([impl = impl_.get()] { impl->connectLoop(); });
+  return Status::ok();
+}
+
+Status Client::subscribe(const std::string& filter, int qos) {
+  if (qos < 0 || qos > 2)
+    return Status::invalid("subscribe `" + filter + "`: qos must be 0, 1 or 2");
+  {
+    std::lock_guard lock(impl_->state_mutex);
+    if (impl_->stopping) return Status::unavailable("mqtt client is stopped");
+    for (const auto& [f, q] : impl_->subscriptions) {
+      if (f == filter && q == qos) return Status::ok();
+    }
+    impl_->subscriptions.emplace_back(filter, qos);
+  }
+  if (!impl_->connected.load()) return Status::ok();  // made on the next connect
+  try {
+    auto tok = impl_->client->subscribe(filter, qos);
+    // Waiting lets a caller publish right after subscribe() and see the reply;
+    // inside a Paho callback it would deadlock Paho, so there we only queue it.
+    if (t_in_paho_callback) return Status::ok();
+    if (!tok->wait_for(kSubscribeWait)) {
+      return Status::unavailable("subscribe `" + filter + "`: no SUBACK within 5 s");
+    }
+  } catch (const ::mqtt::exception& e) {
+    // Remembered anyway: it is re-made on the next connect.
+    return fromPaho(e, "subscribe `" + filter + "`");
+  }
+  return Status::ok();
+}
+
+Status Client::publish(const std::string& topic, std::string payload, int qos) {
+  if (!impl_->connected.load()) {
+    return Status::unavailable("publish to `" + topic + "`: not connected to a broker");
+  }
+  try {
+    auto msg = ::mqtt::make_message(topic, ::mqtt::binary_ref(std::move(payload)), qos, false);
+    impl_->client->publish(std::move(msg));  // the delivery token is not waited on
+  } catch (const ::mqtt::exception& e) {
+    return fromPaho(e, "publish to `" + topic + "`");
+  }
+  return Status::ok();
+}
+
+bool Client::connected() const { return impl_->connected.load(); }
+
+void Client::stop() {
+  assert(!t_in_paho_callback && "mqtt::Client::stop() called from inside a Paho callback");
+  {
+    std::lock_guard lock(impl_->state_mutex);
+    if (impl_->stopping && !impl_->client) return;
+    impl_->stopping = true;
+  }
+  impl_->state_cv.notify_all();
+  if (impl_->connector.joinable()) impl_->connector.join();
+  {
+    // After this no user handler runs, and any that was running has returned.
+    std::lock_guard lock(impl_->handler_mutex);
+    impl_->deliver = false;
+  }
+  if (!impl_->client) return;
+  try {
+    if (impl_->client->is_connected()) {
+      impl_->client->disconnect(kDisconnectTimeout)->wait_for(kDisconnectTimeout * 2);
+    }
+  } catch (const ::mqtt::exception& e) {
+    log::warn("mqtt_disconnect_failed",
+              {{"client_id", impl_->options.client_id}, {"error", e.what()}});
+  }
+  impl_->connected.store(false);
+  try {
+    impl_->client->disable_callbacks();
+  } catch (const ::mqtt::exception&) {
+    // Only fails while a connect is in progress; destroying the client below stops it too.
+  }
+  impl_->client.reset();
+}
+
+}  // namespace branchline::mqtt
