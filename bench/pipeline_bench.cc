@@ -51,8 +51,7 @@ double sqliteInsertLimit(const std::string& dir, int rows) {
   sqlite3* db = nullptr;
   sqlite3_open(path.c_str(), &db);
   sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", nullptr, nullptr, nullptr);
-  sqlite3_exec(db,
-               "CREATE TABLE t(id INTEGER PRIMARY KEY, k TEXT, payload TEXT, UNIQUE(k));",
+  sqlite3_exec(db, "CREATE TABLE t(id INTEGER PRIMARY KEY, k TEXT, payload TEXT, UNIQUE(k));",
                nullptr, nullptr, nullptr);
   sqlite3_stmt* stmt = nullptr;
   sqlite3_prepare_v2(db, "INSERT OR IGNORE INTO t(k, payload) VALUES(?, ?)", -1, &stmt, nullptr);
@@ -163,8 +162,8 @@ int main(int argc, char** argv) {
   }
   std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe").parent_path();
 
-  std::printf("branchline-bench: %llu records, dir %s\n",
-              static_cast<unsigned long long>(records), dir.c_str());
+  std::printf("branchline-bench: %llu records, dir %s\n", static_cast<unsigned long long>(records),
+              dir.c_str());
   const double sqlite_limit = sqliteInsertLimit(dir, 100000);
   const double zstd_limit = zstdLimit();
   std::printf("limit  sqlite INSERT OR IGNORE random keys, 1000/txn, FULL: %.0f rows/s\n",
@@ -193,10 +192,11 @@ int main(int argc, char** argv) {
     auto stats = loadgen::runLoad(load);
     if (!stats.isOk()) return 1;
     double rate = stats->accepted / stats->seconds;
-    std::printf("agent  durable ingest, 1 agent: %.0f records/s (%.2fx sqlite limit), "
-                "request p50 %.1f ms p99 %.1f ms, peak RSS %.1f MiB\n",
-                rate, rate / sqlite_limit, stats->latency_p50_ms, stats->latency_p99_ms,
-                peakRssMiB(p.process("agent-1")->pid()));
+    std::printf(
+        "agent  durable ingest, 1 agent: %.0f records/s (%.2fx sqlite limit), "
+        "request p50 %.1f ms p99 %.1f ms, peak RSS %.1f MiB\n",
+        rate, rate / sqlite_limit, stats->latency_p50_ms, stats->latency_p99_ms,
+        peakRssMiB(p.process("agent-1")->pid()));
     p.stop();
   }
 
@@ -228,10 +228,11 @@ int main(int argc, char** argv) {
     double rss_agg = peakRssMiB(p.process("agg-1")->pid());
     p.stop();
     Latency lat = centralLatency(p.storePath());
-    std::printf("e2e    2 agents -> 2 aggregators: %lld records in %.1f s wall = %.0f records/s "
-                "(%.2fx sqlite limit); store-side rate %.0f records/s\n",
-                static_cast<long long>(lat.count), wall, lat.count / wall,
-                lat.count / wall / sqlite_limit, lat.rate);
+    std::printf(
+        "e2e    2 agents -> 2 aggregators: %lld records in %.1f s wall = %.0f records/s "
+        "(%.2fx sqlite limit); store-side rate %.0f records/s\n",
+        static_cast<long long>(lat.count), wall, lat.count / wall, lat.count / wall / sqlite_limit,
+        lat.rate);
     std::printf("e2e    latency ingest -> central commit: p50 %.1f ms, p99 %.1f ms\n", lat.p50_ms,
                 lat.p99_ms);
     std::printf("memory peak RSS: agent %.1f MiB, aggregator %.1f MiB\n", rss1, rss_agg);

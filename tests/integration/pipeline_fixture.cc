@@ -1,0 +1,167 @@
+#include "tests/integration/pipeline_fixture.h"
+
+#include <sqlite3.h>
+#include <unistd.h>
+
+#include <boost/json.hpp>
+#include <chrono>
+#include <filesystem>
+#include <thread>
+
+#include "cli/loadgen/record_generator.h"
+#include "cli/net/http_client.h"
+#include "shared/rules/rule_engine.h"
+
+namespace branchline::testing {
+namespace {
+
+struct Db {
+  sqlite3* db = nullptr;
+  explicit Db(const std::string& path) {
+    if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
+      sqlite3_close(db);
+      db = nullptr;
+    } else {
+      sqlite3_busy_timeout(db, 5000);
+    }
+  }
+  ~Db() { sqlite3_close(db); }
+};
+
+// Reads one metric's value from Prometheus text; -1 if absent.
+double metricValue(const std::string& text, const std::string& name) {
+  size_t pos = 0;
+  while ((pos = text.find(name, pos)) != std::string::npos) {
+    bool line_start = pos == 0 || text[pos - 1] == '\n';
+    size_t after = pos + name.size();
+    if (line_start && after < text.size() && text[after] == ' ') {
+      return std::stod(text.substr(after + 1, text.find('\n', after) - after - 1));
+    }
+    pos = after;
+  }
+  return -1;
+}
+
+}  // namespace
+
+int64_t queryInt(const std::string& db_path, const std::string& sql) {
+  if (!std::filesystem::exists(db_path)) return -1;
+  Db db(db_path);
+  if (!db.db) return -1;
+  sqlite3_stmt* stmt = nullptr;
+  if (sqlite3_prepare_v2(db.db, sql.c_str(), -1, &stmt, nullptr) != SQLITE_OK) return -1;
+  int64_t v = -1;
+  if (sqlite3_step(stmt) == SQLITE_ROW) v = sqlite3_column_int64(stmt, 0);
+  sqlite3_finalize(stmt);
+  return v;
+}
+
+std::map<std::string, StoredRecord> readRecords(const std::string& db_path) {
+  std::map<std::string, StoredRecord> out;
+  Db db(db_path);
+  if (!db.db) return out;
+  sqlite3_stmt* stmt = nullptr;
+  const char* sql = "SELECT record_key, payload, agent_id FROM records WHERE source = 'customer'";
+  if (sqlite3_prepare_v2(db.db, sql, -1, &stmt, nullptr) != SQLITE_OK) return out;
+  while (sqlite3_step(stmt) == SQLITE_ROW) {
+    auto text = [&](int i) {
+      const unsigned char* p = sqlite3_column_text(stmt, i);
+      return std::string(p ? reinterpret_cast<const char*>(p) : "",
+                         static_cast<size_t>(sqlite3_column_bytes(stmt, i)));
+    };
+    out[text(0)] = {text(1), text(2)};
+  }
+  sqlite3_finalize(stmt);
+  return out;
+}
+
+void PipelineTest::TearDown() {
+  if (pipeline_) pipeline_->stop();
+  pipeline_.reset();
+  if (!dir_.empty() && !HasFailure()) std::filesystem::remove_all(dir_);
+  if (HasFailure()) std::fprintf(stderr, "pipeline dir kept for inspection: %s\n", dir_.c_str());
+}
+
+void PipelineTest::startPipeline(int agents, int aggregators,
+                                 std::map<std::string, std::string> agent_overrides) {
+  char tmpl[] = "/tmp/branchline-it.XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  dir_ = tmpl;
+  cli::PipelineOptions options;
+  options.dir = dir_ + "/pipeline";
+  options.agents = agents;
+  options.aggregators = aggregators;
+  const char* bin = std::getenv("BRANCHLINE_BIN_DIR");
+  ASSERT_NE(bin, nullptr) << "BRANCHLINE_BIN_DIR must point at build/bin";
+  options.bin_dir = std::filesystem::absolute(bin).string();
+  options.agent_overrides = std::move(agent_overrides);
+  pipeline_ = std::make_unique<cli::LocalPipeline>(options);
+  Status s = pipeline_->start();
+  ASSERT_TRUE(s.isOk()) << s.toString();
+}
+
+bool PipelineTest::waitForDrain(int64_t records, int64_t rejects, int timeout_s) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+  const std::string db = pipeline_->storePath();
+  while (std::chrono::steady_clock::now() < deadline) {
+    int64_t r = queryInt(db, "SELECT COUNT(*) FROM records");
+    int64_t j = queryInt(db, "SELECT COUNT(*) FROM rejects");
+    if (r >= records && j >= rejects) {
+      bool buffers_empty = true;
+      for (const auto& url : pipeline_->agentUrls()) {
+        auto m = cli::httpGet(url + "/metrics", std::chrono::milliseconds(5000));
+        if (!m.isOk() || m->status != 200 || metricValue(m->body, "bl_agent_buffer_records") != 0) {
+          buffers_empty = false;
+        }
+      }
+      if (buffers_empty) return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
+  return false;
+}
+
+loadgen::LoadOptions PipelineTest::loadOptions(uint64_t records,
+                                               const loadgen::GeneratorOptions& gen) const {
+  loadgen::LoadOptions o;
+  o.urls = pipeline_->agentUrls();
+  o.records = records;
+  o.concurrency = 2 * static_cast<int>(o.urls.size());
+  o.batch = 250;
+  o.generator = gen;
+  return o;
+}
+
+void PipelineTest::expectExactlyAccepted(const loadgen::LoadStats& stats,
+                                         const loadgen::GeneratorOptions& gen) {
+  auto engine = rules::RuleEngine::create({rules::defaultCustomerSchema()});
+  ASSERT_TRUE(engine.isOk()) << engine.status().toString();
+  const rules::CompiledSchema* schema = (*engine)->find("customer");
+  ASSERT_NE(schema, nullptr);
+
+  std::map<std::string, StoredRecord> stored = readRecords(pipeline_->storePath());
+  EXPECT_EQ(stored.size(), stats.accepted_unique.size());
+
+  loadgen::CustomerGenerator generator(gen);
+  loadgen::GeneratedRecord rec;
+  size_t mismatches = 0, missing = 0;
+  for (uint64_t index : stats.accepted_unique) {
+    generator.generate(index, rec);
+    boost::json::value v = boost::json::parse(rec.json);
+    rules::Outcome outcome = (*engine)->apply(*schema, v.as_object());
+    ASSERT_TRUE(outcome.ok()) << "generated valid record " << index << " does not normalize";
+    auto it = stored.find(outcome.record->key);
+    if (it == stored.end()) {
+      if (++missing <= 5) ADD_FAILURE() << "record " << outcome.record->key << " not stored";
+      continue;
+    }
+    if (it->second.payload != outcome.record->payload && ++mismatches <= 5) {
+      ADD_FAILURE() << "record " << outcome.record->key << " stored as " << it->second.payload
+                    << " but normalizes to " << outcome.record->payload;
+    }
+  }
+  EXPECT_EQ(missing, 0u);
+  EXPECT_EQ(mismatches, 0u);
+}
+
+}  // namespace branchline::testing

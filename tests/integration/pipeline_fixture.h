@@ -1,0 +1,52 @@
+// Shared fixture for the integration tests: a LocalPipeline (real Mosquitto,
+// real aggregators and agents from build/bin) in a fresh temp dir, plus the
+// checks every test makes against the central store: exactly the accepted
+// unique valid records, byte-identical to what the rule engine produces.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cli/loadgen/load_client.h"
+#include "cli/pipeline/local_pipeline.h"
+
+namespace branchline::testing {
+
+// Runs one SQL query returning a single integer against the central store.
+int64_t queryInt(const std::string& db_path, const std::string& sql);
+
+struct StoredRecord {
+  std::string payload;
+  std::string agent_id;
+};
+// record_key -> row, for source `customer`.
+std::map<std::string, StoredRecord> readRecords(const std::string& db_path);
+
+class PipelineTest : public ::testing::Test {
+ protected:
+  void TearDown() override;
+
+  // Starts a pipeline with `agents` agents and `aggregators` aggregators.
+  void startPipeline(int agents, int aggregators,
+                     std::map<std::string, std::string> agent_overrides = {});
+
+  // Waits until the central store holds `records` records and `rejects` rejects and
+  // every agent's buffer is empty, or `timeout_s` passes. Returns whether it did.
+  bool waitForDrain(int64_t records, int64_t rejects, int timeout_s);
+
+  // Asserts the store holds exactly the records in stats.accepted_unique, each
+  // byte-identical to the rule engine's normalization of what was sent.
+  void expectExactlyAccepted(const loadgen::LoadStats& stats, const loadgen::GeneratorOptions& gen);
+
+  loadgen::LoadOptions loadOptions(uint64_t records, const loadgen::GeneratorOptions& gen) const;
+
+  std::string dir_;
+  std::unique_ptr<cli::LocalPipeline> pipeline_;
+};
+
+}  // namespace branchline::testing
