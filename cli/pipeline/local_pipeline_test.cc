@@ -119,7 +119,7 @@ TEST(LocalPipelineTest, RejectsBadOptions) {
 
 // The whole pipeline with the real binaries (skipped until they are built).
 TEST(LocalPipelineTest, StartsEverythingWritesTopologyAndSurvivesAKilledAgent) {
-  if (!haveBinaries()) GTEST_SKIP() << "branchline-agent/-aggregator not built in " << binDir();
+  ASSERT_TRUE(haveBinaries()) << "branchline-agent/-aggregator not built in " << binDir();
   TempDir tmp;
   PipelineOptions o;
   o.dir = tmp.path();
