@@ -69,6 +69,10 @@ void writeAll(int fd, const void* data, size_t size) {
     if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) fail(1);
     if (::getppid() != parent) _exit(127);  // the parent died before prctl
   }
+  // Its own process group: a terminal's Ctrl-C then reaches only the parent
+  // (`branchline up`), which stops the children in order (agents first). The
+  // death signal above still takes the child down if the parent dies.
+  if (::setpgid(0, 0) != 0) fail(6);
   // The parent may block or handle signals (`branchline up` blocks SIGINT and
   // SIGTERM to sigwait for them); the child starts with the defaults.
   struct sigaction dfl {};
@@ -145,6 +149,9 @@ Result<Process> Process::spawn(const ProcessSpec& spec) {
       break;
     case 4:
       stage = "chdir " + spec.working_dir;
+      break;
+    case 6:
+      stage = "setpgid";
       break;
     default:
       stage = "exec";
