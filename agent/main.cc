@@ -52,6 +52,7 @@ int run(const std::string& config_path, const sigset_t& stop_signals) {
   agent::BufferOptions buffer_options;
   buffer_options.path = cfg->data_dir / "buffer.db";
   buffer_options.max_bytes = cfg->buffer.max_bytes;
+  buffer_options.key_file = cfg->buffer.key_file;
   auto opened = agent::DurableBuffer::open(buffer_options);
   if (!opened.isOk()) {
     return fail(kExitStartupFailed, "buffer " + buffer_options.path.string() + ": " +

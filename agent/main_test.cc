@@ -184,4 +184,74 @@ TEST_F(AgentMainTest, StartsServesAndStopsCleanlyOnSigterm) {
   EXPECT_TRUE(fs::exists(dir_ / "data" / "buffer.db"));
 }
 
+// A copied office disk must not reveal customer data: after a record is accepted
+// (committed to the buffer) and the agent has stopped, neither buffer.db nor its
+// WAL holds the record's email, name or phone in clear; the key file is 0600.
+TEST_F(AgentMainTest, AcceptedRecordIsNotInTheBufferFilesInClear) {
+  // No broker answers: the record stays in the buffer.
+  spawn(writeConfig(baseConfig("127.0.0.1:0", "tcp://127.0.0.1:1")));
+  const std::regex started(R"re("event":"agent_started".*"http_port":(\d+))re");
+  std::smatch m;
+  std::string text;
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    text = stderrText();
+    if (std::regex_search(text, m, started)) break;
+    ASSERT_EQ(::waitpid(pid_, nullptr, WNOHANG), 0) << "agent exited:\n" << text;
+    std::this_thread::sleep_for(50ms);
+  }
+  ASSERT_TRUE(m.size() == 2) << "no agent_started line:\n" << text;
+  const int port = std::stoi(m[1].str());
+
+  const std::string email = "wilhelmina.quenzeldorf@pii-marker.example";
+  const std::string name = "Wilhelmina Quenzeldorf";
+  const std::string phone = "+14155550199";
+  const std::string body = R"({"external_id":"qz-ext-88121","name":")" + name + R"(","email":")" +
+                           email +
+                           R"(","channel":"web",)"
+                           R"("created_at":"2026-11-25T10:00:00Z","phone":")" +
+                           phone + R"("})";
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  const std::string req =
+      "POST /v1/records/customer HTTP/1.1\r\nHost: x\r\n"
+      "Content-Type: application/json\r\nConnection: close\r\n"
+      "Content-Length: " +
+      std::to_string(body.size()) + "\r\n\r\n" + body;
+  ASSERT_EQ(::write(fd, req.data(), req.size()), static_cast<ssize_t>(req.size()));
+  std::string answer;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;)
+    answer.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  ASSERT_EQ(answer.rfind("HTTP/1.1 200", 0), 0u) << answer;
+  ASSERT_NE(answer.find(R"("accepted":1)"), std::string::npos) << answer;
+
+  // While running (rows in the WAL) and after a clean stop (checkpointed).
+  const fs::path data = dir_ / "data";
+  for (int phase = 0; phase < 2; ++phase) {
+    if (phase == 1) {
+      ::kill(pid_, SIGTERM);
+      ASSERT_EQ(waitExit(15s), 0) << stderrText();
+    }
+    std::string bytes;
+    for (const char* f : {"buffer.db", "buffer.db-wal"}) {
+      if (fs::exists(data / f)) bytes += readFile(data / f);
+    }
+    ASSERT_GT(bytes.size(), 0u);
+    for (const std::string& marker : {email, name, phone, std::string("qz-ext-88121")}) {
+      EXPECT_EQ(bytes.find(marker), std::string::npos)
+          << marker << " in clear in the buffer files (phase " << phase << ")";
+    }
+  }
+  EXPECT_EQ(stderrText().find(email), std::string::npos) << "record content in the log";
+  const fs::perms perms = fs::status(data / "buffer.key").permissions();
+  EXPECT_EQ(perms & (fs::perms::group_all | fs::perms::others_all), fs::perms::none);
+  EXPECT_EQ(fs::file_size(data / "buffer.key"), 32u);
+}
+
 }  // namespace

@@ -1,19 +1,24 @@
 // DurableBuffer on SQLite (WAL, synchronous=FULL, one connection).
 //
-// Schema (version 1):
+// Schema (version 2; version 1 held the sealed columns in clear and is upgraded
+// in place on open):
 //
-//   records(id INTEGER PRIMARY KEY, source TEXT, record_key TEXT,
+//   records(id INTEGER PRIMARY KEY, source TEXT, record_key BLOB,  -- sealed
 //           ingested_at INTEGER  -- Unix µs
-//           payload BLOB)
-//   quarantine(id INTEGER PRIMARY KEY, source TEXT, raw BLOB, reasons TEXT,
-//              ingested_at INTEGER)
+//           payload BLOB)                                          -- sealed
+//   quarantine(id INTEGER PRIMARY KEY, source TEXT, raw BLOB,       -- sealed
+//              reasons BLOB, ingested_at INTEGER)                   -- sealed
+//       Sealed values are RecordCipher envelopes (version || nonce || ciphertext ||
+//       tag) bound to "table.column" and the row id, which the committer assigns
+//       before the insert. Sources are configuration, not customer data, and stay
+//       in clear; no index covers a sealed column, so none needs a keyed hash.
 //       `id` is assigned by the committer in arrival order, so every insert lands at
 //       the right edge of the B-tree (LIMITS.md: 3-5x faster than random keys) and the
 //       entries of one batch are one contiguous id range. Ids are never reused: the
 //       next id is max(highest id, last batched id) + 1, so even when every row has
 //       been acked and deleted a new row cannot fall into an already batched range.
-//       payload and raw are BLOBs: length() then counts bytes (the byte bound) and
-//       raw input that is not UTF-8 is kept verbatim.
+//       Byte accounting counts plaintext sizes: length() of a sealed BLOB minus the
+//       fixed envelope overhead, so max_bytes means what it meant before sealing.
 //   batches(seq INTEGER PRIMARY KEY, created_at INTEGER,
 //           first_record, last_record, first_reject, last_reject,  -- inclusive id
 //           record_count, reject_count, bytes)                     -- ranges; empty
@@ -24,6 +29,10 @@
 //       One row. next_batch_seq is only ever incremented (seqs are never reused, even
 //       after every batch is acked and the process restarts); the two markers are the
 //       highest ids already in a batch, everything above them is unbatched.
+//   key_check(id = 1, sealed BLOB)
+//       A constant sealed under the data key: opening with another key fails here,
+//       before any record is read. An empty BLOB marks a buffer written with
+//       insecure_plaintext_for_benchmarks.
 //   tokens(token TEXT PRIMARY KEY, committed_at INTEGER) WITHOUT ROWID
 //       Idempotency tokens of appends (spool files), written in the append's
 //       transaction and pruned after 30 days.
@@ -52,15 +61,25 @@
 #include <string_view>
 #include <system_error>
 #include <thread>
+#include <tuple>
 #include <utility>
+#include <vector>
 
+#include "agent/buffer/record_cipher.h"
 #include "shared/core/clock.h"
 #include "shared/core/log.h"
 
 namespace branchline::agent {
 namespace {
 
-constexpr int64_t kSchemaVersion = 1;
+constexpr int64_t kSchemaVersion = 2;
+constexpr int64_t kPlaintextSchemaVersion = 1;  // upgraded in place by sealing its rows
+constexpr std::string_view kKeyCheckColumn = "key_check.sealed";
+constexpr std::string_view kKeyCheckPlain = "branchline buffer data key check v1";
+constexpr std::string_view kRecordKeyColumn = "records.record_key";
+constexpr std::string_view kPayloadColumn = "records.payload";
+constexpr std::string_view kRawColumn = "quarantine.raw";
+constexpr std::string_view kReasonsColumn = "quarantine.reasons";
 constexpr int64_t kTokenRetentionUs = int64_t{30} * 24 * 3600 * 1000000;
 constexpr int64_t kTokenPruneEveryUs = int64_t{3600} * 1000000;
 // Per-entry and per-append bookkeeping counted against max_queued_bytes, so a flood
@@ -132,6 +151,11 @@ struct PendingAppend {
 struct DurableBuffer::Impl {
   BufferOptions options;
   std::string path;  // for error messages
+
+  // --- the cipher shares the connection's lock (db_mu): one GCM context, key set once ---
+  std::unique_ptr<RecordCipher> cipher;  // null only with insecure_plaintext_for_benchmarks
+  size_t seal_overhead = 0;              // bytes a sealed value adds to its plaintext
+  std::string sealed_a, sealed_b;        // reused per insert: no allocation per value
 
   // --- guarded by db_mu: the connection, its statements, the id markers ---
   std::mutex db_mu;
@@ -225,6 +249,157 @@ struct DurableBuffer::Impl {
     }
   }
 
+  // ---------------------------------------------------------------- sealing
+  // The plaintext size of a (sealed) column value: what the byte bound counts.
+  size_t plainSize(sqlite3_stmt* q, int col) const {
+    size_t n = size_t(sqlite3_column_bytes(q, col));
+    return n >= seal_overhead ? n - seal_overhead : 0;  // a short value fails to open
+  }
+
+  // Reads a sealed column of the current row into `out`, opening it.
+  Status readSealed(sqlite3_stmt* q, int col, std::string_view column, int64_t rowid,
+                    std::string& out) {
+    if (!cipher) {
+      out = columnString(q, col);
+      return Status::ok();
+    }
+    const void* p = sqlite3_column_blob(q, col);
+    std::string_view v(p == nullptr ? "" : static_cast<const char*>(p),
+                       size_t(sqlite3_column_bytes(q, col)));
+    Status s = cipher->open(column, rowid, v, out);
+    return s.isOk() ? s : s.withContext("buffer " + path);
+  }
+
+  // Proves the data key is the one the buffer was written with (or seals the
+  // check value into a new buffer), and upgrades a version-1 buffer by sealing
+  // every row in one transaction. Runs before the statements are prepared.
+  Status checkKeyAndUpgrade() {
+    BL_RETURN_IF_ERROR(exec("BEGIN IMMEDIATE", "begin key check"));
+    Status s = checkKeyInTransaction();
+    if (s.isOk()) s = exec("COMMIT", "commit key check");
+    if (!s.isOk()) {
+      (void)exec("ROLLBACK", "rollback key check");
+      return s;
+    }
+    return Status::ok();
+  }
+
+  Status checkKeyInTransaction() {
+    int64_t version = 0, rows = 0, has_check = 0;
+    BL_RETURN_IF_ERROR(
+        queryInts("SELECT (SELECT schema_version FROM meta WHERE id = 1),"
+                  " (SELECT count(*) FROM records) + (SELECT count(*) FROM quarantine),"
+                  " (SELECT count(*) FROM key_check)",
+                  {&version, &rows, &has_check}, "read key check"));
+    const bool plaintext = cipher == nullptr;
+    if (has_check == 0) {
+      if (version == kPlaintextSchemaVersion && !plaintext) {
+        BL_RETURN_IF_ERROR(sealVersion1Rows());
+      } else if (version == kPlaintextSchemaVersion || rows > 0) {
+        return Status::dataLoss("buffer " + path + ": holds " + std::to_string(rows) +
+                                " rows (schema version " + std::to_string(version) +
+                                ") but no key check; cannot tell how they were written");
+      }
+      Stmt ins;
+      BL_RETURN_IF_ERROR(prepare(ins, "INSERT INTO key_check(id, sealed) VALUES (1, ?)"));
+      std::string sealed;
+      if (!plaintext) BL_RETURN_IF_ERROR(cipher->seal(kKeyCheckColumn, 1, kKeyCheckPlain, sealed));
+      bindBlob(ins.get(), 1, sealed);
+      return run(ins.get(), "store key check");
+    }
+    Stmt q;
+    BL_RETURN_IF_ERROR(prepare(q, "SELECT sealed FROM key_check WHERE id = 1"));
+    int rc = sqlite3_step(q.get());
+    if (rc != SQLITE_ROW) return sqlError(rc, "read key check");
+    const std::string sealed = columnString(q.get(), 0);
+    if (plaintext != sealed.empty()) {
+      return Status::invalid(
+          "buffer " + path +
+          (plaintext ? " is encrypted; insecure_plaintext_for_benchmarks cannot open it"
+                     : " was written in clear with insecure_plaintext_for_benchmarks (a "
+                       "benchmark's file); delete it or open it the same way"));
+    }
+    if (plaintext) return Status::ok();
+    std::string opened;
+    Status s = cipher->open(kKeyCheckColumn, 1, sealed, opened);
+    if (!s.isOk() || opened != kKeyCheckPlain) {
+      return Status(Code::kPermissionDenied,
+                    "buffer " + path + " was encrypted with a different data key than key file " +
+                        keyFile().string() +
+                        "; restore the agent's original key file (a lost key means the buffered "
+                        "records cannot be read)");
+    }
+    return Status::ok();
+  }
+
+  // Version 1 kept record keys, payloads and quarantine in clear. Seals them in
+  // place, chunk by chunk (a statement must not update the rows it is scanning).
+  Status sealVersion1Rows() {
+    struct Table {
+      const char* select;
+      const char* update;
+      std::string_view first, second;
+    };
+    const Table tables[] = {
+        {"SELECT id, record_key, payload FROM records WHERE id > ? ORDER BY id LIMIT 1000",
+         "UPDATE records SET record_key = ?, payload = ? WHERE id = ?", kRecordKeyColumn,
+         kPayloadColumn},
+        {"SELECT id, raw, reasons FROM quarantine WHERE id > ? ORDER BY id LIMIT 1000",
+         "UPDATE quarantine SET raw = ?, reasons = ? WHERE id = ?", kRawColumn, kReasonsColumn},
+    };
+    uint64_t sealed_rows = 0;
+    for (const Table& t : tables) {
+      Stmt sel, upd;
+      BL_RETURN_IF_ERROR(prepare(sel, t.select));
+      BL_RETURN_IF_ERROR(prepare(upd, t.update));
+      int64_t after = 0;
+      std::vector<std::tuple<int64_t, std::string, std::string>> chunk;
+      do {
+        chunk.clear();
+        {
+          StmtUse use(sel.get());
+          sqlite3_bind_int64(sel.get(), 1, after);
+          int rc;
+          while ((rc = sqlite3_step(sel.get())) == SQLITE_ROW) {
+            chunk.emplace_back(sqlite3_column_int64(sel.get(), 0), columnString(sel.get(), 1),
+                               columnString(sel.get(), 2));
+          }
+          if (rc != SQLITE_DONE) return sqlError(rc, "read version-1 rows to seal");
+        }
+        for (auto& [id, a, b] : chunk) {
+          BL_RETURN_IF_ERROR(cipher->seal(t.first, id, a, sealed_a));
+          BL_RETURN_IF_ERROR(cipher->seal(t.second, id, b, sealed_b));
+          StmtUse use(upd.get());
+          bindBlob(upd.get(), 1, sealed_a);
+          bindBlob(upd.get(), 2, sealed_b);
+          sqlite3_bind_int64(upd.get(), 3, id);
+          BL_RETURN_IF_ERROR(run(upd.get(), "seal version-1 row"));
+          after = id;
+          ++sealed_rows;
+        }
+      } while (!chunk.empty());
+    }
+    BL_RETURN_IF_ERROR(exec("UPDATE meta SET schema_version = 2 WHERE id = 1", "set schema 2"));
+    upgraded_rows = sealed_rows;
+    return Status::ok();
+  }
+  uint64_t upgraded_rows = 0;  // rows sealed by a version-1 upgrade at open
+
+  std::filesystem::path keyFile() const {
+    return options.key_file.empty() ? options.path.parent_path() / "buffer.key" : options.key_file;
+  }
+
+  Status loadCipher() {
+    if (options.insecure_plaintext_for_benchmarks) return Status::ok();
+    auto key = loadOrCreateDataKey(keyFile());
+    if (!key.isOk()) return key.status().withContext("buffer " + path);
+    auto c = RecordCipher::create(*key);
+    if (!c.isOk()) return c.status().withContext("buffer " + path);
+    cipher = std::move(c).value();
+    seal_overhead = RecordCipher::kOverhead;
+    return Status::ok();
+  }
+
   // ---------------------------------------------------------------- open
   Status openDb() {
     std::error_code ec;
@@ -269,11 +444,11 @@ struct DurableBuffer::Impl {
     BL_RETURN_IF_ERROR(exec("BEGIN IMMEDIATE", "begin schema transaction"));
     Status s = exec(
         "CREATE TABLE IF NOT EXISTS records("
-        " id INTEGER PRIMARY KEY, source TEXT NOT NULL, record_key TEXT NOT NULL,"
+        " id INTEGER PRIMARY KEY, source TEXT NOT NULL, record_key BLOB NOT NULL,"
         " ingested_at INTEGER NOT NULL, payload BLOB NOT NULL);"
         "CREATE TABLE IF NOT EXISTS quarantine("
         " id INTEGER PRIMARY KEY, source TEXT NOT NULL, raw BLOB NOT NULL,"
-        " reasons TEXT NOT NULL, ingested_at INTEGER NOT NULL);"
+        " reasons BLOB NOT NULL, ingested_at INTEGER NOT NULL);"
         "CREATE TABLE IF NOT EXISTS batches("
         " seq INTEGER PRIMARY KEY, created_at INTEGER NOT NULL,"
         " first_record INTEGER NOT NULL, last_record INTEGER NOT NULL,"
@@ -284,9 +459,11 @@ struct DurableBuffer::Impl {
         " id INTEGER PRIMARY KEY CHECK (id = 1), schema_version INTEGER NOT NULL,"
         " next_batch_seq INTEGER NOT NULL, last_batched_record INTEGER NOT NULL,"
         " last_batched_reject INTEGER NOT NULL);"
+        "CREATE TABLE IF NOT EXISTS key_check("
+        " id INTEGER PRIMARY KEY CHECK (id = 1), sealed BLOB NOT NULL);"
         "CREATE TABLE IF NOT EXISTS tokens("
         " token TEXT PRIMARY KEY, committed_at INTEGER NOT NULL) WITHOUT ROWID;"
-        "INSERT OR IGNORE INTO meta VALUES (1, 1, 1, 0, 0);",
+        "INSERT OR IGNORE INTO meta VALUES (1, 2, 1, 0, 0);",
         "create schema");
     if (s.isOk()) s = exec("COMMIT", "commit schema");
     if (!s.isOk()) {
@@ -330,10 +507,10 @@ struct DurableBuffer::Impl {
                                " last_reject, record_count, reject_count, bytes"
                                " FROM batches WHERE seq = ?"));
     BL_RETURN_IF_ERROR(prepare(select_records_range,
-                               "SELECT source, record_key, ingested_at, payload FROM records"
+                               "SELECT id, source, record_key, ingested_at, payload FROM records"
                                " WHERE id BETWEEN ? AND ? ORDER BY id"));
     BL_RETURN_IF_ERROR(prepare(select_rejects_range,
-                               "SELECT source, raw, reasons, ingested_at FROM quarantine"
+                               "SELECT id, source, raw, reasons, ingested_at FROM quarantine"
                                " WHERE id BETWEEN ? AND ? ORDER BY id"));
     BL_RETURN_IF_ERROR(
         prepare(delete_records_range, "DELETE FROM records WHERE id BETWEEN ? AND ?"));
@@ -397,6 +574,9 @@ struct DurableBuffer::Impl {
       if (rc != SQLITE_ROW) return sqlError(rc, "count unbatched rejects");
       unb_rej = sqlite3_column_int64(s.get(), 0);
     }
+    // Sealing adds a fixed envelope to every value; the bound counts plaintext.
+    rec_bytes -= rec_count * int64_t(seal_overhead);
+    rej_bytes -= rej_count * int64_t(seal_overhead);
     next_record_id = std::max(rec_max, last_batched_record) + 1;
     next_reject_id = std::max(rej_max, last_batched_reject) + 1;
 
@@ -574,9 +754,16 @@ struct DurableBuffer::Impl {
       StmtUse use(ins);
       sqlite3_bind_int64(ins, 1, next_record_id);
       bindText(ins, 2, r.source);
-      bindText(ins, 3, r.key);
       sqlite3_bind_int64(ins, 4, r.ingested_at_us);
-      bindBlob(ins, 5, r.payload);
+      if (cipher) {
+        BL_RETURN_IF_ERROR(cipher->seal(kRecordKeyColumn, next_record_id, r.key, sealed_a));
+        BL_RETURN_IF_ERROR(cipher->seal(kPayloadColumn, next_record_id, r.payload, sealed_b));
+        bindBlob(ins, 3, sealed_a);
+        bindBlob(ins, 5, sealed_b);
+      } else {
+        bindText(ins, 3, r.key);
+        bindBlob(ins, 5, r.payload);
+      }
       BL_RETURN_IF_ERROR(run(ins, "insert record"));
       ++next_record_id;
     }
@@ -585,9 +772,16 @@ struct DurableBuffer::Impl {
       StmtUse use(ins);
       sqlite3_bind_int64(ins, 1, next_reject_id);
       bindText(ins, 2, r.source);
-      bindBlob(ins, 3, r.raw);
-      bindText(ins, 4, r.reasons_json);
       sqlite3_bind_int64(ins, 5, r.ingested_at_us);
+      if (cipher) {
+        BL_RETURN_IF_ERROR(cipher->seal(kRawColumn, next_reject_id, r.raw, sealed_a));
+        BL_RETURN_IF_ERROR(cipher->seal(kReasonsColumn, next_reject_id, r.reasons_json, sealed_b));
+        bindBlob(ins, 3, sealed_a);
+        bindBlob(ins, 4, sealed_b);
+      } else {
+        bindBlob(ins, 3, r.raw);
+        bindText(ins, 4, r.reasons_json);
+      }
       BL_RETURN_IF_ERROR(run(ins, "insert reject"));
       ++next_reject_id;
     }
@@ -659,13 +853,17 @@ struct DurableBuffer::Impl {
       sqlite3_bind_int64(q, 2, int64_t(reject_entries));
       int rc;
       while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
-        size_t n = size_t(sqlite3_column_bytes(q, 2));
+        size_t n = plainSize(q, 2);
         if (!batch.rejects.empty() && bytes + n > reject_bytes) break;
         WireReject& r = batch.rejects.emplace_back();
         last_reject = sqlite3_column_int64(q, 0);
         r.source = columnString(q, 1);
-        r.raw = columnString(q, 2);
-        r.reasons_json = columnString(q, 3);
+        s = readSealed(q, 2, kRawColumn, last_reject, r.raw);
+        if (s.isOk()) s = readSealed(q, 3, kReasonsColumn, last_reject, r.reasons_json);
+        if (!s.isOk()) {
+          rollbackQuietly();
+          return s.withContext("form batch " + std::to_string(batch.seq));
+        }
         r.ingested_at_us = sqlite3_column_int64(q, 4);
         bytes += n;
       }
@@ -682,14 +880,18 @@ struct DurableBuffer::Impl {
       sqlite3_bind_int64(q, 2, int64_t(std::max<size_t>(1, max_entries - batch.rejects.size())));
       int rc;
       while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
-        size_t n = size_t(sqlite3_column_bytes(q, 4));
+        size_t n = plainSize(q, 4);
         if (!batch.records.empty() && bytes + n > limits.max_bytes) break;
         WireRecord& r = batch.records.emplace_back();
         last_record = sqlite3_column_int64(q, 0);
         r.source = columnString(q, 1);
-        r.key = columnString(q, 2);
+        s = readSealed(q, 2, kRecordKeyColumn, last_record, r.key);
+        if (s.isOk()) s = readSealed(q, 4, kPayloadColumn, last_record, r.payload);
+        if (!s.isOk()) {
+          rollbackQuietly();
+          return s.withContext("form batch " + std::to_string(batch.seq));
+        }
         r.ingested_at_us = sqlite3_column_int64(q, 3);
-        r.payload = columnString(q, 4);
         bytes += n;
       }
       if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
@@ -796,10 +998,12 @@ struct DurableBuffer::Impl {
       int rc;
       while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
         WireRecord& r = batch.records.emplace_back();
-        r.source = columnString(q, 0);
-        r.key = columnString(q, 1);
-        r.ingested_at_us = sqlite3_column_int64(q, 2);
-        r.payload = columnString(q, 3);
+        const int64_t id = sqlite3_column_int64(q, 0);
+        r.source = columnString(q, 1);
+        Status s = readSealed(q, 2, kRecordKeyColumn, id, r.key);
+        if (s.isOk()) s = readSealed(q, 4, kPayloadColumn, id, r.payload);
+        if (!s.isOk()) return s.withContext(what);
+        r.ingested_at_us = sqlite3_column_int64(q, 3);
       }
       if (rc != SQLITE_DONE) return sqlError(rc, "read records of " + what);
     }
@@ -811,10 +1015,12 @@ struct DurableBuffer::Impl {
       int rc;
       while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
         WireReject& r = batch.rejects.emplace_back();
-        r.source = columnString(q, 0);
-        r.raw = columnString(q, 1);
-        r.reasons_json = columnString(q, 2);
-        r.ingested_at_us = sqlite3_column_int64(q, 3);
+        const int64_t id = sqlite3_column_int64(q, 0);
+        r.source = columnString(q, 1);
+        Status s = readSealed(q, 2, kRawColumn, id, r.raw);
+        if (s.isOk()) s = readSealed(q, 3, kReasonsColumn, id, r.reasons_json);
+        if (!s.isOk()) return s.withContext(what);
+        r.ingested_at_us = sqlite3_column_int64(q, 4);
       }
       if (rc != SQLITE_DONE) return sqlError(rc, "read rejects of " + what);
     }
@@ -896,7 +1102,16 @@ Result<std::unique_ptr<DurableBuffer>> DurableBuffer::open(BufferOptions options
   impl.path = impl.options.path.string();
   {
     std::lock_guard lock(impl.db_mu);
-    Status s = impl.openDb();
+    Status s = impl.loadCipher();
+    if (s.isOk()) s = impl.openDb();
+    if (s.isOk()) s = impl.checkKeyAndUpgrade();
+    if (s.isOk() && impl.upgraded_rows > 0) {
+      // The clear version-1 values may still sit in WAL frames: move the sealed
+      // pages into the main file (secure_delete zeroed the old cells) and cut the WAL.
+      int rc = sqlite3_wal_checkpoint_v2(impl.db.get(), nullptr, SQLITE_CHECKPOINT_TRUNCATE,
+                                         nullptr, nullptr);
+      if (rc != SQLITE_OK) s = impl.sqlError(rc, "checkpoint after sealing version-1 rows");
+    }
     if (s.isOk()) s = impl.prepareAll();
     if (s.isOk()) s = impl.recover();
     if (s.isOk()) s = impl.pruneTokens(nowMicros());
@@ -911,7 +1126,9 @@ Result<std::unique_ptr<DurableBuffer>> DurableBuffer::open(BufferOptions options
                               {"rejects", st.rejects},
                               {"bytes", st.bytes},
                               {"batches", st.batches},
-                              {"next_batch_seq", impl.next_batch_seq}});
+                              {"next_batch_seq", impl.next_batch_seq},
+                              {"encrypted", impl.cipher != nullptr},
+                              {"upgraded_rows", impl.upgraded_rows}});
   impl.committer = std::thread([&impl] { impl.committerLoop(); });
   impl.committer_started = true;
   return buffer;

@@ -8,6 +8,13 @@
 // never reused. Concurrent appends share one transaction and one fsync (group
 // commit). The buffer is bounded in bytes: an append that would pass the bound
 // is refused whole (kResourceExhausted) and nothing of it is stored.
+//
+// At rest, every value that may carry customer data (records.record_key,
+// records.payload, quarantine.raw, quarantine.reasons) is sealed with AES-256-GCM
+// under the agent's data key (record_cipher.h), bound to its table, column and row:
+// the buffer's files alone reveal no record content. Opening a buffer with another
+// key fails (kPermissionDenied) instead of returning garbage; a changed sealed value
+// makes formBatch/loadBatch fail with kDataLoss naming the row.
 #pragma once
 
 #include <chrono>
@@ -30,11 +37,18 @@ using protocol::WireReject;  // source, raw, reasons_json, ingested_at_us
 struct BufferOptions {
   std::filesystem::path path;                           // the SQLite file; created if missing
   uint64_t max_bytes = 1ull << 30;                      // payload + raw bytes held, all states
+                                                        // (plaintext sizes, before sealing)
   std::chrono::milliseconds checkpoint_interval{1000};  // WAL checkpoint timer
   size_t max_group_records = 50000;                     // most records one group commit takes
   // Memory held by appends waiting for the committer (payload + raw + per-entry
   // overhead). Past it appendAsync refuses at once with kResourceExhausted.
   size_t max_queued_bytes = 64 << 20;
+  // The data key; created (0600) when missing. Empty: `buffer.key` in path's folder.
+  std::filesystem::path key_file;
+  // Stores values in clear and ignores key_file. Only for measuring what encryption
+  // costs (durable_buffer_test's throughput print); a buffer written one way is
+  // refused when opened the other way.
+  bool insecure_plaintext_for_benchmarks = false;
 };
 
 struct BatchLimits {

@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <sqlite3.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -579,6 +580,9 @@ TEST(DurableBufferTest, AckedDataLeavesTheFilesAndTheWalIsTruncatedWhenEmpty) {
   TempDir dir;
   BufferOptions o = optionsIn(dir);
   o.checkpoint_interval = 50ms;
+  // The premise (the marker is in the file before the ack) needs values in clear;
+  // sealed buffers are covered by the encryption tests below.
+  o.insecure_plaintext_for_benchmarks = true;
   auto buf = openOrDie(o);
   ASSERT_TRUE(buf);
   const std::string secret = "SECRET-CUSTOMER-MARKER-0123456789";
@@ -601,6 +605,342 @@ TEST(DurableBufferTest, AckedDataLeavesTheFilesAndTheWalIsTruncatedWhenEmpty) {
   }
   EXPECT_EQ(std::filesystem::file_size(wal), 0u) << "the WAL of an empty buffer is truncated";
   EXPECT_EQ(fileBytes(o.path).find(secret), std::string::npos) << "secure_delete zeroes pages";
+}
+
+// ------------------------------------------------------------------ encryption at rest
+
+// Distinctive customer data: none of it may appear in the buffer's files.
+const std::vector<std::string>& piiMarkers() {
+  static const std::vector<std::string> m = {"zelda.quarrington@example-pii.test",
+                                             "Quarrington-Wexbridge", "+41 79 555 01 23",
+                                             "ext-id-QX7731-alpha", "Ottoline Fairweather-Byng"};
+  return m;
+}
+
+std::vector<WireRecord> piiRecords(uint64_t first, size_t n) {
+  std::vector<WireRecord> v;
+  for (size_t i = 0; i < n; ++i) {
+    const std::string& email = piiMarkers()[0];
+    v.push_back({"customer", email + "#" + std::to_string(first + i), kBaseTime + int64_t(i),
+                 R"({"email":")" + email + R"(","name":")" + piiMarkers()[1] + R"(","phone":")" +
+                     piiMarkers()[2] + R"(","external_id":")" + piiMarkers()[3] + R"("})"});
+  }
+  return v;
+}
+
+WireReject piiReject() {
+  return {"customer", R"({"email":"not-an-email","name":")" + piiMarkers()[4] + "\"}",
+          R"([{"field":"email","value":")" + piiMarkers()[4] + R"("}])", kBaseTime};
+}
+
+// Which markers occur anywhere in `bytes` (empty: none).
+std::vector<std::string> markersIn(const std::string& bytes) {
+  std::vector<std::string> found;
+  for (const auto& m : piiMarkers()) {
+    if (bytes.find(m) != std::string::npos) found.push_back(m);
+  }
+  return found;
+}
+
+std::string joined(const std::vector<std::string>& v) {
+  std::string out;
+  for (const auto& s : v) out += "[" + s + "]";
+  return out;
+}
+
+std::filesystem::path walOf(const std::filesystem::path& db) {
+  std::filesystem::path wal = db;
+  wal += "-wal";
+  return wal;
+}
+
+struct SqliteHandle {
+  sqlite3* db = nullptr;
+  explicit SqliteHandle(const std::filesystem::path& p) {
+    if (sqlite3_open(p.c_str(), &db) != SQLITE_OK) ADD_FAILURE() << sqlite3_errmsg(db);
+  }
+  ~SqliteHandle() { sqlite3_close(db); }
+  // Every value of the query's rows, as bytes.
+  std::vector<std::string> values(const char* sql) {
+    std::vector<std::string> out;
+    sqlite3_stmt* s = nullptr;
+    if (sqlite3_prepare_v2(db, sql, -1, &s, nullptr) != SQLITE_OK) {
+      ADD_FAILURE() << sql << ": " << sqlite3_errmsg(db);
+      return out;
+    }
+    while (sqlite3_step(s) == SQLITE_ROW) {
+      for (int i = 0; i < sqlite3_column_count(s); ++i) {
+        const void* p = sqlite3_column_blob(s, i);
+        out.emplace_back(p ? static_cast<const char*>(p) : "", size_t(sqlite3_column_bytes(s, i)));
+      }
+    }
+    sqlite3_finalize(s);
+    return out;
+  }
+  void exec(const std::string& sql) {
+    char* err = nullptr;
+    if (sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
+      ADD_FAILURE() << sql << ": " << (err ? err : "?");
+    }
+    sqlite3_free(err);
+  }
+  void setBlob(const std::string& sql, const std::string& blob) {
+    sqlite3_stmt* s = nullptr;
+    ASSERT_EQ(sqlite3_prepare_v2(db, sql.c_str(), -1, &s, nullptr), SQLITE_OK) << sql;
+    sqlite3_bind_blob(s, 1, blob.data(), int(blob.size()), SQLITE_TRANSIENT);
+    EXPECT_EQ(sqlite3_step(s), SQLITE_DONE) << sql << ": " << sqlite3_errmsg(db);
+    sqlite3_finalize(s);
+  }
+};
+
+TEST(DurableBufferEncryptionTest, CustomerDataIsNotInTheFilesButLoadsExactly) {
+  TempDir dir;
+  BufferOptions o = optionsIn(dir);
+  o.checkpoint_interval = std::chrono::hours(1);  // keep the rows in the WAL for the first look
+  const std::vector<WireRecord> records = piiRecords(1, 50);
+  const WireReject reject = piiReject();
+  uint64_t seq = 0;
+  {
+    auto buf = openOrDie(o);
+    ASSERT_TRUE(buf);
+    ASSERT_TRUE(buf->append(records, {reject}).isOk());
+    uint64_t plain = 0;
+    for (const auto& r : records) plain += r.payload.size();
+    EXPECT_EQ(buf->stats().bytes, plain + reject.raw.size()) << "the bound counts plaintext";
+    const std::string wal = fileBytes(walOf(o.path));
+    ASSERT_GT(wal.size(), 0u) << "test premise: the rows are in the WAL";
+    EXPECT_EQ(joined(markersIn(wal)), "") << "customer data in clear in buffer.db-wal";
+    EXPECT_EQ(joined(markersIn(fileBytes(o.path))), "") << "customer data in clear in buffer.db";
+    auto b = buf->formBatch({.max_records = 1000}, 1);
+    ASSERT_TRUE(b.isOk() && b->has_value()) << b.status().toString();
+    EXPECT_EQ((*b)->records, records);
+    ASSERT_EQ((*b)->rejects.size(), 1u);
+    EXPECT_EQ((*b)->rejects[0], reject);
+    seq = (*b)->seq;
+  }  // closed: checkpointed into the main file
+  EXPECT_EQ(joined(markersIn(fileBytes(o.path))), "") << "customer data in clear in buffer.db";
+  EXPECT_EQ(joined(markersIn(fileBytes(walOf(o.path)))), "");
+  {
+    SqliteHandle h(o.path);  // what anyone with a copy of the disk reads
+    std::vector<std::string> values = h.values("SELECT payload, record_key FROM records");
+    ASSERT_EQ(values.size(), 2 * records.size());
+    std::vector<std::string> q = h.values("SELECT raw, reasons FROM quarantine");
+    ASSERT_EQ(q.size(), 2u);
+    values.insert(values.end(), q.begin(), q.end());
+    for (const auto& v : values) {
+      EXPECT_EQ(joined(markersIn(v)), "") << "a column value holds customer data in clear";
+    }
+    EXPECT_EQ(h.values("SELECT source FROM records LIMIT 1"), std::vector<std::string>{"customer"})
+        << "sources stay in clear";
+  }
+  auto buf = openOrDie(o);
+  ASSERT_TRUE(buf);
+  auto loaded = buf->loadBatch(seq);
+  ASSERT_TRUE(loaded.isOk()) << loaded.status().toString();
+  EXPECT_EQ(loaded->records, records);
+  ASSERT_EQ(loaded->rejects.size(), 1u);
+  EXPECT_EQ(loaded->rejects[0], reject);
+}
+
+TEST(DurableBufferEncryptionTest, KeyFileIsCreated0600AndReusedAndTheBoundCountsPlaintext) {
+  TempDir dir;
+  BufferOptions o = optionsIn(dir);
+  const std::filesystem::path key = dir.path() / "buffer.key";
+  uint64_t bytes = 0;
+  {
+    auto buf = openOrDie(o);
+    ASSERT_TRUE(buf);
+    ASSERT_TRUE(buf->append(recordsFor(1, 20), {rejectFor(1)}).isOk());
+    bytes = buf->stats().bytes;
+    EXPECT_EQ(bytes, 20 * payloadFor(1).size() + rejectFor(1).raw.size());
+  }
+  struct stat st {};
+  ASSERT_EQ(::stat(key.c_str(), &st), 0) << "the key file is created beside the buffer";
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  EXPECT_EQ(st.st_size, 32);
+  const std::string key_bytes = fileBytes(key);
+  auto buf = openOrDie(o);
+  ASSERT_TRUE(buf) << "reopening with the same key works";
+  EXPECT_EQ(buf->stats().bytes, bytes) << "recovery counts plaintext too";
+  EXPECT_EQ(fileBytes(key), key_bytes) << "the key is not replaced";
+  auto b = buf->formBatch({}, 1);
+  ASSERT_TRUE(b.isOk() && b->has_value());
+  EXPECT_EQ((*b)->records, recordsFor(1, 20));
+
+  // An explicit key file elsewhere (config buffer.key_file).
+  TempDir other;
+  BufferOptions o2 = optionsIn(other);
+  o2.key_file = other.path() / "keys" / "agent.key";
+  auto buf2 = openOrDie(o2);
+  ASSERT_TRUE(buf2);
+  EXPECT_TRUE(std::filesystem::exists(o2.key_file));
+  EXPECT_FALSE(std::filesystem::exists(other.path() / "buffer.key"));
+}
+
+TEST(DurableBufferEncryptionTest, AnotherKeyIsRefusedNotGarbage) {
+  TempDir dir;
+  BufferOptions o = optionsIn(dir);
+  const std::filesystem::path key = dir.path() / "buffer.key";
+  {
+    auto buf = openOrDie(o);
+    ASSERT_TRUE(buf);
+    ASSERT_TRUE(buf->append(piiRecords(1, 3), {}).isOk());
+  }
+  const std::string original = fileBytes(key);
+  {
+    std::string other = original;
+    for (char& c : other) c = char(c ^ 0x5a);
+    std::filesystem::remove(key);
+    std::ofstream(key, std::ios::binary) << other;
+    std::filesystem::permissions(
+        key, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+  }
+  auto wrong = DurableBuffer::open(o);
+  ASSERT_FALSE(wrong.isOk());
+  EXPECT_EQ(wrong.status().code(), Code::kPermissionDenied) << wrong.status().toString();
+  EXPECT_NE(wrong.status().message().find(key.string()), std::string::npos)
+      << wrong.status().toString();
+
+  // A lost key file: a fresh key is made, and the old rows are still refused.
+  std::filesystem::remove(key);
+  auto lost = DurableBuffer::open(o);
+  ASSERT_FALSE(lost.isOk());
+  EXPECT_EQ(lost.status().code(), Code::kPermissionDenied) << lost.status().toString();
+
+  // The original key back: everything is there.
+  std::filesystem::remove(key);
+  std::ofstream(key, std::ios::binary) << original;
+  std::filesystem::permissions(
+      key, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+  auto buf = openOrDie(o);
+  ASSERT_TRUE(buf);
+  auto b = buf->formBatch({}, 1);
+  ASSERT_TRUE(b.isOk() && b->has_value()) << b.status().toString();
+  EXPECT_EQ((*b)->records, piiRecords(1, 3));
+}
+
+TEST(DurableBufferEncryptionTest, KeyFileOpenToGroupOrOthersIsRefused) {
+  TempDir dir;
+  BufferOptions o = optionsIn(dir);
+  { ASSERT_TRUE(openOrDie(o)); }
+  const std::filesystem::path key = dir.path() / "buffer.key";
+  ASSERT_EQ(::chmod(key.c_str(), 0644), 0);
+  auto b = DurableBuffer::open(o);
+  ASSERT_FALSE(b.isOk());
+  EXPECT_EQ(b.status().code(), Code::kPermissionDenied) << b.status().toString();
+  EXPECT_NE(b.status().message().find(key.string()), std::string::npos) << b.status().toString();
+  EXPECT_NE(b.status().message().find("chmod 600"), std::string::npos) << b.status().toString();
+  ASSERT_EQ(::chmod(key.c_str(), 0600), 0);
+  EXPECT_TRUE(openOrDie(o)) << "the fix named in the error works";
+}
+
+TEST(DurableBufferEncryptionTest, ChangedOrMovedCiphertextIsDataLossNamingTheRow) {
+  TempDir dir;
+  BufferOptions o = optionsIn(dir);
+  uint64_t seq = 0;
+  {
+    auto buf = openOrDie(o);
+    ASSERT_TRUE(buf);
+    ASSERT_TRUE(buf->append(piiRecords(1, 3), {}).isOk());
+    auto b = buf->formBatch({}, 1);
+    ASSERT_TRUE(b.isOk() && b->has_value());
+    seq = (*b)->seq;
+    ASSERT_TRUE(buf->append(piiRecords(4, 3), {}).isOk());  // rows 4-6, unbatched
+  }
+  std::string row1_payload;
+  {
+    SqliteHandle h(o.path);
+    std::vector<std::string> p = h.values("SELECT payload FROM records WHERE id = 2");
+    ASSERT_EQ(p.size(), 1u);
+    p[0][20] = char(p[0][20] ^ 0x01);  // one bit of the ciphertext
+    h.setBlob("UPDATE records SET payload = ? WHERE id = 2", p[0]);
+    // Row 1's (valid) payload moved into row 5: sealed for another row.
+    row1_payload = h.values("SELECT payload FROM records WHERE id = 1").at(0);
+    h.setBlob("UPDATE records SET payload = ? WHERE id = 5", row1_payload);
+  }
+  auto buf = openOrDie(o);
+  ASSERT_TRUE(buf);
+  auto loaded = buf->loadBatch(seq);
+  ASSERT_FALSE(loaded.isOk());
+  EXPECT_EQ(loaded.status().code(), Code::kDataLoss) << loaded.status().toString();
+  EXPECT_NE(loaded.status().message().find("records.payload of row 2"), std::string::npos)
+      << loaded.status().toString();
+  EXPECT_NE(loaded.status().message().find("batch " + std::to_string(seq)), std::string::npos);
+  EXPECT_EQ(joined(markersIn(loaded.status().message())), "") << "no content in errors";
+
+  auto formed = buf->formBatch({}, 1);
+  ASSERT_FALSE(formed.isOk());
+  EXPECT_EQ(formed.status().code(), Code::kDataLoss) << formed.status().toString();
+  EXPECT_NE(formed.status().message().find("row 5"), std::string::npos)
+      << formed.status().toString();
+  EXPECT_EQ(buf->stats().unbatched_records, 3u) << "a failed formBatch changes nothing";
+}
+
+TEST(DurableBufferEncryptionTest, PlaintextVersion1BufferIsSealedInPlaceOnOpen) {
+  TempDir dir;
+  BufferOptions o = optionsIn(dir);
+  const std::vector<WireRecord> records = piiRecords(1, 5);
+  const WireReject reject = piiReject();
+  {
+    SqliteHandle h(o.path);  // the version-1 layout, as the previous release wrote it
+    h.exec(
+        "PRAGMA journal_mode=WAL;"
+        "CREATE TABLE records(id INTEGER PRIMARY KEY, source TEXT NOT NULL,"
+        " record_key TEXT NOT NULL, ingested_at INTEGER NOT NULL, payload BLOB NOT NULL);"
+        "CREATE TABLE quarantine(id INTEGER PRIMARY KEY, source TEXT NOT NULL,"
+        " raw BLOB NOT NULL, reasons TEXT NOT NULL, ingested_at INTEGER NOT NULL);"
+        "CREATE TABLE batches(seq INTEGER PRIMARY KEY, created_at INTEGER NOT NULL,"
+        " first_record INTEGER NOT NULL, last_record INTEGER NOT NULL,"
+        " first_reject INTEGER NOT NULL, last_reject INTEGER NOT NULL,"
+        " record_count INTEGER NOT NULL, reject_count INTEGER NOT NULL, bytes INTEGER NOT NULL);"
+        "CREATE TABLE meta(id INTEGER PRIMARY KEY CHECK (id = 1),"
+        " schema_version INTEGER NOT NULL, next_batch_seq INTEGER NOT NULL,"
+        " last_batched_record INTEGER NOT NULL, last_batched_reject INTEGER NOT NULL);"
+        "CREATE TABLE tokens(token TEXT PRIMARY KEY, committed_at INTEGER NOT NULL) WITHOUT ROWID;"
+        "INSERT INTO meta VALUES (1, 1, 1, 0, 0);");
+    for (size_t i = 0; i < records.size(); ++i) {
+      h.setBlob("INSERT INTO records VALUES (" + std::to_string(i + 1) + ", 'customer', '" +
+                    records[i].key + "', " + std::to_string(records[i].ingested_at_us) + ", ?)",
+                records[i].payload);
+    }
+    h.setBlob("INSERT INTO quarantine VALUES (1, 'customer', ?, '" + reject.reasons_json + "', " +
+                  std::to_string(reject.ingested_at_us) + ")",
+              reject.raw);
+  }
+  ASSERT_FALSE(markersIn(fileBytes(o.path) + fileBytes(walOf(o.path))).empty()) << "premise";
+  {
+    auto buf = openOrDie(o);
+    ASSERT_TRUE(buf);
+    EXPECT_EQ(buf->stats().records, records.size());
+    auto b = buf->formBatch({}, 1);
+    ASSERT_TRUE(b.isOk() && b->has_value()) << b.status().toString();
+    EXPECT_EQ((*b)->records, records);
+    ASSERT_EQ((*b)->rejects.size(), 1u);
+    EXPECT_EQ((*b)->rejects[0], reject);
+  }
+  EXPECT_EQ(joined(markersIn(fileBytes(o.path) + fileBytes(walOf(o.path)))), "")
+      << "clear version-1 values left in the files after sealing";
+}
+
+TEST(DurableBufferEncryptionTest, PlaintextBenchmarkModeAndSealedBuffersDoNotMix) {
+  TempDir dir;
+  BufferOptions o = optionsIn(dir);
+  { ASSERT_TRUE(openOrDie(o)); }
+  BufferOptions plain = o;
+  plain.insecure_plaintext_for_benchmarks = true;
+  auto b = DurableBuffer::open(plain);
+  ASSERT_FALSE(b.isOk());
+  EXPECT_EQ(b.status().code(), Code::kInvalidArgument) << b.status().toString();
+
+  TempDir dir2;
+  BufferOptions p2 = optionsIn(dir2);
+  p2.insecure_plaintext_for_benchmarks = true;
+  { ASSERT_TRUE(openOrDie(p2)); }
+  EXPECT_FALSE(std::filesystem::exists(dir2.path() / "buffer.key"));
+  p2.insecure_plaintext_for_benchmarks = false;
+  auto c = DurableBuffer::open(p2);
+  ASSERT_FALSE(c.isOk());
+  EXPECT_EQ(c.status().code(), Code::kInvalidArgument) << c.status().toString();
 }
 
 // ------------------------------------------------------------------ kill -9
@@ -854,14 +1194,17 @@ double rawSqliteRowsPerSecond(const std::filesystem::path& path,
   return double(rows) * 1e6 / double(elapsed);
 }
 
-TEST(DurableBufferTest, PrintsThroughput) {
-  TempDir dir;
-  auto buf = openOrDie(optionsIn(dir));
+struct BufferRates {
+  double append = 0, cycle = 0;
+};
+
+// append() and append -> formBatch -> ack rates of one buffer.
+void measureBuffer(const BufferOptions& options, BufferRates* out) {
+  auto buf = openOrDie(options);
   ASSERT_TRUE(buf);
   constexpr size_t kGroups = 60, kPerGroup = 1000;
   std::vector<std::vector<WireRecord>> groups;
   for (size_t g = 0; g < kGroups; ++g) groups.push_back(recordsFor(g * kPerGroup, kPerGroup));
-  const double raw_rate = rawSqliteRowsPerSecond(dir.path() / "raw.db", groups);
 
   int64_t t0 = steadyMicros();
   for (auto& g : groups) ASSERT_TRUE(buf->append(std::move(g), {}).isOk());
@@ -889,15 +1232,34 @@ TEST(DurableBufferTest, PrintsThroughput) {
   }
   int64_t cycle_us = steadyMicros() - t0;
   double cycle_rate = double(kGroups * kPerGroup) * 1e6 / double(cycle_us);
+  EXPECT_EQ(buf->stats().records, 0u);
+  *out = {append_rate, cycle_rate};
+}
+
+TEST(DurableBufferTest, PrintsThroughput) {
+  TempDir dir;
+  std::vector<std::vector<WireRecord>> groups;
+  for (size_t g = 0; g < 60; ++g) groups.push_back(recordsFor(g * 1000, 1000));
+  const double raw_rate = rawSqliteRowsPerSecond(dir.path() / "raw.db", groups);
+  TempDir sealed_dir, clear_dir;
+  BufferOptions clear = optionsIn(clear_dir);
+  clear.insecure_plaintext_for_benchmarks = true;
+  BufferRates sealed_rates, clear_rates;
+  measureBuffer(optionsIn(sealed_dir), &sealed_rates);
+  measureBuffer(clear, &clear_rates);
   std::printf("[ throughput  ] raw SQLite INSERT (same run, 1,000 rows/txn): %.0f rows/s\n",
               raw_rate);
-  std::printf(
-      "[ throughput  ] append(): %.0f records/s (1,000-record groups, %zu-byte payloads), "
-      "%.2fx raw\n",
-      append_rate, payloadFor(1).size(), append_rate / raw_rate);
-  std::printf("[ throughput  ] append -> formBatch -> ack: %.0f records/s, %.2fx raw\n", cycle_rate,
-              cycle_rate / raw_rate);
-  EXPECT_EQ(buf->stats().records, 0u);
+  for (auto [name, r] : {std::pair{"sealed", sealed_rates}, std::pair{"clear ", clear_rates}}) {
+    std::printf(
+        "[ throughput  ] %s append(): %.0f records/s (1,000-record groups, %zu-byte payloads), "
+        "%.2fx raw\n",
+        name, r.append, payloadFor(1).size(), r.append / raw_rate);
+    std::printf("[ throughput  ] %s append -> formBatch -> ack: %.0f records/s, %.2fx raw\n", name,
+                r.cycle, r.cycle / raw_rate);
+  }
+  std::printf("[ throughput  ] sealing costs: append %.1f%%, cycle %.1f%%\n",
+              100.0 * (1.0 - sealed_rates.append / clear_rates.append),
+              100.0 * (1.0 - sealed_rates.cycle / clear_rates.cycle));
 }
 
 }  // namespace

@@ -238,11 +238,15 @@ Status parseRoot(const toml::table& root, const std::filesystem::path& base_dir,
 
   auto buffer = top.table("buffer");
   if (!buffer.isOk()) return buffer.status();
+  std::string key_file;
   if (*buffer != nullptr) {
     TableReader t(**buffer, "buffer");
     BL_RETURN_IF_ERROR(t.integerAs("max_bytes", int64_t{1} << 20, kMaxInt, cfg.buffer.max_bytes));
+    BL_RETURN_IF_ERROR(t.string("key_file", key_file));
     BL_RETURN_IF_ERROR(t.rejectUnknown());
   }
+  cfg.buffer.key_file =
+      key_file.empty() ? cfg.data_dir / "buffer.key" : (base_dir / key_file).lexically_normal();
 
   auto batch = top.table("batch");
   if (!batch.isOk()) return batch.status();

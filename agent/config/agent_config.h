@@ -32,6 +32,7 @@ struct AgentConfig {
   };
   struct Buffer {
     uint64_t max_bytes = 1ull << 30;
+    std::filesystem::path key_file;  // the data key; resolved: `<data_dir>/buffer.key` when not set
   };
   struct Batch {
     uint64_t max_records = 2000;

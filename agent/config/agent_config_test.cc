@@ -27,7 +27,8 @@ brokers = ["tcp://127.0.0.1:1883"]   # tried in order on failure
 topic_prefix = "branchline/v1"
 
 [buffer]
-max_bytes = 1073741824       # past it: 503 with Retry-After
+max_bytes = 1073741824       # past it: 503 with Retry-After (counts plaintext bytes)
+key_file = ""                # default: <data_dir>/buffer.key ; relative to this file's folder.
 
 [batch]
 max_records = 2000
@@ -81,9 +82,20 @@ TEST(AgentConfigTest, ReadmeExampleParses) {
   EXPECT_EQ(c.batch.window_bytes, 1048576u);
   EXPECT_EQ(c.batch.ack_timeout, 10000ms);
   EXPECT_EQ(c.spool.dir, "/var/lib/branchline/agent/spool");
+  EXPECT_EQ(c.buffer.key_file, "/var/lib/branchline/agent/buffer.key");
   ASSERT_EQ(c.sources.size(), 1u);
   EXPECT_EQ(c.sources[0].name, "customer");
   EXPECT_EQ(c.sources[0].key_fields, std::vector<std::string>{"external_id"});
+}
+
+TEST(AgentConfigTest, BufferKeyFileResolvesAgainstTheConfigFolder) {
+  auto r =
+      parseAgentConfig(withMinimal("[buffer]\nkey_file = \"keys/agent.key\"\n"), "/etc/branchline");
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  EXPECT_EQ(r->buffer.key_file, "/etc/branchline/keys/agent.key");
+  auto abs = parseAgentConfig(withMinimal("[buffer]\nkey_file = \"/secure/k\"\n"), "/etc/x");
+  ASSERT_TRUE(abs.isOk()) << abs.status().toString();
+  EXPECT_EQ(abs->buffer.key_file, "/secure/k");
 }
 
 TEST(AgentConfigTest, DefaultsForEverythingButTheRequiredKeys) {

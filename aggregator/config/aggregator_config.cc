@@ -8,7 +8,7 @@
 #include <set>
 #include <sstream>
 
-#include "aggregator/store/sqlite_store.h"
+#include "aggregator/store/central_store.h"
 
 namespace branchline::aggregator {
 namespace {
@@ -170,8 +170,8 @@ Status validate(Reader& r, AggregatorConfig& c) {
                   "must be one topic level without `/`, `+` or `#` (got `" + c.share_group + "`)",
                   r.node("mqtt", "share_group"));
   }
-  auto url = parseSqliteUrl(c.store_url);
-  if (!url) return r.fail("store.url", url.status().message(), r.node("store", "url"));
+  Status url = checkCentralStoreUrl(c.store_url);
+  if (!url) return r.fail("store.url", url.message(), r.node("store", "url"));
   return Status::ok();
 }
 

@@ -159,13 +159,32 @@ TEST(AggregatorConfig, WrongTypesAndRangesAreErrorsNamingTheKey) {
   EXPECT_NE(errorOf(with("[http]\nlisten = \"9090\"\n")).find("`http.listen`"), std::string::npos);
   EXPECT_NE(errorOf(with("[http]\nlisten = \"127.0.0.1:70000\"\n")).find("`http.listen`"),
             std::string::npos);
-  std::string e = errorOf(
-      "[aggregator]\nname = \"a\"\ndata_dir = \"/d\"\n[store]\nurl = \"postgres://db/x\"\n");
+  std::string e =
+      errorOf("[aggregator]\nname = \"a\"\ndata_dir = \"/d\"\n[store]\nurl = \"mysql://db/x\"\n");
   EXPECT_NE(e.find("`store.url`"), std::string::npos) << e;
   EXPECT_NE(e.find("sqlite:///"), std::string::npos) << e;
+  EXPECT_NE(e.find("postgresql://"), std::string::npos) << e;
+  // A PostgreSQL URL libpq cannot parse is refused without echoing its password.
+  e = errorOf(
+      "[aggregator]\nname = \"a\"\ndata_dir = \"/d\"\n[store]\n"
+      "url = \"postgresql://u:hunter2@db/x?bogus=1\"\n");
+  EXPECT_NE(e.find("`store.url`"), std::string::npos) << e;
+  EXPECT_EQ(e.find("hunter2"), std::string::npos) << e;
   e = errorOf(
       "[aggregator]\nname = \"agg a\"\ndata_dir = \"/d\"\n[store]\nurl = \"sqlite:///a\"\n");
   EXPECT_NE(e.find("`aggregator.name`"), std::string::npos) << e;
+}
+
+TEST(AggregatorConfig, AcceptsPostgresStoreUrls) {
+  for (const char* url : {"postgresql://branchline@db.example:5432/central",
+                          "postgres://branchline:secret@db/central?sslmode=require"}) {
+    auto c = parseAggregatorConfig(
+        std::string("[aggregator]\nname = \"a\"\ndata_dir = \"/d\"\n[store]\nurl = \"") + url +
+            "\"\n",
+        "agg.toml");
+    ASSERT_TRUE(c.isOk()) << url << ": " << c.status().toString();
+    EXPECT_EQ(c->store_url, url);
+  }
 }
 
 TEST(AggregatorConfig, BrokenTomlIsAnErrorWithTheLine) {

@@ -9,7 +9,7 @@
 //
 // When commit() returns OK the transaction is durable (synchronous=FULL for
 // SQLite): only then may the caller acknowledge the batches to their agents.
-// Backends (SQLite now, PostgreSQL later) share these semantics and tests.
+// Backends (SQLite, PostgreSQL) share these semantics and tests.
 #pragma once
 
 #include <cstdint>
@@ -63,8 +63,13 @@ class CentralStore {
   virtual Status health() = 0;
 };
 
-// Opens the backend named by `url`. Supported: "sqlite:///abs/path.db".
-// kInvalidArgument names the URL and what is accepted when it is not supported.
+// OK when `url` names a supported backend in a form it accepts:
+// "sqlite:///abs/path.db" or "postgresql://user@host:port/db" (also
+// "postgres://"). Otherwise kInvalidArgument naming the URL (password
+// redacted) and what is accepted. Connects to nothing: for config validation.
+Status checkCentralStoreUrl(const std::string& url);
+
+// Opens the backend named by `url` (see checkCentralStoreUrl).
 Result<std::unique_ptr<CentralStore>> openCentralStore(const std::string& url);
 
 }  // namespace branchline::aggregator

@@ -488,14 +488,4 @@ Status SqliteCentralStore::health() {
   return Status::ok();
 }
 
-Result<std::unique_ptr<CentralStore>> openCentralStore(const std::string& url) {
-  auto path = parseSqliteUrl(url);
-  if (!path) return path.status();
-  SqliteStoreOptions options;
-  options.path = *path;
-  auto store = SqliteCentralStore::open(std::move(options));
-  if (!store) return store.status();
-  return std::unique_ptr<CentralStore>(std::move(store.value()));
-}
-
 }  // namespace branchline::aggregator

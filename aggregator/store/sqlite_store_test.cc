@@ -109,8 +109,9 @@ TEST(SqliteUrl, ParsesAbsoluteSqlitePathsOnly) {
     EXPECT_EQ(r.status().code(), Code::kInvalidArgument);
     EXPECT_NE(r.status().message().find("sqlite:///"), std::string::npos) << r.status().message();
   }
-  auto store = openCentralStore("postgresql://localhost/central");
+  auto store = openCentralStore("mysql://localhost/central");
   ASSERT_FALSE(store.isOk());
+  EXPECT_EQ(store.status().code(), Code::kInvalidArgument);
   EXPECT_NE(store.status().message().find("unsupported scheme"), std::string::npos);
 }
 
