@@ -161,33 +161,6 @@ class BinaryArray {
   uint32_t count_ = 0;
 };
 
-// Same trick as the SQLite store: timestamps in a batch mostly share their
-// second, so only the fraction digits are rewritten.
-class TimestampText {
- public:
-  std::string_view format(int64_t us) {
-    int64_t rem = us % 1000000;
-    int64_t secs = us / 1000000 - (rem < 0 ? 1 : 0);
-    if (rem < 0) rem += 1000000;
-    if (!valid_ || secs != secs_) {
-      text_ = formatRfc3339Micros(us);
-      secs_ = secs;
-      valid_ = text_.size() == 27 && text_[19] == '.';
-      return text_;
-    }
-    for (int i = 25; i >= 20; --i) {
-      text_[static_cast<size_t>(i)] = static_cast<char>('0' + rem % 10);
-      rem /= 10;
-    }
-    return text_;
-  }
-
- private:
-  std::string text_;
-  int64_t secs_ = 0;
-  bool valid_ = false;
-};
-
 bool startsWith(std::string_view s, std::string_view prefix) {
   return s.substr(0, prefix.size()) == prefix;
 }
@@ -282,7 +255,7 @@ struct PostgresCentralStore::Impl {
   bool ever_connected = false;
   std::string last_sqlstate;  // of the last failure() seen
   std::minstd_rand jitter{std::random_device{}()};
-  TimestampText ingested_text;
+  Rfc3339Formatter ingested_text;
   // Reused across commits: the binary array parameters.
   BinaryArray a_agent, a_seq, a_created, a_nrec, a_nrej;
   BinaryArray r_source, r_key, r_agent, r_seq, r_payload, r_ingested;

@@ -130,35 +130,6 @@ class Statement {
   sqlite3_stmt* stmt_ = nullptr;
 };
 
-// Formats Unix microseconds as RFC 3339 text without allocating for each call:
-// timestamps in a batch mostly share their second, so only the fraction
-// digits are rewritten while the second is unchanged.
-class TimestampText {
- public:
-  std::string_view format(int64_t us) {
-    int64_t rem = us % 1000000;
-    int64_t secs = us / 1000000 - (rem < 0 ? 1 : 0);
-    if (rem < 0) rem += 1000000;
-    if (!valid_ || secs != secs_) {
-      text_ = formatRfc3339Micros(us);
-      secs_ = secs;
-      // Patching assumes the fixed-width form "YYYY-MM-DDTHH:MM:SS.ffffffZ".
-      valid_ = text_.size() == 27 && text_[19] == '.';
-      return text_;
-    }
-    for (int i = 25; i >= 20; --i) {
-      text_[static_cast<size_t>(i)] = static_cast<char>('0' + rem % 10);
-      rem /= 10;
-    }
-    return text_;
-  }
-
- private:
-  std::string text_;
-  int64_t secs_ = 0;
-  bool valid_ = false;
-};
-
 int64_t toSqlInt(uint64_t v) { return static_cast<int64_t>(v); }
 
 }  // namespace
@@ -203,7 +174,7 @@ struct SqliteCentralStore::Impl {
   std::mutex mutex;  // one connection: serialize every use of it
   Statement begin, commit_txn, rollback, ledger_insert, ledger_update, record_insert, reject_insert,
       audit_insert, health_probe;
-  TimestampText ingested_text;
+  Rfc3339Formatter ingested_text;
   int64_t last_checkpoint_us = 0;
   std::minstd_rand jitter{std::random_device{}()};
 

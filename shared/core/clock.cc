@@ -75,6 +75,24 @@ std::string formatRfc3339Micros(int64_t unix_micros) {
   return buf;
 }
 
+std::string_view Rfc3339Formatter::format(int64_t us) {
+  int64_t rem = us % 1000000;
+  int64_t secs = us / 1000000 - (rem < 0 ? 1 : 0);
+  if (rem < 0) rem += 1000000;
+  if (!valid_ || secs != secs_) {
+    text_ = formatRfc3339Micros(us);
+    secs_ = secs;
+    // Patching assumes the fixed-width form "YYYY-MM-DDTHH:MM:SS.ffffffZ".
+    valid_ = text_.size() == 27 && text_[19] == '.';
+    return text_;
+  }
+  for (int i = 25; i >= 20; --i) {
+    text_[static_cast<size_t>(i)] = static_cast<char>('0' + rem % 10);
+    rem /= 10;
+  }
+  return text_;
+}
+
 std::optional<int64_t> parseRfc3339Micros(std::string_view s) {
   size_t pos = 0;
   int year, month, day, hour, minute, second;

@@ -32,6 +32,15 @@ TEST(ClockTest, FormatsAndParsesRfc3339) {
   EXPECT_FALSE(parseRfc3339Micros("yesterday").has_value());
 }
 
+TEST(ClockTest, FormatterMatchesFormatRfc3339AcrossSeconds) {
+  Rfc3339Formatter formatter;
+  for (int64_t us :
+       {int64_t{1764000000000000}, int64_t{1764000000000001}, int64_t{1764000000999999},
+        int64_t{1764000001000000}, int64_t{-1}, int64_t{1764000001123456}}) {
+    EXPECT_EQ(formatter.format(us), formatRfc3339Micros(us)) << us;
+  }
+}
+
 TEST(MetricsTest, RendersPrometheusText) {
   MetricsRegistry reg;
   reg.counter("bl_records_accepted_total", "Records accepted").inc(3);
