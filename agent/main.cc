@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "agent/buffer/durable_buffer.h"
@@ -16,6 +17,7 @@
 #include "agent/forward/forwarder.h"
 #include "agent/ingest/ingest_service.h"
 #include "agent/spool/spool_ingester.h"
+#include "protocol/seal.h"
 #include "shared/core/log.h"
 #include "shared/core/metrics.h"
 #include "shared/http/http_server.h"
@@ -43,6 +45,22 @@ int run(const std::string& config_path, const sigset_t& stop_signals) {
   auto engine = rules::RuleEngine::create(cfg->sources);
   if (!engine.isOk()) return fail(kExitBadConfig, engine.status().message());
 
+  // Sealing keys are read before any input is accepted: a missing, unreadable or
+  // group/other-readable key file stops the agent here (README "Sealed batches").
+  std::optional<protocol::SealerKeys> seal;
+  if (!cfg->security.seal_key_file.empty()) {
+    auto own = protocol::readSealPrivateKey(cfg->security.seal_key_file);
+    if (!own.isOk()) {
+      return fail(kExitBadConfig, "security.seal_key_file: " + own.status().message());
+    }
+    auto aggregators = protocol::readSealPublicKey(cfg->security.aggregator_key_file);
+    if (!aggregators.isOk()) {
+      return fail(kExitBadConfig,
+                  "security.aggregator_key_file: " + aggregators.status().message());
+    }
+    seal = protocol::SealerKeys{*own, *aggregators};
+  }
+
   std::error_code ec;
   std::filesystem::create_directories(cfg->data_dir, ec);
   if (ec) {
@@ -65,6 +83,8 @@ int run(const std::string& config_path, const sigset_t& stop_signals) {
   agent::IngestOptions ingest_options;
   ingest_options.max_depth = static_cast<size_t>(cfg->http.max_depth);
   ingest_options.max_records_per_request = cfg->http.max_records_per_request;
+  ingest_options.max_record_bytes = cfg->http.max_record_bytes;
+  ingest_options.max_field_bytes = cfg->http.max_field_bytes;
   // Declared before the stages that call into it, so it is destroyed after them.
   agent::IngestService ingest(*engine, *buffer, metrics, ingest_options);
 
@@ -72,6 +92,15 @@ int run(const std::string& config_path, const sigset_t& stop_signals) {
   http_options.listen_address = cfg->http.host;
   http_options.port = cfg->http.port;
   http_options.max_body_bytes = cfg->http.max_body_bytes;
+  http_options.max_header_bytes = cfg->http.max_header_bytes;
+  http_options.header_timeout = cfg->http.header_timeout;
+  http_options.body_timeout = cfg->http.body_timeout;
+  http_options.min_body_bytes_per_second = cfg->http.min_body_bytes_per_second;
+  http_options.idle_timeout = cfg->http.idle_timeout;
+  http_options.max_connections = cfg->http.max_connections;
+  http_options.max_connections_per_client = cfg->http.max_connections_per_client;
+  http_options.refused = &ingest.httpRefused();
+  http_options.connections = &ingest.httpConnections();
   auto server =
       http::Server::start(http_options, [&ingest](http::Request&& request, http::Respond respond) {
         ingest.handle(std::move(request), std::move(respond));
@@ -88,6 +117,9 @@ int run(const std::string& config_path, const sigset_t& stop_signals) {
     spool_options.sources = (*engine)->sourceNames();
     spool_options.poll = cfg->spool.poll;
     spool_options.max_depth = static_cast<size_t>(cfg->http.max_depth);
+    spool_options.max_file_bytes = cfg->spool.max_file_bytes;
+    spool_options.max_line_bytes = cfg->spool.max_line_bytes;
+    spool_options.max_records_per_file = cfg->spool.max_records_per_file;
     auto created = agent::SpoolIngester::create(spool_options, *engine, *buffer, metrics);
     if (!created.isOk()) {
       return fail(kExitStartupFailed,
@@ -99,6 +131,9 @@ int run(const std::string& config_path, const sigset_t& stop_signals) {
 
   agent::ForwarderOptions forward;
   forward.mqtt.broker_uris = cfg->mqtt.brokers;
+  forward.mqtt.ca_file = cfg->mqtt.ca_file.string();
+  forward.mqtt.cert_file = cfg->mqtt.cert_file.string();
+  forward.mqtt.key_file = cfg->mqtt.key_file.string();
   forward.mqtt.client_id = "branchline-agent-" + cfg->id;
   // A persistent session: acks sent while the link was briefly down still arrive.
   forward.mqtt.clean_session = false;
@@ -111,6 +146,7 @@ int run(const std::string& config_path, const sigset_t& stop_signals) {
   forward.linger = cfg->batch.linger;
   forward.ack_timeout = cfg->batch.ack_timeout;
   forward.zstd_level = cfg->batch.zstd_level;
+  forward.seal = std::move(seal);
   auto forwarder = agent::Forwarder::start(*buffer, std::move(forward), metrics);
   if (!forwarder.isOk()) return fail(kExitStartupFailed, forwarder.status().message());
 
@@ -119,7 +155,8 @@ int run(const std::string& config_path, const sigset_t& stop_signals) {
                               {"http_port", static_cast<uint64_t>((*server)->port())},
                               {"data_dir", cfg->data_dir.string()},
                               {"spool", cfg->spool.enabled},
-                              {"brokers", static_cast<uint64_t>(cfg->mqtt.brokers.size())}});
+                              {"brokers", static_cast<uint64_t>(cfg->mqtt.brokers.size())},
+                              {"sealed", !cfg->security.seal_key_file.empty()}});
 
   int signal_number = 0;
   sigwait(&stop_signals, &signal_number);

@@ -10,14 +10,20 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <regex>
 #include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
+#include "protocol/batch_codec.h"
+#include "protocol/seal.h"
+#include "shared/mqtt/mqtt_client.h"
 #include "shared/mqtt/testing/mosquitto_process.h"
 
 namespace {
@@ -252,6 +258,140 @@ TEST_F(AgentMainTest, AcceptedRecordIsNotInTheBufferFilesInClear) {
   const fs::perms perms = fs::status(data / "buffer.key").permissions();
   EXPECT_EQ(perms & (fs::perms::group_all | fs::perms::others_all), fs::perms::none);
   EXPECT_EQ(fs::file_size(data / "buffer.key"), 32u);
+}
+
+// README "Sealed batches": the key files are checked before the agent accepts
+// anything; a private key readable by group/other, or a missing file, is a
+// config error naming the key and the file.
+TEST_F(AgentMainTest, SealKeyFilesAreCheckedAtStartup) {
+  namespace protocol = branchline::protocol;
+  const auto agent_key = *protocol::generateSealKeyPair();
+  const auto aggregator_key = *protocol::generateSealKeyPair();
+  const fs::path key = dir_ / "pki" / "agents" / "main-test.seal.key";
+  const fs::path pub = dir_ / "pki" / "aggregators" / "seal.pub";
+  ASSERT_TRUE(protocol::writeSealPrivateKey(key, agent_key).isOk());
+  const std::string security =
+      "[security]\nseal_key_file = \"pki/agents/main-test.seal.key\"\n"
+      "aggregator_key_file = \"pki/aggregators/seal.pub\"\n";
+  const auto cfg = writeConfig(baseConfig("127.0.0.1:0", "tcp://127.0.0.1:1") + security);
+
+  EXPECT_EQ(runToExit(cfg), 2);  // seal.pub does not exist yet
+  EXPECT_NE(stderrText().find("security.aggregator_key_file"), std::string::npos) << stderrText();
+  EXPECT_NE(stderrText().find(pub.string()), std::string::npos) << stderrText();
+
+  ASSERT_TRUE(protocol::writeSealPublicKey(pub, aggregator_key.public_key).isOk());
+  fs::permissions(key, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
+                           fs::perms::others_read);
+  EXPECT_EQ(runToExit(cfg), 2);
+  EXPECT_NE(stderrText().find("security.seal_key_file"), std::string::npos) << stderrText();
+  EXPECT_NE(stderrText().find("chmod 600 " + key.string()), std::string::npos) << stderrText();
+  EXPECT_FALSE(fs::exists(dir_ / "data" / "buffer.db")) << "started before checking its keys";
+}
+
+// With [security] set every batch leaves sealed: a subscriber on the broker sees
+// no record content, and only the aggregators' key (with the agent's enrolled
+// public key) opens it.
+TEST_F(AgentMainTest, SealedAgentPublishesOnlySealedBatches) {
+  namespace protocol = branchline::protocol;
+  namespace mqtt = branchline::mqtt;
+  branchline::mqtt::testing::MosquittoProcess broker;
+  ASSERT_TRUE(broker.start()) << broker.error();
+  const auto agent_key = *protocol::generateSealKeyPair();
+  const auto aggregator_key = *protocol::generateSealKeyPair();
+  ASSERT_TRUE(protocol::writeSealPrivateKey(dir_ / "agent.seal.key", agent_key).isOk());
+  ASSERT_TRUE(protocol::writeSealPublicKey(dir_ / "seal.pub", aggregator_key.public_key).isOk());
+
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<std::string> payloads;
+  bool up = false;
+  mqtt::ClientOptions o;
+  o.broker_uris = {broker.uri()};
+  o.client_id = "sealed-main-test-listener";
+  mqtt::Client listener(
+      o,
+      [&](mqtt::Message&& m) {
+        std::lock_guard lock(mu);
+        payloads.push_back(std::move(m.payload));
+        cv.notify_all();
+      },
+      [&](bool connected) {
+        std::lock_guard lock(mu);
+        up = connected;
+        cv.notify_all();
+      });
+  ASSERT_TRUE(listener.subscribe("branchline/v1/agents/main-test/batch", 1).isOk());
+  ASSERT_TRUE(listener.start().isOk());
+  {
+    std::unique_lock lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, 10s, [&] { return up; }));
+  }
+
+  spawn(writeConfig(baseConfig("127.0.0.1:0", broker.uri()) +
+                    "[batch]\nlinger_ms = 10\n[security]\nseal_key_file = \"agent.seal.key\"\n"
+                    "aggregator_key_file = \"seal.pub\"\n"));
+  const std::regex started(R"re("event":"agent_started".*"http_port":(\d+).*"sealed":true)re");
+  std::smatch m;
+  std::string text;
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    text = stderrText();
+    if (std::regex_search(text, m, started)) break;
+    ASSERT_EQ(::waitpid(pid_, nullptr, WNOHANG), 0) << "agent exited:\n" << text;
+    std::this_thread::sleep_for(50ms);
+  }
+  ASSERT_EQ(m.size(), 2u) << "no sealed agent_started line:\n" << text;
+  const int port = std::stoi(m[1].str());
+
+  const std::string email = "sealed.marker@pii-marker.example";
+  const std::string body = R"({"external_id":"sealed-1","name":"Ottilie Sealwright","email":")" +
+                           email + R"(","channel":"web","created_at":"2026-11-25T10:00:00Z"})";
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  const std::string req =
+      "POST /v1/records/customer HTTP/1.1\r\nHost: x\r\n"
+      "Content-Type: application/json\r\nConnection: close\r\n"
+      "Content-Length: " +
+      std::to_string(body.size()) + "\r\n\r\n" + body;
+  ASSERT_EQ(::write(fd, req.data(), req.size()), static_cast<ssize_t>(req.size()));
+  std::string answer;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;)
+    answer.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  ASSERT_NE(answer.find(R"("accepted":1)"), std::string::npos) << answer;
+
+  std::string payload;
+  {
+    std::unique_lock lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, 20s, [&] { return !payloads.empty(); })) << stderrText();
+    payload = payloads.front();
+  }
+  listener.stop();
+  EXPECT_EQ(payload.find(email), std::string::npos) << "record content in clear on the broker";
+  auto header = protocol::peekHeader(payload);
+  ASSERT_TRUE(header.isOk()) << header.status().toString();
+  EXPECT_TRUE(header->sealed);
+  EXPECT_EQ(header->key_id, protocol::sealKeyId(aggregator_key.public_key));
+  protocol::AggregatorKeyRing ring;
+  ring.by_key_id[header->key_id] = {aggregator_key, INT64_MAX};
+  protocol::OpenOptions open;
+  open.ring = &ring;
+  open.agent_public_key = [&](const std::string& id) -> branchline::Result<protocol::X25519Key> {
+    if (id != "main-test") return branchline::Status::notFound(id);
+    return agent_key.public_key;
+  };
+  auto batch = protocol::openBatch(payload, {}, open);
+  ASSERT_TRUE(batch.isOk()) << batch.status().toString();
+  ASSERT_EQ(batch->records.size(), 1u);
+  EXPECT_NE(batch->records[0].payload.find(email), std::string::npos);
+
+  ::kill(pid_, SIGTERM);
+  EXPECT_EQ(waitExit(15s), 0) << stderrText();
 }
 
 }  // namespace

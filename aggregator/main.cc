@@ -8,11 +8,16 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "aggregator/config/aggregator_config.h"
 #include "aggregator/consume/batch_consumer.h"
+#include "aggregator/consume/seal_keys.h"
 #include "aggregator/store/central_store.h"
+#include "aggregator/store/postgres_store.h"
+#include "shared/core/clock.h"
 #include "shared/core/log.h"
 #include "shared/core/metrics.h"
 #include "shared/http/http_server.h"
@@ -62,6 +67,37 @@ int run(const std::string& config_path) {
   }
   const aggregator::AggregatorConfig& cfg = *config;
 
+  // Sealing keys (README "Sealed batches"): a missing, unreadable or
+  // group/other-readable key file is a config error, before anything starts.
+  protocol::AggregatorKeyRing ring;
+  std::unique_ptr<aggregator::EnrolledAgentKeys> agent_keys;
+  if (!cfg.seal_keys.empty()) {
+    std::vector<std::filesystem::path> current(cfg.seal_keys.begin(), cfg.seal_keys.end());
+    std::vector<aggregator::RetiredSealKeyFile> retired;
+    for (const auto& r : cfg.retired_seal_keys) retired.push_back({r.file, r.until_us});
+    auto loaded = aggregator::loadAggregatorKeyRing(current, retired);
+    if (!loaded) {
+      const std::string message =
+          config_path + ": [security] seal_keys / retired_seal_keys: " + loaded.status().message();
+      log::error("config_invalid", {{"error", message}});
+      std::fprintf(stderr, "branchline-aggregator: %s\n", message.c_str());
+      return kExitConfig;
+    }
+    ring = std::move(loaded).value();
+    for (const auto& [key_id, entry] : ring.by_key_id) {
+      const bool retired_key = entry.honoured_until_us != INT64_MAX;
+      if (retired_key && entry.honoured_until_us <= nowMicros()) {
+        log::warn("seal_key_expired",
+                  {{"key_id", key_id}, {"until", formatRfc3339Micros(entry.honoured_until_us)}});
+      }
+      log::info("seal_key_loaded",
+                {{"key_id", key_id},
+                 {"until", retired_key ? formatRfc3339Micros(entry.honoured_until_us) : "-"}});
+    }
+    agent_keys = std::make_unique<aggregator::EnrolledAgentKeys>(
+        aggregator::EnrolledAgentKeys::Options{.agents_dir = cfg.agents_dir});
+  }
+
   std::error_code ec;
   std::filesystem::create_directories(cfg.data_dir, ec);
   if (ec) {
@@ -88,10 +124,20 @@ int run(const std::string& config_path) {
   aggregator::ConsumerOptions co;
   co.aggregator_name = cfg.name;
   co.broker_uris = cfg.brokers;
+  co.ca_file = cfg.ca_file;
+  co.cert_file = cfg.cert_file;
+  co.key_file = cfg.key_file;
   co.topic_prefix = cfg.topic_prefix;
   co.share_group = cfg.share_group;
   co.limits = cfg.decodeLimits();
   co.max_batches_per_commit = cfg.commit_max_batches;
+  co.open.require_sealed = cfg.require_sealed;
+  if (agent_keys) {
+    co.open.ring = &ring;
+    co.open.agent_public_key = [keys = agent_keys.get()](const std::string& id) {
+      return keys->lookup(id);
+    };
+  }
   aggregator::BatchConsumer consumer(co, **store, metrics);
   if (Status s = consumer.start(); !s) {
     log::error("startup_failed", {{"error", s.toString()}});
@@ -111,7 +157,8 @@ int run(const std::string& config_path) {
   }
   log::info("aggregator_started", {{"name", cfg.name},
                                    {"http_port", static_cast<uint64_t>((*server)->port())},
-                                   {"store", cfg.store_url}});
+                                   {"store", aggregator::redactPostgresUrl(cfg.store_url)},
+                                   {"require_sealed", cfg.require_sealed}});
 
   int sig = 0;
   sigwait(&stop_signals, &sig);

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "protocol/batch_codec.h"
+#include "protocol/seal.h"
 #include "shared/http/http_test_client.h"
 #include "shared/mqtt/mqtt_client.h"
 #include "shared/mqtt/testing/mosquitto_process.h"
@@ -245,6 +246,94 @@ TEST_F(AggregatorMainTest, ServesHealthAndMetricsStoresABatchAndStopsCleanly) {
   EXPECT_EQ(sqlite3_column_int(st, 0), 25);
   sqlite3_finalize(st);
   sqlite3_close_v2(db);
+}
+
+// README "Sealed batches": the aggregator refuses to start with a key file that
+// group/other can read (exit 2, naming the file), and once running it stores a
+// sealed batch from an enrolled agent and refuses a plain one.
+TEST_F(AggregatorMainTest, SealedConfigChecksKeyFilesAndOpensSealedBatches) {
+  namespace protocol = branchline::protocol;
+  MosquittoProcess broker;
+  ASSERT_TRUE(broker.start()) << broker.error();
+  const auto aggregator_key = *protocol::generateSealKeyPair();
+  const auto agent_key = *protocol::generateSealKeyPair();
+  const fs::path key = dir_ / "pki" / "aggregators" / "seal-current.key";
+  ASSERT_TRUE(protocol::writeSealPrivateKey(key, aggregator_key).isOk());
+  ASSERT_TRUE(protocol::writeSealPublicKey(dir_ / "pki" / "agents" / "office-7.seal.pub",
+                                           agent_key.public_key)
+                  .isOk());
+  const uint16_t http_port = MosquittoProcess::freePort();
+  const fs::path cfg =
+      writeConfig(config(broker.uri(), http_port) +
+                  "[security]\nseal_keys = [\"pki/aggregators/seal-current.key\"]\n"
+                  "agents_dir = \"pki/agents\"\n");
+  fs::permissions(key, fs::perms::owner_read | fs::perms::owner_write | fs::perms::others_read);
+  {
+    Process p({"--config", cfg.string()}, dir_ / "open-key.log");
+    EXPECT_EQ(p.wait(10s), 2);
+    EXPECT_NE(p.stderrText().find("chmod 600 " + key.string()), std::string::npos)
+        << p.stderrText();
+  }
+  fs::permissions(key, fs::perms::owner_read | fs::perms::owner_write);
+  Process agg({"--config", cfg.string()}, dir_ / "agg.log");
+  ASSERT_TRUE(waitHealth(http_port, 200).has_value()) << agg.stderrText();
+
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::vector<protocol::WireAck> acks;
+  bool up = false;
+  branchline::mqtt::ClientOptions o;
+  o.broker_uris = {broker.uri()};
+  o.client_id = "sealed-main-test-agent";
+  branchline::mqtt::Client agent(
+      o,
+      [&](branchline::mqtt::Message&& m) {
+        auto ack = protocol::decodeAck(m.payload);
+        std::lock_guard lock(mutex);
+        if (ack) acks.push_back(*ack);
+        cv.notify_all();
+      },
+      [&](bool connected) {
+        std::lock_guard lock(mutex);
+        up = connected;
+        cv.notify_all();
+      });
+  ASSERT_TRUE(agent.subscribe("branchline/v1/agents/office-7/ack", 1).isOk());
+  ASSERT_TRUE(agent.start().isOk());
+  {
+    std::unique_lock lock(mutex);
+    ASSERT_TRUE(cv.wait_for(lock, 10s, [&] { return up; }));
+  }
+  protocol::WireBatch batch;
+  batch.agent_id = "office-7";
+  batch.seq = 1;
+  for (int i = 0; i < 25; ++i)
+    batch.records.push_back({"customer", "k" + std::to_string(i), 1, "{}"});
+  const std::string topic = "branchline/v1/agents/office-7/batch";
+  ASSERT_TRUE(agent.publish(topic, protocol::encodeBatch(batch), 1).isOk());
+  {
+    std::unique_lock lock(mutex);
+    ASSERT_TRUE(cv.wait_for(lock, 15s, [&] { return acks.size() == 1; })) << agg.stderrText();
+    EXPECT_EQ(acks[0].status, protocol::AckStatus::kRefused);
+    EXPECT_NE(acks[0].message.find("not sealed"), std::string::npos) << acks[0].message;
+  }
+  auto sealed = protocol::sealBatch(batch, {agent_key, aggregator_key.public_key});
+  ASSERT_TRUE(sealed.isOk());
+  ASSERT_TRUE(agent.publish(topic, *sealed, 1).isOk());
+  {
+    std::unique_lock lock(mutex);
+    ASSERT_TRUE(cv.wait_for(lock, 15s, [&] { return acks.size() == 2; })) << agg.stderrText();
+    EXPECT_EQ(acks[1].status, protocol::AckStatus::kStored);
+    EXPECT_EQ(acks[1].stored_records, 25u);
+  }
+  agent.stop();
+  auto metrics = get(http_port, "/metrics");
+  ASSERT_TRUE(metrics.has_value());
+  EXPECT_NE(metrics->body.find("bl_aggregator_batches_refused_total{reason=\"not_sealed\"} 1\n"),
+            std::string::npos)
+      << metrics->body;
+  agg.signal(SIGTERM);
+  EXPECT_EQ(agg.wait(15s), 0) << agg.stderrText();
 }
 
 }  // namespace

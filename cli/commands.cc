@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <optional>
 #include <sstream>
@@ -210,9 +211,13 @@ int runDemo(const DemoOptions& options) {
   popts.aggregators = options.aggregators;
   popts.base_port = options.base_port;
   popts.bin_dir = options.bin_dir;
+  popts.secure = options.secure;
   LocalPipeline pipeline(popts);
   std::cout << "branchline demo: starting Mosquitto, " << options.aggregators << " aggregators, "
-            << options.agents << " agents in " << popts.dir << std::endl;
+            << options.agents << " agents in " << popts.dir
+            << (options.secure ? " (mutual TLS, per-agent ACLs; PKI in " + popts.dir + "/pki)"
+                               : " (INSECURE: plain TCP, anonymous broker)")
+            << std::endl;
   if (Status s = pipeline.start(); !s.isOk()) {
     std::cerr << "branchline demo: " << s.toString() << "\n";
     return 1;
@@ -301,6 +306,12 @@ int runDemo(const DemoOptions& options) {
   for (const auto& d : died) std::printf("  process died       %s\n", d.c_str());
   if (!store_status.isOk())
     std::printf("  store error        %s\n", store_status.toString().c_str());
+  std::string security = "off (--insecure)";
+  if (options.secure) {
+    security = pipeline.sealsBatches() ? "mutual TLS + per-agent ACLs + sealed batches"
+                                       : "mutual TLS + per-agent ACLs";
+  }
+  std::printf("  security           %s\n", security.c_str());
   std::printf("  central store      %s\n\n", pipeline.storePath().c_str());
 
   std::string json = "{\"records_sent\":" + std::to_string(ls.records_sent) +
@@ -333,6 +344,77 @@ int runDemo(const DemoOptions& options) {
 
   const bool ok = store_status.isOk() && missing == 0 && died.empty() && !cancel.load();
   return ok ? 0 : 1;
+}
+
+int runChaosCommand(ChaosOptions options) {
+  const sigset_t stop_set = blockStopSignals();
+  std::atomic<bool> cancel{false};
+  std::atomic<bool> finished{false};
+  std::jthread watcher([&] {
+    while (!finished.load()) {
+      if (waitForStopSignal(stop_set, std::chrono::milliseconds(200)) != 0) cancel = true;
+    }
+  });
+  if (options.pipeline.dir.empty()) options.pipeline.dir = makeDemoDir();
+  options.cancel = &cancel;
+  std::cerr << "branchline chaos: " << options.seconds << " s of faults under " << options.rate
+            << " records/s in " << options.pipeline.dir << std::endl;
+  auto verdict = runChaos(options);
+  finished = true;
+  if (!verdict.isOk()) {
+    std::cerr << "branchline chaos: " << verdict.status().toString() << "\n";
+    return 2;
+  }
+  std::cout << verdict->toJson() << std::endl;
+  return verdict->passed() && !cancel.load() ? 0 : 1;
+}
+
+namespace {
+
+void printPkiReport(const char* what, const PkiReport& report) {
+  std::cout << "branchline pki " << what << ": wrote " << report.files.size() << " files\n";
+  for (const auto& f : report.files) std::cout << "  " << f << "\n";
+}
+
+}  // namespace
+
+int runPkiInit(const PkiInitOptions& options) {
+  auto report = initPki(options);
+  if (!report.isOk()) {
+    std::cerr << "branchline pki init: " << report.status().toString() << "\n";
+    return 1;
+  }
+  printPkiReport("init", *report);
+  const PkiLayout layout{std::filesystem::absolute(options.dir)};
+  std::cout << "aggregators' sealing key id: " << report->seal_key_id << "\n"
+            << "Keep " << layout.caKey().string()
+            << " on this machine only (it signs every identity).\n"
+            << "Broker: include " << layout.brokerConf().string() << " from mosquitto.conf.\n"
+            << "Agents: `branchline pki enroll --dir " << options.dir << " <agent-id>`.\n";
+  return 0;
+}
+
+int runPkiEnroll(const std::string& dir, const std::string& name, bool aggregator, int days,
+                 const std::string& topic_prefix) {
+  auto report =
+      aggregator ? enrollAggregator(dir, name, days, topic_prefix) : enrollAgent(dir, name, days);
+  if (!report.isOk()) {
+    std::cerr << "branchline pki enroll: " << report.status().toString() << "\n";
+    return 1;
+  }
+  printPkiReport("enroll", *report);
+  const PkiLayout layout{std::filesystem::absolute(dir)};
+  if (aggregator) {
+    std::cout << "Broker: " << layout.brokerAcl().string() << " now names aggregator." << name
+              << "; reload Mosquitto (SIGHUP).\n";
+  } else {
+    std::cout << "Copy to the agent's host: " << layout.caCert().string() << ", "
+              << (layout.agentsDir() / (name + ".{crt,key,seal.key}")).string() << " and "
+              << layout.currentSealPublicKey().string() << ".\n"
+              << "The aggregators read " << layout.agentSealPublic(name).string()
+              << " (security.agents_dir).\n";
+  }
+  return 0;
 }
 
 }  // namespace branchline::cli

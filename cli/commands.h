@@ -4,8 +4,10 @@
 
 #include <string>
 
+#include "cli/chaos/chaos.h"
 #include "cli/loadgen/load_client.h"
 #include "cli/pipeline/local_pipeline.h"
+#include "cli/pki/fleet_pki.h"
 
 namespace branchline::cli {
 
@@ -22,10 +24,23 @@ struct DemoOptions {
   int aggregators = 2;
   uint16_t base_port = 0;
   std::string bin_dir;
+  bool secure = true;  // PipelineOptions::secure
 };
 
 // Pipeline + load for `seconds` + drain + summary from the central store.
 // Exit code 1 if the pipeline failed or an accepted record is missing centrally.
 int runDemo(const DemoOptions& options);
+
+// Chaos run (see cli/chaos/chaos.h): prints the verdict as one JSON line.
+// Exit code 0 only when nothing was lost or doubled and the run was valid.
+int runChaosCommand(ChaosOptions options);
+
+// `branchline pki init`: prints the files written (never their contents).
+// Exit code 1 if refused (an existing CA, a bad name) or failed.
+int runPkiInit(const PkiInitOptions& options);
+
+// `branchline pki enroll`: an agent (`aggregator` false) or an aggregator.
+int runPkiEnroll(const std::string& dir, const std::string& name, bool aggregator, int days,
+                 const std::string& topic_prefix);
 
 }  // namespace branchline::cli

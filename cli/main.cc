@@ -1,6 +1,6 @@
 // `branchline`: the operator's and developer's command. `up` runs a local
 // pipeline, `loadgen` drives agents with synthetic records, `demo` does both
-// and reports what reached the central store.
+// and reports what reached the central store, `pki` makes the fleet's keys.
 #include <CLI/CLI.hpp>
 
 #include "cli/commands.h"
@@ -27,6 +27,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 65000));
   up_cmd->add_option("--bin-dir", up.bin_dir,
                      "Where branchline-agent/-aggregator are (default: next to this binary)");
+  bool up_insecure = false;
+  up_cmd->add_flag("--insecure", up_insecure,
+                   "No TLS, no ACL, anonymous broker (for comparison; default: PKI in DIR/pki)");
 
   loadgen::LoadOptions load;
   auto* load_cmd = app.add_subcommand("loadgen", "Send synthetic customer records to agents");
@@ -56,17 +59,92 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 10));
   demo_cmd->add_option("--base-port", demo_base_port, "As for `up`")->check(CLI::Range(1, 65000));
   demo_cmd->add_option("--bin-dir", demo.bin_dir, "As for `up`");
+  bool demo_insecure = false;
+  demo_cmd->add_flag("--insecure", demo_insecure, "As for `up`");
+
+  auto* pki_cmd = app.add_subcommand("pki", "The fleet's certificates and keys");
+  pki_cmd->require_subcommand(1);
+  cli::PkiInitOptions pki_init;
+  std::string pki_aggregators = "agg-1,agg-2";
+  auto* pki_init_cmd = pki_cmd->add_subcommand(
+      "init",
+      "Create the CA, the broker certificate, the aggregators' certificates and sealing key");
+  pki_init_cmd->add_option("--dir", pki_init.dir, "PKI folder (created; must hold no CA)")
+      ->required();
+  pki_init_cmd->add_option("--aggregators", pki_aggregators,
+                           "Aggregator names, comma-separated (default: agg-1,agg-2)");
+  pki_init_cmd->add_option("--broker-host", pki_init.broker_hosts,
+                           "Extra broker host name or IP for its certificate (repeatable)");
+  pki_init_cmd
+      ->add_option("--days", pki_init.days, "Validity of the broker/aggregator certificates")
+      ->check(CLI::Range(1, 36500));
+  pki_init_cmd->add_option("--ca-days", pki_init.ca_days, "Validity of the CA")
+      ->check(CLI::Range(1, 36500));
+  pki_init_cmd->add_option("--topic-prefix", pki_init.topic_prefix, "For the broker ACL");
+  std::string pki_dir, pki_name, pki_prefix = "branchline/v1";
+  int pki_days = 825;
+  bool pki_aggregator = false;
+  auto* pki_enroll_cmd = pki_cmd->add_subcommand(
+      "enroll",
+      "Issue an agent's certificate and sealing key pair (or an aggregator's certificate)");
+  pki_enroll_cmd->add_option("--dir", pki_dir, "PKI folder made by `pki init`")->required();
+  pki_enroll_cmd->add_option("name", pki_name, "The agent id (or, with --aggregator, its name)")
+      ->required();
+  pki_enroll_cmd->add_flag("--aggregator", pki_aggregator,
+                           "Enroll an aggregator instead (and rewrite broker/acl)");
+  pki_enroll_cmd->add_option("--days", pki_days, "Certificate validity")
+      ->check(CLI::Range(1, 36500));
+  pki_enroll_cmd->add_option("--topic-prefix", pki_prefix, "For the broker ACL (--aggregator)");
+
+  cli::ChaosOptions chaos;
+  int chaos_min_kills = chaos.min_kills_each;
+  auto* chaos_cmd = app.add_subcommand(
+      "chaos", "Kill and restart components under load, then count lost/duplicated records");
+  chaos_cmd->add_option("--dir", chaos.pipeline.dir, "Directory (default: a new /tmp dir)");
+  chaos_cmd->add_option("--seconds", chaos.seconds, "Seconds of load and faults")
+      ->check(CLI::Range(10.0, 86400.0));
+  chaos_cmd->add_option("--rate", chaos.rate, "Records per second of load")
+      ->check(CLI::Range(1.0, 1e6));
+  chaos_cmd->add_option("--agents", chaos.pipeline.agents, "Number of agents")
+      ->check(CLI::Range(1, 100));
+  chaos_cmd->add_option("--aggregators", chaos.pipeline.aggregators, "Number of aggregators")
+      ->check(CLI::Range(1, 10));
+  chaos_cmd->add_option("--seed", chaos.seed, "Seed of the fault schedule and the records");
+  chaos_cmd->add_option("--min-kills", chaos_min_kills, "Kills per component, at least")
+      ->check(CLI::Range(0, 1000));
+  chaos_cmd->add_option("--bin-dir", chaos.pipeline.bin_dir, "As for `up`");
 
   CLI11_PARSE(app, argc, argv);
 
   if (*up_cmd) {
     up.base_port = static_cast<uint16_t>(up_base_port);
+    up.secure = !up_insecure;
     return cli::runUp(std::move(up));
+  }
+  if (*pki_init_cmd) {
+    pki_init.aggregators.clear();
+    std::string_view rest = pki_aggregators;
+    while (!rest.empty()) {
+      const size_t comma = rest.find(',');
+      pki_init.aggregators.emplace_back(rest.substr(0, comma));
+      rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+    }
+    return cli::runPkiInit(pki_init);
+  }
+  if (*pki_enroll_cmd) {
+    return cli::runPkiEnroll(pki_dir, pki_name, pki_aggregator, pki_days, pki_prefix);
   }
   if (*load_cmd) {
     if (load.records == 0 && load.seconds <= 0) load.records = 10000;
     return cli::runLoadgen(load);
   }
+  if (*chaos_cmd) {
+    chaos.min_kills_each = chaos_min_kills;
+    // Quick resends, so the surviving aggregator takes a dead one's batches soon.
+    chaos.pipeline.agent_overrides["batch.ack_timeout_ms"] = "3000";
+    return cli::runChaosCommand(std::move(chaos));
+  }
   demo.base_port = static_cast<uint16_t>(demo_base_port);
+  demo.secure = !demo_insecure;
   return cli::runDemo(demo);
 }

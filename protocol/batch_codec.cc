@@ -5,10 +5,12 @@
 #include <kj/exception.h>
 #include <zstd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 
 #include "branchline.capnp.h"  // generated into the build tree
+#include "protocol/envelope.h"
 
 namespace branchline::protocol {
 namespace {
@@ -16,6 +18,10 @@ namespace {
 capnp::Text::Reader text(const std::string& s) { return capnp::Text::Reader(s.c_str(), s.size()); }
 
 std::string str(capnp::Text::Reader t) { return std::string(t.cStr(), t.size()); }
+
+capnp::Data::Reader bytes(std::string_view s) {
+  return capnp::Data::Reader(reinterpret_cast<const kj::byte*>(s.data()), s.size());
+}
 
 std::string flatten(capnp::MessageBuilder& msg) {
   kj::Array<capnp::word> words = capnp::messageToFlatArray(msg);
@@ -26,8 +32,8 @@ std::string flatten(capnp::MessageBuilder& msg) {
 // Cap'n Proto reads words in place; an MQTT payload has no alignment promise,
 // so copy into an aligned array first (bounded by max_message_bytes already).
 kj::Array<capnp::word> alignedCopy(std::string_view bytes) {
-  auto words = kj::heapArray<capnp::word>((bytes.size() + sizeof(capnp::word) - 1) /
-                                          sizeof(capnp::word));
+  auto words =
+      kj::heapArray<capnp::word>((bytes.size() + sizeof(capnp::word) - 1) / sizeof(capnp::word));
   std::memset(words.begin(), 0, words.size() * sizeof(capnp::word));
   std::memcpy(words.begin(), bytes.data(), bytes.size());
   return words;
@@ -40,105 +46,49 @@ capnp::ReaderOptions readerOptions(const DecodeLimits& limits) {
   return options;
 }
 
-std::string encodeEnvelope(wire::Kind kind, const std::string& agent_id, uint64_t seq,
-                           const std::string& body, int zstd_level) {
-  capnp::MallocMessageBuilder msg;
-  auto env = msg.initRoot<wire::Envelope>();
-  env.setFormatVersion(kFormatVersion);
-  env.setKind(kind);
-  env.setCipher(wire::Cipher::NONE);
-  env.setAgentId(text(agent_id));
-  env.setBatchSeq(seq);
-  env.setRawSize(body.size());
-  if (zstd_level > 0) {
-    std::string compressed(ZSTD_compressBound(body.size()), '\0');
-    size_t n = ZSTD_compress(compressed.data(), compressed.size(), body.data(), body.size(),
-                             zstd_level);
-    // Compression into a ZSTD_compressBound buffer cannot fail short of a bug.
-    if (ZSTD_isError(n)) throw std::runtime_error(ZSTD_getErrorName(n));
-    compressed.resize(n);
-    env.setCodec(wire::Codec::ZSTD);
-    env.setBody(capnp::Data::Reader(reinterpret_cast<const kj::byte*>(compressed.data()), n));
-  } else {
-    env.setCodec(wire::Codec::NONE);
-    env.setBody(capnp::Data::Reader(reinterpret_cast<const kj::byte*>(body.data()), body.size()));
-  }
-  return flatten(msg);
+std::string encodeEnvelope(envelope::Kind kind, const std::string& agent_id, uint64_t seq,
+                           std::string_view body, int zstd_level) {
+  envelope::Parts parts;
+  parts.kind = kind;
+  parts.agent_id = agent_id;
+  parts.batch_seq = seq;
+  envelope::setBody(parts, body, zstd_level);
+  return envelope::write(parts);
 }
 
-struct OpenedEnvelope {
-  EnvelopeHeader header;
-  std::string body;  // decoded (decompressed) body
-};
-
-Result<EnvelopeHeader> readHeader(wire::Envelope::Reader env) {
+EnvelopeHeader headerOf(const envelope::Parts& parts) {
   EnvelopeHeader h;
-  h.format_version = env.getFormatVersion();
-  if (h.format_version != kFormatVersion) {
-    return Status::invalid("unsupported envelope format version " +
-                           std::to_string(h.format_version));
-  }
-  h.agent_id = str(env.getAgentId());
-  h.batch_seq = env.getBatchSeq();
-  h.is_ack = env.getKind() == wire::Kind::ACK;
+  h.format_version = parts.format_version;
+  h.agent_id = parts.agent_id;
+  h.batch_seq = parts.batch_seq;
+  h.is_ack = parts.kind == envelope::Kind::kAck;
+  h.sealed = parts.cipher != envelope::Cipher::kNone;
+  h.key_id = parts.key_id;
   return h;
 }
 
-Result<OpenedEnvelope> openEnvelope(std::string_view payload, const DecodeLimits& limits) {
-  if (payload.empty()) return Status::invalid("empty payload");
-  if (payload.size() > limits.max_message_bytes) {
-    return Status::exhausted("payload of " + std::to_string(payload.size()) +
-                             " bytes exceeds max_message_bytes " +
-                             std::to_string(limits.max_message_bytes));
+// Reads a plain envelope and inflates its body.
+Result<std::string> openPlain(std::string_view payload, const DecodeLimits& limits,
+                              envelope::Kind expected, envelope::Parts& parts) {
+  auto read = envelope::read(payload, limits);
+  if (!read) return read.status();
+  parts = std::move(*read);
+  if (parts.kind != expected) {
+    return Status::invalid(expected == envelope::Kind::kAck ? "envelope holds a batch, not an ack"
+                                                            : "envelope holds an ack, not a batch");
   }
-  try {
-    auto words = alignedCopy(payload);
-    capnp::FlatArrayMessageReader reader(words, readerOptions(limits));
-    auto env = reader.getRoot<wire::Envelope>();
-    auto header = readHeader(env);
-    if (!header) return header.status();
-    if (env.getCipher() != wire::Cipher::NONE) {
-      return Status::invalid("envelope cipher not supported by this build");
-    }
-    uint64_t raw_size = env.getRawSize();
-    if (raw_size > limits.max_inflated_bytes) {
-      return Status::exhausted("body declares " + std::to_string(raw_size) +
-                               " bytes, past max_inflated_bytes " +
-                               std::to_string(limits.max_inflated_bytes));
-    }
-    auto body = env.getBody();
-    OpenedEnvelope out{std::move(*header), {}};
-    if (env.getCodec() == wire::Codec::NONE) {
-      if (body.size() != raw_size) return Status::invalid("body size does not match rawSize");
-      out.body.assign(reinterpret_cast<const char*>(body.begin()), body.size());
-    } else if (env.getCodec() == wire::Codec::ZSTD) {
-      unsigned long long frame = ZSTD_getFrameContentSize(body.begin(), body.size());
-      if (frame == ZSTD_CONTENTSIZE_ERROR) return Status::invalid("body is not a zstd frame");
-      if (frame != ZSTD_CONTENTSIZE_UNKNOWN && frame != raw_size) {
-        return Status::invalid("zstd frame size " + std::to_string(frame) +
-                               " does not match rawSize " + std::to_string(raw_size));
-      }
-      // Decompress into exactly rawSize bytes: a frame that inflates further fails
-      // with dstSize_tooSmall instead of allocating (a compression bomb stops here).
-      out.body.resize(raw_size);
-      size_t n = ZSTD_decompress(out.body.data(), out.body.size(), body.begin(), body.size());
-      if (ZSTD_isError(n)) {
-        return Status::invalid(std::string("zstd body does not decode within rawSize: ") +
-                               ZSTD_getErrorName(n));
-      }
-      if (n != raw_size) return Status::invalid("zstd body shorter than rawSize");
-    } else {
-      return Status::invalid("unknown codec");
-    }
-    return out;
-  } catch (const kj::Exception& e) {
-    return Status::invalid(std::string("malformed envelope: ") + e.getDescription().cStr());
+  if (parts.cipher != envelope::Cipher::kNone) {
+    return Status::invalid("envelope is sealed (key `" + parts.key_id +
+                           "`): open it with openBatch and the aggregator's keys");
   }
+  return envelope::inflate(parts, parts.body, limits);
 }
 
 }  // namespace
 
-std::string encodeBatch(const WireBatch& batch, int zstd_level) {
+namespace envelope {
+
+std::string serializeBatch(const WireBatch& batch) {
   capnp::MallocMessageBuilder msg;
   auto b = msg.initRoot<wire::Batch>();
   b.setAgentId(text(batch.agent_id));
@@ -162,39 +112,147 @@ std::string encodeBatch(const WireBatch& batch, int zstd_level) {
     w.setReasons(text(r.reasons_json));
     w.setIngestedAt(r.ingested_at_us);
   }
-  return encodeEnvelope(wire::Kind::BATCH, batch.agent_id, batch.seq, flatten(msg), zstd_level);
+  return flatten(msg);
 }
 
-Result<EnvelopeHeader> peekHeader(std::string_view payload, const DecodeLimits& limits) {
+void setBody(Parts& parts, std::string_view raw, int zstd_level) {
+  parts.raw_size = raw.size();
+  if (zstd_level > 0) {
+    parts.body.resize(ZSTD_compressBound(raw.size()));
+    size_t n =
+        ZSTD_compress(parts.body.data(), parts.body.size(), raw.data(), raw.size(), zstd_level);
+    // Compression into a ZSTD_compressBound buffer cannot fail short of a bug.
+    if (ZSTD_isError(n)) throw std::runtime_error(ZSTD_getErrorName(n));
+    parts.body.resize(n);
+    parts.codec = Codec::kZstd;
+  } else {
+    parts.body.assign(raw);
+    parts.codec = Codec::kNone;
+  }
+}
+
+std::string write(const Parts& parts) {
+  capnp::MallocMessageBuilder msg;
+  auto env = msg.initRoot<wire::Envelope>();
+  env.setFormatVersion(parts.format_version);
+  env.setKind(static_cast<wire::Kind>(parts.kind));
+  env.setCodec(static_cast<wire::Codec>(parts.codec));
+  env.setCipher(static_cast<wire::Cipher>(parts.cipher));
+  if (!parts.key_id.empty()) env.setKeyId(text(parts.key_id));
+  env.setAgentId(text(parts.agent_id));
+  env.setBatchSeq(parts.batch_seq);
+  env.setRawSize(parts.raw_size);
+  if (!parts.ephemeral_key.empty()) env.setEphemeralKey(bytes(parts.ephemeral_key));
+  env.setBody(bytes(parts.body));
+  return flatten(msg);
+}
+
+Result<Parts> read(std::string_view payload, const DecodeLimits& limits) {
   if (payload.empty()) return Status::invalid("empty payload");
   if (payload.size() > limits.max_message_bytes) {
     return Status::exhausted("payload of " + std::to_string(payload.size()) +
-                             " bytes exceeds max_message_bytes");
+                             " bytes exceeds max_message_bytes " +
+                             std::to_string(limits.max_message_bytes));
+  }
+  // A Cap'n Proto message is whole 8-byte words; anything else was cut short (or
+  // padded), even when the missing bytes were only padding.
+  if (payload.size() % sizeof(capnp::word) != 0) {
+    return Status::invalid("payload of " + std::to_string(payload.size()) +
+                           " bytes is not whole 8-byte words: truncated frame");
   }
   try {
     auto words = alignedCopy(payload);
     capnp::FlatArrayMessageReader reader(words, readerOptions(limits));
-    return readHeader(reader.getRoot<wire::Envelope>());
+    auto env = reader.getRoot<wire::Envelope>();
+    Parts p;
+    p.format_version = env.getFormatVersion();
+    if (p.format_version != kFormatVersion) {
+      return Status::invalid("unsupported envelope format version " +
+                             std::to_string(p.format_version));
+    }
+    // Unknown enum values arrive as their raw ordinal; they are refused by name.
+    auto kind = static_cast<uint16_t>(env.getKind());
+    if (kind > uint16_t(Kind::kAck))
+      return Status::invalid("unknown envelope kind " + std::to_string(kind));
+    p.kind = static_cast<Kind>(kind);
+    auto codec = static_cast<uint16_t>(env.getCodec());
+    if (codec > uint16_t(Codec::kZstd))
+      return Status::invalid("unknown codec " + std::to_string(codec));
+    p.codec = static_cast<Codec>(codec);
+    auto cipher = static_cast<uint16_t>(env.getCipher());
+    if (cipher > uint16_t(Cipher::kX25519Aes256Gcm)) {
+      return Status::invalid("unknown cipher " + std::to_string(cipher));
+    }
+    p.cipher = static_cast<Cipher>(cipher);
+    p.key_id = str(env.getKeyId());
+    p.agent_id = str(env.getAgentId());
+    p.batch_seq = env.getBatchSeq();
+    p.raw_size = env.getRawSize();
+    auto eph = env.getEphemeralKey();
+    p.ephemeral_key.assign(reinterpret_cast<const char*>(eph.begin()), eph.size());
+    auto body = env.getBody();
+    p.body.assign(reinterpret_cast<const char*>(body.begin()), body.size());
+    return p;
   } catch (const kj::Exception& e) {
     return Status::invalid(std::string("malformed envelope: ") + e.getDescription().cStr());
   }
 }
 
-Result<WireBatch> decodeBatch(std::string_view payload, const DecodeLimits& limits) {
-  auto opened = openEnvelope(payload, limits);
-  if (!opened) return opened.status();
-  if (opened->header.is_ack) return Status::invalid("envelope holds an ack, not a batch");
+Status checkDeclaredSize(const Parts& parts, const DecodeLimits& limits) {
+  if (parts.raw_size > limits.max_inflated_bytes) {
+    return Status::exhausted("body declares " + std::to_string(parts.raw_size) +
+                             " bytes, past max_inflated_bytes " +
+                             std::to_string(limits.max_inflated_bytes));
+  }
+  // Checked on the declared size, before inflating: a body that inflates
+  // further than it declares fails in inflate() anyway.
+  if (limits.max_inflate_ratio > 0 &&
+      static_cast<double>(parts.raw_size) >
+          limits.max_inflate_ratio * static_cast<double>(std::max<size_t>(parts.body.size(), 1))) {
+    return Status::exhausted("body of " + std::to_string(parts.body.size()) + " bytes declares " +
+                             std::to_string(parts.raw_size) + " inflated, past max_inflate_ratio " +
+                             std::to_string(static_cast<uint64_t>(limits.max_inflate_ratio)));
+  }
+  return Status::ok();
+}
+
+Result<std::string> inflate(const Parts& parts, std::string_view body, const DecodeLimits& limits) {
+  BL_RETURN_IF_ERROR(checkDeclaredSize(parts, limits));
+  const uint64_t raw_size = parts.raw_size;
+  if (parts.codec == Codec::kNone) {
+    if (body.size() != raw_size) return Status::invalid("body size does not match rawSize");
+    return std::string(body);
+  }
+  unsigned long long frame = ZSTD_getFrameContentSize(body.data(), body.size());
+  if (frame == ZSTD_CONTENTSIZE_ERROR) return Status::invalid("body is not a zstd frame");
+  if (frame != ZSTD_CONTENTSIZE_UNKNOWN && frame != raw_size) {
+    return Status::invalid("zstd frame size " + std::to_string(frame) + " does not match rawSize " +
+                           std::to_string(raw_size));
+  }
+  // Decompress into exactly rawSize bytes: a frame that inflates further fails
+  // with dstSize_tooSmall instead of allocating (a compression bomb stops here).
+  std::string out(raw_size, '\0');
+  size_t n = ZSTD_decompress(out.data(), out.size(), body.data(), body.size());
+  if (ZSTD_isError(n)) {
+    return Status::invalid(std::string("zstd body does not decode within rawSize: ") +
+                           ZSTD_getErrorName(n));
+  }
+  if (n != raw_size) return Status::invalid("zstd body shorter than rawSize");
+  return out;
+}
+
+Result<WireBatch> parseBatch(std::string_view raw, const Parts& parts, const DecodeLimits& limits) {
   try {
-    auto words = alignedCopy(opened->body);
+    auto words = alignedCopy(raw);
     capnp::FlatArrayMessageReader reader(words, readerOptions(limits));
     auto b = reader.getRoot<wire::Batch>();
     WireBatch out;
     out.agent_id = str(b.getAgentId());
     out.seq = b.getSeq();
     out.created_at_us = b.getCreatedAt();
-    if (out.agent_id != opened->header.agent_id || out.seq != opened->header.batch_seq) {
-      return Status::invalid("envelope names agent `" + opened->header.agent_id + "` batch " +
-                             std::to_string(opened->header.batch_seq) + " but the body holds `" +
+    if (out.agent_id != parts.agent_id || out.seq != parts.batch_seq) {
+      return Status::invalid("envelope names agent `" + parts.agent_id + "` batch " +
+                             std::to_string(parts.batch_seq) + " but the body holds `" +
                              out.agent_id + "` batch " + std::to_string(out.seq));
     }
     auto records = b.getRecords();
@@ -219,40 +277,79 @@ Result<WireBatch> decodeBatch(std::string_view payload, const DecodeLimits& limi
   }
 }
 
+}  // namespace envelope
+
+std::string encodeBatch(const WireBatch& batch, int zstd_level) {
+  return encodeEnvelope(envelope::Kind::kBatch, batch.agent_id, batch.seq,
+                        envelope::serializeBatch(batch), zstd_level);
+}
+
+Result<EnvelopeHeader> peekHeader(std::string_view payload, const DecodeLimits& limits) {
+  auto parts = envelope::read(payload, limits);
+  if (!parts) return parts.status();
+  return headerOf(*parts);
+}
+
+Result<WireBatch> decodeBatch(std::string_view payload, const DecodeLimits& limits) {
+  envelope::Parts parts;
+  auto raw = openPlain(payload, limits, envelope::Kind::kBatch, parts);
+  if (!raw) return raw.status();
+  return envelope::parseBatch(*raw, parts, limits);
+}
+
 std::string encodeAck(const WireAck& ack) {
   capnp::MallocMessageBuilder msg;
   auto a = msg.initRoot<wire::Ack>();
   a.setAgentId(text(ack.agent_id));
   a.setBatchSeq(ack.batch_seq);
   switch (ack.status) {
-    case AckStatus::kStored: a.setStatus(wire::AckStatus::STORED); break;
-    case AckStatus::kDuplicate: a.setStatus(wire::AckStatus::DUPLICATE); break;
-    case AckStatus::kRefused: a.setStatus(wire::AckStatus::REFUSED); break;
+    case AckStatus::kStored:
+      a.setStatus(wire::AckStatus::STORED);
+      break;
+    case AckStatus::kDuplicate:
+      a.setStatus(wire::AckStatus::DUPLICATE);
+      break;
+    case AckStatus::kRefused:
+      a.setStatus(wire::AckStatus::REFUSED);
+      break;
   }
   a.setStoredRecords(ack.stored_records);
   a.setDuplicateRecords(ack.duplicate_records);
   a.setRejects(ack.rejects);
   a.setMessage(text(ack.message));
   a.setAggregator(text(ack.aggregator));
-  return encodeEnvelope(wire::Kind::ACK, ack.agent_id, ack.batch_seq, flatten(msg), 0);
+  return encodeEnvelope(envelope::Kind::kAck, ack.agent_id, ack.batch_seq, flatten(msg), 0);
 }
 
 Result<WireAck> decodeAck(std::string_view payload, const DecodeLimits& limits) {
-  auto opened = openEnvelope(payload, limits);
-  if (!opened) return opened.status();
-  if (!opened->header.is_ack) return Status::invalid("envelope holds a batch, not an ack");
+  envelope::Parts parts;
+  auto raw = openPlain(payload, limits, envelope::Kind::kAck, parts);
+  if (!raw) return raw.status();
   try {
-    auto words = alignedCopy(opened->body);
+    auto words = alignedCopy(*raw);
     capnp::FlatArrayMessageReader reader(words, readerOptions(limits));
     auto a = reader.getRoot<wire::Ack>();
     WireAck out;
     out.agent_id = str(a.getAgentId());
     out.batch_seq = a.getBatchSeq();
+    // As for a batch: an envelope that disagrees with its body is malformed.
+    if (out.agent_id != parts.agent_id || out.batch_seq != parts.batch_seq) {
+      return Status::invalid("envelope names agent `" + parts.agent_id + "` batch " +
+                             std::to_string(parts.batch_seq) + " but the ack body holds `" +
+                             out.agent_id + "` batch " + std::to_string(out.batch_seq));
+    }
     switch (a.getStatus()) {
-      case wire::AckStatus::STORED: out.status = AckStatus::kStored; break;
-      case wire::AckStatus::DUPLICATE: out.status = AckStatus::kDuplicate; break;
-      case wire::AckStatus::REFUSED: out.status = AckStatus::kRefused; break;
-      default: return Status::invalid("unknown ack status");
+      case wire::AckStatus::STORED:
+        out.status = AckStatus::kStored;
+        break;
+      case wire::AckStatus::DUPLICATE:
+        out.status = AckStatus::kDuplicate;
+        break;
+      case wire::AckStatus::REFUSED:
+        out.status = AckStatus::kRefused;
+        break;
+      default:
+        return Status::invalid("unknown ack status");
     }
     out.stored_records = a.getStoredRecords();
     out.duplicate_records = a.getDuplicateRecords();

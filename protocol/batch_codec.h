@@ -56,11 +56,14 @@ struct WireAck {
 };
 
 struct DecodeLimits {
-  size_t max_message_bytes = 16 << 20;    // the MQTT payload as received
-  size_t max_inflated_bytes = 64 << 20;   // the body after decompression
+  size_t max_message_bytes = 16 << 20;   // the MQTT payload as received
+  size_t max_inflated_bytes = 64 << 20;  // the body after decompression
+  // Inflated bytes per received body byte; past it the batch is refused before
+  // it is inflated (0: no ratio bound). max_inflated_bytes applies regardless.
+  double max_inflate_ratio = 0;
   uint64_t max_traversal_words = 16 << 20;  // Cap'n Proto read budget (8-byte words)
   int max_nesting = 16;
-  size_t max_records = 100000;            // records + rejects in one batch
+  size_t max_records = 100000;  // records + rejects in one batch
 };
 
 // The envelope header, readable before the body is opened.
@@ -69,12 +72,15 @@ struct EnvelopeHeader {
   std::string agent_id;
   uint64_t batch_seq = 0;
   bool is_ack = false;
+  bool sealed = false;  // cipher is not none: open with openBatch (protocol/seal.h)
+  std::string key_id;   // sealed: the aggregator key it names
 };
 
 // Encodes a batch as an MQTT payload. zstd_level 0 stores the body raw.
 std::string encodeBatch(const WireBatch& batch, int zstd_level = 1);
-// Decodes and validates; kInvalidArgument names what was wrong ("body inflates
-// past 67108864 bytes", "envelope agent `a` does not match batch agent `b`").
+// Decodes and validates a plain (unsealed) batch; kInvalidArgument names what was
+// wrong ("body inflates past 67108864 bytes", "envelope agent `a` does not match
+// batch agent `b`", "envelope is sealed ..."). Sealed batches: openBatch in seal.h.
 Result<WireBatch> decodeBatch(std::string_view payload, const DecodeLimits& limits = {});
 // Reads only the header (for audit context when the body is refused).
 Result<EnvelopeHeader> peekHeader(std::string_view payload, const DecodeLimits& limits = {});

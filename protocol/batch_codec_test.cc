@@ -106,5 +106,22 @@ TEST(BatchCodecTest, RefusesEnvelopeBodyMismatch) {
       << mismatch.status().toString();
 }
 
+// Found by fuzz_batch_open (tests/fuzz/regressions/fuzz_batch_open/): an ack
+// whose envelope names another agent or batch than its body is refused too.
+TEST(BatchCodecTest, RefusesAckEnvelopeBodyMismatch) {
+  WireAck ack;
+  ack.agent_id = "office-1";
+  ack.batch_seq = 7;
+  std::string wire = encodeAck(ack);
+  ASSERT_TRUE(decodeAck(wire).isOk());
+  size_t pos = wire.find("office-1");
+  ASSERT_NE(pos, std::string::npos);  // first occurrence: the envelope's agentId
+  wire.replace(pos, 8, "office-9");
+  auto mismatch = decodeAck(wire);
+  ASSERT_FALSE(mismatch.isOk());
+  EXPECT_NE(mismatch.status().message().find("office-9"), std::string::npos)
+      << mismatch.status().toString();
+}
+
 }  // namespace
 }  // namespace branchline::protocol

@@ -13,7 +13,7 @@ enum Codec {
 
 enum Cipher {
   none @0;              # plaintext (transport security only)
-  x25519Aes256Gcm @1;   # sealed batch (reserved for the security issue)
+  x25519Aes256Gcm @1;   # sealed batch (protocol/seal.h): body is AES-256-GCM ciphertext || tag
 }
 
 enum Kind {
@@ -31,6 +31,7 @@ struct Envelope {
   batchSeq @6 :UInt64;
   rawSize @7 :UInt64;         # size of the body once decoded; checked against limits first
   body @8 :Data;
+  ephemeralKey @9 :Data;      # sealed: the sender's one-time X25519 public key (32 bytes)
 }
 
 struct Record {

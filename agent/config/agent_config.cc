@@ -7,6 +7,8 @@
 #include <limits>
 #include <sstream>
 
+#include "shared/core/config_text.h"
+
 #if __has_include("shared/rules/schema_config.h")
 #include "shared/rules/schema_config.h"
 #endif
@@ -172,6 +174,41 @@ Status validateBroker(const std::string& uri, size_t index) {
       "`: expected tcp://host:port (or ssl://, mqtt://, mqtts://, ws://, wss://)");
 }
 
+bool isTlsBroker(const std::string& uri) {
+  return uri.rfind("ssl://", 0) == 0 || uri.rfind("mqtts://", 0) == 0 ||
+         uri.rfind("wss://", 0) == 0;
+}
+
+// TLS is all or nothing: a plain URI beside TLS ones would let a failover drop
+// TLS, and TLS files beside plain URIs would look secured while being unused.
+Status validateBrokerTls(const AgentConfig::Mqtt& mqtt) {
+  size_t tls = 0;
+  for (const auto& b : mqtt.brokers) tls += isTlsBroker(b) ? 1 : 0;
+  const bool files = !mqtt.ca_file.empty() || !mqtt.cert_file.empty() || !mqtt.key_file.empty();
+  if (tls == 0) {
+    if (files) {
+      return Status::invalid(
+          "mqtt.ca_file/cert_file/key_file: set, but no broker URI is ssl:// (TLS would not be "
+          "used)");
+    }
+    return Status::ok();
+  }
+  if (tls != mqtt.brokers.size()) {
+    return Status::invalid(
+        "mqtt.brokers: mixes TLS (ssl://) and plain (tcp://) URIs; a failover would drop TLS");
+  }
+  for (const auto& [key, file] :
+       {std::pair<const char*, const std::filesystem::path&>{"mqtt.ca_file", mqtt.ca_file},
+        {"mqtt.cert_file", mqtt.cert_file},
+        {"mqtt.key_file", mqtt.key_file}}) {
+    if (file.empty()) {
+      return Status::invalid(std::string(key) +
+                             ": required with ssl:// brokers (see `branchline pki enroll`)");
+    }
+  }
+  return Status::ok();
+}
+
 Status validateTopicPrefix(const std::string& prefix) {
   if (prefix.empty()) return Status::invalid("mqtt.topic_prefix: must not be empty");
   if (prefix.find_first_of("+#") != std::string::npos || prefix.find('\0') != std::string::npos) {
@@ -218,6 +255,20 @@ Status parseRoot(const toml::table& root, const std::filesystem::path& base_dir,
     BL_RETURN_IF_ERROR(t.integerAs("max_depth", 1, 1024, cfg.http.max_depth));
     BL_RETURN_IF_ERROR(
         t.integerAs("max_records_per_request", 1, 1000000, cfg.http.max_records_per_request));
+    BL_RETURN_IF_ERROR(
+        t.integerAs("max_record_bytes", 64, int64_t{1} << 30, cfg.http.max_record_bytes));
+    BL_RETURN_IF_ERROR(
+        t.integerAs("max_field_bytes", 16, int64_t{1} << 30, cfg.http.max_field_bytes));
+    BL_RETURN_IF_ERROR(
+        t.integerAs("max_header_bytes", 1024, int64_t{1} << 20, cfg.http.max_header_bytes));
+    BL_RETURN_IF_ERROR(t.millis("header_timeout_ms", 100, 3600000, cfg.http.header_timeout));
+    BL_RETURN_IF_ERROR(t.millis("body_timeout_ms", 100, 3600000, cfg.http.body_timeout));
+    BL_RETURN_IF_ERROR(t.integerAs("min_body_bytes_per_second", 0, int64_t{1} << 30,
+                                   cfg.http.min_body_bytes_per_second));
+    BL_RETURN_IF_ERROR(t.millis("idle_timeout_ms", 100, 3600000, cfg.http.idle_timeout));
+    BL_RETURN_IF_ERROR(t.integerAs("max_connections", 1, 65536, cfg.http.max_connections));
+    BL_RETURN_IF_ERROR(
+        t.integerAs("max_connections_per_client", 0, 65536, cfg.http.max_connections_per_client));
     BL_RETURN_IF_ERROR(t.rejectUnknown());
   }
   BL_RETURN_IF_ERROR(parseListen(cfg.http.listen, cfg.http));
@@ -228,12 +279,23 @@ Status parseRoot(const toml::table& root, const std::filesystem::path& base_dir,
     TableReader t(**mqtt, "mqtt");
     BL_RETURN_IF_ERROR(t.stringArray("brokers", cfg.mqtt.brokers));
     BL_RETURN_IF_ERROR(t.string("topic_prefix", cfg.mqtt.topic_prefix));
+    std::string ca_file, cert_file, key_file;
+    BL_RETURN_IF_ERROR(t.string("ca_file", ca_file));
+    BL_RETURN_IF_ERROR(t.string("cert_file", cert_file));
+    BL_RETURN_IF_ERROR(t.string("key_file", key_file));
     BL_RETURN_IF_ERROR(t.rejectUnknown());
+    auto resolve = [&](const std::string& f) {
+      return f.empty() ? std::filesystem::path() : (base_dir / f).lexically_normal();
+    };
+    cfg.mqtt.ca_file = resolve(ca_file);
+    cfg.mqtt.cert_file = resolve(cert_file);
+    cfg.mqtt.key_file = resolve(key_file);
   }
   if (cfg.mqtt.brokers.empty()) return Status::invalid("mqtt.brokers: must list at least one URI");
   for (size_t i = 0; i < cfg.mqtt.brokers.size(); ++i) {
     BL_RETURN_IF_ERROR(validateBroker(cfg.mqtt.brokers[i], i));
   }
+  BL_RETURN_IF_ERROR(validateBrokerTls(cfg.mqtt));
   BL_RETURN_IF_ERROR(validateTopicPrefix(cfg.mqtt.topic_prefix));
 
   auto buffer = top.table("buffer");
@@ -271,10 +333,39 @@ Status parseRoot(const toml::table& root, const std::filesystem::path& base_dir,
     BL_RETURN_IF_ERROR(t.boolean("enabled", cfg.spool.enabled));
     BL_RETURN_IF_ERROR(t.string("dir", spool_dir));
     BL_RETURN_IF_ERROR(t.millis("poll_ms", 10, 600000, cfg.spool.poll));
+    BL_RETURN_IF_ERROR(
+        t.integerAs("max_file_bytes", 1024, int64_t{16} << 30, cfg.spool.max_file_bytes));
+    BL_RETURN_IF_ERROR(
+        t.integerAs("max_line_bytes", 64, int64_t{1} << 30, cfg.spool.max_line_bytes));
+    BL_RETURN_IF_ERROR(
+        t.integerAs("max_records_per_file", 1, 100000000, cfg.spool.max_records_per_file));
     BL_RETURN_IF_ERROR(t.rejectUnknown());
   }
   cfg.spool.dir =
       spool_dir.empty() ? cfg.data_dir / "spool" : (base_dir / spool_dir).lexically_normal();
+
+  auto security = top.table("security");
+  if (!security.isOk()) return security.status();
+  if (*security != nullptr) {
+    TableReader t(**security, "security");
+    std::string seal_key, aggregator_key;
+    BL_RETURN_IF_ERROR(t.string("seal_key_file", seal_key));
+    BL_RETURN_IF_ERROR(t.string("aggregator_key_file", aggregator_key));
+    BL_RETURN_IF_ERROR(t.rejectUnknown());
+    // One without the other would look sealed while sending in clear, or fail later.
+    if (seal_key.empty() != aggregator_key.empty()) {
+      return Status::invalid(
+          std::string(seal_key.empty() ? "security.seal_key_file"
+                                       : "security.aggregator_key_file") +
+          ": required when " +
+          (seal_key.empty() ? "security.aggregator_key_file" : "security.seal_key_file") +
+          " is set (batches are sealed with both; see `branchline pki enroll`)");
+    }
+    if (!seal_key.empty()) {
+      cfg.security.seal_key_file = (base_dir / seal_key).lexically_normal();
+      cfg.security.aggregator_key_file = (base_dir / aggregator_key).lexically_normal();
+    }
+  }
 
   auto sources = top.table("sources");
   if (!sources.isOk()) return sources.status();
@@ -292,7 +383,8 @@ Status parseRoot(const toml::table& root, const std::filesystem::path& base_dir,
 }  // namespace
 
 Result<AgentConfig> parseAgentConfig(std::string_view toml_text,
-                                     const std::filesystem::path& base_dir) {
+                                     const std::filesystem::path& base_dir, uint64_t max_bytes) {
+  BL_RETURN_IF_ERROR(checkConfigText(toml_text, {.max_bytes = max_bytes}));
   toml::table root;
   try {
     root = toml::parse(toml_text);
@@ -307,13 +399,10 @@ Result<AgentConfig> parseAgentConfig(std::string_view toml_text,
   return cfg;
 }
 
-Result<AgentConfig> loadAgentConfig(const std::filesystem::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) return Status::notFound("cannot read config file " + file.string());
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) return Status::notFound("cannot read config file " + file.string());
-  auto cfg = parseAgentConfig(text.str(), std::filesystem::absolute(file).parent_path());
+Result<AgentConfig> loadAgentConfig(const std::filesystem::path& file, uint64_t max_bytes) {
+  auto text = readConfigFile(file, max_bytes);
+  if (!text.isOk()) return text.status();
+  auto cfg = parseAgentConfig(*text, std::filesystem::absolute(file).parent_path(), max_bytes);
   if (!cfg.isOk()) return cfg.status().withContext(file.string());
   return cfg;
 }

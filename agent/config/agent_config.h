@@ -25,10 +25,25 @@ struct AgentConfig {
     uint64_t max_body_bytes = 8 << 20;
     int max_depth = 32;
     uint64_t max_records_per_request = 10000;
+    // Hostile-input limits (README "Input limits").
+    uint64_t max_record_bytes = 256 << 10;
+    uint64_t max_field_bytes = 64 << 10;
+    uint64_t max_header_bytes = 16 << 10;
+    std::chrono::milliseconds header_timeout{10000};
+    std::chrono::milliseconds body_timeout{60000};
+    uint64_t min_body_bytes_per_second = 1024;
+    std::chrono::milliseconds idle_timeout{30000};
+    uint64_t max_connections = 256;
+    uint64_t max_connections_per_client = 128;  // 0: no per-client cap
   };
   struct Mqtt {
     std::vector<std::string> brokers{"tcp://127.0.0.1:1883"};
     std::string topic_prefix = "branchline/v1";
+    // Mutual TLS (README "Security"): required, all three, when the brokers are
+    // ssl:// (or mqtts://, wss://); refused with tcp:// ones. Made absolute.
+    std::filesystem::path ca_file;
+    std::filesystem::path cert_file;
+    std::filesystem::path key_file;
   };
   struct Buffer {
     uint64_t max_bytes = 1ull << 30;
@@ -47,6 +62,16 @@ struct AgentConfig {
     bool enabled = true;
     std::filesystem::path dir;  // resolved: `<data_dir>/spool` when not set
     std::chrono::milliseconds poll{500};
+    uint64_t max_file_bytes = 64ull << 20;
+    uint64_t max_line_bytes = 1 << 20;
+    uint64_t max_records_per_file = 200000;
+  };
+
+  struct Security {
+    // Sealed batches (README "Security / Sealed batches"): both set, every batch
+    // is sealed; neither set, batches travel plain. Made absolute.
+    std::filesystem::path seal_key_file;        // the agent's X25519 pair (mode 0600)
+    std::filesystem::path aggregator_key_file;  // the aggregators' current public key
   };
 
   std::string id;                  // required; [A-Za-z0-9_-]{1,64}
@@ -56,16 +81,24 @@ struct AgentConfig {
   Buffer buffer;
   Batch batch;
   Spool spool;
+  Security security;
   std::vector<rules::SourceSchema> sources;  // built-in `customer` when none are declared
 };
 
-// Reads and validates the file. kNotFound when it cannot be read, kInvalidArgument
-// (naming the key) when its content is wrong. Relative paths in it are taken
-// relative to the file's folder.
-Result<AgentConfig> loadAgentConfig(const std::filesystem::path& file);
+// A config file larger than this is refused before it is parsed.
+inline constexpr uint64_t kMaxConfigFileBytes = 1 << 20;
 
-// The same for TOML text; relative paths resolve against `base_dir`.
+// Reads and validates the file. kNotFound when it cannot be read, kInvalidArgument
+// (naming the key) when its content is wrong or the file is larger than
+// `max_bytes`. Relative paths in it are taken relative to the file's folder.
+Result<AgentConfig> loadAgentConfig(const std::filesystem::path& file,
+                                    uint64_t max_bytes = kMaxConfigFileBytes);
+
+// The same for TOML text; relative paths resolve against `base_dir`. Text
+// past `max_bytes` or with dotted keys nested absurdly deep is refused before
+// parsing (shared/core/config_text.h).
 Result<AgentConfig> parseAgentConfig(std::string_view toml_text,
-                                     const std::filesystem::path& base_dir);
+                                     const std::filesystem::path& base_dir,
+                                     uint64_t max_bytes = kMaxConfigFileBytes);
 
 }  // namespace branchline::agent

@@ -21,6 +21,15 @@ listen = "127.0.0.1:8080"    # host:port; port 0 picks a free one
 max_body_bytes = 8388608     # past it: 413
 max_depth = 32               # JSON nesting past it: 400
 max_records_per_request = 10000
+max_record_bytes = 262144    # one record; past it that record is rejected
+max_field_bytes = 65536      # one string value; past it its record is rejected
+max_header_bytes = 16384     # past it: 431
+header_timeout_ms = 10000    # the whole header must arrive within this: else 408
+body_timeout_ms = 60000      # the whole body must arrive within this: else 408
+min_body_bytes_per_second = 1024   # after the body's first second; 0: no floor
+idle_timeout_ms = 30000      # a kept-alive connection with no request is closed
+max_connections = 256        # past it: 503
+max_connections_per_client = 128   # from one address; 0: no cap
 
 [mqtt]
 brokers = ["tcp://127.0.0.1:1883"]   # tried in order on failure
@@ -43,6 +52,9 @@ zstd_level = 1
 enabled = true
 dir = ""                     # default: <data_dir>/spool ; files go in spool/<source>/
 poll_ms = 500
+max_file_bytes = 67108864    # a file past any of these three goes to failed/
+max_line_bytes = 1048576
+max_records_per_file = 200000
 
 # Sources. Without any [sources.*] table the built-in `customer` source is used.
 [sources.customer]
@@ -245,6 +257,161 @@ TEST(AgentConfigTest, LoadReadsAFileAndNamesItOnError) {
   auto missing = loadAgentConfig(dir / "nope.toml");
   EXPECT_EQ(missing.status().code(), Code::kNotFound);
   std::filesystem::remove_all(dir);
+}
+
+// README "Input limits": every HTTP and spool limit is a key, with its default.
+TEST(AgentConfigTest, InputLimitsAreKeysWithDefaults) {
+  auto d = parseAgentConfig(kMinimal, "/etc/branchline");
+  ASSERT_TRUE(d.isOk()) << d.status().toString();
+  EXPECT_EQ(d->http.max_record_bytes, 262144u);
+  EXPECT_EQ(d->http.max_field_bytes, 65536u);
+  EXPECT_EQ(d->http.max_header_bytes, 16384u);
+  EXPECT_EQ(d->http.header_timeout, 10000ms);
+  EXPECT_EQ(d->http.body_timeout, 60000ms);
+  EXPECT_EQ(d->http.min_body_bytes_per_second, 1024u);
+  EXPECT_EQ(d->http.idle_timeout, 30000ms);
+  EXPECT_EQ(d->http.max_connections, 256u);
+  EXPECT_EQ(d->http.max_connections_per_client, 128u);
+  EXPECT_EQ(d->spool.max_file_bytes, 64u << 20);
+  EXPECT_EQ(d->spool.max_line_bytes, 1u << 20);
+  EXPECT_EQ(d->spool.max_records_per_file, 200000u);
+
+  auto r = parseAgentConfig(withMinimal("[http]\nmax_record_bytes = 4096\nmax_field_bytes = 512\n"
+                                        "max_header_bytes = 8192\nheader_timeout_ms = 2000\n"
+                                        "body_timeout_ms = 5000\nmin_body_bytes_per_second = 0\n"
+                                        "idle_timeout_ms = 1000\nmax_connections = 10\n"
+                                        "max_connections_per_client = 0\n"
+                                        "[spool]\nmax_file_bytes = 2048\nmax_line_bytes = 100\n"
+                                        "max_records_per_file = 7\n"),
+                            "/etc/branchline");
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  EXPECT_EQ(r->http.max_record_bytes, 4096u);
+  EXPECT_EQ(r->http.max_field_bytes, 512u);
+  EXPECT_EQ(r->http.max_header_bytes, 8192u);
+  EXPECT_EQ(r->http.header_timeout, 2000ms);
+  EXPECT_EQ(r->http.body_timeout, 5000ms);
+  EXPECT_EQ(r->http.min_body_bytes_per_second, 0u);
+  EXPECT_EQ(r->http.idle_timeout, 1000ms);
+  EXPECT_EQ(r->http.max_connections, 10u);
+  EXPECT_EQ(r->http.max_connections_per_client, 0u);
+  EXPECT_EQ(r->spool.max_file_bytes, 2048u);
+  EXPECT_EQ(r->spool.max_line_bytes, 100u);
+  EXPECT_EQ(r->spool.max_records_per_file, 7u);
+
+  EXPECT_EQ(parseError(withMinimal("[http]\nmax_header_bytes = 10\n")).message(),
+            "http.max_header_bytes: must be between 1024 and 1048576");
+  EXPECT_EQ(parseError(withMinimal("[http]\nheader_timeout_ms = 0\n")).message(),
+            "http.header_timeout_ms: must be between 100 and 3600000");
+  EXPECT_EQ(parseError(withMinimal("[spool]\nmax_records_per_file = 0\n")).message(),
+            "spool.max_records_per_file: must be between 1 and 100000000");
+}
+
+// A config file is bounded before it is parsed, and hostile TOML (deep
+// nesting of every kind) is an error naming the problem, never a crash.
+TEST(AgentConfigTest, HugeOrDeepConfigsAreRefusedGracefully) {
+  char tmpl[] = "/tmp/bl-config-test-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::filesystem::path dir = tmpl;
+  {
+    std::ofstream big(dir / "big.toml");
+    big << kMinimal << "# " << std::string(2 << 20, 'x') << "\n";
+  }
+  auto big = loadAgentConfig(dir / "big.toml");
+  ASSERT_FALSE(big.isOk());
+  EXPECT_EQ(big.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(big.status().message().find("is larger than 1048576 bytes"), std::string::npos)
+      << big.status().toString();
+  auto capped = loadAgentConfig(dir / "big.toml", 100);
+  ASSERT_FALSE(capped.isOk());
+  EXPECT_NE(capped.status().message().find("larger than 100 bytes"), std::string::npos);
+  std::filesystem::remove_all(dir);
+
+  std::string dotted = "a";
+  for (int i = 0; i < 300000; ++i) dotted += ".a";
+  EXPECT_NE(
+      parseError(withMinimal(dotted + " = 1\n")).message().find("line 4: a dotted key deeper"),
+      std::string::npos);
+  EXPECT_NE(parseError(withMinimal("[" + dotted + "]\n")).message().find("dotted key deeper"),
+            std::string::npos);
+  EXPECT_NE(
+      parseError(withMinimal("x = " + std::string(200000, '[') + std::string(200000, ']') + "\n"))
+          .message()
+          .find("nested value depth"),
+      std::string::npos);
+  std::string inline_tables = "x = ";
+  for (int i = 0; i < 100000; ++i) inline_tables += "{a=";
+  EXPECT_NE(parseError(withMinimal(inline_tables + "1" + std::string(100000, '}') + "\n"))
+                .message()
+                .find("nested value depth"),
+            std::string::npos);
+  // Dots inside strings and comments are not keys.
+  const std::string many_dots(5000, '.');
+  auto ok = parseAgentConfig("# " + many_dots + "\n[agent]\nid = \"a1\"\ndata_dir = \"/d/" +
+                                 many_dots + "\"\n[mqtt]\ntopic_prefix = 'p" + many_dots +
+                                 "'\n[batch] # " + many_dots + "\nmax_records = 10\n",
+                             "/etc/branchline");
+  ASSERT_TRUE(ok.isOk()) << ok.status().toString();
+  EXPECT_EQ(ok->batch.max_records, 10u);
+}
+
+// README "Security": ssl:// brokers need all three files, resolved against the
+// config's folder; TLS files with plain brokers, or a mix, are refused.
+TEST(AgentConfigTest, MqttTlsFilesGoWithSslBrokers) {
+  auto r = parseAgentConfig(withMinimal("[mqtt]\nbrokers = [\"ssl://127.0.0.1:8883\"]\n"
+                                        "ca_file = \"pki/ca.crt\"\n"
+                                        "cert_file = \"pki/agents/a1.crt\"\n"
+                                        "key_file = \"/abs/a1.key\"\n"),
+                            "/etc/branchline");
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  EXPECT_EQ(r->mqtt.ca_file, "/etc/branchline/pki/ca.crt");
+  EXPECT_EQ(r->mqtt.cert_file, "/etc/branchline/pki/agents/a1.crt");
+  EXPECT_EQ(r->mqtt.key_file, "/abs/a1.key");
+
+  EXPECT_NE(parseError(withMinimal("[mqtt]\nbrokers = [\"ssl://h:8883\"]\n"
+                                   "ca_file = \"ca.crt\"\ncert_file = \"a.crt\"\n"))
+                .message()
+                .find("mqtt.key_file: required with ssl://"),
+            std::string::npos);
+  EXPECT_NE(parseError(withMinimal("[mqtt]\nca_file = \"ca.crt\"\n"))
+                .message()
+                .find("no broker URI is ssl://"),
+            std::string::npos);
+  EXPECT_NE(parseError(withMinimal("[mqtt]\nbrokers = [\"ssl://a:8883\", \"tcp://b:1883\"]\n"
+                                   "ca_file = \"c\"\ncert_file = \"d\"\nkey_file = \"e\"\n"))
+                .message()
+                .find("mixes TLS"),
+            std::string::npos);
+}
+
+// README "Security / Sealed batches": both [security] keys or neither; relative
+// paths resolve against the config's folder.
+TEST(AgentConfigTest, SecuritySealKeysComeInPairs) {
+  auto plain = parseAgentConfig(kMinimal, "/etc/branchline");
+  ASSERT_TRUE(plain.isOk());
+  EXPECT_TRUE(plain->security.seal_key_file.empty());
+  EXPECT_TRUE(plain->security.aggregator_key_file.empty());
+  auto r = parseAgentConfig(withMinimal("[security]\nseal_key_file = \"pki/agents/a1.seal.key\"\n"
+                                        "aggregator_key_file = \"/pki/aggregators/seal.pub\"\n"),
+                            "/etc/branchline");
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  EXPECT_EQ(r->security.seal_key_file, "/etc/branchline/pki/agents/a1.seal.key");
+  EXPECT_EQ(r->security.aggregator_key_file, "/pki/aggregators/seal.pub");
+  EXPECT_NE(parseError(withMinimal("[security]\naggregator_key_file = \"s.pub\"\n"))
+                .message()
+                .find("security.seal_key_file: required when security.aggregator_key_file"),
+            std::string::npos);
+  EXPECT_NE(parseError(withMinimal("[security]\nseal_key_file = \"a.key\"\n"))
+                .message()
+                .find("security.aggregator_key_file: required"),
+            std::string::npos);
+  EXPECT_NE(parseError(withMinimal("[security]\nseal_key = \"a.key\"\n"))
+                .message()
+                .find("security.seal_key"),
+            std::string::npos);
+  EXPECT_NE(parseError(withMinimal("[security]\nseal_key_file = 3\n"))
+                .message()
+                .find("security.seal_key_file: must be a string"),
+            std::string::npos);
 }
 
 }  // namespace

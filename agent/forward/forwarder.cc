@@ -43,6 +43,7 @@ struct Forwarder::Impl {
         options(std::move(o)),
         batch_topic(batchTopic(options.topic_prefix, options.agent_id)),
         ack_topic(ackTopic(options.topic_prefix, options.agent_id)),
+        online_prefix(options.topic_prefix + "/aggregators/"),
         sent(m.counter("bl_agent_batches_sent_total", "Batches published for the first time")),
         acked(m.counter("bl_agent_batches_acked_total",
                         "Batches acknowledged by an aggregator and deleted")),
@@ -55,7 +56,12 @@ struct Forwarder::Impl {
         buffer_bytes(m.gauge("bl_agent_buffer_bytes", "Bytes held in the buffer")),
         oldest_unacked_age(m.gauge("bl_agent_oldest_unacked_age_seconds",
                                    "Age of the oldest formed, unacked batch")),
-        mqtt_connected(m.gauge("bl_agent_mqtt_connected", "1 while connected to a broker")) {}
+        mqtt_connected(m.gauge("bl_agent_mqtt_connected", "1 while connected to a broker")),
+        sealed(m.counter("bl_agent_batches_sealed_total",
+                         "Batch publishes sealed to the aggregators' key (resends included)")),
+        seal_micros(m.counter("bl_agent_seal_microseconds_total",
+                              "Time spent encoding and sealing batches (divide by "
+                              "bl_agent_batches_sealed_total for the cost per batch)")) {}
 
   // One published, unacked batch.
   struct InFlight {
@@ -69,6 +75,7 @@ struct Forwarder::Impl {
   const ForwarderOptions options;
   const std::string batch_topic;
   const std::string ack_topic;
+  const std::string online_prefix;  // `<prefix>/aggregators/<name>/online`
   Counter& sent;
   Counter& acked;
   Counter& retried;
@@ -77,6 +84,8 @@ struct Forwarder::Impl {
   Gauge& buffer_bytes;
   Gauge& oldest_unacked_age;
   Gauge& mqtt_connected;
+  Counter& sealed;
+  Counter& seal_micros;
 
   // Shared with Paho's thread: only the queue and the connection state.
   std::mutex mutex;
@@ -84,7 +93,8 @@ struct Forwarder::Impl {
   std::deque<std::string> ack_queue;
   uint64_t dropped_acks = 0;
   bool up = false;
-  uint64_t up_generation = 0;  // incremented on every (re)connect
+  uint64_t up_generation = 0;      // incremented on every (re)connect
+  uint64_t online_generation = 0;  // incremented when an aggregator announces itself
   bool stopping = false;
   bool wake = false;
 
@@ -94,16 +104,27 @@ struct Forwarder::Impl {
   size_t in_flight_bytes = 0;
   size_t last_batch_bytes = 0;
   uint64_t seen_generation = 0;
+  uint64_t seen_online = 0;
   bool connected = false;
   Clock::time_point error_backoff_until{};
   std::atomic<size_t> in_flight_count{0};
   std::atomic<bool> connected_flag{false};
 
+  std::unique_ptr<protocol::BatchSealer> sealer;  // set when options.seal is
   std::unique_ptr<mqtt::Client> client;
   std::thread thread;
 
   // --- Paho's thread: post and return. ---
   void onMessage(mqtt::Message&& m) {
+    if (m.topic.rfind(online_prefix, 0) == 0) {
+      {
+        std::lock_guard lock(mutex);
+        ++online_generation;
+        wake = true;
+      }
+      cv.notify_one();
+      return;
+    }
     if (m.topic != ack_topic) return;
     {
       std::lock_guard lock(mutex);
@@ -160,10 +181,25 @@ struct Forwarder::Impl {
     wire.created_at_us = batch.created_at_us;
     wire.records = std::move(batch.records);
     wire.rejects = std::move(batch.rejects);
-    std::string payload = protocol::encodeBatch(wire, options.zstd_level);
+    std::string payload;
+    Status s;
+    if (sealer) {
+      const int64_t started = steadyMicros();
+      auto sealed_payload = sealer->seal(wire, options.zstd_level);
+      seal_micros.inc(static_cast<uint64_t>(steadyMicros() - started));
+      if (sealed_payload.isOk()) {
+        sealed.inc();
+        payload = std::move(sealed_payload).value();
+      } else {
+        s = sealed_payload.status().withContext("sealing batch " + std::to_string(seq));
+      }
+    } else {
+      payload = protocol::encodeBatch(wire, options.zstd_level);
+    }
+    // A batch that failed to seal is tracked too, so it is retried like a failed publish.
     track(seq, payload.size());
     InFlight& f = in_flight[seq];
-    Status s = client->publish(batch_topic, std::move(payload), 1);
+    if (s.isOk()) s = client->publish(batch_topic, std::move(payload), 1);
     const auto now = Clock::now();
     if (!s.isOk()) {
       f.due = now + std::min(options.ack_timeout, kErrorBackoff);
@@ -322,12 +358,14 @@ struct Forwarder::Impl {
       std::deque<std::string> acks;
       bool is_up;
       uint64_t generation;
+      uint64_t online;
       {
         std::unique_lock lock(mutex);
         if (stopping) return;
         acks.swap(ack_queue);
         is_up = up;
         generation = up_generation;
+        online = online_generation;
         wake = false;
         if (dropped_acks > 0) {
           log::warn("acks_dropped", {{"count", dropped_acks}});
@@ -344,6 +382,15 @@ struct Forwarder::Impl {
         for (auto& [seq, f] : in_flight) {
           f.due = now;
           f.due_why = "reconnect";
+        }
+      }
+      if (online != seen_online) {
+        // An aggregator (re)connected or its store came back: batches published
+        // while none could take them are resent now, not after ack_timeout.
+        seen_online = online;
+        for (auto& [seq, f] : in_flight) {
+          f.due = now;
+          f.due_why = "aggregator_online";
         }
       }
       if (connected && now >= error_backoff_until) {
@@ -369,6 +416,15 @@ Result<std::unique_ptr<Forwarder>> Forwarder::start(DurableBuffer& buffer, Forwa
   std::unique_ptr<Forwarder> f(new Forwarder());
   f->impl_ = std::make_unique<Impl>(buffer, std::move(options), metrics);
   Impl* impl = f->impl_.get();
+  if (impl->options.seal) {
+    auto sealer = protocol::BatchSealer::create(*impl->options.seal);
+    if (!sealer.isOk()) {
+      return sealer.status().withContext("forwarder: agent `" + impl->options.agent_id +
+                                         "` sealing keys");
+    }
+    impl->sealer = std::move(sealer).value();
+    log::info("forwarder_sealing", {{"aggregator_key_id", impl->sealer->keyId()}});
+  }
 
   auto unacked = buffer.unackedBatches();
   if (!unacked.isOk()) return unacked.status().withContext("forwarder: listing unacked batches");
@@ -382,6 +438,7 @@ Result<std::unique_ptr<Forwarder>> Forwarder::start(DurableBuffer& buffer, Forwa
       impl->options.mqtt, [impl](mqtt::Message&& m) { impl->onMessage(std::move(m)); },
       [impl](bool up) { impl->onConnection(up); });
   BL_RETURN_IF_ERROR(impl->client->subscribe(impl->ack_topic, 1));
+  BL_RETURN_IF_ERROR(impl->client->subscribe(onlineTopicFilter(impl->options.topic_prefix), 1));
   BL_RETURN_IF_ERROR(impl->client->start());
   impl->thread = std::thread([impl] { impl->run(); });
   return f;
@@ -411,5 +468,9 @@ void Forwarder::stop() {
 
 size_t Forwarder::inFlight() const { return impl_->in_flight_count.load(); }
 bool Forwarder::connected() const { return impl_->connected_flag.load(); }
+
+std::string onlineTopicFilter(const std::string& prefix) {
+  return prefix + "/aggregators/+/online";
+}
 
 }  // namespace branchline::agent

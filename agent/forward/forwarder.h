@@ -10,16 +10,18 @@
 // At most window_batches / window_bytes (encoded) are unacked in flight, which
 // also keeps Paho under the ~1 MB in flight where it stalls (LIMITS.md).
 //
-// Threads: one forwarder thread does all SQLite and encoding work; Paho's
-// callbacks only post acks and connection changes to it.
+// Threads: one forwarder thread does all SQLite, encoding and sealing work;
+// Paho's callbacks only post acks and connection changes to it.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "agent/buffer/durable_buffer.h"
+#include "protocol/seal.h"
 #include "shared/core/metrics.h"
 #include "shared/core/status.h"
 #include "shared/mqtt/mqtt_client.h"
@@ -36,6 +38,10 @@ struct ForwarderOptions {
   std::chrono::milliseconds linger{100};         // a partial batch leaves after this long
   std::chrono::milliseconds ack_timeout{10000};  // re-publish an unacked batch after this
   int zstd_level = 1;
+  // Set: every batch is sealed to the aggregators' key (protocol/seal.h), each
+  // publish (also a resend) under a fresh ephemeral key. Unset: batches travel
+  // plain, protected by the transport only.
+  std::optional<protocol::SealerKeys> seal;
 };
 
 class Forwarder {
@@ -64,5 +70,9 @@ class Forwarder {
 // `<prefix>/agents/<id>/batch` and `<prefix>/agents/<id>/ack` (README "MQTT topics").
 std::string batchTopic(const std::string& prefix, const std::string& agent_id);
 std::string ackTopic(const std::string& prefix, const std::string& agent_id);
+// `<prefix>/aggregators/+/online`: an aggregator publishes there when it
+// (re)connects and when its store comes back; agents then resend what is
+// unacked at once instead of waiting out ack_timeout.
+std::string onlineTopicFilter(const std::string& prefix);
 
 }  // namespace branchline::agent

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -57,6 +58,15 @@ class FakeAggregator {
     std::lock_guard lock(mu_);
     mode_ = m;
   }
+  // Publishes as this aggregator (e.g. its online announcement).
+  Status publish(const std::string& topic, std::string payload) {
+    return client_->publish(topic, std::move(payload), 1);
+  }
+  // Opens batches as a sealing aggregator does (set before the forwarder starts).
+  void setOpenOptions(protocol::OpenOptions o) {
+    std::lock_guard lock(mu_);
+    open_ = std::move(o);
+  }
 
   // Acks every batch seen so far (for a test that held acks back).
   void ackAllSeen() {
@@ -77,18 +87,21 @@ class FakeAggregator {
   std::map<uint64_t, bool> equal_on_resend_;  // seq -> every resend matched the first
   std::set<std::string> keys_acked_;          // record keys in batches acked
   size_t decode_errors_ = 0;
+  std::map<uint64_t, std::set<std::string>> payloads_;  // seq -> distinct payloads received
   int ups_ = 0;
 
  private:
   void onBatch(mqtt::Message&& m) {
-    auto batch = protocol::decodeBatch(m.payload);
     std::lock_guard lock(mu_);
+    auto batch =
+        open_ ? protocol::openBatch(m.payload, {}, *open_) : protocol::decodeBatch(m.payload);
     if (!batch.isOk()) {
       ++decode_errors_;
       cv_.notify_all();
       return;
     }
     const uint64_t seq = batch->seq;
+    payloads_[seq].insert(m.payload);
     const int n = ++deliveries_[seq];
     if (n == 1) {
       first_[seq] = *batch;
@@ -129,6 +142,7 @@ class FakeAggregator {
   }
 
   Mode mode_ = Mode::kAck;
+  std::optional<protocol::OpenOptions> open_;
   std::unique_ptr<mqtt::Client> client_;
 };
 
@@ -256,6 +270,75 @@ TEST_F(ForwarderTest, UnackedBatchIsResentAfterAckTimeoutWithTheSameSeqAndRecord
   }
   EXPECT_EQ(aggregator_->keys_acked_.size(), 30u);
   EXPECT_GE(metric("bl_agent_batches_retried_total"), 1u);
+}
+
+// An aggregator announcing itself on `<prefix>/aggregators/<name>/online`
+// makes the agent resend what is unacked at once, long before ack_timeout.
+TEST_F(ForwarderTest, AggregatorOnlineAnnouncementTriggersAnImmediateResend) {
+  aggregator_->setMode(FakeAggregator::Mode::kIgnoreFirst);
+  auto o = options();
+  o.ack_timeout = 60s;
+  startForwarder(o);
+  append(0, 30);
+  ASSERT_TRUE(aggregator_->waitFor([&] { return !aggregator_->deliveries_.empty(); }));
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(aggregator_
+                  ->publish(std::string(kPrefix) + "/aggregators/agg-9/online",
+                            "{\"aggregator\":\"agg-9\"}")
+                  .isOk());
+  ASSERT_TRUE(waitDrained(10s)) << "not resent on the announcement";
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 10s);
+  EXPECT_EQ(aggregator_->keys_acked_.size(), 30u);
+  EXPECT_GE(metric("bl_agent_batches_retried_total"), 1u);
+}
+
+// Sealing on: the aggregator opens every batch with its key and the agent's
+// enrolled key; a resend carries the same seq and records under a fresh
+// ephemeral key (different bytes), and no record travels in clear.
+TEST_F(ForwarderTest, SealedBatchesOpenWithTheAggregatorKeyAndResendsCarryTheSameRecords) {
+  const protocol::SealKeyPair aggregator_key = *protocol::generateSealKeyPair();
+  const protocol::SealKeyPair agent_key = *protocol::generateSealKeyPair();
+  protocol::AggregatorKeyRing ring;
+  ring.by_key_id[protocol::sealKeyId(aggregator_key.public_key)] = {aggregator_key, INT64_MAX};
+  protocol::OpenOptions open;
+  open.ring = &ring;
+  open.agent_public_key = [&](const std::string& id) -> Result<protocol::X25519Key> {
+    if (id != kAgent) return Status::notFound(id);
+    return agent_key.public_key;
+  };
+  aggregator_->setOpenOptions(open);
+  aggregator_->setMode(FakeAggregator::Mode::kIgnoreFirst);
+  auto o = options();
+  o.ack_timeout = 400ms;
+  o.seal = protocol::SealerKeys{agent_key, aggregator_key.public_key};
+  startForwarder(o);
+  append(0, 130);
+  ASSERT_TRUE(waitDrained()) << "never acked";
+  {
+    std::lock_guard lock(aggregator_->mu_);
+    EXPECT_EQ(aggregator_->decode_errors_, 0u);
+    EXPECT_EQ(aggregator_->keys_acked_.size(), 130u);
+    ASSERT_GE(aggregator_->deliveries_.size(), 2u);
+    for (const auto& [seq, n] : aggregator_->deliveries_) {
+      EXPECT_GE(n, 2) << "batch " << seq;
+      EXPECT_TRUE(aggregator_->equal_on_resend_[seq]) << "batch " << seq << " changed on resend";
+      EXPECT_EQ(aggregator_->payloads_[seq].size(), size_t(n)) << "a resend reused its key";
+      for (const auto& payload : aggregator_->payloads_[seq]) {
+        EXPECT_EQ(payload.find("external_id"), std::string::npos) << "record in clear";
+      }
+    }
+  }
+  EXPECT_GE(metric("bl_agent_batches_sealed_total"), 4u);
+  EXPECT_GT(metric("bl_agent_seal_microseconds_total"), 0u);
+}
+
+TEST_F(ForwarderTest, SealingWithALowOrderAggregatorKeyFailsAtStart) {
+  auto o = options();
+  o.seal = protocol::SealerKeys{*protocol::generateSealKeyPair(), protocol::X25519Key{}};
+  MetricsRegistry metrics;
+  auto f = Forwarder::start(*buffer_, std::move(o), metrics);
+  ASSERT_FALSE(f.isOk());
+  EXPECT_NE(f.status().message().find("sealing keys"), std::string::npos) << f.status().message();
 }
 
 TEST_F(ForwarderTest, RefusedBatchIsKeptAndRetried) {

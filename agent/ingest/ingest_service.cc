@@ -45,6 +45,8 @@ struct IngestService::Impl {
   Counter& accepted;
   LabeledCounter& rejected;
   LabeledCounter& requests;
+  LabeledCounter& refused;
+  Gauge& connections;
   std::map<int, Counter*> status_counters;  // fixed after construction: read without a lock
   std::mutex reason_mutex;
   std::unordered_map<std::string, Counter*> reason_counters;
@@ -60,7 +62,12 @@ struct IngestService::Impl {
         rejected(m.labeledCounter("bl_agent_records_rejected_total",
                                   "Records rejected and quarantined, by first reason", "reason")),
         requests(m.labeledCounter("bl_agent_http_requests_total",
-                                  "Ingest API requests answered, by HTTP status", "status")) {
+                                  "Ingest API requests answered, by HTTP status", "status")),
+        refused(m.labeledCounter("bl_agent_http_refused_total",
+                                 "HTTP requests and connections refused by an input limit, by "
+                                 "reason (README \"Input limits\")",
+                                 "reason")),
+        connections(m.gauge("bl_agent_http_connections", "HTTP connections open now")) {
     for (int s : kStatuses) status_counters[s] = &requests.with(std::to_string(s));
     for (const auto& name : engine->sourceNames()) {
       if (!source_list.empty()) source_list += ", ";
@@ -102,6 +109,9 @@ IngestService::IngestService(std::shared_ptr<const rules::RuleEngine> engine, Du
     : impl_(std::make_shared<Impl>(std::move(engine), buffer, metrics, options)) {}
 
 IngestService::~IngestService() = default;
+
+LabeledCounter& IngestService::httpRefused() { return impl_->refused; }
+Gauge& IngestService::httpConnections() { return impl_->connections; }
 
 void IngestService::handle(http::Request&& request, http::Respond respond) {
   http::Respond counted = [impl = impl_, respond = std::move(respond)](http::Response r) {
@@ -169,23 +179,28 @@ void IngestService::Impl::ingest(std::string_view source, http::Request& request
   }
 
   const std::string_view body = request.body;
-  RecordIntake intake(*engine, *schema, source, nowMicros());
+  RecordIntake intake(*engine, *schema, source, nowMicros(),
+                      IntakeLimits{options.max_record_bytes, options.max_field_bytes});
   auto tooMany = [&] {
+    refused.with("too_many_records").inc();
     return http::jsonError(413, "more than " + std::to_string(options.max_records_per_request) +
                                     " records in one request; split it into smaller requests");
   };
   if (format == BodyFormat::kJson) {
-    Status parsed =
-        addJsonDocument(intake, body, options.max_depth, options.max_records_per_request);
+    bool too_deep = false;
+    Status parsed = addJsonDocument(intake, body, options.max_depth,
+                                    options.max_records_per_request, &too_deep);
     if (parsed.code() == Code::kResourceExhausted) return respond(tooMany());
     if (!parsed.isOk()) {
+      refused.with(too_deep ? "too_deep" : "invalid_json").inc();
       return respond(http::jsonError(400, "body: " + parsed.message() + "; nothing was accepted"));
     }
   } else {
     NdjsonSummary summary =
         addNdjson(intake, body, options.max_depth, options.max_records_per_request);
     if (summary.too_many) return respond(tooMany());
-    if (summary.parsed == 0) {
+    if (summary.parsed == 0 && summary.oversized == 0) {
+      refused.with("invalid_json").inc();
       return respond(http::jsonError(400, "no line of the NDJSON body is valid JSON (" +
                                               summary.first_error + "); nothing was accepted"));
     }

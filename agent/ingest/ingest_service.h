@@ -22,6 +22,8 @@ namespace branchline::agent {
 struct IngestOptions {
   size_t max_depth = 32;                   // JSON nesting past it: 400
   size_t max_records_per_request = 10000;  // past it: 413
+  size_t max_record_bytes = 256 << 10;     // past it: that record is rejected (200)
+  size_t max_field_bytes = 64 << 10;       // a string value past it: its record is rejected
 };
 
 class IngestService {
@@ -31,6 +33,12 @@ class IngestService {
   IngestService(std::shared_ptr<const rules::RuleEngine> engine, DurableBuffer& buffer,
                 MetricsRegistry& metrics, IngestOptions options = {});
   ~IngestService();
+
+  // bl_agent_http_refused_total{reason} and bl_agent_http_connections, for
+  // the http::Server's ServerOptions (refused, connections): transport and
+  // request refusals share one counter. Valid for the service's life.
+  LabeledCounter& httpRefused();
+  Gauge& httpConnections();
 
   // The http::Handler: POST /v1/records/<source>, GET /healthz, GET /metrics.
   // Parses on the calling (network) thread; answers from the buffer's committer

@@ -58,6 +58,8 @@ struct Agent {
     service = std::make_unique<IngestService>(engine.value(), *buffer, metrics, options);
     http::ServerOptions so;
     so.max_body_bytes = 8 << 20;
+    so.refused = &service->httpRefused();
+    so.connections = &service->httpConnections();
     auto started = http::Server::start(so, [this](http::Request&& r, http::Respond respond) {
       service->handle(std::move(r), std::move(respond));
     });
@@ -343,6 +345,118 @@ TEST(IngestServiceTest, ConcurrentClientsAreAllCommitted) {
   for (auto& t : threads) t.join();
   EXPECT_EQ(accepted.load(), kClients * kRequests * kPerRequest);
   EXPECT_EQ(agent.buffer->stats().records, uint64_t{kClients * kRequests * kPerRequest});
+}
+
+std::string metricsText(Agent& agent) {
+  TestClient client;
+  if (client.connect(agent.server->port())) return "";
+  auto m = client.request("GET", "/metrics");
+  return m ? m->body : "";
+}
+
+// A customer record whose `notes` field holds `notes_bytes` bytes.
+std::string customerWithNotes(int i, size_t notes_bytes) {
+  std::string c = customer(i);
+  c.pop_back();
+  return c + R"(,"notes":")" + std::string(notes_bytes, 'n') + "\"}";
+}
+
+TEST(IngestServiceTest, ARecordOverThePerRecordLimitIsRejectedAndTheOthersAccepted) {
+  IngestOptions options;
+  options.max_record_bytes = 2048;
+  Agent agent(1ull << 30, options);
+  // NDJSON: the big line is rejected unparsed; the lines around it are accepted.
+  Answer a =
+      post(agent, customer(1) + "\n" + customerWithNotes(2, 3000) + "\n" + customer(3) + "\n",
+           "application/x-ndjson");
+  ASSERT_EQ(a.status, 200) << a.text;
+  EXPECT_EQ(num(a.body, "accepted"), 2);
+  EXPECT_EQ(num(a.body, "rejected"), 1);
+  ASSERT_EQ(a.body.at("errors").as_array().size(), 1u);
+  const auto& err = a.body.at("errors").at(0);
+  EXPECT_EQ(err.at("index").as_int64(), 1);
+  EXPECT_EQ(err.at("field").as_string(), "");
+  EXPECT_NE(std::string(err.at("reason").as_string()).find("over the limit of 2048 bytes"),
+            std::string::npos)
+      << a.text;
+
+  // A JSON array: the same for its element; a single object alone is rejected too.
+  a = post(agent, "[" + customer(4) + "," + customerWithNotes(5, 3000) + "]");
+  ASSERT_EQ(a.status, 200) << a.text;
+  EXPECT_EQ(num(a.body, "accepted"), 1);
+  EXPECT_EQ(num(a.body, "rejected"), 1);
+  EXPECT_EQ(a.body.at("errors").at(0).at("index").as_int64(), 1);
+  a = post(agent, customerWithNotes(6, 3000));
+  ASSERT_EQ(a.status, 200) << a.text;
+  EXPECT_EQ(num(a.body, "rejected"), 1);
+  // Just under the limit passes.
+  a = post(agent, customerWithNotes(7, 1500));
+  ASSERT_EQ(a.status, 200) << a.text;
+  EXPECT_EQ(num(a.body, "accepted"), 1);
+
+  EXPECT_EQ(agent.buffer->stats().records, 4u);
+  EXPECT_EQ(agent.buffer->stats().rejects, 3u);  // quarantined with their reason
+  EXPECT_NE(
+      metricsText(agent).find("bl_agent_records_rejected_total{reason=\"record_too_large\"} 3\n"),
+      std::string::npos);
+}
+
+TEST(IngestServiceTest, AStringOverThePerFieldLimitRejectsItsRecordNamingTheField) {
+  IngestOptions options;
+  options.max_field_bytes = 1024;  // the schema's own notes limit is 4,096 characters
+  Agent agent(1ull << 30, options);
+  std::string nested = customer(2);
+  nested.pop_back();
+  nested += R"(,"extra":{"deep":[")" + std::string(2000, 'x') + R"("]}})";
+  Answer a = post(agent, "[" + customerWithNotes(1, 2000) + "," + nested + "," + customer(3) + "," +
+                             customerWithNotes(4, 1000) + "]");
+  ASSERT_EQ(a.status, 200) << a.text;
+  EXPECT_EQ(num(a.body, "accepted"), 2);
+  EXPECT_EQ(num(a.body, "rejected"), 2);
+  const auto& errors = a.body.at("errors").as_array();
+  ASSERT_EQ(errors.size(), 2u);
+  EXPECT_EQ(errors[0].at("index").as_int64(), 0);
+  EXPECT_EQ(errors[0].at("field").as_string(), "notes");
+  EXPECT_EQ(errors[0].at("reason").as_string(),
+            "value is 2000 bytes, over the limit of 1024 bytes per field");
+  EXPECT_EQ(errors[1].at("index").as_int64(), 1);
+  EXPECT_EQ(errors[1].at("field").as_string(), "extra");  // the top-level field holding it
+  EXPECT_NE(
+      metricsText(agent).find("bl_agent_records_rejected_total{reason=\"field_too_large\"} 2\n"),
+      std::string::npos);
+}
+
+TEST(IngestServiceTest, RefusalsAreCountedByReason) {
+  IngestOptions options;
+  options.max_records_per_request = 2;
+  Agent agent(1ull << 30, options);
+  std::string deep(100, '[');
+  deep += std::string(100, ']');
+  EXPECT_EQ(post(agent, deep).status, 400);
+  EXPECT_EQ(post(agent, "{oops").status, 400);
+  EXPECT_EQ(post(agent, "[" + customer(1) + "," + customer(2) + "," + customer(3) + "]").status,
+            413);
+  EXPECT_EQ(post(agent, "[" + std::string(9 << 20, ' ') + "]").status, 413);
+  {
+    TestClient client;
+    ASSERT_FALSE(client.connect(agent.server->port()));
+    client.writeRaw("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(64 << 10, 'a') +
+                    "\r\n\r\n");
+    auto r = client.read();
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 431);
+    EXPECT_NE(r->body.find("\"error\":"), std::string::npos);
+  }
+  EXPECT_EQ(agent.buffer->stats().records, 0u);
+  std::string text = metricsText(agent);
+  for (const char* line : {"bl_agent_http_refused_total{reason=\"too_deep\"} 1\n",
+                           "bl_agent_http_refused_total{reason=\"invalid_json\"} 1\n",
+                           "bl_agent_http_refused_total{reason=\"too_many_records\"} 1\n",
+                           "bl_agent_http_refused_total{reason=\"body_too_large\"} 1\n",
+                           "bl_agent_http_refused_total{reason=\"header_too_large\"} 1\n",
+                           "bl_agent_http_connections 1\n"}) {
+    EXPECT_NE(text.find(line), std::string::npos) << line << text;
+  }
 }
 
 TEST(IngestServiceTest, WrongMethodIs405) {

@@ -89,6 +89,113 @@ std::string describeParseError(const json::error_code& ec, std::string_view text
   return "invalid JSON at byte " + std::to_string(consumed) + ": " + ec.message();
 }
 
+// Walks a parsed record once to find what IntakeLimits bound: its size as
+// compact JSON (stopping early once past the record limit: only "too large"
+// matters then) and the top-level fields holding an over-long string.
+class SizeProbe {
+ public:
+  explicit SizeProbe(const IntakeLimits& limits) : limits_(limits) {}
+
+  size_t size() const { return size_; }
+  bool tooLarge() const { return size_ > limits_.max_record_bytes; }
+  bool fieldTooLong() const { return longest_ > limits_.max_field_bytes; }
+
+  void measure(const json::value& v) {
+    if (tooLarge()) return;
+    switch (v.kind()) {
+      case json::kind::string:
+        return string(v.get_string());
+      case json::kind::object: {
+        const json::object& o = v.get_object();
+        size_ += 2 + (o.empty() ? 0 : o.size() - 1);  // braces, commas
+        for (const auto& member : o) {
+          size_ += 1;  // colon
+          key(member.key());
+          measure(member.value());
+          if (tooLarge()) return;
+        }
+        return;
+      }
+      case json::kind::array: {
+        const json::array& a = v.get_array();
+        size_ += 2 + (a.empty() ? 0 : a.size() - 1);
+        for (const auto& e : a) {
+          measure(e);
+          if (tooLarge()) return;
+        }
+        return;
+      }
+      case json::kind::int64:
+        size_ += digits(v.get_int64());
+        return;
+      case json::kind::uint64:
+        size_ += digits(v.get_uint64());
+        return;
+      case json::kind::double_:
+        size_ += 24;  // at most, as serialized
+        return;
+      case json::kind::bool_:
+        size_ += v.get_bool() ? 4 : 5;
+        return;
+      case json::kind::null:
+        size_ += 4;
+        return;
+    }
+  }
+
+  // The top-level fields of `object` holding a string past max_field_bytes,
+  // with the longest such string's size; measures the object on the way.
+  std::vector<std::pair<std::string, size_t>> measureObject(const json::object& object) {
+    std::vector<std::pair<std::string, size_t>> long_fields;
+    size_ += 2 + (object.empty() ? 0 : object.size() - 1);
+    for (const auto& member : object) {
+      size_ += 1;
+      key(member.key());
+      longest_ = 0;
+      measure(member.value());
+      if (tooLarge()) return {};
+      if (fieldTooLong()) long_fields.emplace_back(std::string(member.key()), longest_);
+    }
+    return long_fields;
+  }
+
+ private:
+  // Keys count toward the record's size but are not field values.
+  void key(std::string_view s) {
+    const size_t longest = longest_;
+    string(s);
+    longest_ = longest;
+  }
+  void string(std::string_view s) {
+    longest_ = std::max(longest_, s.size());
+    size_ += s.size() + 2;
+    for (char c : s) {
+      const auto u = static_cast<unsigned char>(c);
+      if (u == '"' || u == '\\') {
+        size_ += 1;
+      } else if (u < 0x20) {
+        size_ += (u == '\n' || u == '\r' || u == '\t' || u == '\b' || u == '\f') ? 1 : 5;
+      }
+    }
+  }
+  static size_t digits(uint64_t v) {
+    size_t n = 1;
+    while (v >= 10) {
+      v /= 10;
+      ++n;
+    }
+    return n;
+  }
+  static size_t digits(int64_t v) {
+    return v < 0 ? 1 + digits(static_cast<uint64_t>(-(v + 1)) + 1)
+                 : digits(static_cast<uint64_t>(v));
+  }
+
+  const IntakeLimits& limits_;
+  size_t size_ = 0;
+  size_t longest_ = 0;
+};
+
 std::string reasonsJson(const std::vector<rules::FieldError>& errors) {
   std::string out = "[";
   for (size_t i = 0; i < errors.size(); ++i) {
@@ -101,6 +208,11 @@ std::string reasonsJson(const std::vector<rules::FieldError>& errors) {
   }
   out += ']';
   return out;
+}
+
+std::string recordTooLargeReason(size_t size, size_t limit) {
+  return "record is " + std::to_string(size) + " bytes, over the limit of " +
+         std::to_string(limit) + " bytes per record";
 }
 
 }  // namespace
@@ -157,7 +269,7 @@ std::string rejectCode(const rules::FieldError& error) {
 }
 
 Status addJsonDocument(RecordIntake& intake, std::string_view text, size_t max_depth,
-                       size_t max_records) {
+                       size_t max_records, bool* too_deep) {
   ParseScratch& s = scratch();
   json::monotonic_resource mr(s.values.data(), s.values.size());
   json::parse_options options;
@@ -166,7 +278,10 @@ Status addJsonDocument(RecordIntake& intake, std::string_view text, size_t max_d
                       s.parser_stack.size());
   json::error_code ec;
   size_t consumed = parser.write(text.data(), text.size(), ec);
-  if (ec) return Status::invalid(describeParseError(ec, text, consumed, max_depth));
+  if (ec) {
+    if (too_deep != nullptr) *too_deep = ec == json::error::too_deep;
+    return Status::invalid(describeParseError(ec, text, consumed, max_depth));
+  }
   json::value root = parser.release();
   if (root.is_object()) {
     intake.addObject(0, root.get_object());
@@ -203,6 +318,14 @@ NdjsonSummary addNdjson(RecordIntake& intake, std::string_view text, size_t max_
       return summary;
     }
     const size_t index = summary.lines++;
+    if (line.size() > intake.limits().max_record_bytes) {
+      // Not parsed: a huge line costs no parse and no memory beyond the body.
+      ++summary.oversized;
+      intake.addUnparsable(index, line.substr(0, kMaxRawBytes),
+                           recordTooLargeReason(line.size(), intake.limits().max_record_bytes),
+                           "record_too_large");
+      continue;
+    }
     // A fresh resource per line over the same scratch block: each line's
     // values die before the next line is parsed.
     json::monotonic_resource mr(s.values.data(), s.values.size());
@@ -243,8 +366,12 @@ void appendErrorsJson(std::string& out, const std::vector<RecordError>& errors, 
 }
 
 RecordIntake::RecordIntake(const rules::RuleEngine& engine, const rules::CompiledSchema& schema,
-                           std::string_view source, int64_t ingested_at_us)
-    : engine_(engine), schema_(schema), source_(source), ingested_at_us_(ingested_at_us) {}
+                           std::string_view source, int64_t ingested_at_us, IntakeLimits limits)
+    : engine_(engine),
+      schema_(schema),
+      source_(source),
+      ingested_at_us_(ingested_at_us),
+      limits_(limits) {}
 
 void RecordIntake::addValue(size_t index, const boost::json::value& value) {
   if (const auto* object = value.if_object()) return addObject(index, *object);
@@ -253,6 +380,27 @@ void RecordIntake::addValue(size_t index, const boost::json::value& value) {
 }
 
 void RecordIntake::addObject(size_t index, const boost::json::object& object) {
+  if (limits_.max_record_bytes != SIZE_MAX || limits_.max_field_bytes != SIZE_MAX) {
+    SizeProbe probe(limits_);
+    auto long_fields = probe.measureObject(object);
+    if (probe.tooLarge()) {
+      // The size stops being measured at the limit: say "over", not how much.
+      return reject(index, sanitizeUtf8(boost::json::serialize(object), kMaxRawBytes),
+                    {{"", "record is over the limit of " +
+                              std::to_string(limits_.max_record_bytes) + " bytes per record"}},
+                    "record_too_large");
+    }
+    if (!long_fields.empty()) {
+      std::vector<rules::FieldError> errors;
+      for (auto& [field, size] : long_fields) {
+        errors.push_back(
+            {std::move(field), "value is " + std::to_string(size) + " bytes, over the limit of " +
+                                   std::to_string(limits_.max_field_bytes) + " bytes per field"});
+      }
+      return reject(index, sanitizeUtf8(boost::json::serialize(object), kMaxRawBytes),
+                    std::move(errors), "field_too_large");
+    }
+  }
   rules::Outcome outcome = engine_.apply(schema_, object);
   if (outcome.ok()) {
     records_.push_back(protocol::WireRecord{source_, std::move(outcome.record->key),

@@ -34,11 +34,26 @@ struct RecordError {
 
 inline constexpr size_t kMaxRawBytes = 64 << 10;  // raw text kept per reject
 
+// Hostile-input bounds applied to each input before the rules see it. A
+// record past either is rejected (quarantined with its reason), never parsed
+// further; the other inputs of the request or file still count.
+struct IntakeLimits {
+  // The record as JSON text: the NDJSON line as sent, or an object measured as
+  // compact JSON (array elements, single objects, CSV rows). Reject code
+  // "record_too_large".
+  size_t max_record_bytes = SIZE_MAX;
+  // Any string value inside the record, in bytes; the error names the
+  // top-level field holding it. Reject code "field_too_large".
+  size_t max_field_bytes = SIZE_MAX;
+};
+
 class RecordIntake {
  public:
   // `engine` and `schema` (from engine.find(source)) must outlive the intake.
   RecordIntake(const rules::RuleEngine& engine, const rules::CompiledSchema& schema,
-               std::string_view source, int64_t ingested_at_us);
+               std::string_view source, int64_t ingested_at_us, IntakeLimits limits = {});
+
+  const IntakeLimits& limits() const { return limits_; }
 
   // A parsed input at position `index`: an object goes through the rules, any
   // other JSON value is rejected as "not a JSON object".
@@ -71,6 +86,7 @@ class RecordIntake {
   const rules::CompiledSchema& schema_;
   std::string source_;
   int64_t ingested_at_us_;
+  IntakeLimits limits_;
   std::vector<protocol::WireRecord> records_;
   std::vector<protocol::WireReject> rejects_;
   std::vector<RecordError> errors_;
@@ -81,18 +97,20 @@ class RecordIntake {
 // each become an input at their index) and feeds it to `intake`. Nothing is
 // added on failure: kInvalidArgument for a body that cannot be parsed (the
 // message says where and why: bad JSON, invalid UTF-8, nesting past
-// `max_depth`, a top-level scalar), kResourceExhausted for more than
-// `max_records` elements.
+// `max_depth` (then *too_deep is set when given), a top-level scalar),
+// kResourceExhausted for more than `max_records` elements.
 Status addJsonDocument(RecordIntake& intake, std::string_view text, size_t max_depth,
-                       size_t max_records);
+                       size_t max_records, bool* too_deep = nullptr);
 
 // Feeds NDJSON (one JSON value per line, "\n" or "\r\n") to `intake`. Blank
 // lines are skipped and take no index: `index` is the position among
 // non-blank lines. A line that does not parse becomes a reject ("invalid
-// JSON: ..."), the other lines still count.
+// JSON: ..."), and so does a line longer than intake.limits().max_record_bytes
+// (not parsed at all); the other lines still count.
 struct NdjsonSummary {
   size_t lines = 0;         // non-blank lines seen
   size_t parsed = 0;        // of which parsed as JSON
+  size_t oversized = 0;     // of which rejected unparsed for their size
   bool too_many = false;    // stopped: more than max_records lines (intake is partial)
   std::string first_error;  // "line 3: invalid JSON at byte 7: syntax error"
 };

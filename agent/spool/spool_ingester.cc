@@ -136,6 +136,28 @@ std::string errorsJson(const std::string& name, size_t accepted, size_t rejected
   return out;
 }
 
+struct LongLine {
+  size_t line = 0;   // 1-based
+  size_t bytes = 0;  // without its line ending
+};
+
+// The longest physical line ("\n"-separated) of `text`.
+LongLine longestLine(std::string_view text) {
+  LongLine longest;
+  size_t line = 1;
+  size_t pos = 0;
+  while (pos <= text.size()) {
+    size_t end = text.find('\n', pos);
+    if (end == std::string_view::npos) end = text.size();
+    size_t bytes = end - pos;
+    if (bytes > 0 && text[end - 1] == '\r') --bytes;
+    if (bytes > longest.bytes) longest = {line, bytes};
+    pos = end + 1;
+    ++line;
+  }
+  return longest;
+}
+
 }  // namespace
 
 struct SpoolIngester::Impl {
@@ -151,6 +173,7 @@ struct SpoolIngester::Impl {
   DurableBuffer* buffer = nullptr;
   LabeledCounter* files = nullptr;
   LabeledCounter* records = nullptr;
+  LabeledCounter* refused = nullptr;
   std::map<std::string, Source> sources;
 
   std::mutex mutex;
@@ -160,8 +183,11 @@ struct SpoolIngester::Impl {
 
   enum class Outcome { kDone, kFailed, kWaiting, kDeferred };
 
-  Outcome fail(Source& src, const std::string& name, const std::string& why) {
-    log::warn("spool_file_failed", {{"source", src.name}, {"file", name}, {"reason", why}});
+  // `reason` is the refusal's metric label; `why` the sentence for people.
+  Outcome fail(Source& src, const std::string& name, const char* reason, const std::string& why) {
+    refused->with(reason).inc();
+    log::warn("spool_file_failed",
+              {{"source", src.name}, {"file", name}, {"reason", reason}, {"detail", why}});
     fs::path failed = src.dir / "failed";
     Status s = writeFileDurably(failed / (name + ".errors.json"), errorsJson(name, 0, 0, {}, why));
     if (s.isOk()) s = moveInto(src, name, failed);
@@ -190,33 +216,52 @@ struct SpoolIngester::Impl {
   Outcome process(Source& src, const std::string& name, const FileSig& sig) {
     const FileKind kind = kindOf(name);
     if (kind == FileKind::kUnsupported) {
-      return fail(src, name, "unsupported file type; use .ndjson, .jsonl or .csv");
+      return fail(src, name, "unsupported_type",
+                  "unsupported file type; use .ndjson, .jsonl or .csv");
     }
     if (sig.size > options.max_file_bytes) {
-      return fail(src, name,
+      return fail(src, name, "file_too_large",
                   "file is " + std::to_string(sig.size) + " bytes, past the limit of " +
                       std::to_string(options.max_file_bytes));
     }
     std::string text;
     if (Status s = readWholeFile(src.dir / name, sig.size, text); !s.isOk()) {
-      return fail(src, name, "cannot read the file: " + s.message());
+      return fail(src, name, "unreadable", "cannot read the file: " + s.message());
     }
     if (text.size() != sig.size) return Outcome::kWaiting;  // changed under us
+    if (LongLine longest = longestLine(text); longest.bytes > options.max_line_bytes) {
+      return fail(src, name, "line_too_long",
+                  "line " + std::to_string(longest.line) + " is " + std::to_string(longest.bytes) +
+                      " bytes, past the limit of " + std::to_string(options.max_line_bytes) +
+                      " per line");
+    }
     if (size_t bad = firstInvalidUtf8(text); bad < text.size()) {
-      return fail(src, name, "not valid UTF-8 at byte " + std::to_string(bad));
+      return fail(src, name, "not_utf8", "not valid UTF-8 at byte " + std::to_string(bad));
     }
 
+    const auto tooMany = [&] {
+      return fail(src, name, "too_many_records",
+                  "more than " + std::to_string(options.max_records_per_file) +
+                      " records in one file; split it into smaller files");
+    };
     RecordIntake intake(*engine, *src.schema, src.name, nowMicros());
     if (kind == FileKind::kNdjson) {
       NdjsonSummary summary =
-          addNdjson(intake, text, options.max_depth, std::numeric_limits<size_t>::max());
+          addNdjson(intake, text, options.max_depth, options.max_records_per_file);
+      if (summary.too_many) return tooMany();
       if (summary.lines > 0 && summary.parsed == 0) {
-        return fail(src, name, "no line is valid JSON (" + summary.first_error + ")");
+        return fail(src, name, "no_valid_line",
+                    "no line is valid JSON (" + summary.first_error + ")");
       }
     } else {
       std::vector<std::string> header;
       boost::json::object object;
+      bool too_many = false;
       Status parsed = readCsv(text, header, [&](const CsvRow& row) {
+        if (too_many || row.index >= options.max_records_per_file) {
+          too_many = true;  // the rest is read for its structure only
+          return;
+        }
         if (row.cells.size() != header.size()) {
           intake.addUnparsable(row.index, row.text,
                                "line " + std::to_string(row.line) + ": row has " +
@@ -231,7 +276,8 @@ struct SpoolIngester::Impl {
         }
         intake.addObject(row.index, object);
       });
-      if (!parsed.isOk()) return fail(src, name, "broken CSV: " + parsed.message());
+      if (!parsed.isOk()) return fail(src, name, "broken_csv", "broken CSV: " + parsed.message());
+      if (too_many) return tooMany();
     }
 
     const std::string token = fileToken(src.name, name, sig.size, sig.mtime_ns);
@@ -373,6 +419,9 @@ Result<std::unique_ptr<SpoolIngester>> SpoolIngester::create(
                                        "outcome");
   impl.records = &metrics.labeledCounter("bl_agent_spool_records_total",
                                          "Records taken from spool files, by result", "result");
+  impl.refused = &metrics.labeledCounter(
+      "bl_agent_spool_refused_total",
+      "Spool files moved to failed/ whole, by reason (README \"Input limits\")", "reason");
   return ingester;
 }
 

@@ -13,7 +13,8 @@
 // done/ never ingests a file twice. After the commit the file moves to done/
 // (with <name>.errors.json when any record was rejected); a file that cannot
 // be read, is not UTF-8, is broken CSV as a whole or is too large moves to
-// failed/ with an .errors.json saying why, and nothing of it is accepted. When
+// failed/ with an .errors.json saying why, and nothing of it is accepted (so
+// does a file past a limit in SpoolOptions). When
 // the buffer is full the file stays and is retried on a later poll.
 #pragma once
 
@@ -36,7 +37,12 @@ struct SpoolOptions {
   std::filesystem::path dir;         // files go in dir/<source>/
   std::vector<std::string> sources;  // each must be known to the rule engine
   std::chrono::milliseconds poll{500};
-  uint64_t max_file_bytes = 64ull << 20;  // past it: failed/
+  // Hostile-input limits (README "Input limits"): a file past any of them goes
+  // to failed/ whole, with the reason, and counts in
+  // bl_agent_spool_refused_total{reason}; the other files carry on.
+  uint64_t max_file_bytes = 64ull << 20;  // reason file_too_large
+  size_t max_line_bytes = 1 << 20;        // any physical line; reason line_too_long
+  size_t max_records_per_file = 200000;   // NDJSON lines / CSV rows; reason too_many_records
   size_t max_depth = 32;                  // JSON nesting past it: the line is rejected
   // Test seam for crash tests: called after a file's append committed and
   // before it moves; returning false stops there, as if the process died.

@@ -244,6 +244,56 @@ TEST_F(SpoolIngesterTest, UnusableFilesGoToFailedWithAReason) {
   EXPECT_NE(reason("notes.txt").find("unsupported file type"), std::string::npos);
 }
 
+TEST_F(SpoolIngesterTest, AFilePastALimitGoesToFailedWithItsReasonAndTheOthersContinue) {
+  SpoolOptions options;
+  options.max_file_bytes = 8192;
+  options.max_line_bytes = 1000;
+  options.max_records_per_file = 3;
+  auto s = ingester(options);
+  ASSERT_TRUE(s);
+  const std::string csv_header = "external_id,name,email,channel,created_at\n";
+  auto csvRow = [](int i) {
+    return "v-" + std::to_string(i) + ",Ann,a" + std::to_string(i) +
+           "@example.com,web,2026-11-25T11:53:47Z\n";
+  };
+  writeFile(dir() / "a-good.ndjson", customer(1) + "\n" + customer(2) + "\n");
+  writeFile(dir() / "b-long-line.ndjson",
+            customer(3) + "\n{\"external_id\":\"" + std::string(2000, 'x') + "\"}\n");
+  writeFile(dir() / "c-many.ndjson",
+            customer(4) + "\n" + customer(5) + "\n" + customer(6) + "\n" + customer(7) + "\n");
+  writeFile(dir() / "d-many.csv", csv_header + csvRow(1) + csvRow(2) + csvRow(3) + csvRow(4));
+  std::string big;
+  for (int i = 0; big.size() <= 8192; ++i) big += customer(100 + i) + "\n";
+  writeFile(dir() / "e-big.ndjson", big);
+  writeFile(dir() / "f-good.csv", csv_header + csvRow(5) + csvRow(6) + csvRow(7));
+
+  auto r = pollTwice(*s);
+  EXPECT_EQ(r.done, 2u);
+  EXPECT_EQ(r.failed, 4u);
+  EXPECT_TRUE(fs::exists(dir() / "done" / "a-good.ndjson"));
+  EXPECT_TRUE(fs::exists(dir() / "done" / "f-good.csv"));
+  EXPECT_EQ(buffer_->stats().records, 5u);  // 2 + 3 from the good files, nothing from the rest
+  EXPECT_EQ(buffer_->stats().rejects, 0u);
+  auto reason = [&](const std::string& name) {
+    EXPECT_TRUE(fs::exists(dir() / "failed" / name)) << name;
+    json::value e = json::parse(readFile(dir() / "failed" / (name + ".errors.json")));
+    EXPECT_EQ(e.at("accepted").as_int64(), 0);
+    return std::string(e.at("error").as_string());
+  };
+  EXPECT_EQ(reason("b-long-line.ndjson"), "line 2 is 2018 bytes, past the limit of 1000 per line");
+  EXPECT_EQ(reason("c-many.ndjson"),
+            "more than 3 records in one file; split it into smaller files");
+  EXPECT_EQ(reason("d-many.csv"), "more than 3 records in one file; split it into smaller files");
+  EXPECT_NE(reason("e-big.ndjson").find("past the limit of 8192"), std::string::npos);
+  auto refused = metrics_.renderPrometheus();
+  for (const char* line : {"bl_agent_spool_refused_total{reason=\"line_too_long\"} 1\n",
+                           "bl_agent_spool_refused_total{reason=\"too_many_records\"} 2\n",
+                           "bl_agent_spool_refused_total{reason=\"file_too_large\"} 1\n",
+                           "bl_agent_spool_files_total{outcome=\"failed\"} 4\n"}) {
+    EXPECT_NE(refused.find(line), std::string::npos) << line << refused;
+  }
+}
+
 TEST_F(SpoolIngesterTest, FullBufferLeavesTheFileForLater) {
   openBuffer(/*max_bytes=*/200);
   auto s = ingester();

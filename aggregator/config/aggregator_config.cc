@@ -9,6 +9,8 @@
 #include <sstream>
 
 #include "aggregator/store/central_store.h"
+#include "shared/core/clock.h"
+#include "shared/core/config_text.h"
 
 namespace branchline::aggregator {
 namespace {
@@ -18,10 +20,13 @@ const std::map<std::string, std::set<std::string>>& knownKeys() {
   static const std::map<std::string, std::set<std::string>> kKeys = {
       {"aggregator", {"name", "data_dir"}},
       {"http", {"listen"}},
-      {"mqtt", {"brokers", "topic_prefix", "share_group"}},
+      {"mqtt", {"brokers", "topic_prefix", "share_group", "ca_file", "cert_file", "key_file"}},
       {"store", {"url"}},
-      {"limits", {"max_message_bytes", "max_inflated_bytes", "max_records_per_batch"}},
+      {"limits",
+       {"max_message_bytes", "max_inflated_bytes", "max_inflate_ratio", "max_records_per_batch",
+        "max_traversal_words", "max_nesting"}},
       {"commit", {"max_batches"}},
+      {"security", {"seal_keys", "retired_seal_keys", "agents_dir", "require_sealed"}},
   };
   return kKeys;
 }
@@ -158,6 +163,34 @@ Status validate(Reader& r, AggregatorConfig& c) {
                     r.node("mqtt", "brokers"));
     }
   }
+  // TLS is all or nothing: a plain URI beside TLS ones would let a failover
+  // drop TLS; TLS files beside plain URIs would look secured but be unused.
+  size_t tls = 0;
+  for (const std::string& b : c.brokers) {
+    tls += b.rfind("ssl://", 0) == 0 || b.rfind("mqtts://", 0) == 0 || b.rfind("wss://", 0) == 0;
+  }
+  const bool tls_files = !c.ca_file.empty() || !c.cert_file.empty() || !c.key_file.empty();
+  if (tls == 0 && tls_files) {
+    return r.fail("mqtt.ca_file", "is set, but no broker URI is ssl:// (TLS would not be used)",
+                  r.node("mqtt", "brokers"));
+  }
+  if (tls != 0 && tls != c.brokers.size()) {
+    return r.fail("mqtt.brokers",
+                  "mixes TLS (ssl://) and plain (tcp://) URIs; a failover would drop TLS",
+                  r.node("mqtt", "brokers"));
+  }
+  if (tls != 0) {
+    for (const auto& [key, value] :
+         {std::pair<const char*, const std::string&>{"ca_file", c.ca_file},
+          {"cert_file", c.cert_file},
+          {"key_file", c.key_file}}) {
+      if (value.empty()) {
+        return r.fail(std::string("mqtt.") + key,
+                      "is required with ssl:// brokers (see `branchline pki`)",
+                      r.node("mqtt", "brokers"));
+      }
+    }
+  }
   if (hasMqttWildcardOrNul(c.topic_prefix) || c.topic_prefix.front() == '/' ||
       c.topic_prefix.back() == '/' || c.topic_prefix.front() == '$') {
     return r.fail(
@@ -181,14 +214,88 @@ protocol::DecodeLimits AggregatorConfig::decodeLimits() const {
   protocol::DecodeLimits l;
   l.max_message_bytes = max_message_bytes;
   l.max_inflated_bytes = max_inflated_bytes;
+  l.max_inflate_ratio = static_cast<double>(max_inflate_ratio);
   l.max_records = max_records_per_batch;
-  // The Cap'n Proto read budget follows the inflated size (8-byte words),
-  // with headroom for list and struct pointers.
-  l.max_traversal_words = max_inflated_bytes / 8 * 2 + 1024;
+  // Unless set, the Cap'n Proto read budget follows the inflated size (8-byte
+  // words), with headroom for list and struct pointers.
+  l.max_traversal_words =
+      max_traversal_words != 0 ? max_traversal_words : max_inflated_bytes / 8 * 2 + 1024;
+  l.max_nesting = static_cast<int>(max_nesting);
   return l;
 }
 
-Result<AggregatorConfig> parseAggregatorConfig(std::string_view text, std::string_view origin) {
+// [security]: sealed batches (README "Security / Sealed batches").
+Status parseSecurity(Reader& r, AggregatorConfig& c) {
+  if (const toml::node* n = r.node("security", "seal_keys")) {
+    const auto* a = n->as_array();
+    if (!a) return r.fail("security.seal_keys", "must be an array of key file names", n);
+    for (const auto& e : *a) {
+      const auto* s = e.as_string();
+      if (!s || s->get().empty()) {
+        return r.fail("security.seal_keys", "must hold only non-empty file names", &e);
+      }
+      c.seal_keys.push_back(s->get());
+    }
+  }
+  if (const toml::node* n = r.node("security", "retired_seal_keys")) {
+    const auto* a = n->as_array();
+    if (!a) {
+      return r.fail("security.retired_seal_keys",
+                    "must be an array of { file = \"...\", until = \"<RFC 3339 time>\" }", n);
+    }
+    for (const auto& e : *a) {
+      const auto* t = e.as_table();
+      const toml::node* file = t ? t->get("file") : nullptr;
+      const toml::node* until = t ? t->get("until") : nullptr;
+      if (!t || t->size() != 2 || !file || !file->as_string() || file->as_string()->get().empty() ||
+          !until || !until->as_string()) {
+        return r.fail("security.retired_seal_keys",
+                      "entries must be exactly { file = \"...\", until = \"<RFC 3339 time>\" }",
+                      &e);
+      }
+      auto until_us = parseRfc3339Micros(until->as_string()->get());
+      if (!until_us) {
+        return r.fail("security.retired_seal_keys",
+                      "`until` must be an RFC 3339 time such as 2026-12-31T00:00:00Z (got `" +
+                          until->as_string()->get() + "`)",
+                      until);
+      }
+      c.retired_seal_keys.push_back({file->as_string()->get(), *until_us});
+    }
+  }
+  BL_RETURN_IF_ERROR(r.string("security", "agents_dir", c.agents_dir, false));
+  const toml::node* require = r.node("security", "require_sealed");
+  if (require && !require->as_boolean()) {
+    return r.fail("security.require_sealed", "must be true or false", require);
+  }
+  c.require_sealed = require ? require->as_boolean()->get() : !c.seal_keys.empty();
+  // Each combination below would look secured while opening nothing, or refuse everything.
+  if (c.seal_keys.empty()) {
+    if (c.require_sealed) {
+      return r.fail("security.require_sealed",
+                    "is true but security.seal_keys is empty: no batch could be opened", require);
+    }
+    if (!c.retired_seal_keys.empty()) {
+      return r.fail("security.seal_keys", "is required with security.retired_seal_keys",
+                    r.node("security", "retired_seal_keys"));
+    }
+    if (!c.agents_dir.empty()) {
+      return r.fail("security.agents_dir", "has no effect without security.seal_keys",
+                    r.node("security", "agents_dir"));
+    }
+  } else if (c.agents_dir.empty()) {
+    return r.fail("security.agents_dir",
+                  "is required with security.seal_keys (the enrolled agents' <id>.seal.pub files)",
+                  r.node("security", "seal_keys"));
+  }
+  return Status::ok();
+}
+
+Result<AggregatorConfig> parseAggregatorConfig(std::string_view text, std::string_view origin,
+                                               size_t max_bytes) {
+  if (Status s = checkConfigText(text, {.max_bytes = max_bytes}); !s) {
+    return Status::invalid(std::string(origin) + ": " + s.message());
+  }
   toml::table root;
   try {
     root = toml::parse(text, origin);
@@ -207,24 +314,43 @@ Result<AggregatorConfig> parseAggregatorConfig(std::string_view text, std::strin
   BL_RETURN_IF_ERROR(r.stringList("mqtt", "brokers", c.brokers));
   BL_RETURN_IF_ERROR(r.string("mqtt", "topic_prefix", c.topic_prefix, false));
   BL_RETURN_IF_ERROR(r.string("mqtt", "share_group", c.share_group, false));
+  BL_RETURN_IF_ERROR(r.string("mqtt", "ca_file", c.ca_file, false));
+  BL_RETURN_IF_ERROR(r.string("mqtt", "cert_file", c.cert_file, false));
+  BL_RETURN_IF_ERROR(r.string("mqtt", "key_file", c.key_file, false));
   BL_RETURN_IF_ERROR(r.string("store", "url", c.store_url, true));
   // 256 MiB is the MQTT protocol's own payload ceiling.
   BL_RETURN_IF_ERROR(r.size("limits", "max_message_bytes", c.max_message_bytes, 1, 268435455));
   BL_RETURN_IF_ERROR(r.size("limits", "max_inflated_bytes", c.max_inflated_bytes, 1, 1ll << 32));
+  BL_RETURN_IF_ERROR(r.size("limits", "max_inflate_ratio", c.max_inflate_ratio, 0, 1000000));
   BL_RETURN_IF_ERROR(
       r.size("limits", "max_records_per_batch", c.max_records_per_batch, 1, 10000000));
+  BL_RETURN_IF_ERROR(
+      r.size("limits", "max_traversal_words", c.max_traversal_words, 0, int64_t{1} << 40));
+  BL_RETURN_IF_ERROR(r.size("limits", "max_nesting", c.max_nesting, 4, 1024));
   BL_RETURN_IF_ERROR(r.size("commit", "max_batches", c.commit_max_batches, 1, 1000));
+  BL_RETURN_IF_ERROR(parseSecurity(r, c));
   BL_RETURN_IF_ERROR(validate(r, c));
   return c;
 }
 
-Result<AggregatorConfig> loadAggregatorConfig(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Status::notFound("config file " + path.string() + " cannot be read");
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) return Status::notFound("config file " + path.string() + " cannot be read");
-  return parseAggregatorConfig(text.str(), path.string());
+Result<AggregatorConfig> loadAggregatorConfig(const std::filesystem::path& path, size_t max_bytes) {
+  auto text = readConfigFile(path, max_bytes);
+  if (!text) return text.status();
+  auto config = parseAggregatorConfig(*text, path.string(), max_bytes);
+  if (!config) return config;
+  // Relative file names are relative to the config file, not the working dir.
+  const std::filesystem::path base = std::filesystem::absolute(path).parent_path();
+  for (std::string* file : {&config->ca_file, &config->cert_file, &config->key_file}) {
+    if (!file->empty()) file->assign((base / *file).lexically_normal().string());
+  }
+  for (std::string& file : config->seal_keys) file = (base / file).lexically_normal().string();
+  for (auto& retired : config->retired_seal_keys) {
+    retired.file = (base / retired.file).lexically_normal().string();
+  }
+  if (!config->agents_dir.empty()) {
+    config->agents_dir = (base / config->agents_dir).lexically_normal().string();
+  }
+  return config;
 }
 
 }  // namespace branchline::aggregator

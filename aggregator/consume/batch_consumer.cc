@@ -39,6 +39,21 @@ std::string printable(std::string_view s, size_t max = 80) {
   return out;
 }
 
+// The metric label of a refused batch: protocol's label, made finer for the
+// input limits (README "Input limits") so each bound shows under its own name.
+const char* refusalLabel(protocol::OpenFailure failure, std::string_view message) {
+  auto says = [&](std::string_view what) { return message.find(what) != std::string_view::npos; };
+  if (failure == protocol::OpenFailure::kTooLarge && says("max_inflate_ratio")) {
+    return "inflate_ratio";
+  }
+  if (failure == protocol::OpenFailure::kMalformed) {
+    // Cap'n Proto's own words for its ReaderOptions bounds.
+    if (says("traversal limit")) return "traversal_limit";
+    if (says("too deeply-nested")) return "nesting_limit";
+  }
+  return protocol::openFailureLabel(failure);
+}
+
 struct Queued {
   std::string topic;
   std::string payload;
@@ -62,6 +77,7 @@ struct BatchConsumer::Impl {
   Counter& received;
   Counter& stored;
   Counter& duplicate;
+  Counter& seq_reused;
   LabeledCounter& refused;
   Counter& records_stored;
   Counter& records_duplicate;
@@ -95,6 +111,10 @@ struct BatchConsumer::Impl {
                          "Batches committed to the central store by this aggregator")),
         duplicate(m.counter("bl_aggregator_batches_duplicate_total",
                             "Batches already in the batch ledger (redeliveries)")),
+        seq_reused(m.counter("bl_aggregator_batch_seq_reused_total",
+                             "Batches whose sequence was already stored with other content (an "
+                             "agent restored from an old disk image?); stored anyway. Alert on "
+                             "any increase")),
         refused(m.labeledCounter("bl_aggregator_batches_refused_total",
                                  "Batch messages refused (malformed, over a limit, forged)",
                                  "reason")),
@@ -167,12 +187,24 @@ struct BatchConsumer::Impl {
   void onConnection(bool up) {
     connected.store(up);
     broker_connected_gauge.set(up ? 1 : 0);
+    if (up) announceOnline();
+  }
+
+  // Tells the agents this aggregator can take batches (README "MQTT topics"),
+  // so they resend what is unacked now rather than after their ack timeout.
+  // Non-blocking: Paho queues it (safe from its callback thread).
+  void announceOnline() {
+    if (!client || !store_ready.load()) return;
+    (void)client->publish(
+        options.topic_prefix + "/aggregators/" + options.aggregator_name + "/online",
+        "{\"aggregator\":\"" + options.aggregator_name + "\"}", 1);
   }
 
   void setStoreReady(bool ready) {
     if (store_ready.exchange(ready) != ready) {
       if (ready) {
         log::info("central_store_ready");
+        announceOnline();
       }
     }
     store_ready_gauge.set(ready ? 1 : 0);
@@ -182,9 +214,11 @@ struct BatchConsumer::Impl {
     for (;;) {
       std::vector<Queued> group;
       size_t group_bytes = 0;
+      bool idle = false;
       {
         std::unique_lock lock(mutex);
-        cv.wait(lock, [this] { return stopping || !queue.empty(); });
+        idle = !cv.wait_for(lock, std::chrono::seconds(1),
+                            [this] { return stopping || !queue.empty(); });
         // Queued, unstarted messages are left unacked on stop: their agents resend.
         if (stopping) return;
         while (!queue.empty() && group.size() < options.max_batches_per_commit) {
@@ -192,6 +226,14 @@ struct BatchConsumer::Impl {
           group.push_back(std::move(queue.front()));
           queue.pop_front();
         }
+      }
+      if (idle) {
+        // No traffic: probe the store, so readiness (/healthz) follows an
+        // outage, or a database that was away at startup, without a batch.
+        const bool ok = store.health().isOk();
+        if (!ok && store_ready.load()) log::error("central_store_unavailable", {});
+        setStoreReady(ok);
+        continue;
       }
       processGroup(group);
       std::lock_guard lock(mutex);
@@ -216,14 +258,14 @@ struct BatchConsumer::Impl {
                               std::to_string(options.limits.max_message_bytes)});
       return;
     }
-    auto decoded = protocol::decodeBatch(q.payload, options.limits);
+    protocol::OpenFailure failure = protocol::OpenFailure::kNone;
+    auto decoded = protocol::openBatch(q.payload, options.limits, options.open, &failure);
     if (!decoded) {
       std::optional<uint64_t> seq;
       auto header = protocol::peekHeader(q.payload, options.limits);
       if (header && header->agent_id == agent) seq = header->batch_seq;
-      const char* reason =
-          decoded.status().code() == Code::kResourceExhausted ? "too_large" : "malformed";
-      refusals.push_back({agent, seq, reason, decoded.status().message()});
+      refusals.push_back({agent, seq, refusalLabel(failure, decoded.status().message()),
+                          decoded.status().message()});
       return;
     }
     if (decoded->agent_id != agent) {
@@ -312,6 +354,15 @@ struct BatchConsumer::Impl {
       ack.duplicate_records = o.duplicate_records;
       ack.rejects = o.rejects;
       ack.aggregator = options.aggregator_name;
+      if (o.seq_reused) {
+        // Stored (nothing lost) and audited by the store in the same transaction.
+        seq_reused.inc();
+        log::warn("batch_seq_reused", {{"agent", o.agent_id},
+                                       {"batch_seq", static_cast<uint64_t>(o.batch_seq)},
+                                       {"digest", o.digest.substr(0, 16)},
+                                       {"stored_records", static_cast<uint64_t>(o.stored_records)},
+                                       {"rejects", static_cast<uint64_t>(o.rejects)}});
+      }
       if (o.duplicate) {
         duplicate.inc();
       } else {
@@ -361,6 +412,9 @@ Status BatchConsumer::start() {
 
   mqtt::ClientOptions co;
   co.broker_uris = o.broker_uris;
+  co.ca_file = o.ca_file;
+  co.cert_file = o.cert_file;
+  co.key_file = o.key_file;
   co.client_id =
       o.client_id.empty() ? o.aggregator_name + "-" + std::to_string(::getpid()) : o.client_id;
   // DESIGN.md: a durable session would trap this member's share of batches

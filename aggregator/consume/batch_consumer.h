@@ -7,7 +7,9 @@
 //   committed centrally; while the store is unavailable nothing is acked and
 //   the batches are retried with backoff (the agent also resends them).
 // - Hostile or malformed input (garbage, truncated frames, compression bombs,
-//   a topic naming another agent than the batch) is refused: audited, counted,
+//   a topic naming another agent than the batch; with sealing: a plain batch
+//   when sealing is required, a sealer other than the named agent, a changed
+//   byte, an unknown or retired key id, an agent not enrolled) is refused: audited, counted,
 //   answered with a refused ack when the agent is known; it never stops the
 //   other batches of its group from committing and never crashes the process.
 // - Paho's callback never blocks: it moves the message into a queue bounded
@@ -25,6 +27,7 @@
 
 #include "aggregator/store/central_store.h"
 #include "protocol/batch_codec.h"
+#include "protocol/seal.h"
 #include "shared/core/metrics.h"
 #include "shared/core/status.h"
 
@@ -34,9 +37,18 @@ struct ConsumerOptions {
   std::string aggregator_name;  // stamped on acks, ledger rows, audit rows
   std::vector<std::string> broker_uris{"tcp://127.0.0.1:1883"};
   std::string client_id;  // default: "<aggregator_name>-<pid>"
+  // Mutual TLS for ssl:// brokers (mqtt::ClientOptions): CA, this aggregator's
+  // certificate (CN "aggregator.<name>") and its key.
+  std::string ca_file;
+  std::string cert_file;
+  std::string key_file;
   std::string topic_prefix = "branchline/v1";
   std::string share_group = "branchline-aggregators";
   protocol::DecodeLimits limits;
+  // Sealed batches (protocol/seal.h): opened with `open.ring` and the agent's
+  // enrolled key (`open.agent_public_key`); `open.require_sealed` refuses plain
+  // ones. The default takes plain batches only (and refuses sealed ones).
+  protocol::OpenOptions open{.ring = nullptr, .require_sealed = false};
   size_t max_batches_per_commit = 16;
   size_t max_queue_bytes = 64 << 20;  // received, not yet acked; an empty queue takes any message
   std::chrono::milliseconds min_retry{100};  // store commit retry backoff

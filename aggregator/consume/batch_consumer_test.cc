@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 #include <atomic>
 #include <chrono>
@@ -13,10 +14,14 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
+#include "aggregator/consume/seal_keys.h"
 #include "aggregator/store/sqlite_store.h"
 #include "protocol/batch_codec.h"
+#include "protocol/seal.h"
+#include "shared/core/clock.h"
 #include "shared/mqtt/mqtt_client.h"
 #include "shared/mqtt/testing/mosquitto_process.h"
 
@@ -493,6 +498,260 @@ TEST_F(BatchConsumerTest, TwoConsumersInOneShareGroupSplitBatchesAndStoreEachOnc
   EXPECT_EQ(count("SELECT count(*) FROM records"), kAgents * kBatches * 20);
   EXPECT_EQ(count("SELECT count(DISTINCT aggregator) FROM batch_ledger"), 2);
   consumers_.clear();  // before second_store goes away
+}
+
+// Sealed batches (README "Security / Sealed batches"): the aggregator opens
+// them with its key ring and the agent's key from the agents folder. Every
+// refusal stores nothing, writes one audit row and counts under its reason; a
+// captured batch published again is stored once; an agent enrolled while the
+// aggregator runs is accepted without a restart.
+TEST_F(BatchConsumerTest, SealedBatchesAreOpenedAndEveryForgeryIsRefusedAndAudited) {
+  const fs::path agents_dir = dir_ / "pki" / "agents";
+  auto enroll = [&](const std::string& id) {
+    protocol::SealKeyPair pair = *protocol::generateSealKeyPair();
+    EXPECT_TRUE(
+        protocol::writeSealPublicKey(agents_dir / (id + ".seal.pub"), pair.public_key).isOk());
+    return pair;
+  };
+  const protocol::SealKeyPair office1 = enroll("office-1");
+  const protocol::SealKeyPair office2 = enroll("office-2");
+  const protocol::SealKeyPair office9 = *protocol::generateSealKeyPair();  // enrolled later
+  const protocol::SealKeyPair current = *protocol::generateSealKeyPair();
+  const protocol::SealKeyPair retired = *protocol::generateSealKeyPair();
+  const protocol::SealKeyPair stranger = *protocol::generateSealKeyPair();
+  const fs::path aggregators_dir = dir_ / "pki" / "aggregators";
+  ASSERT_TRUE(protocol::writeSealPrivateKey(aggregators_dir / "current.key", current).isOk());
+  ASSERT_TRUE(protocol::writeSealPrivateKey(aggregators_dir / "retired.key", retired).isOk());
+  auto ring = loadAggregatorKeyRing({aggregators_dir / "current.key"},
+                                    {{aggregators_dir / "retired.key", nowMicros() - 1000000}});
+  ASSERT_TRUE(ring.isOk()) << ring.status().toString();
+  EnrolledAgentKeys agent_keys({.agents_dir = agents_dir});
+
+  ConsumerOptions o = options("agg-a");
+  o.open.ring = &*ring;
+  o.open.agent_public_key = [&](const std::string& id) { return agent_keys.lookup(id); };
+  o.open.require_sealed = true;
+  startConsumer(o, *store_, metrics_);
+  FakeAgent& a = agent();
+
+  auto seal = [&](const WireBatch& b, const protocol::SealKeyPair& by,
+                  const protocol::SealKeyPair& to) {
+    auto sealed = protocol::sealBatch(b, {by, to.public_key});
+    EXPECT_TRUE(sealed.isOk()) << sealed.status().toString();
+    return sealed.isOk() ? *sealed : std::string();
+  };
+  size_t sent = 0;
+  auto sendAndWait = [&](const std::string& agent_id, std::string payload) {
+    a.publish(batchTopic(agent_id), std::move(payload));
+    auto acks = a.waitAcks(++sent);
+    EXPECT_EQ(acks.size(), sent);
+    return acks.empty() ? WireAck{} : acks.back();
+  };
+
+  // A sealed batch is stored; the same captured bytes again are a duplicate.
+  const std::string captured = seal(makeBatch("office-1", 1, 10, "good-"), office1, current);
+  EXPECT_EQ(sendAndWait("office-1", captured).status, AckStatus::kStored);
+  EXPECT_EQ(sendAndWait("office-1", captured).status, AckStatus::kDuplicate);
+  EXPECT_EQ(count("SELECT count(*) FROM records"), 10);
+  EXPECT_EQ(count("SELECT count(*) FROM batch_ledger"), 1);
+
+  // The refusals, each expected under its reason.
+  std::string flipped = seal(makeBatch("office-1", 4, 10, "flipped-"), office1, current);
+  flipped[flipped.size() - 30] ^= 0x20;
+  std::string truncated = seal(makeBatch("office-1", 5, 10, "trunc-"), office1, current);
+  truncated.resize(truncated.size() - 40);
+  const std::vector<std::tuple<std::string, std::string, std::string>> refusals = {
+      {"office-1", protocol::encodeBatch(makeBatch("office-1", 2, 10, "plain-")), "not_sealed"},
+      {"office-1", seal(makeBatch("office-1", 3, 10, "forged-"), office2, current), "seal_invalid"},
+      {"office-1", flipped, "seal_invalid"},
+      {"office-1", truncated, "malformed"},
+      {"office-1", seal(makeBatch("office-1", 6, 10, "unknown-"), office1, stranger),
+       "unknown_key"},
+      {"office-1", seal(makeBatch("office-1", 7, 10, "retired-"), office1, retired), "key_retired"},
+      {"office-9", seal(makeBatch("office-9", 1, 10, "early-"), office9, current), "not_enrolled"},
+  };
+  std::map<std::string, int> expected;
+  for (const auto& [agent_id, payload, reason] : refusals) {
+    WireAck ack = sendAndWait(agent_id, payload);
+    EXPECT_EQ(ack.status, AckStatus::kRefused) << reason;
+    EXPECT_EQ(ack.agent_id, agent_id) << reason;
+    ++expected[reason];
+  }
+  EXPECT_EQ(count("SELECT count(*) FROM records"), 10);
+  EXPECT_EQ(count("SELECT count(*) FROM batch_ledger"), 1);
+  EXPECT_EQ(count("SELECT count(*) FROM audit WHERE action='batch_refused'"),
+            static_cast<int64_t>(refusals.size()));
+  EXPECT_EQ(
+      count("SELECT count(*) FROM audit WHERE detail LIKE '%not sealed by agent `office-1`%'"), 2);
+  EXPECT_EQ(count("SELECT count(*) FROM audit WHERE agent_id='office-9' AND detail LIKE "
+                  "'%not enrolled%'"),
+            1);
+  const std::string text = metrics_.renderPrometheus();
+  for (const auto& [reason, n] : expected) {
+    EXPECT_NE(text.find("bl_aggregator_batches_refused_total{reason=\"" + reason + "\"} " +
+                        std::to_string(n) + "\n"),
+              std::string::npos)
+        << reason << "\n"
+        << text;
+  }
+
+  // office-9 is enrolled while the aggregator runs: its resend is accepted.
+  ASSERT_TRUE(
+      protocol::writeSealPublicKey(agents_dir / "office-9.seal.pub", office9.public_key).isOk());
+  EXPECT_EQ(
+      sendAndWait("office-9", seal(makeBatch("office-9", 1, 10, "late-"), office9, current)).status,
+      AckStatus::kStored);
+  EXPECT_EQ(count("SELECT count(*) FROM records"), 20);
+  EXPECT_TRUE(a.badAcks().empty());
+}
+
+TEST(SealKeys, RingRefusesOpenKeyFilesAndDuplicates) {
+  const fs::path dir = makeTempDir();
+  struct Cleanup {
+    fs::path dir;
+    ~Cleanup() {
+      std::error_code ec;
+      fs::remove_all(dir, ec);
+    }
+  } cleanup{dir};
+  const protocol::SealKeyPair k = *protocol::generateSealKeyPair();
+  ASSERT_TRUE(protocol::writeSealPrivateKey(dir / "a.key", k).isOk());
+  ASSERT_TRUE(protocol::writeSealPrivateKey(dir / "b.key", k).isOk());
+  auto twice = loadAggregatorKeyRing({dir / "a.key"}, {{dir / "b.key", 1}});
+  ASSERT_FALSE(twice.isOk());
+  EXPECT_NE(twice.status().message().find("listed twice"), std::string::npos);
+  ASSERT_EQ(::chmod((dir / "a.key").c_str(), 0644), 0);
+  auto open_mode = loadAggregatorKeyRing({dir / "a.key"}, {});
+  ASSERT_FALSE(open_mode.isOk());
+  EXPECT_EQ(open_mode.status().code(), Code::kPermissionDenied);
+  EXPECT_NE(open_mode.status().message().find((dir / "a.key").string()), std::string::npos);
+  EXPECT_EQ(loadAggregatorKeyRing({dir / "missing.key"}, {}).status().code(), Code::kNotFound);
+
+  EnrolledAgentKeys keys({.agents_dir = dir, .ttl = std::chrono::milliseconds(0)});
+  EXPECT_EQ(keys.lookup("office-1").status().code(), Code::kNotFound);
+  EXPECT_EQ(keys.lookup("../a").status().code(), Code::kInvalidArgument);
+  ASSERT_TRUE(protocol::writeSealPublicKey(dir / "office-1.seal.pub", k.public_key).isOk());
+  auto found = keys.lookup("office-1");
+  ASSERT_TRUE(found.isOk());
+  EXPECT_EQ(*found, k.public_key);
+  fs::remove(dir / "office-1.seal.pub");  // un-enrolled: refused once the cache entry expires
+  EXPECT_EQ(keys.lookup("office-1").status().code(), Code::kNotFound);
+}
+
+// README "Input limits": each decode bound refuses under its own reason, with
+// an audit row naming the bound, stores nothing of the refused batch, and the
+// batches around it are stored.
+TEST_F(BatchConsumerTest, DecodeLimitsRefuseEachUnderItsReasonWithAnAuditRow) {
+  ConsumerOptions o = options("agg-a");
+  o.limits.max_inflate_ratio = 20;
+  o.limits.max_records = 50;
+  startConsumer(o, *store_, metrics_);
+  FakeAgent& a = agent();
+
+  // 100 KB of one letter: small on the wire, ~1000x inflated, under max_inflated_bytes.
+  WireBatch bomb = makeBatch("office-1", 1, 0, "");
+  bomb.records.push_back({"customer", "bomb", 1, std::string(100 << 10, 'a')});
+  a.publishBatch(bomb);
+  a.publishBatch(makeBatch("office-1", 2, 51, "many-"));  // 51 entries, past max_records
+  a.publishBatch(makeBatch("office-1", 3, 20, "fine-"));  // ordinary records compress ~5x
+  auto acks = a.waitAcks(3);
+  ASSERT_EQ(acks.size(), 3u);
+  std::map<uint64_t, AckStatus> status;
+  for (const auto& ack : acks) status[ack.batch_seq] = ack.status;
+  EXPECT_EQ(status[1], AckStatus::kRefused);
+  EXPECT_EQ(status[2], AckStatus::kRefused);
+  EXPECT_EQ(status[3], AckStatus::kStored);
+  EXPECT_EQ(count("SELECT count(*) FROM records"), 20);
+  EXPECT_EQ(count("SELECT count(*) FROM audit WHERE action = 'batch_refused' AND batch_seq = 1 "
+                  "AND detail LIKE '%past max_inflate_ratio 20%'"),
+            1);
+  EXPECT_EQ(count("SELECT count(*) FROM audit WHERE action = 'batch_refused' AND batch_seq = 2 "
+                  "AND detail LIKE '%past max_records 50%'"),
+            1);
+  std::string text = metrics_.renderPrometheus();
+  EXPECT_NE(text.find("bl_aggregator_batches_refused_total{reason=\"inflate_ratio\"} 1\n"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("bl_aggregator_batches_refused_total{reason=\"too_large\"} 1\n"),
+            std::string::npos)
+      << text;
+}
+
+TEST_F(BatchConsumerTest, CapnProtoTraversalAndNestingLimitsRefuseWithTheirReasons) {
+  // One consumer per bound, one after the other; a consumer's metrics registry
+  // must outlive it (its gauges read the consumer).
+  MetricsRegistry traversal_metrics;
+  ConsumerOptions o = options("agg-a");
+  o.limits.max_traversal_words = 512;  // 4 KiB of Cap'n Proto reading
+  startConsumer(o, *store_, traversal_metrics);
+  FakeAgent& a = agent();
+  a.publishBatch(makeBatch("office-1", 1, 200, "wide-"));  // ~14 KiB of records
+  a.publishBatch(makeBatch("office-1", 2, 3, "small-"));
+  auto acks = a.waitAcks(2);
+  ASSERT_EQ(acks.size(), 2u);
+  EXPECT_NE(traversal_metrics.renderPrometheus().find(
+                "bl_aggregator_batches_refused_total{reason=\"traversal_limit\"} 1\n"),
+            std::string::npos)
+      << traversal_metrics.renderPrometheus();
+  consumers_.clear();
+
+  ConsumerOptions n = options("agg-b");
+  n.limits.max_nesting = 1;  // the envelope reads; the batch's record list is one level too deep
+  startConsumer(n, *store_, metrics_);
+  a.publishBatch(makeBatch("office-1", 3, 3, "deep-"));
+  acks = a.waitAcks(3);
+  ASSERT_EQ(acks.size(), 3u);
+  std::map<uint64_t, AckStatus> status;
+  for (const auto& ack : acks) status[ack.batch_seq] = ack.status;
+  EXPECT_EQ(status[1], AckStatus::kRefused);
+  EXPECT_EQ(status[2], AckStatus::kStored);
+  EXPECT_EQ(status[3], AckStatus::kRefused);
+  EXPECT_EQ(count("SELECT count(*) FROM records"), 3);
+  EXPECT_EQ(count("SELECT count(*) FROM audit WHERE batch_seq = 1 AND detail LIKE "
+                  "'%traversal limit%'"),
+            1);
+  EXPECT_EQ(count("SELECT count(*) FROM audit WHERE batch_seq = 3 AND detail LIKE "
+                  "'%deeply-nested%'"),
+            1);
+  EXPECT_NE(metrics_.renderPrometheus().find(
+                "bl_aggregator_batches_refused_total{reason=\"nesting_limit\"} 1\n"),
+            std::string::npos)
+      << metrics_.renderPrometheus();
+}
+
+// An agent restored from an old disk image reuses batch seqs for new records:
+// they are stored (acked "stored"), audited and counted for an alert; the
+// redelivery of the reused batch is a plain duplicate.
+TEST_F(BatchConsumerTest, ABatchSeqReusedWithOtherContentLosesNoRecordAndRaisesTheAlertMetric) {
+  startConsumer(options("agg-a"), *store_, metrics_);
+  FakeAgent& a = agent();
+  a.publishBatch(makeBatch("office-1", 5, 10, "before-image-"));
+  ASSERT_EQ(a.waitAcks(1).size(), 1u);
+  const WireBatch reused = makeBatch("office-1", 5, 8, "after-restore-");
+  a.publishBatch(reused);
+  auto acks = a.waitAcks(2);
+  ASSERT_EQ(acks.size(), 2u);
+  EXPECT_EQ(acks[1].status, AckStatus::kStored);
+  EXPECT_EQ(acks[1].batch_seq, 5u);
+  EXPECT_EQ(acks[1].stored_records, 8u);
+  EXPECT_EQ(count("SELECT count(*) FROM records"), 18);
+  EXPECT_EQ(count("SELECT count(*) FROM audit WHERE action = 'batch_seq_reused' AND "
+                  "agent_id = 'office-1' AND batch_seq = 5 AND actor = 'agg-a'"),
+            1);
+  EXPECT_EQ(count("SELECT count(*) FROM batch_conflicts"), 1);
+  std::string text = metrics_.renderPrometheus();
+  EXPECT_NE(text.find("bl_aggregator_batch_seq_reused_total 1\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("bl_aggregator_records_stored_total 18\n"), std::string::npos) << text;
+
+  a.publishBatch(reused);  // the restored agent resends it: nothing new, no second alert
+  acks = a.waitAcks(3);
+  ASSERT_EQ(acks.size(), 3u);
+  EXPECT_EQ(acks[2].status, AckStatus::kDuplicate);
+  EXPECT_EQ(count("SELECT count(*) FROM records"), 18);
+  EXPECT_EQ(count("SELECT count(*) FROM audit WHERE action = 'batch_seq_reused'"), 1);
+  text = metrics_.renderPrometheus();
+  EXPECT_NE(text.find("bl_aggregator_batch_seq_reused_total 1\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("bl_aggregator_batches_duplicate_total 1\n"), std::string::npos) << text;
 }
 
 }  // namespace

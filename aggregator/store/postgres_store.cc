@@ -9,8 +9,10 @@
 #include <string_view>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 
+#include "aggregator/store/batch_digest.h"
 #include "shared/core/clock.h"
 #include "shared/core/log.h"
 
@@ -73,14 +75,64 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 )sql";
 
+// Version 2 (README "The central store"): content digests, so a reused batch
+// sequence with other content is stored and recorded instead of being taken
+// for a duplicate. Ledger rows from before the upgrade keep a NULL digest.
+constexpr const char* kSchemaV2Sql = R"sql(
+ALTER TABLE batch_ledger ADD COLUMN IF NOT EXISTS digest TEXT;
+CREATE TABLE IF NOT EXISTS batch_conflicts (
+  agent_id       TEXT NOT NULL,
+  batch_seq      BIGINT NOT NULL,
+  digest         TEXT NOT NULL,
+  created_at     TEXT NOT NULL,
+  stored_at      TEXT NOT NULL,
+  aggregator     TEXT NOT NULL,
+  records        INTEGER NOT NULL,
+  stored_records INTEGER NOT NULL,
+  rejects        INTEGER NOT NULL,
+  PRIMARY KEY (agent_id, batch_seq, digest)
+);
+)sql";
+
+// Each step brings a database from version i to i + 1 (index 0: empty to 1).
+constexpr const char* kMigrations[] = {kSchemaSql, kSchemaV2Sql};
+
 // $1 agents, $2 seqs, $3 created_at, $4 stored_at, $5 aggregator, $6 record
-// counts, $7 reject counts. Key order: see the header on deadlocks.
+// counts, $7 reject counts, $8 digests. Key order: see the header on deadlocks.
 constexpr const char* kLedgerSql =
     "INSERT INTO batch_ledger(agent_id, batch_seq, created_at, stored_at, aggregator, records, "
-    "stored_records, rejects) "
-    "SELECT a, s, c, $4, $5, n, 0, j FROM unnest($1::text[], $2::int8[], $3::text[], $6::int8[], "
-    "$7::int8[]) AS u(a, s, c, n, j) ORDER BY a COLLATE \"C\", s "
+    "stored_records, rejects, digest) "
+    "SELECT a, s, c, $4, $5, n, 0, j, d FROM unnest($1::text[], $2::int8[], $3::text[], "
+    "$6::int8[], $7::int8[], $8::text[]) AS u(a, s, c, n, j, d) ORDER BY a COLLATE \"C\", s "
     "ON CONFLICT (agent_id, batch_seq) DO NOTHING RETURNING agent_id, batch_seq";
+
+// $1 agents, $2 seqs: the digests already in the ledger for these batches.
+constexpr const char* kLedgerDigestsSql =
+    "SELECT l.agent_id, l.batch_seq, l.digest FROM batch_ledger l "
+    "JOIN unnest($1::text[], $2::int8[]) AS u(a, s) ON l.agent_id = u.a AND l.batch_seq = u.s";
+
+// A reused batch sequence (rare: one row at a time). $1 agent, $2 seq,
+// $3 digest, $4 created_at, $5 stored_at, $6 aggregator, $7 records, $8 rejects.
+constexpr const char* kConflictSql =
+    "INSERT INTO batch_conflicts(agent_id, batch_seq, digest, created_at, stored_at, aggregator, "
+    "records, stored_records, rejects) VALUES ($1, $2::int8, $3, $4, $5, $6, $7::int8, 0, "
+    "$8::int8) ON CONFLICT (agent_id, batch_seq, digest) DO NOTHING RETURNING 1";
+
+// $1 stored records, $2 agent, $3 seq, $4 digest.
+constexpr const char* kConflictCountSql =
+    "UPDATE batch_conflicts SET stored_records = $1::int8 WHERE agent_id = $2 AND "
+    "batch_seq = $3::int8 AND digest = $4";
+
+// The records of one reused batch: like kRecordsSql without the ledger update.
+constexpr const char* kConflictRecordsSql =
+    "WITH ins AS ("
+    " INSERT INTO records(source, record_key, agent_id, batch_seq, payload, ingested_at, "
+    "stored_at)"
+    " SELECT src, k, a, s, p, i, $7 FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], "
+    "$5::text[], $6::text[]) WITH ORDINALITY AS u(src, k, a, s, p, i, ord)"
+    " ORDER BY src COLLATE \"C\", k COLLATE \"C\", ord"
+    " ON CONFLICT (source, record_key) DO NOTHING RETURNING 1)"
+    " SELECT count(*) FROM ins";
 
 // $1 sources, $2 keys, $3 agents, $4 seqs, $5 payloads, $6 ingested_at,
 // $7 stored_at. Inserts in key order (ties: given order, so the first
@@ -257,9 +309,11 @@ struct PostgresCentralStore::Impl {
   std::minstd_rand jitter{std::random_device{}()};
   Rfc3339Formatter ingested_text;
   // Reused across commits: the binary array parameters.
-  BinaryArray a_agent, a_seq, a_created, a_nrec, a_nrej;
+  BinaryArray a_agent, a_seq, a_created, a_nrec, a_nrej, a_digest, k_agent, k_seq;
   BinaryArray r_source, r_key, r_agent, r_seq, r_payload, r_ingested;
   BinaryArray j_agent, j_seq, j_source, j_raw, j_reasons, j_ingested;
+  // The ledger digest of each sequence a commit found reused (batchKey -> digest).
+  std::unordered_map<std::string, std::string> ledger_digests_;
 
   std::string context() const { return "central store " + shown_url; }
 
@@ -323,9 +377,14 @@ struct PostgresCentralStore::Impl {
       }
       found = static_cast<int>(parseInt(PQgetvalue(v.get(), 0, 0)));
       if (found >= kSchemaVersion) return Status::ok();
-      BL_RETURN_IF_ERROR(exec(kSchemaSql, "migrate: create tables"));
-      const std::string version = std::to_string(kSchemaVersion);
+      // Upgrades in place, one step at a time, all in this one transaction.
       const std::string at = formatRfc3339Micros(nowMicros());
+      for (int step = found; step < kSchemaVersion; ++step) {
+        BL_RETURN_IF_ERROR(
+            exec(kMigrations[step], "migrate: schema version " + std::to_string(step + 1)));
+      }
+      // One row per start that created or upgraded the schema.
+      const std::string version = std::to_string(kSchemaVersion);
       const char* values[] = {version.c_str(), at.c_str()};
       PgResult ins(PQexecParams(conn.get(),
                                 "INSERT INTO schema_version(version, applied_at) VALUES ($1, $2)",
@@ -384,8 +443,12 @@ struct PostgresCentralStore::Impl {
       BL_RETURN_IF_ERROR(exec("SET work_mem = '64MB'", "session setup"));
       BL_RETURN_IF_ERROR(migrate());
       const Oid ledger_types[] = {kTextArrayOid, kInt8ArrayOid, kTextArrayOid, 25, 25,
-                                  kInt8ArrayOid, kInt8ArrayOid};
-      BL_RETURN_IF_ERROR(prepare("bl_ledger", kLedgerSql, 7, ledger_types));
+                                  kInt8ArrayOid, kInt8ArrayOid, kTextArrayOid};
+      BL_RETURN_IF_ERROR(prepare("bl_ledger", kLedgerSql, 8, ledger_types));
+      const Oid key_types[] = {kTextArrayOid, kInt8ArrayOid};
+      BL_RETURN_IF_ERROR(prepare("bl_ledger_digests", kLedgerDigestsSql, 2, key_types));
+      BL_RETURN_IF_ERROR(prepare("bl_conflict", kConflictSql, 8, nullptr));
+      BL_RETURN_IF_ERROR(prepare("bl_conflict_count", kConflictCountSql, 4, nullptr));
       const Oid record_types[] = {kTextArrayOid,
                                   kTextArrayOid,
                                   kTextArrayOid,
@@ -394,6 +457,7 @@ struct PostgresCentralStore::Impl {
                                   kTextArrayOid,
                                   25};
       BL_RETURN_IF_ERROR(prepare("bl_records", kRecordsSql, 7, record_types));
+      BL_RETURN_IF_ERROR(prepare("bl_conflict_records", kConflictRecordsSql, 7, record_types));
       const Oid reject_types[] = {kTextArrayOid,
                                   kInt8ArrayOid,
                                   kTextArrayOid,
@@ -443,7 +507,8 @@ struct PostgresCentralStore::Impl {
   }
 
   // One attempt at the whole commit transaction. Fills `outcomes`.
-  Status commitOnce(const std::vector<protocol::WireBatch>& batches, const std::string& aggregator,
+  Status commitOnce(const std::vector<protocol::WireBatch>& batches,
+                    const std::vector<std::string>& digests, const std::string& aggregator,
                     std::vector<BatchOutcome>& outcomes) {
     outcomes.assign(batches.size(), BatchOutcome{});
     // A batch given twice in this call is reported duplicate the second time.
@@ -454,6 +519,7 @@ struct PostgresCentralStore::Impl {
       BatchOutcome& o = outcomes[i];
       o.agent_id = b.agent_id;
       o.batch_seq = b.seq;
+      o.digest = digests[i];
       o.records = static_cast<uint32_t>(b.records.size());
       // Every batch is a duplicate until the ledger insert says it is new.
       o.duplicate = true;
@@ -469,6 +535,7 @@ struct PostgresCentralStore::Impl {
     a_created.reset(kTextOid);
     a_nrec.reset(kInt8Oid);
     a_nrej.reset(kInt8Oid);
+    a_digest.reset(kTextOid);
     for (size_t i : candidates) {
       const auto& b = batches[i];
       a_agent.addText(b.agent_id);
@@ -476,16 +543,18 @@ struct PostgresCentralStore::Impl {
       a_created.addText(formatRfc3339Micros(b.created_at_us));
       a_nrec.addInt8(static_cast<int64_t>(b.records.size()));
       a_nrej.addInt8(static_cast<int64_t>(b.rejects.size()));
+      a_digest.addText(digests[i]);
     }
 
     BL_RETURN_IF_ERROR(exec("BEGIN", "BEGIN"));
-    PgResult ledger =
-        run("bl_ledger", {&a_agent, &a_seq, &a_created, nullptr, nullptr, &a_nrec, &a_nrej},
-            {{3, &stored_at}, {4, &aggregator}});
+    PgResult ledger = run(
+        "bl_ledger", {&a_agent, &a_seq, &a_created, nullptr, nullptr, &a_nrec, &a_nrej, &a_digest},
+        {{3, &stored_at}, {4, &aggregator}});
     if (!ledger || PQresultStatus(ledger.get()) != PGRES_TUPLES_OK) {
       return failure(ledger.get(), "insert batch_ledger rows");
     }
     std::vector<size_t> fresh;
+    std::vector<bool> is_fresh(batches.size(), false);
     for (int row = 0; row < PQntuples(ledger.get()); ++row) {
       auto it = first_index.find(
           batchKey(PQgetvalue(ledger.get(), row, 0), parseInt(PQgetvalue(ledger.get(), row, 1))));
@@ -493,8 +562,12 @@ struct PostgresCentralStore::Impl {
         return Status::internal("batch_ledger returned a batch this commit did not insert");
       }
       fresh.push_back(it->second);
+      is_fresh[it->second] = true;
     }
     std::sort(fresh.begin(), fresh.end());  // given order: the first delivery owns a key
+
+    std::vector<size_t> reused;
+    BL_RETURN_IF_ERROR(findReused(batches, digests, first_index, is_fresh, reused));
 
     r_source.reset(kTextOid);
     r_key.reset(kTextOid);
@@ -513,23 +586,7 @@ struct PostgresCentralStore::Impl {
       BatchOutcome& o = outcomes[i];
       o.duplicate = false;
       o.rejects = static_cast<uint32_t>(b.rejects.size());
-      const int64_t seq = static_cast<int64_t>(b.seq);
-      for (const protocol::WireRecord& rec : b.records) {
-        r_source.addText(rec.source);
-        r_key.addText(rec.key);
-        r_agent.addText(b.agent_id);
-        r_seq.addInt8(seq);
-        r_payload.addText(rec.payload);
-        r_ingested.addText(ingested_text.format(rec.ingested_at_us));
-      }
-      for (const protocol::WireReject& rej : b.rejects) {
-        j_agent.addText(b.agent_id);
-        j_seq.addInt8(seq);
-        j_source.addText(rej.source);
-        j_raw.addText(rej.raw);
-        j_reasons.addText(rej.reasons_json);
-        j_ingested.addText(ingested_text.format(rej.ingested_at_us));
-      }
+      addContents(b);
     }
 
     if (r_source.count() > 0) {
@@ -552,15 +609,153 @@ struct PostgresCentralStore::Impl {
     for (size_t i : fresh)
       outcomes[i].duplicate_records = outcomes[i].records - outcomes[i].stored_records;
 
-    if (j_agent.count() > 0) {
-      PgResult rej =
-          run("bl_rejects", {&j_agent, &j_seq, &j_source, &j_raw, &j_reasons, &j_ingested},
-              {{6, &stored_at}});
-      if (!rej || PQresultStatus(rej.get()) != PGRES_COMMAND_OK) {
-        return failure(rej.get(), "insert rejects");
-      }
+    BL_RETURN_IF_ERROR(insertRejects(stored_at));
+    for (size_t i : reused) {
+      BL_RETURN_IF_ERROR(storeReused(batches[i], digests[i], aggregator, stored_at, outcomes[i]));
     }
     return exec("COMMIT", "COMMIT");
+  }
+
+  // Fills the record and reject arrays with one batch's contents.
+  void addContents(const protocol::WireBatch& b) {
+    const int64_t seq = static_cast<int64_t>(b.seq);
+    for (const protocol::WireRecord& rec : b.records) {
+      r_source.addText(rec.source);
+      r_key.addText(rec.key);
+      r_agent.addText(b.agent_id);
+      r_seq.addInt8(seq);
+      r_payload.addText(rec.payload);
+      r_ingested.addText(ingested_text.format(rec.ingested_at_us));
+    }
+    for (const protocol::WireReject& rej : b.rejects) {
+      j_agent.addText(b.agent_id);
+      j_seq.addInt8(seq);
+      j_source.addText(rej.source);
+      j_raw.addText(rej.raw);
+      j_reasons.addText(rej.reasons_json);
+      j_ingested.addText(ingested_text.format(rej.ingested_at_us));
+    }
+  }
+
+  Status insertRejects(const std::string& stored_at) {
+    if (j_agent.count() == 0) return Status::ok();
+    PgResult rej = run("bl_rejects", {&j_agent, &j_seq, &j_source, &j_raw, &j_reasons, &j_ingested},
+                       {{6, &stored_at}});
+    if (!rej || PQresultStatus(rej.get()) != PGRES_COMMAND_OK) {
+      return failure(rej.get(), "insert rejects");
+    }
+    return Status::ok();
+  }
+
+  // The batches (indexes, in given order) that were not inserted into the
+  // ledger but carry other content than the ledger row of their sequence: each
+  // (agent, seq, digest) once. Sets `ledger_digests_` for them.
+  Status findReused(const std::vector<protocol::WireBatch>& batches,
+                    const std::vector<std::string>& digests,
+                    const std::unordered_map<std::string, size_t>& first_index,
+                    const std::vector<bool>& is_fresh, std::vector<size_t>& reused) {
+    ledger_digests_.clear();
+    // Sequences already in the ledger before this commit: read their digests.
+    k_agent.reset(kTextOid);
+    k_seq.reset(kInt8Oid);
+    for (size_t i = 0; i < batches.size(); ++i) {
+      if (is_fresh[i]) continue;
+      const std::string key = batchKey(batches[i].agent_id, static_cast<int64_t>(batches[i].seq));
+      const size_t first = first_index.at(key);
+      if (is_fresh[first]) {
+        ledger_digests_.emplace(key, digests[first]);  // inserted just now by this commit
+      } else if (first == i) {
+        k_agent.addText(batches[i].agent_id);
+        k_seq.addInt8(static_cast<int64_t>(batches[i].seq));
+      }
+    }
+    if (k_agent.count() > 0) {
+      PgResult res = run("bl_ledger_digests", {&k_agent, &k_seq}, {});
+      if (!res || PQresultStatus(res.get()) != PGRES_TUPLES_OK) {
+        return failure(res.get(), "read batch_ledger digests");
+      }
+      for (int row = 0; row < PQntuples(res.get()); ++row) {
+        if (PQgetisnull(res.get(), row, 2)) continue;  // from before digests: a duplicate
+        ledger_digests_.emplace(
+            batchKey(PQgetvalue(res.get(), row, 0), parseInt(PQgetvalue(res.get(), row, 1))),
+            PQgetvalue(res.get(), row, 2));
+      }
+    }
+    std::unordered_set<std::string> seen;  // (agent, seq, digest) already taken in this commit
+    for (size_t i = 0; i < batches.size(); ++i) {
+      if (is_fresh[i]) continue;
+      const std::string key = batchKey(batches[i].agent_id, static_cast<int64_t>(batches[i].seq));
+      auto ledger = ledger_digests_.find(key);
+      if (ledger == ledger_digests_.end() || ledger->second == digests[i]) continue;
+      if (seen.insert(key + '\0' + digests[i]).second) reused.push_back(i);
+    }
+    return Status::ok();
+  }
+
+  // Stores a reused sequence's batch unless this content was stored before,
+  // records it in batch_conflicts and audits it, all in the open transaction.
+  Status storeReused(const protocol::WireBatch& b, const std::string& digest,
+                     const std::string& aggregator, const std::string& stored_at, BatchOutcome& o) {
+    const std::string seq = std::to_string(b.seq);
+    const std::string created = formatRfc3339Micros(b.created_at_us);
+    const std::string nrec = std::to_string(b.records.size());
+    const std::string nrej = std::to_string(b.rejects.size());
+    const char* values[] = {b.agent_id.c_str(), seq.c_str(),        digest.c_str(), created.c_str(),
+                            stored_at.c_str(),  aggregator.c_str(), nrec.c_str(),   nrej.c_str()};
+    PgResult conflict(PQexecPrepared(conn.get(), "bl_conflict", 8, values, nullptr, nullptr, 0));
+    if (!conflict || PQresultStatus(conflict.get()) != PGRES_TUPLES_OK) {
+      return failure(conflict.get(), "insert batch_conflicts row");
+    }
+    if (PQntuples(conflict.get()) == 0) return Status::ok();  // stored by an earlier delivery
+
+    r_source.reset(kTextOid);
+    r_key.reset(kTextOid);
+    r_agent.reset(kTextOid);
+    r_seq.reset(kInt8Oid);
+    r_payload.reset(kTextOid);
+    r_ingested.reset(kTextOid);
+    j_agent.reset(kTextOid);
+    j_seq.reset(kInt8Oid);
+    j_source.reset(kTextOid);
+    j_raw.reset(kTextOid);
+    j_reasons.reset(kTextOid);
+    j_ingested.reset(kTextOid);
+    addContents(b);
+    uint32_t stored = 0;
+    if (r_source.count() > 0) {
+      PgResult recs =
+          run("bl_conflict_records", {&r_source, &r_key, &r_agent, &r_seq, &r_payload, &r_ingested},
+              {{6, &stored_at}});
+      if (!recs || PQresultStatus(recs.get()) != PGRES_TUPLES_OK || PQntuples(recs.get()) != 1) {
+        return failure(recs.get(), "insert records of a reused batch sequence");
+      }
+      stored = static_cast<uint32_t>(parseInt(PQgetvalue(recs.get(), 0, 0)));
+    }
+    BL_RETURN_IF_ERROR(insertRejects(stored_at));
+    const std::string stored_text = std::to_string(stored);
+    const char* count_values[] = {stored_text.c_str(), b.agent_id.c_str(), seq.c_str(),
+                                  digest.c_str()};
+    PgResult count(
+        PQexecPrepared(conn.get(), "bl_conflict_count", 4, count_values, nullptr, nullptr, 0));
+    if (!count || PQresultStatus(count.get()) != PGRES_COMMAND_OK) {
+      return failure(count.get(), "update batch_conflicts row");
+    }
+    o.duplicate = false;
+    o.seq_reused = true;
+    o.stored_records = stored;
+    o.duplicate_records = o.records - stored;
+    o.rejects = static_cast<uint32_t>(b.rejects.size());
+
+    const std::string detail = seqReusedDetail(
+        b.seq, ledger_digests_.at(batchKey(b.agent_id, static_cast<int64_t>(b.seq))), digest,
+        o.stored_records, o.duplicate_records, o.rejects);
+    const char* audit_values[] = {stored_at.c_str(),  aggregator.c_str(), "batch_seq_reused",
+                                  b.agent_id.c_str(), seq.c_str(),        detail.c_str()};
+    PgResult audit(PQexecPrepared(conn.get(), "bl_audit", 6, audit_values, nullptr, nullptr, 0));
+    if (!audit || PQresultStatus(audit.get()) != PGRES_COMMAND_OK) {
+      return failure(audit.get(), "insert batch_seq_reused audit row");
+    }
+    return Status::ok();
   }
 
   // Runs `attempt` in a fresh transaction, retrying deadlock and
@@ -607,8 +802,13 @@ Result<std::vector<BatchOutcome>> PostgresCentralStore::commit(
     const std::vector<protocol::WireBatch>& batches, const std::string& aggregator) {
   std::vector<BatchOutcome> outcomes;
   if (batches.empty()) return outcomes;
+  // Outside the lock and the transaction: hashing is the costly part.
+  std::vector<std::string> digests;
+  digests.reserve(batches.size());
+  for (const auto& b : batches) digests.push_back(batchDigest(b));
   std::lock_guard lock(impl_->mutex);
-  Status s = impl_->transaction([&] { return impl_->commitOnce(batches, aggregator, outcomes); });
+  Status s =
+      impl_->transaction([&] { return impl_->commitOnce(batches, digests, aggregator, outcomes); });
   if (!s) {
     return s.withContext("committing " + std::to_string(batches.size()) +
                          " batches (first: agent `" + batches.front().agent_id + "` batch " +

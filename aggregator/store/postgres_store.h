@@ -63,7 +63,9 @@ class PostgresCentralStore final : public CentralStore {
   Status health() override;
 
   // The schema version this build writes (max(version) in schema_version).
-  static constexpr int kSchemaVersion = 1;
+  // 2: batch_ledger.digest and batch_conflicts; a version-1 database is
+  // upgraded in place (under the migration lock) when an aggregator connects.
+  static constexpr int kSchemaVersion = 2;
 
  private:
   struct Impl;

@@ -89,6 +89,34 @@ double measure(CentralStore& store, const std::vector<std::vector<WireBatch>>& g
   return static_cast<double>(stored) / secs;
 }
 
+class ScratchDir {
+ public:
+  ScratchDir() {
+    std::string tmpl = "/tmp/bl_pgstore_test_XXXXXX";
+    EXPECT_NE(mkdtemp(tmpl.data()), nullptr);
+    path_ = tmpl;
+  }
+  ~ScratchDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+// The digest the SQLite store computes for `batch`.
+std::string liteDigest(const fs::path& dir, const WireBatch& batch) {
+  SqliteStoreOptions options;
+  options.path = dir / "central.db";
+  auto lite = SqliteCentralStore::open(options);
+  EXPECT_TRUE(lite.isOk()) << lite.status().toString();
+  if (!lite) return "";
+  auto out = (*lite)->commit({batch}, "agg-a");
+  return out ? out->front().digest : "";
+}
+
 class PostgresStoreTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -217,7 +245,17 @@ TEST_F(PostgresStoreTest, SchemaColumnsAreAsDocumented) {
                                            {"aggregator", "text"},
                                            {"records", "integer"},
                                            {"stored_records", "integer"},
-                                           {"rejects", "integer"}}));
+                                           {"rejects", "integer"},
+                                           {"digest", "text"}}));
+  EXPECT_EQ(columns("batch_conflicts"), (Rows{{"agent_id", "text"},
+                                              {"batch_seq", "bigint"},
+                                              {"digest", "text"},
+                                              {"created_at", "text"},
+                                              {"stored_at", "text"},
+                                              {"aggregator", "text"},
+                                              {"records", "integer"},
+                                              {"stored_records", "integer"},
+                                              {"rejects", "integer"}}));
   EXPECT_EQ(columns("audit"), (Rows{{"id", "bigint"},
                                     {"at", "text"},
                                     {"actor", "text"},
@@ -235,6 +273,8 @@ TEST_F(PostgresStoreTest, SchemaColumnsAreAsDocumented) {
   EXPECT_EQ(keyColumns("records", "PRIMARY KEY"), (Rows{{"id"}}));
   EXPECT_EQ(keyColumns("records", "UNIQUE"), (Rows{{"source"}, {"record_key"}}));
   EXPECT_EQ(keyColumns("batch_ledger", "PRIMARY KEY"), (Rows{{"agent_id"}, {"batch_seq"}}));
+  EXPECT_EQ(keyColumns("batch_conflicts", "PRIMARY KEY"),
+            (Rows{{"agent_id"}, {"batch_seq"}, {"digest"}}));
   // id is BIGSERIAL: it has a sequence default.
   EXPECT_EQ(count("SELECT count(*) FROM information_schema.columns WHERE table_name = 'records' "
                   "AND column_name = 'id' AND column_default LIKE 'nextval(%'"),
@@ -404,6 +444,117 @@ TEST_F(PostgresStoreTest, ReopenKeepsDataAndRefusesANewerSchema) {
   ASSERT_FALSE(newer.isOk());
   EXPECT_EQ(newer.status().code(), Code::kDataLoss) << newer.status().toString();
   EXPECT_NE(newer.status().message().find("99"), std::string::npos);
+}
+
+// As in the SQLite store: a reused batch seq with other content is stored,
+// recorded in batch_conflicts and audited; redeliveries are duplicates.
+TEST_F(PostgresStoreTest, ReusedBatchSeqWithOtherContentIsStoredRecordedAndAudited) {
+  auto store = openStore();
+  ASSERT_TRUE(store);
+  const WireBatch original = makeBatch("office-1", 7, 4, "a");
+  WireBatch reused = makeBatch("office-1", 7, 3, "b", 1);
+  reused.records.push_back(original.records[0]);
+  auto first = store->commit({original}, "agg-a");
+  ASSERT_TRUE(first.isOk()) << first.status().toString();
+  EXPECT_FALSE(first->front().seq_reused);
+
+  auto second = store->commit({reused}, "agg-b");
+  ASSERT_TRUE(second.isOk()) << second.status().toString();
+  const BatchOutcome& o = second->front();
+  EXPECT_FALSE(o.duplicate);
+  EXPECT_TRUE(o.seq_reused);
+  EXPECT_EQ(o.records, 4u);
+  EXPECT_EQ(o.stored_records, 3u);
+  EXPECT_EQ(o.duplicate_records, 1u);
+  EXPECT_EQ(o.rejects, 1u);
+  // Both backends compute the same digest.
+  ScratchDir lite;
+  EXPECT_EQ(first->front().digest, liteDigest(lite.path(), original));
+
+  EXPECT_EQ(count("SELECT count(*) FROM records"), 7);
+  EXPECT_EQ(count("SELECT count(*) FROM rejects WHERE agent_id = 'office-1' AND batch_seq = 7"), 1);
+  EXPECT_EQ(rows("SELECT digest, aggregator, stored_records FROM batch_ledger"),
+            (Rows{{first->front().digest, "agg-a", "4"}}));
+  EXPECT_EQ(rows("SELECT agent_id, batch_seq, digest, aggregator, records, stored_records, "
+                 "rejects FROM batch_conflicts"),
+            (Rows{{"office-1", "7", o.digest, "agg-b", "4", "3", "1"}}));
+  auto audit = rows("SELECT actor, action, agent_id, batch_seq, detail FROM audit");
+  ASSERT_EQ(audit.size(), 1u);
+  EXPECT_EQ(audit[0][0], "agg-b");
+  EXPECT_EQ(audit[0][1], "batch_seq_reused");
+  EXPECT_EQ(audit[0][2], "office-1");
+  EXPECT_EQ(audit[0][3], "7");
+  EXPECT_NE(audit[0][4].find("stored 3 new records (1 already stored) and 1 rejects"),
+            std::string::npos)
+      << audit[0][4];
+
+  auto again = store->commit({reused, original}, "agg-a");
+  ASSERT_TRUE(again.isOk()) << again.status().toString();
+  for (const auto& r : *again) {
+    EXPECT_TRUE(r.duplicate);
+    EXPECT_FALSE(r.seq_reused);
+    EXPECT_EQ(r.stored_records, 0u);
+  }
+  EXPECT_EQ(count("SELECT count(*) FROM records"), 7);
+  EXPECT_EQ(count("SELECT count(*) FROM rejects"), 1);
+  EXPECT_EQ(count("SELECT count(*) FROM audit"), 1);
+
+  // Both contents of one new seq in one commit, with fresh batches around them.
+  auto both = store->commit({makeBatch("office-3", 1, 1, "e"), makeBatch("office-2", 1, 2, "c"),
+                             makeBatch("office-2", 1, 2, "d"), makeBatch("office-2", 1, 2, "d"),
+                             makeBatch("office-3", 2, 1, "f")},
+                            "agg-a");
+  ASSERT_TRUE(both.isOk()) << both.status().toString();
+  EXPECT_FALSE((*both)[0].duplicate);
+  EXPECT_FALSE((*both)[1].duplicate);
+  EXPECT_FALSE((*both)[1].seq_reused);
+  EXPECT_EQ((*both)[1].stored_records, 2u);
+  EXPECT_TRUE((*both)[2].seq_reused);
+  EXPECT_EQ((*both)[2].stored_records, 2u);
+  EXPECT_TRUE((*both)[3].duplicate);
+  EXPECT_FALSE((*both)[4].duplicate);
+  EXPECT_EQ(count("SELECT count(*) FROM records"), 13);
+  EXPECT_EQ(count("SELECT stored_records FROM batch_ledger WHERE agent_id = 'office-2'"), 2);
+  EXPECT_EQ(count("SELECT count(*) FROM audit WHERE action = 'batch_seq_reused'"), 2);
+}
+
+// A database at schema version 1 (no digests) is upgraded in place.
+TEST_F(PostgresStoreTest, UpgradesAVersion1DatabaseInPlace) {
+  auto v1 = server_->query(db_, R"sql(
+    CREATE TABLE records (id BIGSERIAL PRIMARY KEY, source TEXT NOT NULL,
+      record_key TEXT NOT NULL, agent_id TEXT NOT NULL, batch_seq BIGINT NOT NULL,
+      payload TEXT NOT NULL, ingested_at TEXT NOT NULL, stored_at TEXT NOT NULL,
+      UNIQUE (source, record_key));
+    CREATE TABLE rejects (id BIGSERIAL PRIMARY KEY, agent_id TEXT NOT NULL,
+      batch_seq BIGINT NOT NULL, source TEXT NOT NULL, raw TEXT NOT NULL, reasons TEXT NOT NULL,
+      ingested_at TEXT NOT NULL, stored_at TEXT NOT NULL);
+    CREATE TABLE batch_ledger (agent_id TEXT NOT NULL, batch_seq BIGINT NOT NULL,
+      created_at TEXT NOT NULL, stored_at TEXT NOT NULL, aggregator TEXT NOT NULL,
+      records INTEGER NOT NULL, stored_records INTEGER NOT NULL, rejects INTEGER NOT NULL,
+      PRIMARY KEY (agent_id, batch_seq));
+    CREATE TABLE audit (id BIGSERIAL PRIMARY KEY, at TEXT NOT NULL, actor TEXT NOT NULL,
+      action TEXT NOT NULL, agent_id TEXT NOT NULL, batch_seq BIGINT, detail TEXT NOT NULL);
+    CREATE TABLE schema_version (version INTEGER NOT NULL, applied_at TEXT NOT NULL);
+    INSERT INTO schema_version VALUES (1, '2026-01-01T00:00:00.000000Z');
+    INSERT INTO batch_ledger VALUES ('office-1', 1, '2026-01-01T00:00:00.000000Z',
+      '2026-01-01T00:00:00.000000Z', 'agg-old', 1, 1, 0);
+  )sql");
+  ASSERT_TRUE(v1.isOk()) << v1.status().toString();
+  auto store = openStore();
+  ASSERT_TRUE(store);
+  EXPECT_EQ(rows("SELECT version FROM schema_version ORDER BY version"), (Rows{{"1"}, {"2"}}));
+  EXPECT_EQ(rows("SELECT aggregator, digest FROM batch_ledger"), (Rows{{"agg-old", "<null>"}}));
+  auto old = store->commit({makeBatch("office-1", 1, 3, "other")}, "agg-a");
+  ASSERT_TRUE(old.isOk()) << old.status().toString();
+  EXPECT_TRUE(old->front().duplicate);  // no digest to tell contents apart: as before
+  auto fresh = store->commit({makeBatch("office-1", 2, 3, "new")}, "agg-a");
+  ASSERT_TRUE(fresh.isOk()) << fresh.status().toString();
+  EXPECT_FALSE(fresh->front().duplicate);
+  EXPECT_EQ(count("SELECT count(*) FROM batch_ledger WHERE digest IS NOT NULL"), 1);
+  store.reset();
+  store = openStore();  // a second start does not migrate again
+  ASSERT_TRUE(store);
+  EXPECT_EQ(count("SELECT count(*) FROM schema_version"), 2);
 }
 
 TEST_F(PostgresStoreTest, OpenCentralStoreDispatchesOnScheme) {

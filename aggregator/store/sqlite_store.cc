@@ -10,6 +10,7 @@
 #include <thread>
 #include <utility>
 
+#include "aggregator/store/batch_digest.h"
 #include "shared/core/clock.h"
 #include "shared/core/log.h"
 
@@ -67,6 +68,28 @@ CREATE TABLE IF NOT EXISTS schema_version (
   applied_at TEXT NOT NULL
 );
 )sql";
+
+// Version 2: content digests, so a reused batch sequence with other content
+// is stored (and recorded) instead of being taken for a duplicate. Ledger rows
+// written before the upgrade keep a NULL digest.
+constexpr const char* kSchemaV2Sql = R"sql(
+ALTER TABLE batch_ledger ADD COLUMN digest TEXT;
+CREATE TABLE IF NOT EXISTS batch_conflicts (
+  agent_id       TEXT NOT NULL,
+  batch_seq      INTEGER NOT NULL,
+  digest         TEXT NOT NULL,
+  created_at     TEXT NOT NULL,
+  stored_at      TEXT NOT NULL,
+  aggregator     TEXT NOT NULL,
+  records        INTEGER NOT NULL,
+  stored_records INTEGER NOT NULL,
+  rejects        INTEGER NOT NULL,
+  PRIMARY KEY (agent_id, batch_seq, digest)
+);
+)sql";
+
+// Each step brings a store from version i to i + 1 (index 0: empty to 1).
+constexpr const char* kMigrations[] = {kSchemaSql, kSchemaV2Sql};
 
 bool isBusy(int rc) {
   int primary = rc & 0xff;
@@ -172,8 +195,8 @@ struct SqliteCentralStore::Impl {
   Connection conn;
   sqlite3*& db = conn.db;
   std::mutex mutex;  // one connection: serialize every use of it
-  Statement begin, commit_txn, rollback, ledger_insert, ledger_update, record_insert, reject_insert,
-      audit_insert, health_probe;
+  Statement begin, commit_txn, rollback, ledger_insert, ledger_update, ledger_digest,
+      conflict_insert, conflict_update, record_insert, reject_insert, audit_insert, health_probe;
   Rfc3339Formatter ingested_text;
   int64_t last_checkpoint_us = 0;
   std::minstd_rand jitter{std::random_device{}()};
@@ -244,10 +267,11 @@ struct SqliteCentralStore::Impl {
   }
 
   // Writes one batch inside the open transaction; fills `out`.
-  int writeBatch(const protocol::WireBatch& batch, const std::string& aggregator,
-                 std::string_view stored_at, BatchOutcome& out) {
+  int writeBatch(const protocol::WireBatch& batch, const std::string& digest,
+                 const std::string& aggregator, std::string_view stored_at, BatchOutcome& out) {
     out.agent_id = batch.agent_id;
     out.batch_seq = batch.seq;
+    out.digest = digest;
     out.records = static_cast<uint32_t>(batch.records.size());
     std::string created_at = formatRfc3339Micros(batch.created_at_us);
 
@@ -259,27 +283,106 @@ struct SqliteCentralStore::Impl {
     l.text(5, aggregator);
     l.integer(6, static_cast<int64_t>(batch.records.size()));
     l.integer(7, static_cast<int64_t>(batch.rejects.size()));
+    l.text(8, digest);
     int rc = l.run();
     if (rc != SQLITE_OK) return rc;
-    if (sqlite3_changes(db) == 0) {
-      // Already committed by an earlier delivery (maybe via the other aggregator).
-      out.duplicate = true;
-      out.duplicate_records = out.records;
-      return SQLITE_OK;
-    }
+    if (sqlite3_changes(db) == 0)
+      return writeLedgerHit(batch, digest, aggregator, created_at, stored_at, out);
 
+    uint32_t stored = 0;
+    rc = writeContents(batch, stored_at, stored);
+    if (rc != SQLITE_OK) return rc;
+    Statement& u = ledger_update;
+    u.integer(1, stored);
+    u.text(2, batch.agent_id);
+    u.integer(3, toSqlInt(batch.seq));
+    rc = u.run();
+    if (rc != SQLITE_OK) return rc;
+    out.stored_records = stored;
+    out.duplicate_records = out.records - stored;
+    out.rejects = static_cast<uint32_t>(batch.rejects.size());
+    return SQLITE_OK;
+  }
+
+  // (agent_id, batch_seq) is already in the ledger: a redelivery (same digest,
+  // or a row from before digests: nothing is written), or a reused sequence
+  // with other content, whose records and rejects are stored and recorded.
+  int writeLedgerHit(const protocol::WireBatch& batch, const std::string& digest,
+                     const std::string& aggregator, const std::string& created_at,
+                     std::string_view stored_at, BatchOutcome& out) {
+    out.duplicate = true;
+    out.duplicate_records = out.records;
+    Statement& q = ledger_digest;
+    q.text(1, batch.agent_id);
+    q.integer(2, toSqlInt(batch.seq));
+    int rc = sqlite3_step(q.get());
+    std::string ledger_digest_text;
+    bool has_digest = false;
+    if (rc == SQLITE_ROW && sqlite3_column_type(q.get(), 0) != SQLITE_NULL) {
+      has_digest = true;
+      ledger_digest_text = reinterpret_cast<const char*>(sqlite3_column_text(q.get(), 0));
+    }
+    sqlite3_reset(q.get());
+    if (rc != SQLITE_ROW) return rc == SQLITE_DONE ? SQLITE_INTERNAL : rc;
+    if (!has_digest || ledger_digest_text == digest) return SQLITE_OK;
+
+    Statement& c = conflict_insert;
+    c.text(1, batch.agent_id);
+    c.integer(2, toSqlInt(batch.seq));
+    c.text(3, digest);
+    c.text(4, created_at);
+    c.text(5, stored_at);
+    c.text(6, aggregator);
+    c.integer(7, static_cast<int64_t>(batch.records.size()));
+    c.integer(8, static_cast<int64_t>(batch.rejects.size()));
+    rc = c.run();
+    if (rc != SQLITE_OK) return rc;
+    if (sqlite3_changes(db) == 0) return SQLITE_OK;  // this content was stored before
+
+    uint32_t stored = 0;
+    rc = writeContents(batch, stored_at, stored);
+    if (rc != SQLITE_OK) return rc;
+    Statement& u = conflict_update;
+    u.integer(1, stored);
+    u.text(2, batch.agent_id);
+    u.integer(3, toSqlInt(batch.seq));
+    u.text(4, digest);
+    rc = u.run();
+    if (rc != SQLITE_OK) return rc;
+    out.duplicate = false;
+    out.seq_reused = true;
+    out.stored_records = stored;
+    out.duplicate_records = out.records - stored;
+    out.rejects = static_cast<uint32_t>(batch.rejects.size());
+
+    const std::string detail =
+        seqReusedDetail(batch.seq, ledger_digest_text, digest, out.stored_records,
+                        out.duplicate_records, out.rejects);
+    Statement& a = audit_insert;
+    a.text(1, stored_at);
+    a.text(2, aggregator);
+    a.text(3, "batch_seq_reused");
+    a.text(4, batch.agent_id);
+    a.integer(5, toSqlInt(batch.seq));
+    a.text(6, detail);
+    return a.run();
+  }
+
+  // Inserts the batch's records (new ones only) and its rejects.
+  int writeContents(const protocol::WireBatch& batch, std::string_view stored_at,
+                    uint32_t& stored) {
     // Bindings survive sqlite3_reset: bind the per-batch columns once.
     Statement& r = record_insert;
     r.text(3, batch.agent_id);
     r.integer(4, toSqlInt(batch.seq));
     r.text(7, stored_at);
-    uint32_t stored = 0;
+    stored = 0;
     for (const protocol::WireRecord& rec : batch.records) {
       r.text(1, rec.source);
       r.text(2, rec.key);
       r.text(5, rec.payload);
       r.text(6, ingested_text.format(rec.ingested_at_us));
-      rc = r.run();
+      int rc = r.run();
       if (rc != SQLITE_OK) return rc;
       stored += static_cast<uint32_t>(sqlite3_changes(db));
     }
@@ -293,20 +396,9 @@ struct SqliteCentralStore::Impl {
       j.text(4, rej.raw);
       j.text(5, rej.reasons_json);
       j.text(6, ingested_text.format(rej.ingested_at_us));
-      rc = j.run();
+      int rc = j.run();
       if (rc != SQLITE_OK) return rc;
     }
-
-    Statement& u = ledger_update;
-    u.integer(1, stored);
-    u.text(2, batch.agent_id);
-    u.integer(3, toSqlInt(batch.seq));
-    rc = u.run();
-    if (rc != SQLITE_OK) return rc;
-
-    out.stored_records = stored;
-    out.duplicate_records = out.records - stored;
-    out.rejects = static_cast<uint32_t>(batch.rejects.size());
     return SQLITE_OK;
   }
 
@@ -323,13 +415,16 @@ struct SqliteCentralStore::Impl {
       found_version = rc == SQLITE_ROW ? sqlite3_column_int(v, 0) : 0;
       sqlite3_finalize(v);
       if (rc != SQLITE_ROW) return rc;
-      if (found_version > kSchemaVersion) return SQLITE_OK;  // refused below, changes nothing
-      if (found_version == kSchemaVersion) return SQLITE_OK;
-      rc = sqlite3_exec(db, kSchemaSql, nullptr, nullptr, nullptr);
-      if (rc != SQLITE_OK) return rc;
+      if (found_version >= kSchemaVersion) return SQLITE_OK;  // newer: refused below
+      // Upgrades in place, one step at a time, all in this one transaction.
+      const std::string at = formatRfc3339Micros(nowMicros());
+      for (int v = found_version; v < kSchemaVersion; ++v) {
+        rc = sqlite3_exec(db, kMigrations[v], nullptr, nullptr, nullptr);
+        if (rc != SQLITE_OK) return rc;
+      }
+      // One row per start that created or upgraded the schema.
       std::string stamp = "INSERT INTO schema_version(version, applied_at) VALUES(" +
-                          std::to_string(kSchemaVersion) + ", '" +
-                          formatRfc3339Micros(nowMicros()) +
+                          std::to_string(kSchemaVersion) + ", '" + at +
                           "'); PRAGMA user_version = " + std::to_string(kSchemaVersion) + ";";
       return sqlite3_exec(db, stamp.c_str(), nullptr, nullptr, nullptr);
     });
@@ -342,7 +437,19 @@ struct SqliteCentralStore::Impl {
     BL_RETURN_IF_ERROR(ledger_insert.prepare(
         db,
         "INSERT OR IGNORE INTO batch_ledger(agent_id, batch_seq, created_at, stored_at, "
-        "aggregator, records, stored_records, rejects) VALUES(?1, ?2, ?3, ?4, ?5, ?6, 0, ?7)"));
+        "aggregator, records, stored_records, rejects, digest) "
+        "VALUES(?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8)"));
+    BL_RETURN_IF_ERROR(ledger_digest.prepare(
+        db, "SELECT digest FROM batch_ledger WHERE agent_id = ?1 AND batch_seq = ?2"));
+    BL_RETURN_IF_ERROR(conflict_insert.prepare(
+        db,
+        "INSERT OR IGNORE INTO batch_conflicts(agent_id, batch_seq, digest, created_at, "
+        "stored_at, aggregator, records, stored_records, rejects) "
+        "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8)"));
+    BL_RETURN_IF_ERROR(conflict_update.prepare(
+        db,
+        "UPDATE batch_conflicts SET stored_records = ?1 WHERE agent_id = ?2 AND batch_seq = ?3 "
+        "AND digest = ?4"));
     BL_RETURN_IF_ERROR(ledger_update.prepare(
         db, "UPDATE batch_ledger SET stored_records = ?1 WHERE agent_id = ?2 AND batch_seq = ?3"));
     BL_RETURN_IF_ERROR(record_insert.prepare(
@@ -410,12 +517,16 @@ Result<std::vector<BatchOutcome>> SqliteCentralStore::commit(
     const std::vector<protocol::WireBatch>& batches, const std::string& aggregator) {
   std::vector<BatchOutcome> outcomes;
   if (batches.empty()) return outcomes;
+  // Outside the lock and the transaction: hashing is the costly part.
+  std::vector<std::string> digests;
+  digests.reserve(batches.size());
+  for (const auto& b : batches) digests.push_back(batchDigest(b));
   std::lock_guard lock(impl_->mutex);
   Status s = impl_->writeTransaction("commit batches", [&]() -> int {
     outcomes.assign(batches.size(), BatchOutcome{});  // a retried attempt starts clean
     const std::string stored_at = formatRfc3339Micros(nowMicros());
     for (size_t i = 0; i < batches.size(); ++i) {
-      int rc = impl_->writeBatch(batches[i], aggregator, stored_at, outcomes[i]);
+      int rc = impl_->writeBatch(batches[i], digests[i], aggregator, stored_at, outcomes[i]);
       if (rc != SQLITE_OK) return rc;
     }
     return SQLITE_OK;

@@ -45,7 +45,9 @@ class SqliteCentralStore final : public CentralStore {
   Status health() override;
 
   // The schema version this build writes (PRAGMA user_version).
-  static constexpr int kSchemaVersion = 1;
+  // 2: batch_ledger.digest and batch_conflicts; a version-1 file is upgraded
+  // in place when opened.
+  static constexpr int kSchemaVersion = 2;
 
  private:
   struct Impl;

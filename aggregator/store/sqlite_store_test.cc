@@ -149,7 +149,17 @@ TEST(SqliteCentralStore, SchemaColumnsAreAsDocumented) {
                                            {"aggregator", "TEXT"},
                                            {"records", "INTEGER"},
                                            {"stored_records", "INTEGER"},
-                                           {"rejects", "INTEGER"}}));
+                                           {"rejects", "INTEGER"},
+                                           {"digest", "TEXT"}}));
+  EXPECT_EQ(columns("batch_conflicts"), (Cols{{"agent_id", "TEXT"},
+                                              {"batch_seq", "INTEGER"},
+                                              {"digest", "TEXT"},
+                                              {"created_at", "TEXT"},
+                                              {"stored_at", "TEXT"},
+                                              {"aggregator", "TEXT"},
+                                              {"records", "INTEGER"},
+                                              {"stored_records", "INTEGER"},
+                                              {"rejects", "INTEGER"}}));
   EXPECT_EQ(columns("audit"), (Cols{{"id", "INTEGER"},
                                     {"at", "TEXT"},
                                     {"actor", "TEXT"},
@@ -321,6 +331,142 @@ TEST(SqliteCentralStore, ReopenKeepsDataAndSchema) {
   Query q(dir.path() / "central.db");
   EXPECT_EQ(q.count("SELECT count(*) FROM records"), 4);
   EXPECT_EQ(q.count("SELECT count(*) FROM schema_version"), 1);
+}
+
+// An agent restored from an old disk image sends batch seqs it already used,
+// with other records: they are stored (nothing lost), recorded in
+// batch_conflicts and audited; redeliveries of either content are duplicates.
+TEST(SqliteCentralStore, ReusedBatchSeqWithOtherContentIsStoredRecordedAndAudited) {
+  TempDir dir;
+  auto store = openStore(dir.path() / "central.db");
+  ASSERT_TRUE(store);
+  const WireBatch original = makeBatch("office-1", 7, 4, "a");
+  WireBatch reused = makeBatch("office-1", 7, 3, "b", 1);
+  reused.records.push_back(original.records[0]);  // one record both contents carry
+  auto first = store->commit({original}, "agg-a");
+  ASSERT_TRUE(first.isOk()) << first.status().toString();
+  EXPECT_FALSE(first->front().seq_reused);
+  EXPECT_EQ(first->front().digest.size(), 64u);
+
+  auto second = store->commit({reused}, "agg-b");
+  ASSERT_TRUE(second.isOk()) << second.status().toString();
+  const BatchOutcome& o = second->front();
+  EXPECT_FALSE(o.duplicate);
+  EXPECT_TRUE(o.seq_reused);
+  EXPECT_NE(o.digest, first->front().digest);
+  EXPECT_EQ(o.records, 4u);
+  EXPECT_EQ(o.stored_records, 3u);
+  EXPECT_EQ(o.duplicate_records, 1u);
+  EXPECT_EQ(o.rejects, 1u);
+
+  Query q(dir.path() / "central.db");
+  EXPECT_EQ(q.count("SELECT count(*) FROM records"), 7);
+  EXPECT_EQ(q.count("SELECT count(*) FROM records WHERE record_key LIKE 'b%' AND batch_seq = 7"),
+            3);
+  EXPECT_EQ(q.count("SELECT count(*) FROM rejects WHERE agent_id = 'office-1' AND batch_seq = 7"),
+            1);
+  // The ledger keeps the first content; the reuse has its own row.
+  EXPECT_EQ(q.rows("SELECT digest, aggregator, stored_records FROM batch_ledger"),
+            (std::vector<std::vector<std::string>>{{first->front().digest, "agg-a", "4"}}));
+  EXPECT_EQ(
+      q.rows("SELECT agent_id, batch_seq, digest, aggregator, records, stored_records, "
+             "rejects FROM batch_conflicts"),
+      (std::vector<std::vector<std::string>>{{"office-1", "7", o.digest, "agg-b", "4", "3", "1"}}));
+  auto audit = q.rows("SELECT actor, action, agent_id, batch_seq, detail FROM audit");
+  ASSERT_EQ(audit.size(), 1u);
+  EXPECT_EQ(audit[0][0], "agg-b");
+  EXPECT_EQ(audit[0][1], "batch_seq_reused");
+  EXPECT_EQ(audit[0][2], "office-1");
+  EXPECT_EQ(audit[0][3], "7");
+  EXPECT_NE(audit[0][4].find("stored 3 new records (1 already stored) and 1 rejects"),
+            std::string::npos)
+      << audit[0][4];
+  EXPECT_NE(audit[0][4].find(first->front().digest.substr(0, 16)), std::string::npos);
+  EXPECT_EQ(audit[0][4].find("external_id"), std::string::npos);  // never record contents
+
+  // Redeliveries of either content change nothing and audit nothing more.
+  auto again = store->commit({reused, original}, "agg-a");
+  ASSERT_TRUE(again.isOk());
+  for (const auto& r : *again) {
+    EXPECT_TRUE(r.duplicate);
+    EXPECT_FALSE(r.seq_reused);
+    EXPECT_EQ(r.stored_records, 0u);
+  }
+  EXPECT_EQ(q.count("SELECT count(*) FROM records"), 7);
+  EXPECT_EQ(q.count("SELECT count(*) FROM rejects"), 1);
+  EXPECT_EQ(q.count("SELECT count(*) FROM audit"), 1);
+
+  // Both contents of one new seq in the same commit: the first is the ledger's.
+  auto both = store->commit({makeBatch("office-2", 1, 2, "c"), makeBatch("office-2", 1, 2, "d"),
+                             makeBatch("office-2", 1, 2, "d")},
+                            "agg-a");
+  ASSERT_TRUE(both.isOk()) << both.status().toString();
+  EXPECT_FALSE((*both)[0].duplicate);
+  EXPECT_FALSE((*both)[0].seq_reused);
+  EXPECT_TRUE((*both)[1].seq_reused);
+  EXPECT_EQ((*both)[1].stored_records, 2u);
+  EXPECT_TRUE((*both)[2].duplicate);
+  EXPECT_EQ(q.count("SELECT count(*) FROM records"), 11);
+  EXPECT_EQ(q.count("SELECT count(*) FROM audit WHERE action = 'batch_seq_reused'"), 2);
+}
+
+// A store written by the previous version (1: no digests) is upgraded in place
+// on open; its ledger rows keep working as the duplicates they are.
+TEST(SqliteCentralStore, UpgradesAVersion1FileInPlace) {
+  TempDir dir;
+  const fs::path path = dir.path() / "central.db";
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+    const char* v1 = R"sql(
+      PRAGMA journal_mode=WAL;
+      CREATE TABLE records (id INTEGER PRIMARY KEY, source TEXT NOT NULL, record_key TEXT NOT NULL,
+        agent_id TEXT NOT NULL, batch_seq INTEGER NOT NULL, payload TEXT NOT NULL,
+        ingested_at TEXT NOT NULL, stored_at TEXT NOT NULL, UNIQUE (source, record_key));
+      CREATE TABLE rejects (id INTEGER PRIMARY KEY, agent_id TEXT NOT NULL,
+        batch_seq INTEGER NOT NULL, source TEXT NOT NULL, raw TEXT NOT NULL,
+        reasons TEXT NOT NULL, ingested_at TEXT NOT NULL, stored_at TEXT NOT NULL);
+      CREATE TABLE batch_ledger (agent_id TEXT NOT NULL, batch_seq INTEGER NOT NULL,
+        created_at TEXT NOT NULL, stored_at TEXT NOT NULL, aggregator TEXT NOT NULL,
+        records INTEGER NOT NULL, stored_records INTEGER NOT NULL, rejects INTEGER NOT NULL,
+        PRIMARY KEY (agent_id, batch_seq));
+      CREATE TABLE audit (id INTEGER PRIMARY KEY, at TEXT NOT NULL, actor TEXT NOT NULL,
+        action TEXT NOT NULL, agent_id TEXT NOT NULL, batch_seq INTEGER, detail TEXT NOT NULL);
+      CREATE TABLE schema_version (version INTEGER NOT NULL, applied_at TEXT NOT NULL);
+      INSERT INTO schema_version VALUES (1, '2026-01-01T00:00:00.000000Z');
+      INSERT INTO batch_ledger VALUES ('office-1', 1, '2026-01-01T00:00:00.000000Z',
+        '2026-01-01T00:00:00.000000Z', 'agg-old', 1, 1, 0);
+      INSERT INTO records(source, record_key, agent_id, batch_seq, payload, ingested_at,
+        stored_at) VALUES ('customer', 'old-0', 'office-1', 1, '{}',
+        '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z');
+      PRAGMA user_version = 1;
+    )sql";
+    ASSERT_EQ(sqlite3_exec(db, v1, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+    sqlite3_close_v2(db);
+  }
+  auto store = openStore(path);
+  ASSERT_TRUE(store);
+  Query q(path);
+  EXPECT_EQ(q.count("PRAGMA user_version"), 2);
+  EXPECT_EQ(q.rows("SELECT version FROM schema_version ORDER BY rowid"),
+            (std::vector<std::vector<std::string>>{{"1"}, {"2"}}));
+  EXPECT_EQ(q.rows("SELECT aggregator, digest FROM batch_ledger"),
+            (std::vector<std::vector<std::string>>{{"agg-old", "<null>"}}));
+  EXPECT_EQ(q.count("SELECT count(*) FROM batch_conflicts"), 0);
+  // A ledger row without a digest cannot tell content apart: a duplicate, as before.
+  auto old = store->commit({makeBatch("office-1", 1, 3, "other")}, "agg-a");
+  ASSERT_TRUE(old.isOk()) << old.status().toString();
+  EXPECT_TRUE(old->front().duplicate);
+  auto fresh = store->commit({makeBatch("office-1", 2, 3, "new")}, "agg-a");
+  ASSERT_TRUE(fresh.isOk()) << fresh.status().toString();
+  EXPECT_FALSE(fresh->front().duplicate);
+  EXPECT_EQ(q.count("SELECT count(*) FROM records"), 4);
+  EXPECT_EQ(q.count("SELECT count(*) FROM batch_ledger WHERE digest IS NOT NULL"), 1);
+  // Reopening does not migrate again.
+  store.reset();
+  store = openStore(path);
+  ASSERT_TRUE(store);
+  EXPECT_EQ(q.count("SELECT count(*) FROM schema_version"), 2);
 }
 
 TEST(SqliteCentralStore, RefusesAFileThatIsNotADatabase) {

@@ -155,14 +155,18 @@ void runWorker(const LoadOptions& options, Dispatcher& d, const CustomerGenerato
         ++w.s.transport_errors;
         // The agent may have committed the batch before the connection broke;
         // resending is safe because the central store deduplicates by key.
-        if (++transport_failures > 5 || steadyMicros() >= give_up_at) {
+        // An agent being restarted refuses connections for a few seconds: keep
+        // trying until the request's own time budget is spent.
+        ++transport_failures;
+        if (steadyMicros() >= give_up_at) {
           log::warn("loadgen_request_failed", {{"url", url.host + ":" + std::to_string(url.port)},
                                                {"first_record", first},
                                                {"error", res.status().message()}});
           w.s.failed_records += count;
           break;
         }
-        std::this_thread::sleep_for(std::chrono::milliseconds(100 * transport_failures));
+        std::this_thread::sleep_for(
+            std::chrono::milliseconds(std::min(100 * transport_failures, 1000)));
         continue;
       }
       ++w.s.http_status[res->status];

@@ -15,8 +15,10 @@
 #include <thread>
 
 #include "cli/net/http_client.h"
+#include "cli/pki/fleet_pki.h"
 #include "shared/core/clock.h"
 #include "shared/core/log.h"
+#include "shared/pki/broker_config.h"
 
 namespace branchline::cli {
 namespace fs = std::filesystem;
@@ -91,6 +93,18 @@ std::string defaultBinDir() {
   std::error_code ec;
   fs::path exe = fs::read_symlink("/proc/self/exe", ec);
   return ec ? std::string(".") : exe.parent_path().string();
+}
+
+// The topic prefix the configs end up with: an override's TOML string, or the default.
+std::string effectiveTopicPrefix(const PipelineOptions& o) {
+  for (const auto* overrides : {&o.agent_overrides, &o.aggregator_overrides}) {
+    auto it = overrides->find("mqtt.topic_prefix");
+    if (it != overrides->end() && it->second.size() >= 2 && it->second.front() == '"' &&
+        it->second.back() == '"') {
+      return it->second.substr(1, it->second.size() - 2);
+    }
+  }
+  return "branchline/v1";
 }
 
 std::string currentUserName() {
@@ -169,10 +183,14 @@ LocalPipeline::~LocalPipeline() { stop(); }
 
 std::string LocalPipeline::brokerUri() const {
   for (const auto& m : members_) {
-    if (m->role == Role::kBroker) return "tcp://127.0.0.1:" + std::to_string(m->port);
+    if (m->role == Role::kBroker) {
+      return (options_.secure ? "ssl://127.0.0.1:" : "tcp://127.0.0.1:") + std::to_string(m->port);
+    }
   }
   return "";
 }
+
+bool LocalPipeline::sealsBatches() const { return options_.secure; }
 
 std::vector<std::string> LocalPipeline::agentUrls() const {
   std::vector<std::string> out;
@@ -238,8 +256,8 @@ Status LocalPipeline::plan() {
     auto port = port_for(offset);
     if (!port.isOk()) return port.status();
     m->port = *port;
-    m->url = std::string(role == Role::kBroker ? "mqtt" : "http") +
-             "://127.0.0.1:" + std::to_string(m->port);
+    const char* scheme = role != Role::kBroker ? "http" : options_.secure ? "mqtts" : "mqtt";
+    m->url = std::string(scheme) + "://127.0.0.1:" + std::to_string(m->port);
     m->spec.executable = std::move(exe);
     m->spec.args = role == Role::kBroker ? std::vector<std::string>{"-c", m->config_path}
                                          : std::vector<std::string>{"--config", m->config_path};
@@ -263,14 +281,60 @@ Status LocalPipeline::plan() {
   return Status::ok();
 }
 
+// The PKI is made once per DIR and reused by later starts; members added
+// since (more agents or aggregators) are enrolled into it.
+Status LocalPipeline::preparePki() {
+  const std::string dir = pkiDir();
+  const PkiLayout layout{dir};
+  const std::string prefix = effectiveTopicPrefix(options_);
+  std::error_code ec;
+  if (!fs::exists(layout.caCert(), ec)) {
+    PkiInitOptions init;
+    init.dir = dir;
+    init.aggregators.clear();
+    for (const auto& m : members_) {
+      if (m->role == Role::kAggregator) init.aggregators.push_back(m->name);
+    }
+    init.topic_prefix = prefix;
+    auto made = initPki(init);
+    if (!made.isOk()) return made.status().withContext("pipeline PKI " + dir);
+  }
+  for (const auto& m : members_) {
+    if (m->role == Role::kAggregator && !fs::exists(layout.aggregatorCert(m->name), ec)) {
+      auto r = enrollAggregator(dir, m->name, 825, prefix);
+      if (!r.isOk()) return r.status().withContext("pipeline PKI " + dir);
+    } else if (m->role == Role::kAgent && !fs::exists(layout.agentCert(m->name), ec)) {
+      auto r = enrollAgent(dir, m->name);
+      if (!r.isOk()) return r.status().withContext("pipeline PKI " + dir);
+    }
+  }
+  auto seal = currentSealPrivateKey(dir);
+  if (!seal.isOk()) return seal.status().withContext("pipeline PKI " + dir);
+  seal_key_file_ = seal->string();
+  return Status::ok();
+}
+
 Status LocalPipeline::writeConfigs() {
   const std::string brokers = "[" + tomlString(brokerUri()) + "]";
+  const PkiLayout layout{pkiDir()};
   for (const auto& m : members_) {
     std::string text;
     if (m->role == Role::kBroker) {
       text = "# Written by `branchline up`: a private broker on loopback.\n";
       text += "listener " + std::to_string(m->port) + " 127.0.0.1\n";
-      text += "allow_anonymous true\n";
+      if (options_.secure) {
+        std::vector<std::string> aggregators;
+        for (const auto& a : members_) {
+          if (a->role == Role::kAggregator) aggregators.push_back(a->name);
+        }
+        const std::string acl = m->data_dir + "/acl";
+        BL_RETURN_IF_ERROR(
+            writeFile(acl, pki::mosquittoAcl(effectiveTopicPrefix(options_), aggregators)));
+        text += pki::mosquittoTlsSettings({layout.caCert().string(), layout.brokerCert().string(),
+                                           layout.brokerKey().string(), acl});
+      } else {
+        text += "allow_anonymous true\n";
+      }
       // Queues must survive a broker restart and never drop silently: a PUBACK
       // only means the broker has the batch, so nothing may be thrown away here.
       text += "persistence true\n";
@@ -291,7 +355,17 @@ Status LocalPipeline::writeConfigs() {
       doc.set("aggregator", "data_dir", tomlString(m->data_dir));
       doc.set("http", "listen", tomlString("127.0.0.1:" + std::to_string(m->port)));
       doc.set("mqtt", "brokers", brokers);
+      if (options_.secure) {
+        doc.set("mqtt", "ca_file", tomlString(layout.caCert().string()));
+        doc.set("mqtt", "cert_file", tomlString(layout.aggregatorCert(m->name).string()));
+        doc.set("mqtt", "key_file", tomlString(layout.aggregatorKey(m->name).string()));
+      }
       doc.set("store", "url", tomlString(storeUrl()));
+      if (sealsBatches()) {
+        doc.set("security", "seal_keys", "[" + tomlString(seal_key_file_) + "]");
+        doc.set("security", "agents_dir", tomlString(layout.agentsDir().string()));
+        doc.set("security", "require_sealed", "true");
+      }
       BL_RETURN_IF_ERROR(doc.applyOverrides(options_.aggregator_overrides));
       text = doc.render();
     } else {
@@ -300,6 +374,16 @@ Status LocalPipeline::writeConfigs() {
       doc.set("agent", "data_dir", tomlString(m->data_dir));
       doc.set("http", "listen", tomlString("127.0.0.1:" + std::to_string(m->port)));
       doc.set("mqtt", "brokers", brokers);
+      if (options_.secure) {
+        doc.set("mqtt", "ca_file", tomlString(layout.caCert().string()));
+        doc.set("mqtt", "cert_file", tomlString(layout.agentCert(m->name).string()));
+        doc.set("mqtt", "key_file", tomlString(layout.agentKey(m->name).string()));
+      }
+      if (sealsBatches()) {
+        doc.set("security", "seal_key_file", tomlString(layout.agentSealKey(m->name).string()));
+        doc.set("security", "aggregator_key_file",
+                tomlString(layout.currentSealPublicKey().string()));
+      }
       BL_RETURN_IF_ERROR(doc.applyOverrides(options_.agent_overrides));
       text = doc.render();
     }
@@ -356,6 +440,12 @@ Status LocalPipeline::waitReady(Member& m) {
 Status LocalPipeline::writeTopology() {
   std::string out = "{\"store\": ";
   log::appendJsonString(out, storeUrl());
+  out += ", \"secure\": ";
+  out += options_.secure ? "true" : "false";
+  if (options_.secure) {
+    out += ", \"pki_dir\": ";
+    log::appendJsonString(out, pkiDir());
+  }
   out += ",\n \"processes\": [";
   bool first = true;
   for (const auto& m : members_) {
@@ -384,6 +474,7 @@ Status LocalPipeline::start() {
     BL_RETURN_IF_ERROR(plan());
     // A topology.json left from an earlier run must not be mistaken for this one.
     ::unlink(topologyPath().c_str());
+    if (options_.secure) BL_RETURN_IF_ERROR(preparePki());
     BL_RETURN_IF_ERROR(writeConfigs());
     for (Role role : {Role::kBroker, Role::kAggregator, Role::kAgent}) {
       for (auto& m : members_) {

@@ -3,6 +3,13 @@
 // Mosquitto on loopback, N aggregators sharing one central SQLite store, and
 // M agents, each with its own config, data dir and log under one directory.
 //
+// Secured by default, as a real fleet is (README "Security"): a PKI in
+// DIR/pki (made by the same code as `branchline pki init|enroll` on the first
+// start, reused after), the broker on ssl:// with client certificates and the
+// per-agent ACL, every agent and aggregator with its own certificate and
+// sealing keys. `secure = false` (`branchline up --insecure`) runs the same
+// pipeline on plain TCP with an anonymous broker, for comparison.
+//
 // Guarantees: start() returns only once every process answers (broker accepts
 // TCP, aggregators and agents answer GET /healthz with 200), and only then is
 // DIR/topology.json written (atomically: temp file, fsync, rename, fsync dir),
@@ -40,6 +47,7 @@ struct PipelineOptions {
   // `"mqtt.topic_prefix" -> "\"x\""`). They replace the generated value of the same key.
   std::map<std::string, std::string> agent_overrides;
   std::map<std::string, std::string> aggregator_overrides;
+  bool secure = true;  // see above; false: plain TCP, anonymous broker, nothing sealed
   std::chrono::milliseconds ready_timeout{30000};  // per process
   std::chrono::milliseconds stop_grace{10000};     // SIGTERM to SIGKILL
 };
@@ -54,7 +62,7 @@ struct Member {
   std::string data_dir;     // absolute
   std::string log_path;     // DIR/<name>/<name>.log
   uint16_t port = 0;
-  std::string url;   // "mqtt://127.0.0.1:P" or "http://127.0.0.1:P"
+  std::string url;   // "mqtts://127.0.0.1:P" ("mqtt://" insecure) or "http://127.0.0.1:P"
   ProcessSpec spec;  // how to start it again
   Process process;
   bool exit_reported = false;
@@ -78,7 +86,12 @@ class LocalPipeline {
   std::string topologyPath() const { return options_.dir + "/topology.json"; }
   std::string storeUrl() const { return "sqlite://" + storePath(); }
   std::string storePath() const { return options_.dir + "/central.db"; }
-  std::string brokerUri() const;  // "tcp://127.0.0.1:P", as the configs name it
+  std::string brokerUri() const;  // "ssl://127.0.0.1:P" ("tcp://" insecure), as the configs name it
+  bool secure() const { return options_.secure; }
+  // The PKI folder (layout: README "Security"); exists only when secure().
+  std::string pkiDir() const { return options_.dir + "/pki"; }
+  // Batches are sealed: the configs carry the [security] keys (with secure()).
+  bool sealsBatches() const;
   std::vector<std::string> agentUrls() const;
   std::vector<std::string> aggregatorUrls() const;
 
@@ -100,6 +113,7 @@ class LocalPipeline {
 
  private:
   Status plan();
+  Status preparePki();
   Status writeConfigs();
   Status launch(Member& m);
   Status waitReady(Member& m);
@@ -107,6 +121,7 @@ class LocalPipeline {
 
   PipelineOptions options_;
   std::vector<std::unique_ptr<Member>> members_;
+  std::string seal_key_file_;  // the aggregators' current sealing key (secure only)
   bool started_ = false;
 };
 

@@ -82,6 +82,75 @@ TEST(LocalPipelineTest, MissingBinaryFailsCleanlyAfterRealBrokerStart) {
   EXPECT_EQ(agent["batch"]["linger_ms"].value_or(0), 20);
   EXPECT_EQ(agent["buffer"]["max_bytes"].value_or(0), 1048576);
   EXPECT_EQ(agent["mqtt"]["brokers"][0].value_or(""), p.brokerUri());
+
+  // Secured by default: every member has its own certificate from DIR/pki.
+  const std::string pki = p.dir() + "/pki";
+  EXPECT_EQ(p.brokerUri().rfind("ssl://127.0.0.1:", 0), 0u) << p.brokerUri();
+  EXPECT_EQ(agent["mqtt"]["ca_file"].value_or(""), pki + "/ca.crt");
+  EXPECT_EQ(agent["mqtt"]["cert_file"].value_or(""), pki + "/agents/agent-1.crt");
+  EXPECT_EQ(agent["mqtt"]["key_file"].value_or(""), pki + "/agents/agent-1.key");
+  EXPECT_EQ(agg["mqtt"]["ca_file"].value_or(""), pki + "/ca.crt");
+  EXPECT_EQ(agg["mqtt"]["cert_file"].value_or(""), pki + "/aggregators/agg-2.crt");
+  EXPECT_EQ(agg["mqtt"]["key_file"].value_or(""), pki + "/aggregators/agg-2.key");
+  // ... and seals its batches.
+  EXPECT_EQ(agent["security"]["seal_key_file"].value_or(""), pki + "/agents/agent-1.seal.key");
+  EXPECT_EQ(agent["security"]["aggregator_key_file"].value_or(""), pki + "/aggregators/seal.pub");
+  const std::string seal_key = agg["security"]["seal_keys"][0].value_or("");
+  EXPECT_EQ(seal_key.rfind(pki + "/aggregators/seal-", 0), 0u) << seal_key;
+  EXPECT_TRUE(fs::exists(seal_key)) << seal_key;
+  EXPECT_EQ(agg["security"]["agents_dir"].value_or(""), pki + "/agents");
+  EXPECT_TRUE(agg["security"]["require_sealed"].value_or(false));
+  for (const char* f : {"/ca.key", "/broker/broker.key", "/aggregators/agg-1.key",
+                        "/agents/agent-2.key", "/agents/agent-2.seal.key"}) {
+    EXPECT_EQ(fs::status(pki + f).permissions() & fs::perms::all,
+              fs::perms::owner_read | fs::perms::owner_write)
+        << f;
+  }
+  const std::string conf = tmpFileContents(p.dir() + "/mosquitto/mosquitto.conf");
+  EXPECT_NE(conf.find("require_certificate true\n"), std::string::npos) << conf;
+  EXPECT_NE(conf.find("allow_anonymous false\n"), std::string::npos) << conf;
+  EXPECT_EQ(conf.find("allow_anonymous true"), std::string::npos) << conf;
+  EXPECT_NE(tmpFileContents(p.dir() + "/mosquitto/acl").find("user aggregator.agg-2\n"),
+            std::string::npos);
+}
+
+// A second start in the same directory reuses its PKI (enrolling members added
+// since); `secure = false` is the plain, anonymous pipeline of old.
+TEST(LocalPipelineTest, ReusesItsPkiAndHasAnInsecureMode) {
+  TempDir tmp, empty_bin;
+  PipelineOptions o;
+  o.dir = tmp.path();
+  o.agents = 1;
+  o.aggregators = 1;
+  o.bin_dir = empty_bin.path();
+  {
+    LocalPipeline p(o);
+    EXPECT_EQ(p.start().code(), Code::kNotFound);
+  }
+  const std::string ca = tmpFileContents(tmp.path() + "/pki/ca.crt");
+  ASSERT_FALSE(ca.empty());
+  o.agents = 2;
+  {
+    LocalPipeline p(o);
+    Status s = p.start();
+    EXPECT_EQ(s.code(), Code::kNotFound) << "fails on the binaries, not the PKI: " << s.toString();
+  }
+  EXPECT_EQ(tmpFileContents(tmp.path() + "/pki/ca.crt"), ca) << "the CA is reused";
+  EXPECT_TRUE(fs::exists(tmp.path() + "/pki/agents/agent-2.crt"));
+
+  TempDir plain;
+  o.dir = plain.path();
+  o.secure = false;
+  LocalPipeline p(o);
+  EXPECT_EQ(p.start().code(), Code::kNotFound);
+  EXPECT_EQ(p.brokerUri().rfind("tcp://127.0.0.1:", 0), 0u);
+  EXPECT_FALSE(fs::exists(plain.path() + "/pki"));
+  EXPECT_NE(
+      tmpFileContents(plain.path() + "/mosquitto/mosquitto.conf").find("allow_anonymous true"),
+      std::string::npos);
+  auto agent = toml::parse_file(plain.path() + "/agent-1/agent.toml");
+  EXPECT_FALSE(agent["mqtt"]["ca_file"]);
+  EXPECT_FALSE(agent["security"]);
 }
 
 TEST(LocalPipelineTest, FixedBasePortLayout) {
@@ -132,6 +201,8 @@ TEST(LocalPipelineTest, StartsEverythingWritesTopologyAndSurvivesAKilledAgent) {
 
   auto topo = boost::json::parse(tmpFileContents(p.topologyPath())).as_object();
   EXPECT_EQ(topo.at("store").as_string(), "sqlite://" + p.dir() + "/central.db");
+  EXPECT_TRUE(topo.at("secure").as_bool());
+  EXPECT_EQ(topo.at("pki_dir").as_string(), p.dir() + "/pki");
   const auto& procs = topo.at("processes").as_array();
   ASSERT_EQ(procs.size(), 5u);
   for (const auto& v : procs) {
@@ -139,7 +210,10 @@ TEST(LocalPipelineTest, StartsEverythingWritesTopologyAndSurvivesAKilledAgent) {
     const std::string name(proc.at("name").as_string());
     EXPECT_EQ(proc.at("pid").as_int64(), p.process(name)->pid());
     EXPECT_TRUE(fs::exists(std::string(proc.at("config").as_string())));
-    if (proc.at("role").as_string() != "broker") {
+    if (proc.at("role").as_string() == "broker") {
+      EXPECT_EQ(proc.at("url").as_string(),
+                "mqtts://127.0.0.1:" + std::to_string(p.member(name)->port));
+    } else {
       auto h = httpGet(std::string(proc.at("url").as_string()) + "/healthz", 5s);
       ASSERT_TRUE(h.isOk()) << name;
       EXPECT_EQ(h->status, 200) << name;

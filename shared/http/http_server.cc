@@ -6,10 +6,12 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <cassert>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -58,14 +60,23 @@ struct Core {
   std::mutex mutex;
   bool stopped = false;
   std::unordered_map<Session*, std::shared_ptr<Session>> sessions;  // owns live connections
+  std::unordered_map<std::string, size_t> per_client;               // open connections by peer
 
-  bool admit(const std::shared_ptr<Session>& s) {
+  // Why a connection was not admitted; nullptr when it was.
+  const char* admit(const std::shared_ptr<Session>& s, const std::string& peer) {
     std::lock_guard lock(mutex);
-    if (stopped || sessions.size() >= options.max_connections) return false;
+    if (stopped || sessions.size() >= options.max_connections) return "too_many_connections";
+    size_t& mine = per_client[peer];
+    if (options.max_connections_per_client != 0 && mine >= options.max_connections_per_client) {
+      if (mine == 0) per_client.erase(peer);
+      return "too_many_client_connections";
+    }
+    ++mine;
     sessions.emplace(s.get(), s);
-    return true;
+    if (options.connections) options.connections->set(static_cast<int64_t>(sessions.size()));
+    return nullptr;
   }
-  void remove(Session* s) {
+  void remove(Session* s, const std::string& peer) {
     std::shared_ptr<Session> keep;  // destroyed outside the lock
     {
       std::lock_guard lock(mutex);
@@ -73,14 +84,26 @@ struct Core {
       if (it == sessions.end()) return;
       keep = std::move(it->second);
       sessions.erase(it);
+      auto c = per_client.find(peer);
+      if (c != per_client.end() && --c->second == 0) per_client.erase(c);
+      if (options.connections) options.connections->set(static_cast<int64_t>(sessions.size()));
     }
+  }
+  void countRefusal(const char* reason) {
+    if (options.refused) options.refused->with(reason).inc();
   }
 };
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(tcp::socket&& socket, std::shared_ptr<Core> core)
-      : stream_(std::move(socket)), core_(std::move(core)) {}
+      : stream_(std::move(socket)), timer_(stream_.get_executor()), core_(std::move(core)) {
+    beast::error_code ec;
+    auto endpoint = stream_.socket().remote_endpoint(ec);
+    if (!ec) peer_ = endpoint.address().to_string();
+  }
+
+  const std::string& peer() const { return peer_; }
 
   void start() {
     asio::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->readHeader(); });
@@ -94,9 +117,12 @@ class Session : public std::enable_shared_from_this<Session> {
                });
   }
 
-  // Answers `status` and closes without a handler (limits, malformed input, overload).
-  void rejectAndClose(int status, const std::string& message) {
+  // Answers `status` and closes without a handler (limits, malformed input,
+  // overload); `reason` is the refusal's metric label.
+  void rejectAndClose(int status, const char* reason, const std::string& message) {
+    core_->countRefusal(reason);
     asio::dispatch(stream_.get_executor(), [self = shared_from_this(), status, message] {
+      self->disarm();
       self->keep_alive_ = false;
       self->awaiting_id_ = ++self->next_id_;
       self->write(self->awaiting_id_, jsonError(status, message));
@@ -108,21 +134,86 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
  private:
+  using Clock = std::chrono::steady_clock;
+  // What the deadline timer is guarding.
+  enum class Phase { kNone, kIdle, kHeader, kBody };
+
+  // Deadlines run on our own timer rather than tcp_stream's: its timeout
+  // closes the socket, and a client cut for being slow should still get a 408
+  // saying why.
+  void arm(Clock::time_point at, Phase phase) {
+    phase_ = phase;
+    deadline_ = at;
+    timer_.expires_at(at);
+    timer_.async_wait([self = shared_from_this(), gen = ++timer_generation_](beast::error_code ec) {
+      if (ec || gen != self->timer_generation_ || self->closed_) return;
+      self->onDeadline();
+    });
+  }
+  void disarm() {
+    phase_ = Phase::kNone;
+    ++timer_generation_;
+    timer_.cancel();
+  }
+
+  void onDeadline() {
+    timed_out_ = phase_;
+    phase_ = Phase::kNone;
+    if (timed_out_ == Phase::kIdle) return close();  // an idle keep-alive: nobody is waiting
+    // The pending read completes with operation_aborted and answers 408 there.
+    beast::error_code ignored;
+    stream_.socket().cancel(ignored);
+  }
+
+  void onTimedOut() {
+    const auto& o = core_->options;
+    if (timed_out_ == Phase::kHeader) {
+      return rejectAndClose(
+          408, "header_timeout",
+          "request header not complete within " + std::to_string(o.header_timeout.count()) + " ms");
+    }
+    if (deadline_ >= body_cap_) {
+      return rejectAndClose(
+          408, "body_timeout",
+          "request body not complete within " + std::to_string(o.body_timeout.count()) + " ms");
+    }
+    rejectAndClose(408, "body_too_slow",
+                   "request body arrives slower than " +
+                       std::to_string(o.min_body_bytes_per_second) + " bytes per second");
+  }
+
+  // Waits for the next request on a kept-alive connection: idle_timeout until
+  // its first byte, then header_timeout for the header.
+  void awaitNextRequest() {
+    if (closed_) return;
+    if (buffer_.size() > 0) return readHeader();  // a pipelined request is already here
+    arm(Clock::now() + core_->options.idle_timeout, Phase::kIdle);
+    stream_.expires_never();
+    stream_.async_read_some(buffer_.prepare(kFirstRead),
+                            [self = shared_from_this()](beast::error_code ec, size_t n) {
+                              self->buffer_.commit(n);
+                              if (ec || self->closed_) return self->onReadError(ec);
+                              self->readHeader();
+                            });
+  }
+
   void readHeader() {
     if (closed_) return;
     parser_.emplace();
-    parser_->header_limit(static_cast<uint32_t>(core_->options.max_header_bytes));
+    parser_->header_limit(static_cast<uint32_t>(
+        std::min<size_t>(core_->options.max_header_bytes, std::numeric_limits<uint32_t>::max())));
     parser_->body_limit(core_->options.max_body_bytes);
-    // One deadline for the whole request (header and body): a client that trickles
-    // bytes cannot hold a connection past it.
-    stream_.expires_after(core_->options.read_timeout);
+    arm(Clock::now() + core_->options.header_timeout, Phase::kHeader);
+    stream_.expires_never();
     bhttp::async_read_header(
         stream_, buffer_, *parser_,
         [self = shared_from_this()](beast::error_code ec, size_t) { self->onHeader(ec); });
   }
 
   void onHeader(beast::error_code ec) {
-    if (ec) return onReadError(ec);
+    // A deadline that fired just as the read finished still counts.
+    if (ec || timed_out_ != Phase::kNone) return onReadError(ec);
+    disarm();
     const auto& req = parser_->get();
     if (auto it = req.find(bhttp::field::expect);
         it != req.end() && beast::iequals(it->value(), "100-continue")) {
@@ -130,42 +221,73 @@ class Session : public std::enable_shared_from_this<Session> {
       // (curl waits a second for this before sending it anyway).
       auto cont = std::make_shared<bhttp::response<bhttp::empty_body>>(bhttp::status::continue_,
                                                                        req.version());
+      stream_.expires_after(core_->options.write_timeout);
       bhttp::async_write(stream_, *cont,
                          [self = shared_from_this(), cont](beast::error_code wec, size_t) {
                            if (wec) return self->close();
-                           self->readBody();
+                           self->startBody();
                          });
       return;
     }
+    startBody();
+  }
+
+  void startBody() {
+    body_start_ = Clock::now();
+    body_cap_ = body_start_ + core_->options.body_timeout;
+    body_received_ = 0;
     readBody();
   }
 
+  // Reads the body piece by piece so the deadline can follow the rate floor.
   void readBody() {
-    bhttp::async_read(
-        stream_, buffer_, *parser_,
-        [self = shared_from_this()](beast::error_code ec, size_t) { self->onBody(ec); });
+    if (parser_->is_done()) return onBody();
+    const auto& o = core_->options;
+    Clock::time_point deadline = body_cap_;
+    if (o.min_body_bytes_per_second > 0) {
+      auto earned = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(
+          static_cast<double>(body_received_) / static_cast<double>(o.min_body_bytes_per_second)));
+      deadline = std::min(deadline, body_start_ + kRateGrace + earned);
+    }
+    if (deadline != deadline_ || phase_ != Phase::kBody) arm(deadline, Phase::kBody);
+    stream_.expires_never();
+    bhttp::async_read_some(stream_, buffer_, *parser_,
+                           [self = shared_from_this()](beast::error_code ec, size_t n) {
+                             self->body_received_ += n;
+                             if (ec || self->timed_out_ != Phase::kNone) {
+                               return self->onReadError(ec);
+                             }
+                             self->readBody();
+                           });
   }
 
   void onReadError(beast::error_code ec) {
-    if (ec == bhttp::error::end_of_stream || ec == beast::error::timeout ||
-        ec == asio::error::operation_aborted || ec == bhttp::error::partial_message) {
+    if (closed_) return;
+    if (timed_out_ != Phase::kNone && timed_out_ != Phase::kIdle) return onTimedOut();
+    disarm();
+    if (ec == bhttp::error::end_of_stream || ec == asio::error::eof ||
+        ec == beast::error::timeout || ec == asio::error::operation_aborted ||
+        ec == bhttp::error::partial_message) {
       return close();
     }
     if (ec == bhttp::error::header_limit) {
-      return rejectAndClose(431, "request header is larger than " +
-                                     std::to_string(core_->options.max_header_bytes) + " bytes");
+      return rejectAndClose(431, "header_too_large",
+                            "request header is larger than " +
+                                std::to_string(core_->options.max_header_bytes) + " bytes");
     }
     if (ec == bhttp::error::body_limit) {
-      return rejectAndClose(413, "request body is larger than " +
-                                     std::to_string(core_->options.max_body_bytes) + " bytes");
+      return rejectAndClose(413, "body_too_large",
+                            "request body is larger than " +
+                                std::to_string(core_->options.max_body_bytes) + " bytes");
     }
-    if (isParseError(ec)) return rejectAndClose(400, "malformed HTTP request: " + ec.message());
+    if (isParseError(ec)) {
+      return rejectAndClose(400, "malformed_http", "malformed HTTP request: " + ec.message());
+    }
     close();  // connection reset and other transport errors: nobody to answer
   }
 
-  void onBody(beast::error_code ec) {
-    if (ec) return onReadError(ec);
-    stream_.expires_never();  // the handler may take its time (group commit)
+  void onBody() {
+    disarm();
     auto msg = parser_->release();
     parser_.reset();
     keep_alive_ = msg.keep_alive();
@@ -179,6 +301,7 @@ class Session : public std::enable_shared_from_this<Session> {
     request.body = std::move(msg.body());
     awaiting_id_ = ++next_id_;
     Respond respond = makeRespond(awaiting_id_);
+    // No deadline while the handler works (group commit); the answer's write has one.
     try {
       core_->handler(std::move(request), std::move(respond));
     } catch (const std::exception& e) {
@@ -202,7 +325,7 @@ class Session : public std::enable_shared_from_this<Session> {
     res->body() = std::move(response.body);
     res->keep_alive(keep_alive_);
     res->prepare_payload();
-    stream_.expires_after(core_->options.read_timeout);
+    stream_.expires_after(core_->options.write_timeout);
     bhttp::async_write(
         stream_, *res,
         [self = shared_from_this(), res](beast::error_code ec, size_t) { self->onWrite(ec); });
@@ -211,14 +334,14 @@ class Session : public std::enable_shared_from_this<Session> {
   void onWrite(beast::error_code ec) {
     if (ec) return close();
     if (!keep_alive_) return lingerThenClose();
-    readHeader();  // bytes of a pipelined next request may already be in buffer_
+    awaitNextRequest();  // bytes of a pipelined next request may already be in buffer_
   }
 
   void lingerThenClose() {
     beast::error_code ignored;
     stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
     stream_.expires_after(
-        std::min<std::chrono::milliseconds>(kMaxLingerDrain, core_->options.read_timeout));
+        std::min<std::chrono::milliseconds>(kMaxLingerDrain, core_->options.write_timeout));
     drain_.resize(kDrainChunk);
     drain();
   }
@@ -234,17 +357,31 @@ class Session : public std::enable_shared_from_this<Session> {
   void close() {
     if (closed_) return;
     closed_ = true;
+    disarm();
     beast::error_code ignored;
     stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
     stream_.close();
-    core_->remove(this);  // our caller's handler still holds a shared_ptr to us
+    core_->remove(this, peer_);  // our caller's handler still holds a shared_ptr to us
   }
 
+  static constexpr size_t kFirstRead = 4096;
+  // The body's rate floor starts counting after this much time.
+  static constexpr std::chrono::seconds kRateGrace{1};
+
   beast::tcp_stream stream_;
+  asio::steady_timer timer_;
   std::shared_ptr<Core> core_;
+  std::string peer_;
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
   std::vector<char> drain_;
+  Phase phase_ = Phase::kNone;
+  Phase timed_out_ = Phase::kNone;
+  uint64_t timer_generation_ = 0;
+  Clock::time_point deadline_{};
+  Clock::time_point body_start_{};
+  Clock::time_point body_cap_{};
+  uint64_t body_received_ = 0;
   bool keep_alive_ = true;
   unsigned version_ = 11;
   bool closed_ = false;
@@ -308,12 +445,15 @@ struct Server::Impl {
       if (ec == asio::error::operation_aborted || !acceptor->is_open()) return;
       if (!ec) {
         auto session = std::make_shared<Session>(std::move(s), core);
-        if (core->admit(session)) {
-          session->start();
-        } else {
-          // Over max_connections (or stopping): answer 503 politely on a
+        if (const char* refused = core->admit(session, session->peer())) {
+          // Over a connection cap (or stopping): answer 503 politely on a
           // connection we do not keep; it closes itself after the write.
-          session->rejectAndClose(503, "too many connections; retry later");
+          session->rejectAndClose(503, refused,
+                                  std::string_view(refused) == "too_many_connections"
+                                      ? "too many connections; retry later"
+                                      : "too many connections from this client; retry later");
+        } else {
+          session->start();
         }
       } else {
         log::warn("http_accept_failed", {{"error", ec.message()}});

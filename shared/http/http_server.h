@@ -1,6 +1,8 @@
 // A small asynchronous HTTP/1.1 server (Boost.Beast) for ingest, health and
 // metrics. It owns the sockets and enforces transport limits (header and body
-// size, read timeouts for slow clients, connection count); handlers see whole
+// size, deadlines and a rate floor for slow clients, connection counts, all in
+// ServerOptions) so a hostile or broken client costs a bounded amount of
+// memory and time and never holds a connection slot for long; handlers see whole
 // requests and answer through a callback that may be called later and from
 // any thread (e.g. once the agent's buffer has committed).
 #pragma once
@@ -13,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "shared/core/metrics.h"
 #include "shared/core/status.h"
 
 namespace branchline::http {
@@ -35,14 +38,33 @@ struct Response {
 using Respond = std::function<void(Response)>;
 using Handler = std::function<void(Request&&, Respond)>;
 
+// Transport limits (README "Input limits"). Every refusal is counted in
+// `refused` under its reason label and, where an answer is possible, answered
+// with a JSON error: body_too_large (413), header_too_large (431),
+// malformed_http (400), header_timeout / body_timeout / body_too_slow (408),
+// too_many_connections / too_many_client_connections (503).
 struct ServerOptions {
   std::string listen_address = "127.0.0.1";
-  uint16_t port = 0;                              // 0: pick a free port (see Server::port())
-  size_t max_body_bytes = 8 << 20;                // past it: 413, before reading the rest
-  size_t max_header_bytes = 16 << 10;             // past it: 431
-  std::chrono::milliseconds read_timeout{30000};  // whole request; slow clients are cut
-  size_t max_connections = 256;
+  uint16_t port = 0;                   // 0: pick a free port (see Server::port())
+  size_t max_body_bytes = 8 << 20;     // past it: 413, before reading the rest
+  size_t max_header_bytes = 16 << 10;  // request line and header fields; past it: 431
+  // A new connection must deliver a whole request header within this; on a
+  // kept-alive connection the clock starts at the request's first byte.
+  std::chrono::milliseconds header_timeout{10000};
+  // The whole body must arrive within this after the header ...
+  std::chrono::milliseconds body_timeout{60000};
+  // ... and, after its first second, at an average of at least this many
+  // bytes per second (0: no rate floor), so a trickling client is cut early.
+  size_t min_body_bytes_per_second = 1024;
+  // A kept-alive connection with no request started is closed after this (no answer).
+  std::chrono::milliseconds idle_timeout{30000};
+  std::chrono::milliseconds write_timeout{30000};  // sending one answer
+  size_t max_connections = 256;                    // open connections; past it: 503
+  size_t max_connections_per_client = 128;         // from one peer address; 0: no cap
   int threads = 2;
+  // Optional metrics, owned by the caller and outliving the server.
+  LabeledCounter* refused = nullptr;  // refusals by reason (see above)
+  Gauge* connections = nullptr;       // connections open now
 };
 
 class Server {

@@ -1,6 +1,11 @@
 #include "shared/http/http_server.h"
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -32,6 +37,48 @@ std::unique_ptr<Server> startServer(ServerOptions options, Handler handler = ech
   auto server = Server::start(std::move(options), std::move(handler));
   EXPECT_TRUE(server.isOk()) << server.status().toString();
   return server.isOk() ? std::move(server).value() : nullptr;
+}
+
+// A raw socket for byte-at-a-time clients: TestClient cannot read while it writes.
+class RawSocket {
+ public:
+  explicit RawSocket(uint16_t port) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  }
+  ~RawSocket() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  bool connected() const { return connected_; }
+  bool send(std::string_view bytes) {
+    return ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL) ==
+           static_cast<ssize_t>(bytes.size());
+  }
+  // Waits up to `wait` for the server to answer or close; true when it did,
+  // with whatever it sent appended to `received`.
+  bool awaitServer(std::chrono::milliseconds wait, std::string& received) {
+    pollfd p{fd_, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(wait.count())) <= 0) return false;
+    char buf[4096];
+    for (;;) {
+      ssize_t n = ::recv(fd_, buf, sizeof buf, MSG_DONTWAIT);
+      if (n <= 0) return true;
+      received.append(buf, static_cast<size_t>(n));
+    }
+  }
+
+ private:
+  int fd_ = -1;
+  bool connected_ = false;
+};
+
+MetricsRegistry& testMetrics() {
+  static MetricsRegistry registry;
+  return registry;
 }
 
 TEST(HttpServerTest, RoutesRequestsThroughTheHandler) {
@@ -142,6 +189,8 @@ TEST(HttpServerTest, OversizedBodyGets413WithoutReachingTheHandler) {
   std::atomic<int> calls{0};
   ServerOptions options;
   options.max_body_bytes = 8 << 20;
+  LabeledCounter& refused = testMetrics().labeledCounter("t_413_refused_total", "", "reason");
+  options.refused = &refused;
   auto server = startServer(options, [&](Request&& req, Respond respond) {
     ++calls;
     echoHandler(std::move(req), std::move(respond));
@@ -172,6 +221,7 @@ TEST(HttpServerTest, OversizedBodyGets413WithoutReachingTheHandler) {
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 413);
   EXPECT_EQ(calls.load(), 0);
+  EXPECT_EQ(refused.snapshot()["body_too_large"], 2u);
 
   // The server keeps answering.
   TestClient after;
@@ -239,39 +289,216 @@ TEST(HttpServerTest, MalformedRequestGets400AndClose) {
   EXPECT_TRUE(client.waitClosed());
 }
 
-TEST(HttpServerTest, SlowClientIsCutByTheReadTimeout) {
+TEST(HttpServerTest, SlowClientIsCutByTheHeaderTimeout) {
   ServerOptions options;
-  options.read_timeout = 300ms;
+  options.header_timeout = 300ms;
   auto server = startServer(options);
   ASSERT_TRUE(server);
   TestClient slow(5s);
   ASSERT_FALSE(slow.connect(server->port()));
   auto started = std::chrono::steady_clock::now();
   // Trickle the header, one piece every 100 ms: each piece is in time, the
-  // whole request is not.
+  // whole header is not.
   const std::string request = "GET /slow HTTP/1.1\r\nHost: x\r\nX-Pad: aaaaaaaaaaaaaaaa\r\n\r\n";
-  bool cut = false;
   for (size_t i = 0; i < request.size(); i += 4) {
-    if (slow.writeRaw(request.substr(i, 4))) {
-      cut = true;
-      break;
-    }
+    if (slow.writeRaw(request.substr(i, 4))) break;
     std::this_thread::sleep_for(100ms);
   }
-  if (!cut) {
-    testing::beast::error_code ec;
-    auto r = slow.read(&ec);
-    EXPECT_FALSE(r) << "got an answer: " << (r ? r->status : 0);
-    cut = !r;
-  }
-  EXPECT_TRUE(cut);
+  auto r = slow.read();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 408);
+  EXPECT_NE(r->body.find("request header not complete within 300 ms"), std::string::npos)
+      << r->body;
+  EXPECT_TRUE(slow.waitClosed());
   EXPECT_LT(std::chrono::steady_clock::now() - started, 4s);
 
   TestClient fast;
   ASSERT_FALSE(fast.connect(server->port()));
-  auto r = fast.request("GET", "/fast");
+  r = fast.request("GET", "/fast");
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 200);
+}
+
+TEST(HttpServerTest, SlowLorisIsCutWithinTheHeaderDeadlineWhileOthersAreServed) {
+  ServerOptions options;
+  options.header_timeout = 2s;
+  LabeledCounter& refused = testMetrics().labeledCounter("t_slowloris_refused_total", "", "reason");
+  options.refused = &refused;
+  auto server = startServer(options);
+  ASSERT_TRUE(server);
+
+  // The slow-loris client: one header byte per second, never finishing.
+  std::atomic<bool> cut{false};
+  std::chrono::steady_clock::duration cut_after{};
+  std::string answer;
+  std::thread loris([&] {
+    RawSocket s(server->port());
+    if (!s.connected()) return;
+    const std::string header = "GET /loris HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+    auto started = std::chrono::steady_clock::now();
+    for (size_t i = 0; i < 8; ++i) {  // bounded: 8 s at most
+      s.send(std::string(1, header[i % header.size()]));
+      if (s.awaitServer(1s, answer)) {
+        cut_after = std::chrono::steady_clock::now() - started;
+        cut = true;
+        return;
+      }
+    }
+  });
+
+  // Meanwhile a normal client is served, many times over.
+  int served = 0;
+  auto until = std::chrono::steady_clock::now() + 1500ms;
+  while (std::chrono::steady_clock::now() < until) {
+    TestClient normal(2s);
+    ASSERT_FALSE(normal.connect(server->port()));
+    auto r = normal.request("POST", "/normal", "hi", "text/plain");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
+    ++served;
+    std::this_thread::sleep_for(50ms);
+  }
+  loris.join();
+  EXPECT_GT(served, 10);
+  ASSERT_TRUE(cut) << "the slow-loris client was never cut off";
+  EXPECT_GE(cut_after, 1500ms);
+  EXPECT_LT(cut_after, 3500ms);
+  EXPECT_NE(answer.find("408"), std::string::npos) << answer;
+  EXPECT_EQ(refused.snapshot()["header_timeout"], 1u);
+}
+
+TEST(HttpServerTest, A64KiBHeaderGets431AndIsCounted) {
+  ServerOptions options;  // default max_header_bytes: 16 KiB
+  LabeledCounter& refused = testMetrics().labeledCounter("t_431_refused_total", "", "reason");
+  options.refused = &refused;
+  auto server = startServer(options);
+  ASSERT_TRUE(server);
+  TestClient client;
+  ASSERT_FALSE(client.connect(server->port()));
+  std::string header = "GET / HTTP/1.1\r\nHost: x\r\n";
+  for (int i = 0; i < 64; ++i) {
+    header += "X-Big-" + std::to_string(i) + ": " + std::string(1024, 'a') + "\r\n";
+  }
+  header += "\r\n";
+  ASSERT_GT(header.size(), 64u << 10);
+  client.writeRaw(header);  // may be cut short once the server has answered
+  auto r = client.read();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 431);
+  EXPECT_EQ(r->body, "{\"error\":\"request header is larger than 16384 bytes\"}");
+  EXPECT_TRUE(client.waitClosed());
+  EXPECT_EQ(refused.snapshot()["header_too_large"], 1u);
+
+  TestClient after;
+  ASSERT_FALSE(after.connect(server->port()));
+  r = after.request("GET", "/ok");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+}
+
+TEST(HttpServerTest, ATricklingBodyIsCutByTheRateFloorAndALongOneByTheBodyTimeout) {
+  ServerOptions options;
+  options.min_body_bytes_per_second = 1000;
+  options.body_timeout = 2500ms;
+  LabeledCounter& refused = testMetrics().labeledCounter("t_body_refused_total", "", "reason");
+  options.refused = &refused;
+  std::atomic<int> calls{0};
+  auto server = startServer(options, [&](Request&& req, Respond respond) {
+    ++calls;
+    echoHandler(std::move(req), std::move(respond));
+  });
+  ASSERT_TRUE(server);
+
+  // 10 bytes every 100 ms is 100 bytes/s: under the floor once the first second is over.
+  {
+    RawSocket s(server->port());
+    ASSERT_TRUE(s.connected());
+    ASSERT_TRUE(s.send("POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"));
+    auto started = std::chrono::steady_clock::now();
+    std::string answer;
+    bool cut = false;
+    for (int i = 0; i < 60 && !cut; ++i) {  // bounded: 6 s at most
+      s.send(std::string(10, 'b'));
+      cut = s.awaitServer(100ms, answer);
+    }
+    ASSERT_TRUE(cut);
+    EXPECT_LT(std::chrono::steady_clock::now() - started, 2500ms);
+    EXPECT_NE(answer.find("408"), std::string::npos) << answer;
+    EXPECT_NE(answer.find("slower than 1000 bytes per second"), std::string::npos) << answer;
+  }
+  // Fast enough for the floor (2,000 bytes/s) but longer than body_timeout.
+  {
+    RawSocket s(server->port());
+    ASSERT_TRUE(s.connected());
+    ASSERT_TRUE(s.send("POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"));
+    auto started = std::chrono::steady_clock::now();
+    std::string answer;
+    bool cut = false;
+    for (int i = 0; i < 60 && !cut; ++i) {
+      s.send(std::string(200, 'b'));
+      cut = s.awaitServer(100ms, answer);
+    }
+    ASSERT_TRUE(cut);
+    auto took = std::chrono::steady_clock::now() - started;
+    EXPECT_GE(took, 2s);
+    EXPECT_LT(took, 4s);
+    EXPECT_NE(answer.find("not complete within 2500 ms"), std::string::npos) << answer;
+  }
+  EXPECT_EQ(calls.load(), 0);
+  auto counts = refused.snapshot();
+  EXPECT_EQ(counts["body_too_slow"], 1u);
+  EXPECT_EQ(counts["body_timeout"], 1u);
+
+  // A body sent at once is unaffected.
+  TestClient fast;
+  ASSERT_FALSE(fast.connect(server->port()));
+  auto r = fast.request("POST", "/fast", std::string(100000, 'f'), "text/plain");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+}
+
+TEST(HttpServerTest, AnIdleKeepAliveConnectionIsClosed) {
+  ServerOptions options;
+  options.idle_timeout = 300ms;
+  Gauge& open = testMetrics().gauge("t_idle_connections", "");
+  options.connections = &open;
+  auto server = startServer(options);
+  ASSERT_TRUE(server);
+  TestClient client(5s);
+  ASSERT_FALSE(client.connect(server->port()));
+  auto r = client.request("GET", "/once");
+  ASSERT_TRUE(r);
+  EXPECT_TRUE(r->keep_alive);
+  EXPECT_EQ(open.value(), 1);
+  auto started = std::chrono::steady_clock::now();
+  EXPECT_TRUE(client.waitClosed());
+  EXPECT_LT(std::chrono::steady_clock::now() - started, 3s);
+  for (int i = 0; i < 100 && open.value() != 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(open.value(), 0);
+}
+
+TEST(HttpServerTest, OneClientCannotTakeEveryConnection) {
+  ServerOptions options;
+  options.max_connections_per_client = 2;
+  LabeledCounter& refused = testMetrics().labeledCounter("t_client_refused_total", "", "reason");
+  options.refused = &refused;
+  auto server = startServer(options);
+  ASSERT_TRUE(server);
+  std::vector<std::unique_ptr<TestClient>> held;
+  for (int i = 0; i < 2; ++i) {
+    held.push_back(std::make_unique<TestClient>());
+    ASSERT_FALSE(held.back()->connect(server->port()));
+    auto r = held.back()->request("GET", "/hold");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
+  }
+  TestClient third;
+  ASSERT_FALSE(third.connect(server->port()));
+  auto r = third.read();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 503);
+  EXPECT_NE(r->body.find("from this client"), std::string::npos) << r->body;
+  EXPECT_EQ(refused.snapshot()["too_many_client_connections"], 1u);
 }
 
 TEST(HttpServerTest, KeepAlivePipelineAnswersInOrder) {

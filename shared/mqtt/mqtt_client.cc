@@ -2,15 +2,21 @@
 
 #include <MQTTAsync.h>
 #include <mqtt/async_client.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cassert>
+#include <cerrno>
 #include <condition_variable>
+#include <cstring>
+#include <ctime>
 #include <mutex>
 #include <random>
 #include <thread>
 
+#include "shared/core/clock.h"
 #include "shared/core/log.h"
+#include "shared/pki/pki.h"
 
 namespace branchline::mqtt {
 namespace {
@@ -40,6 +46,51 @@ Status fromPaho(const ::mqtt::exception& e, const std::string& what) {
     return Status::exhausted(what + ": client queue full (" + e.get_error_str() + "); back off");
   }
   return Status::unavailable(what + ": " + e.what());
+}
+
+bool isTlsUri(const std::string& uri) {
+  return uri.rfind("ssl://", 0) == 0 || uri.rfind("mqtts://", 0) == 0 ||
+         uri.rfind("wss://", 0) == 0;
+}
+
+bool anyTls(const std::vector<std::string>& uris) {
+  for (const auto& u : uris) {
+    if (isTlsUri(u)) return true;
+  }
+  return false;
+}
+
+// Paho only reports a bad TLS file as a failed handshake, retried forever;
+// checking up front turns that into one clear error naming the option.
+Status checkTlsOptions(const ClientOptions& o) {
+  if (!anyTls(o.broker_uris)) return Status::ok();
+  if (o.cert_file.empty() != o.key_file.empty()) {
+    return Status::invalid(
+        "mqtt: cert_file and key_file go together (a client certificate needs "
+        "its key)");
+  }
+  if (!o.ca_file.empty() && ::access(o.ca_file.c_str(), R_OK) != 0) {
+    return Status::notFound("mqtt ca_file " + o.ca_file + ": cannot read it (" +
+                            std::strerror(errno) + ")");
+  }
+  if (o.cert_file.empty()) return Status::ok();
+  // Readable, 0600, both PEM, and the key is the certificate's.
+  auto credential = pki::loadCredential(o.cert_file, o.key_file);
+  if (!credential.isOk()) return credential.status().withContext("mqtt cert_file/key_file");
+  // An expired certificate is refused by the broker with no reason the client
+  // can see; say it here. Not an error: the clock may be wrong, or a new
+  // certificate may be put in place while the client keeps retrying.
+  auto info = pki::inspectCertificate(credential->certificate_pem);
+  const int64_t now = static_cast<int64_t>(::time(nullptr));
+  if (info.isOk() && (now < info->not_before || now > info->not_after)) {
+    log::warn("mqtt_tls_certificate_not_valid_now",
+              {{"client_id", o.client_id},
+               {"cert_file", o.cert_file},
+               {"common_name", info->common_name},
+               {"not_before", formatRfc3339Micros(info->not_before * 1'000'000)},
+               {"not_after", formatRfc3339Micros(info->not_after * 1'000'000)}});
+  }
+  return Status::ok();
 }
 
 // How long the destructor waits for the DISCONNECT to go out; longer only
@@ -197,6 +248,26 @@ Client::Client(ClientOptions options, MessageHandler on_message, ConnectionHandl
   if (!o.password.empty()) co.set_password(o.password);
 
   Impl* impl = impl_.get();
+  if (anyTls(o.broker_uris)) {
+    ::mqtt::ssl_options ssl;
+    if (!o.ca_file.empty()) ssl.set_trust_store(o.ca_file);
+    if (!o.cert_file.empty()) ssl.set_key_store(o.cert_file);
+    if (!o.key_file.empty()) ssl.set_private_key(o.key_file);
+    ssl.set_enable_server_cert_auth(true);
+    // Host check: the URI's host must match a DNS name or IP address in the
+    // broker certificate's subjectAltName.
+    ssl.set_verify(true);
+    // No version pin: Paho built on OpenSSL 1.1+ ignores sslVersion and
+    // negotiates TLS 1.3 where the broker has it; OpenSSL 3 refuses anything
+    // below TLS 1.2 at the security level Paho sets, and so does the broker
+    // config `branchline` writes (tls_version tlsv1.2).
+    // No ssl_options::set_error_handler: Paho C++ 1.2 hands the C library a
+    // context pointer into the connect_options copy that async_client::connect
+    // takes by value, which is gone when the handshake fails (a use after
+    // scope under ASan). A TLS failure shows as "TCP/TLS connect failure";
+    // start() checks our own files, the broker's log has its reason.
+    co.set_ssl(std::move(ssl));
+  }
   impl_->client->set_connected_handler([impl](const std::string&) { impl->onConnected(); });
   impl_->client->set_connection_lost_handler(
       [impl](const std::string& cause) { impl->onConnectionLost(cause); });
@@ -207,6 +278,7 @@ Client::Client(ClientOptions options, MessageHandler on_message, ConnectionHandl
 Client::~Client() { stop(); }
 
 Status Client::start() {
+  BL_RETURN_IF_ERROR(checkTlsOptions(impl_->options));
   std::lock_guard lock(impl_->state_mutex);
   if (impl_->stopping) return Status::unavailable("mqtt client is stopped");
   if (impl_->started) return Status::ok();

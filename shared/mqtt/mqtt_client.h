@@ -8,7 +8,8 @@
 // durable state.
 //
 // Protocol: MQTT 3.1.1 (Mosquitto 2.0 honours `$share/<group>/...` with it), no
-// client persistence (MQTTCLIENT_PERSISTENCE_NONE).
+// client persistence (MQTTCLIENT_PERSISTENCE_NONE). `ssl://` URIs use mutual TLS
+// (ClientOptions::ca_file, cert_file, key_file).
 #pragma once
 
 #include <chrono>
@@ -31,6 +32,17 @@ struct ClientOptions {
   int max_inflight = 64;  // Paho's own in-flight window (messages)
   std::string username;   // optional
   std::string password;   // optional; never logged
+  // TLS, for `ssl://` / `mqtts://` URIs (README "Security"): TLS 1.2 or later,
+  // the broker's certificate verified against `ca_file` (the system trust
+  // store when empty) and its host name or IP address checked against the
+  // certificate's subjectAltName. `cert_file` + `key_file` (both or neither):
+  // this client's certificate and key; the broker takes its identity (the
+  // CN) as the user name. start() refuses missing files, a key file that
+  // grants group/other access and a key that is not the certificate's, and
+  // warns about an expired certificate. Unused for tcp:// URIs.
+  std::string ca_file;
+  std::string cert_file;
+  std::string key_file;
 };
 
 struct Message {
@@ -48,6 +60,8 @@ class Client {
   ~Client();  // disconnects, waits for Paho's thread to finish with our callbacks
 
   // Starts connecting in the background; returns at once. Keeps retrying forever.
+  // kInvalidArgument / kNotFound / kPermissionDenied for unusable TLS options
+  // (naming the option and the file), before any connection is tried.
   Status start();
   // Remembered and re-applied after every reconnect. `filter` may be `$share/g/...`.
   // While connected it waits (up to 5 s) for the SUBACK, so a publish right after

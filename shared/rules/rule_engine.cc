@@ -9,6 +9,7 @@
 #include <unicode/uchar.h>
 
 #include <algorithm>
+#include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
 #include <cassert>
@@ -20,10 +21,14 @@
 // GCC 12 reports a false -Wmaybe-uninitialized inside libstdc++'s regex compiler
 // when built with sanitizers (a known GCC 12 false positive); the pragma covers only
 // that header.
+#if defined(__GNUC__) && !defined(__clang__)  // clang has no such warning
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <regex>
 #pragma GCC diagnostic pop
+#else
+#include <regex>
+#endif
 #include <unordered_map>
 #include <utility>
 
@@ -52,6 +57,8 @@ constexpr std::string_view kNotDecimal = "not a decimal number";
 constexpr std::string_view kDecimalRange = "decimal out of range";
 constexpr std::string_view kNotBoolean = "not a boolean (true/false/yes/no/1/0)";
 constexpr std::string_view kUnknownField = "unknown field";
+constexpr std::string_view kNumberRange = "number out of range (not a finite double)";
+constexpr std::string_view kNumberInexact = "number cannot be kept exactly (send it as a string)";
 
 // libstdc++'s regex matcher recurses once or more per input character: ~11k
 // characters overflow an 8 MiB stack (~3k under ASan). Values checked against a
@@ -60,6 +67,10 @@ constexpr size_t kMaxPatternInput = 1024;
 constexpr std::string_view kTooLongForPattern =
     "longer than 1024 bytes, the limit for pattern checks";
 constexpr std::string_view kPatternFailed = "pattern check failed (pattern too complex)";
+// The regex compiler recurses per character and per group too: a pattern of
+// ~20k characters overflows the stack under ASan when the config is loaded
+// (found by fuzz_config). Real patterns are short; longer ones are refused.
+constexpr size_t kMaxPatternBytes = 1024;
 
 // A decimal's canonical text may add at most this many zeros to the digits it was
 // given ("1e400" is 401 characters); past it the value is refused rather than
@@ -258,6 +269,54 @@ void appendJsonString(std::string& out, std::string_view s) {
 
 // ---------------------------------------------------------------------------------
 // Type checks and normalizations
+
+// Kept numbers. A number too large for a double ("1e400") parses as infinity,
+// which boost::json serializes as `Infinity`: not JSON. And boost::json 1.81
+// parses numbers without correct rounding: "2.5e91" reads as a double whose
+// text ("2.4999999999999997E91") reads back as yet another double, so the
+// payload would change each time the engine ran on its own output. Both found
+// by fuzz_ingest. Each kept double is settled on a value its own text reads
+// back as; one that is infinite or does not settle refuses the record.
+bool hasDouble(const json::value& v) {
+  if (v.is_double()) return true;
+  if (const json::array* a = v.if_array()) {
+    for (const json::value& e : *a) {
+      if (hasDouble(e)) return true;
+    }
+  } else if (const json::object* o = v.if_object()) {
+    for (const json::key_value_pair& m : *o) {
+      if (hasDouble(m.value())) return true;
+    }
+  }
+  return false;
+}
+
+// kNumberRange / kNumberInexact, or "" once every double in `v` is settled.
+// Depth is bounded by the parser that built `v`.
+std::string_view settleDoubles(json::value& v) {
+  if (v.is_double()) {
+    double& d = v.get_double();
+    for (int step = 0; step < 8; ++step) {
+      if (!std::isfinite(d)) return kNumberRange;
+      json::error_code ec;
+      json::value back = json::parse(json::serialize(v), ec);
+      if (ec || !back.is_double()) return kNumberInexact;
+      if (back.get_double() == d) return {};
+      d = back.get_double();
+    }
+    return kNumberInexact;
+  }
+  if (json::array* a = v.if_array()) {
+    for (json::value& e : *a) {
+      if (auto why = settleDoubles(e); !why.empty()) return why;
+    }
+  } else if (json::object* o = v.if_object()) {
+    for (json::key_value_pair& m : *o) {
+      if (auto why = settleDoubles(m.value()); !why.empty()) return why;
+    }
+  }
+  return {};
+}
 
 bool isAtext(unsigned char c) {
   if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
@@ -786,6 +845,11 @@ Result<std::unique_ptr<CompiledSchema>> compile(SourceSchema schema) {
       f.length_reason = "longer than " + std::to_string(*rule.max_length) + " characters";
     }
     if (rule.pattern) {
+      if (rule.pattern->size() > kMaxPatternBytes) {
+        return Status::invalid(at + ": pattern of " + std::to_string(rule.pattern->size()) +
+                               " bytes is longer than the limit of " +
+                               std::to_string(kMaxPatternBytes));
+      }
       try {
         f.pattern.emplace(*rule.pattern, std::regex::ECMAScript | std::regex::optimize);
       } catch (const std::regex_error& e) {
@@ -927,13 +991,23 @@ Outcome RuleEngine::apply(const CompiledSchema& cs, const json::object& record) 
         case UnknownFieldPolicy::kReject:
           outcome.errors.push_back({std::string(member.key()), std::string(kUnknownField)});
           break;
-        case UnknownFieldPolicy::kKeep:
+        case UnknownFieldPolicy::kKeep: {
+          // Only values holding a double are copied (to settle them).
+          std::optional<json::value> settled;
+          if (hasDouble(member.value())) {
+            settled.emplace(member.value());
+            if (auto why = settleDoubles(*settled); !why.empty()) {
+              outcome.errors.push_back({std::string(member.key()), std::string(why)});
+              break;
+            }
+          }
           if (!outcome.errors.empty()) break;
           if (payload.size() > 1) payload.push_back(',');
           appendJsonString(payload, member.key());
           payload.push_back(':');
-          payload.append(json::serialize(member.value()));
+          payload.append(json::serialize(settled ? *settled : member.value()));
           break;
+        }
       }
     }
   }

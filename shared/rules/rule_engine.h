@@ -6,8 +6,10 @@
 //
 // Canonical payload: a compact JSON object holding the declared fields in schema
 // order (absent optional fields omitted), then, under `unknown_fields = "keep"`,
-// the undeclared fields in input order, re-serialized by boost::json. Applying
-// the engine to its own output yields the same bytes (normalization is idempotent).
+// the undeclared fields in input order, re-serialized by boost::json (a kept
+// number past the double range refuses the record; other kept doubles are settled
+// on text that reads back as the same double). Applying the engine to its own
+// output yields the same bytes (normalization is idempotent).
 //
 // Per value, in this order: a JSON type check; strings with control characters
 // other than \t \n \r (C0, DEL, C1) are refused; leading/trailing white space
@@ -61,8 +63,9 @@ struct FieldRule {
   FieldType type = FieldType::kString;
   bool required = false;
   std::optional<size_t> max_length;  // in Unicode code points, after normalization
-  // ECMAScript regex (std::regex over UTF-8 bytes) the whole value must match. Values
-  // over 1024 bytes are refused for patterned fields: the matcher recurses per character.
+  // ECMAScript regex (std::regex over UTF-8 bytes) the whole value must match, at most
+  // 1024 bytes. Values over 1024 bytes are refused for patterned fields: the matcher
+  // (like the compiler) recurses per character.
   std::optional<std::string> pattern;
   std::vector<std::string> enum_values;  // kEnum: allowed values (matched case-insensitively,
                                          // stored as declared)

@@ -379,6 +379,28 @@ TEST(RuleEngine, UnknownFieldPolicies) {
   EXPECT_EQ(errorsText(o), "extra: unknown field\nmore: unknown field\n");
 }
 
+// Found by fuzz_ingest: a kept number that overflows a double must not reach the
+// payload as `Infinity` (not JSON); the record is rejected instead. And kept
+// numbers are idempotent.
+TEST(RuleEngine, KeptNumbersAreFiniteAndIdempotent) {
+  auto keep = mustCreate({smallSchema(UnknownFieldPolicy::kKeep)});
+  Outcome o = keep->apply(*keep->find("small"), obj(R"({"id":"a","big":5e911})"));
+  EXPECT_EQ(errorsText(o), "big: number out of range (not a finite double)\n");
+  o = keep->apply(*keep->find("small"), obj(R"({"id":"a","deep":[1,{"x":-1e400}]})"));
+  EXPECT_EQ(errorsText(o), "deep: number out of range (not a finite double)\n");
+  // Kept doubles settle on text that reads back as itself, so applying the
+  // engine to its own output changes nothing (boost::json's number parsing
+  // is not correctly rounded: "2.5e91" alone would drift on each pass).
+  for (std::string_view input : {R"({"id":"a","ok":1e308,"x":[2.5e91,0.1,-0.0,1e-320]})",
+                                 R"({"id":"a","y":{"z":12345678901234567890123.0}})"}) {
+    o = keep->apply(*keep->find("small"), obj(input));
+    ASSERT_TRUE(o.ok()) << errorsText(o);
+    Outcome again = keep->apply(*keep->find("small"), obj(o.record->payload));
+    ASSERT_TRUE(again.ok()) << errorsText(again);
+    EXPECT_EQ(again.record->payload, o.record->payload) << input;
+  }
+}
+
 TEST(RuleEngine, KeyFromDeclaredFieldsOrHash) {
   SourceSchema one = smallSchema(UnknownFieldPolicy::kReject);
   one.key_fields = {"id"};
@@ -427,6 +449,12 @@ TEST(RuleEngine, CreateRefusesBadRules) {
   s = smallSchema(UnknownFieldPolicy::kDrop);
   s.fields[0].pattern = "([a-z";
   expectError(s, "source `small`: field `id`: invalid pattern `([a-z`");
+  // Found by fuzz_config: std::regex's compiler recursion overflows the stack on
+  // long patterns, so they are refused at load (1024 bytes still compiles).
+  s.fields[0].pattern = std::string(20000, 'a');
+  expectError(s, "field `id`: pattern of 20000 bytes is longer than the limit of 1024");
+  s.fields[0].pattern = std::string(1024, 'a');
+  EXPECT_TRUE(RuleEngine::create({s}).isOk());
   s = smallSchema(UnknownFieldPolicy::kDrop);
   s.fields[1].type = FieldType::kEnum;
   expectError(s, "field `n`: enum declares no values");

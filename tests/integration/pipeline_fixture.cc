@@ -121,6 +121,18 @@ bool PipelineTest::waitForDrain(int64_t records, int64_t rejects, int timeout_s)
   return false;
 }
 
+int64_t PipelineTest::agentBufferRecords() const {
+  int64_t total = 0;
+  for (const auto& url : pipeline_->agentUrls()) {
+    auto m = cli::httpGet(url + "/metrics", std::chrono::milliseconds(5000));
+    if (!m.isOk() || m->status != 200) return -1;
+    const double v = metricValue(m->body, "bl_agent_buffer_records");
+    if (v < 0) return -1;
+    total += static_cast<int64_t>(v);
+  }
+  return total;
+}
+
 loadgen::LoadOptions PipelineTest::loadOptions(uint64_t records,
                                                const loadgen::GeneratorOptions& gen) const {
   loadgen::LoadOptions o;

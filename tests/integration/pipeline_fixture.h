@@ -43,6 +43,10 @@ class PipelineTest : public ::testing::Test {
   // byte-identical to the rule engine's normalization of what was sent.
   void expectExactlyAccepted(const loadgen::LoadStats& stats, const loadgen::GeneratorOptions& gen);
 
+  // Records held in all agents' buffers (bl_agent_buffer_records summed), or -1
+  // when an agent does not answer /metrics.
+  int64_t agentBufferRecords() const;
+
   loadgen::LoadOptions loadOptions(uint64_t records, const loadgen::GeneratorOptions& gen) const;
 
   std::string dir_;

@@ -7,6 +7,11 @@
 //   ASSERT_TRUE(broker.start()) << broker.error();
 //   client_options.broker_uris = {broker.uri()};
 //   broker.kill9(); broker.restart();   // same port, same persistence dir
+//
+// TLS + ACL mode (README "Security"): call useTls() before start(); the
+// listener then demands a client certificate signed by `ca_file`, takes its CN
+// as the user name, refuses anonymous clients and enforces the ACL text, and
+// uri() is ssl://127.0.0.1:<port>.
 #pragma once
 
 #include <arpa/inet.h>
@@ -25,6 +30,8 @@
 #include <fstream>
 #include <string>
 #include <thread>
+
+#include "shared/pki/broker_config.h"
 
 namespace branchline::mqtt::testing {
 
@@ -50,9 +57,18 @@ class MosquittoProcess {
     if (port_ == 0) port_ = freePort();
     if (port_ == 0) return fail("no free loopback port");
     std::ofstream conf(dir_ / "mosquitto.conf", std::ios::trunc);
-    conf << "listener " << port_ << " 127.0.0.1\n"
-         << "allow_anonymous true\n"
-         << "persistence true\n"
+    conf << "listener " << port_ << " 127.0.0.1\n";
+    if (tls_) {
+      std::ofstream acl(dir_ / "acl", std::ios::trunc);
+      acl << acl_text_;
+      acl.close();
+      if (!acl) return fail("cannot write the acl file");
+      tls_files_.acl_file = (dir_ / "acl").string();
+      conf << pki::mosquittoTlsSettings(tls_files_);
+    } else {
+      conf << "allow_anonymous true\n";
+    }
+    conf << "persistence true\n"
          << "persistence_location " << dir_.string() << "/\n"
          << "max_queued_messages 100000\n"
          << "log_dest file " << dir_.string() << "/mosquitto.log\n";
@@ -93,11 +109,24 @@ class MosquittoProcess {
     kill9();
   }
 
+  // Before start(): TLS with client certificates and this ACL (mosquittoAcl()
+  // text). The broker runs as the current user, so 0600 key files are fine.
+  void useTls(std::string ca_file, std::string cert_file, std::string key_file,
+              std::string acl_text) {
+    tls_ = true;
+    tls_files_.ca_file = std::move(ca_file);
+    tls_files_.cert_file = std::move(cert_file);
+    tls_files_.key_file = std::move(key_file);
+    acl_text_ = std::move(acl_text);
+  }
+
   // Before start(): listen on this port instead of a free one (e.g. a port a
   // client was told about before the broker existed).
   void setPort(uint16_t port) { port_ = port; }
   uint16_t port() const { return port_; }
-  std::string uri() const { return "tcp://127.0.0.1:" + std::to_string(port_); }
+  std::string uri() const {
+    return (tls_ ? "ssl://127.0.0.1:" : "tcp://127.0.0.1:") + std::to_string(port_);
+  }
   const std::filesystem::path& dir() const { return dir_; }
   const std::string& error() const { return error_; }
   bool running() const { return pid_ > 0; }
@@ -168,6 +197,9 @@ class MosquittoProcess {
   }
 
   std::filesystem::path dir_;
+  bool tls_ = false;
+  pki::BrokerTlsFiles tls_files_;
+  std::string acl_text_;
   uint16_t port_ = 0;
   pid_t pid_ = -1;
   std::string error_;

@@ -1,0 +1,335 @@
+#include "cli/chaos/chaos.h"
+
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <boost/json.hpp>
+#include <cstdio>
+#include <future>
+#include <optional>
+#include <random>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "cli/loadgen/load_client.h"
+#include "cli/loadgen/record_generator.h"
+#include "cli/net/http_client.h"
+#include "shared/core/clock.h"
+#include "shared/core/log.h"
+#include "shared/rules/rule_engine.h"
+
+namespace branchline::cli {
+namespace {
+
+double secondsSince(int64_t start_us) { return (steadyMicros() - start_us) / 1e6; }
+
+bool cancelled(const ChaosOptions& o) { return o.cancel != nullptr && o.cancel->load(); }
+
+// Sleeps `d`, waking early when the run is cancelled.
+void sleepFor(std::chrono::milliseconds d, const ChaosOptions& o) {
+  const int64_t until = steadyMicros() + d.count() * 1000;
+  while (!cancelled(o) && steadyMicros() < until) {
+    std::this_thread::sleep_for(
+        std::chrono::milliseconds(std::clamp<int64_t>((until - steadyMicros()) / 1000, 1, 100)));
+  }
+}
+
+// Sum of one metric's samples in Prometheus text; nullopt when absent.
+std::optional<double> metricSum(const std::string& text, const std::string& name) {
+  std::optional<double> sum;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(name, 0) != 0) continue;
+    if (line.size() > name.size() && line[name.size()] != ' ' && line[name.size()] != '{') continue;
+    const size_t sp = line.rfind(' ');
+    if (sp == std::string::npos) continue;
+    sum = sum.value_or(0) + std::strtod(line.c_str() + sp + 1, nullptr);
+  }
+  return sum;
+}
+
+// Every agent answers /metrics and holds no record in its buffer.
+bool buffersEmpty(LocalPipeline& pipeline) {
+  for (const auto& url : pipeline.agentUrls()) {
+    auto res = httpGet(url + "/metrics", std::chrono::milliseconds(3000));
+    if (!res.isOk() || res->status != 200) return false;
+    auto v = metricSum(res->body, "bl_agent_buffer_records");
+    if (!v || *v > 0) return false;
+  }
+  return true;
+}
+
+// What the central SQLite store holds, read-only.
+struct StoreContents {
+  std::set<std::string> keys;  // record keys of source `customer`
+  uint64_t rows = 0;           // all rows of `records`
+  uint64_t distinct = 0;       // distinct (source, record_key)
+  int64_t ledger_stored = 0;   // sum(batch_ledger.stored_records)
+};
+
+Result<StoreContents> readStore(const std::string& path) {
+  sqlite3* db = nullptr;
+  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
+    std::string why = db != nullptr ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    return Status::unavailable("open central store " + path + ": " + why);
+  }
+  sqlite3_busy_timeout(db, 10000);
+  StoreContents out;
+  auto run = [&](const char* sql, auto&& row) -> Status {
+    sqlite3_stmt* stmt = nullptr;
+    if (sqlite3_prepare_v2(db, sql, -1, &stmt, nullptr) != SQLITE_OK) {
+      return Status::unavailable(std::string("central store: ") + sqlite3_errmsg(db) + " (" + sql +
+                                 ")");
+    }
+    int rc;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) row(stmt);
+    sqlite3_finalize(stmt);
+    return rc == SQLITE_DONE ? Status::ok()
+                             : Status::unavailable(std::string("central store: ") +
+                                                   sqlite3_errmsg(db) + " (" + sql + ")");
+  };
+  Status s = run("SELECT record_key FROM records WHERE source = 'customer'", [&](sqlite3_stmt* st) {
+    const auto* t = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
+    out.keys.emplace(t != nullptr ? t : "", static_cast<size_t>(sqlite3_column_bytes(st, 0)));
+  });
+  if (s.isOk()) {
+    s =
+        run("SELECT COUNT(*), (SELECT COUNT(*) FROM (SELECT DISTINCT source, record_key FROM "
+            "records)), (SELECT COALESCE(SUM(stored_records), 0) FROM batch_ledger) FROM records",
+            [&](sqlite3_stmt* st) {
+              out.rows = static_cast<uint64_t>(sqlite3_column_int64(st, 0));
+              out.distinct = static_cast<uint64_t>(sqlite3_column_int64(st, 1));
+              out.ledger_stored = sqlite3_column_int64(st, 2);
+            });
+  }
+  sqlite3_close(db);
+  if (!s.isOk()) return s;
+  return out;
+}
+
+// The record keys of the accepted records, as the rule engine derives them.
+Result<std::set<std::string>> acceptedKeys(const loadgen::LoadStats& stats,
+                                           const loadgen::GeneratorOptions& gen) {
+  auto engine = rules::RuleEngine::create({rules::defaultCustomerSchema()});
+  if (!engine.isOk()) return engine.status();
+  const rules::CompiledSchema* schema = (*engine)->find("customer");
+  if (schema == nullptr) return Status::internal("built-in customer schema missing");
+  loadgen::CustomerGenerator generator(gen);
+  loadgen::GeneratedRecord rec;
+  std::set<std::string> keys;
+  for (uint64_t index : stats.accepted_unique) {
+    generator.generate(index, rec);
+    boost::system::error_code ec;
+    boost::json::value v = boost::json::parse(rec.json, ec);
+    if (ec || !v.is_object()) {
+      return Status::internal("generated record " + std::to_string(index) + " is not JSON");
+    }
+    rules::Outcome outcome = (*engine)->apply(*schema, v.as_object());
+    if (!outcome.ok()) {
+      return Status::internal("accepted record " + std::to_string(index) + " does not normalize");
+    }
+    keys.insert(outcome.record->key);
+  }
+  return keys;
+}
+
+}  // namespace
+
+std::string ChaosVerdict::toJson() const {
+  char buf[640];
+  std::snprintf(
+      buf, sizeof buf,
+      "{\"passed\":%s,\"load_seconds\":%.1f,\"records_sent\":%llu,\"accepted\":%llu,"
+      "\"stored\":%llu,\"lost\":%llu,\"duplicated\":%llu,\"unexpected\":%llu,"
+      "\"failed_records\":%llu,\"ledger_mismatch\":%llu,\"drained\":%s,"
+      "\"drain_seconds\":%.1f,\"max_ready_seconds\":%.2f,\"faults_injected\":%zu,",
+      passed() ? "true" : "false", load_seconds, static_cast<unsigned long long>(records_sent),
+      static_cast<unsigned long long>(accepted), static_cast<unsigned long long>(stored),
+      static_cast<unsigned long long>(lost), static_cast<unsigned long long>(duplicated),
+      static_cast<unsigned long long>(unexpected), static_cast<unsigned long long>(failed_records),
+      static_cast<unsigned long long>(ledger_mismatch), drained ? "true" : "false", drain_seconds,
+      max_ready_seconds, faults.size());
+  std::string out = buf;
+  out += "\"kills\":{";
+  bool first = true;
+  for (const auto& [name, n] : kills) {
+    if (!first) out += ",";
+    first = false;
+    log::appendJsonString(out, name);
+    out += ":" + std::to_string(n);
+  }
+  out += "},\"faults\":[";
+  for (size_t i = 0; i < faults.size(); ++i) {
+    const ChaosFault& f = faults[i];
+    if (i > 0) out += ",";
+    std::snprintf(buf, sizeof buf,
+                  "{\"at_s\":%.1f,\"down_s\":%.2f,\"ready_s\":%.2f,\"component\":", f.at_s,
+                  f.down_s, f.ready_s);
+    out += buf;
+    log::appendJsonString(out, f.component);
+    if (!f.error.empty()) {
+      out += ",\"error\":";
+      log::appendJsonString(out, f.error);
+    }
+    out += "}";
+  }
+  out += "],\"errors\":[";
+  for (size_t i = 0; i < errors.size(); ++i) {
+    if (i > 0) out += ",";
+    log::appendJsonString(out, errors[i]);
+  }
+  out += "]";
+  if (!load_json.empty()) out += ",\"load\":" + load_json;
+  out += "}";
+  return out;
+}
+
+Result<ChaosVerdict> runChaos(const ChaosOptions& options) {
+  if (options.seconds <= 0 || options.rate <= 0) {
+    return Status::invalid("chaos: --seconds and --rate must be positive");
+  }
+  if (options.min_gap > options.max_gap || options.min_down > options.max_down) {
+    return Status::invalid("chaos: a minimum is above its maximum");
+  }
+  LocalPipeline pipeline(options.pipeline);
+  BL_RETURN_IF_ERROR(pipeline.start());
+
+  std::vector<std::string> components;
+  for (const auto& m : pipeline.members()) components.push_back(m->name);
+
+  ChaosVerdict verdict;
+  for (const auto& c : components) verdict.kills[c] = 0;
+
+  std::atomic<bool> stop_load{false};
+  loadgen::LoadOptions load;
+  load.urls = pipeline.agentUrls();
+  load.seconds = options.seconds;
+  load.rate = options.rate;
+  load.concurrency = 2 * static_cast<int>(load.urls.size());
+  load.batch = 50;
+  load.generator.seed = options.seed;
+  load.generator.duplicate_share = 0.05;
+  load.generator.invalid_share = 0.02;
+  load.cancel = &stop_load;
+  const loadgen::GeneratorOptions gen = load.generator;
+
+  std::mt19937_64 rng(options.seed);
+  auto uniformMs = [&rng](std::chrono::milliseconds lo, std::chrono::milliseconds hi) {
+    return std::chrono::milliseconds(
+        std::uniform_int_distribution<int64_t>(lo.count(), hi.count())(rng));
+  };
+
+  const int64_t t0 = steadyMicros();
+  auto running = std::async(std::launch::async, [load] { return loadgen::runLoad(load); });
+
+  // Faults run on this thread: LocalPipeline restarts children from the thread
+  // that owns them (PR_SET_PDEATHSIG).
+  while (!cancelled(options)) {
+    std::vector<std::string> short_of;
+    int required = 0;
+    for (const auto& c : components) {
+      const int missing = std::max(0, options.min_kills_each - verdict.kills[c]);
+      if (missing > 0) short_of.push_back(c);
+      required += missing;
+    }
+    const double left_s = options.seconds - secondsSince(t0);
+    if (left_s <= 0 && required == 0) break;
+
+    std::chrono::milliseconds gap = uniformMs(options.min_gap, options.max_gap);
+    if (required > 0) {
+      // Leave room for the remaining required kills (each costs its downtime
+      // and restart too) inside the load phase.
+      const auto fit = std::chrono::milliseconds(static_cast<int64_t>(
+          std::max(0.0, left_s * 1000.0 / (required + 1) - options.max_down.count() - 2000.0)));
+      gap = std::clamp(fit, std::chrono::milliseconds(500), gap);
+    }
+    sleepFor(gap, options);
+    if (cancelled(options)) break;
+    if (secondsSince(t0) >= options.seconds && required == 0) break;
+
+    const std::vector<std::string>& pool = short_of.empty() ? components : short_of;
+    const std::string victim = pool[std::uniform_int_distribution<size_t>(0, pool.size() - 1)(rng)];
+    ChaosFault fault;
+    fault.at_s = secondsSince(t0);
+    fault.component = victim;
+    const std::chrono::milliseconds down = uniformMs(options.min_down, options.max_down);
+    log::info("chaos_kill", {{"component", victim}, {"at_s", fault.at_s}});
+    if (Status s = pipeline.kill9(victim); !s.isOk()) {
+      fault.error = "kill: " + s.toString();
+    } else {
+      ++verdict.kills[victim];
+      const int64_t killed = steadyMicros();
+      sleepFor(down, options);
+      fault.down_s = secondsSince(killed);
+      const int64_t restarted = steadyMicros();
+      Status s2 = pipeline.restart(victim);
+      for (int attempt = 1; !s2.isOk() && attempt < 3 && !cancelled(options); ++attempt) {
+        log::warn("chaos_restart_retry", {{"component", victim}, {"error", s2.toString()}});
+        std::this_thread::sleep_for(std::chrono::seconds(1));
+        s2 = pipeline.restart(victim);
+      }
+      fault.ready_s = secondsSince(restarted);
+      if (!s2.isOk()) fault.error = "restart: " + s2.toString();
+      verdict.max_ready_seconds = std::max(verdict.max_ready_seconds, fault.ready_s);
+    }
+    if (!fault.error.empty()) verdict.errors.push_back(victim + " " + fault.error);
+    verdict.faults.push_back(std::move(fault));
+  }
+  if (cancelled(options)) stop_load = true;
+
+  auto stats = running.get();
+  if (!stats.isOk()) return stats.status();
+  const int64_t load_end = steadyMicros();
+  verdict.load_seconds = stats->seconds;
+  verdict.records_sent = stats->records_sent;
+  verdict.failed_records = stats->failed_records;
+  verdict.load_json = stats->toJson();
+  if (stats->failed_records > 0) {
+    verdict.errors.push_back(std::to_string(stats->failed_records) +
+                             " records were never acknowledged to the load client");
+  }
+  for (const auto& [name, status] : pipeline.pollExits()) {
+    verdict.errors.push_back(name + " " + status + " outside the fault schedule");
+  }
+
+  // Drain: every agent's buffer empty (everything acknowledged by an aggregator
+  // after its central commit).
+  while (!cancelled(options) && secondsSince(load_end) < options.drain_timeout.count()) {
+    if (buffersEmpty(pipeline)) {
+      verdict.drained = true;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
+  verdict.drain_seconds = secondsSince(load_end);
+  if (!verdict.drained) {
+    verdict.errors.push_back("agent buffers not empty " +
+                             std::to_string(options.drain_timeout.count()) + " s after the load");
+  }
+  pipeline.stop();
+
+  auto accepted = acceptedKeys(*stats, gen);
+  if (!accepted.isOk()) return accepted.status();
+  auto store = readStore(pipeline.storePath());
+  if (!store.isOk()) return store.status();
+  verdict.accepted = accepted->size();
+  for (const auto& key : *accepted) {
+    if (store->keys.count(key) != 0) {
+      ++verdict.stored;
+    } else {
+      ++verdict.lost;
+    }
+  }
+  for (const auto& key : store->keys) {
+    if (accepted->count(key) == 0) ++verdict.unexpected;
+  }
+  verdict.duplicated = store->rows - store->distinct;
+  verdict.ledger_mismatch =
+      static_cast<uint64_t>(std::llabs(store->ledger_stored - static_cast<int64_t>(store->rows)));
+  return verdict;
+}
+
+}  // namespace branchline::cli

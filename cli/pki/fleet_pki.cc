@@ -1,0 +1,278 @@
+#include "cli/pki/fleet_pki.h"
+
+#include <arpa/inet.h>
+
+#include <algorithm>
+#include <set>
+
+#include "protocol/seal.h"
+#include "shared/pki/broker_config.h"
+#include "shared/pki/pki.h"
+
+namespace branchline::cli {
+namespace {
+namespace fs = std::filesystem;
+
+constexpr const char* kAuthorityName = "Branchline fleet CA";
+constexpr const char* kBrokerName = "branchline-broker";
+
+Status makeDir(const fs::path& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return Status::internal("create " + dir.string() + ": " + ec.message());
+  return Status::ok();
+}
+
+Status checkDays(int days, const char* what) {
+  if (days < 1 || days > 36500) {
+    return Status::invalid(std::string(what) + ": must be between 1 and 36500, got " +
+                           std::to_string(days));
+  }
+  return Status::ok();
+}
+
+Status checkName(const std::string& name, const char* what) {
+  if (!pki::validIdentityName(name)) {
+    return Status::invalid(std::string(what) + " `" + name +
+                           "`: must be 1 to 64 characters of A-Z a-z 0-9 _ -");
+  }
+  return Status::ok();
+}
+
+Status checkAggregatorName(const std::string& name) {
+  BL_RETURN_IF_ERROR(checkName(name, "aggregator name"));
+  // aggregators/ also holds seal-<keyid>.key and seal.pub.
+  if (name == "seal" || name.rfind("seal-", 0) == 0) {
+    return Status::invalid("aggregator name `" + name + "`: `seal` names are reserved");
+  }
+  return Status::ok();
+}
+
+Status refuseExisting(const fs::path& file, const std::string& why) {
+  std::error_code ec;
+  if (fs::exists(file, ec)) {
+    return Status(Code::kAlreadyExists, file.string() + " already exists: " + why);
+  }
+  return Status::ok();
+}
+
+// Key first, then certificate, neither ever replacing a file.
+Status writeCredential(const pki::Credential& c, const fs::path& cert, const fs::path& key,
+                       PkiReport& report) {
+  BL_RETURN_IF_ERROR(pki::writeFileAtomically(key, c.private_key_pem, 0600, false));
+  report.files.push_back(key.string());
+  BL_RETURN_IF_ERROR(pki::writeFileAtomically(cert, c.certificate_pem, 0644, false));
+  report.files.push_back(cert.string());
+  return Status::ok();
+}
+
+Result<pki::Credential> loadAuthority(const PkiLayout& layout) {
+  auto ca = pki::loadCredential(layout.caCert(), layout.caKey());
+  if (!ca.isOk() && ca.status().code() == Code::kNotFound) {
+    return Status::notFound("no certificate authority in " + layout.dir.string() +
+                            " (ca.crt, ca.key): run `branchline pki init --dir " +
+                            layout.dir.string() + "` first");
+  }
+  return ca;
+}
+
+pki::CertificateSpec clientSpec(const std::string& cn, int days) {
+  pki::CertificateSpec s;
+  s.common_name = cn;
+  s.role = pki::CertRole::kClient;
+  s.days = days;
+  return s;
+}
+
+// A sealing key pair as <private> and <public> files, neither replacing one.
+Result<std::string> writeSealPair(const fs::path& private_file, const fs::path& public_file,
+                                  PkiReport& report) {
+  BL_RETURN_IF_ERROR(refuseExisting(private_file, "refusing to replace a sealing key"));
+  BL_RETURN_IF_ERROR(refuseExisting(public_file, "refusing to replace a sealing key"));
+  auto pair = protocol::generateSealKeyPair();
+  if (!pair.isOk()) return pair.status();
+  BL_RETURN_IF_ERROR(protocol::writeSealPrivateKey(private_file, *pair));
+  report.files.push_back(private_file.string());
+  BL_RETURN_IF_ERROR(protocol::writeSealPublicKey(public_file, pair->public_key));
+  report.files.push_back(public_file.string());
+  return protocol::sealKeyId(pair->public_key);
+}
+
+// Every aggregator with a certificate in the folder, sorted.
+std::vector<std::string> aggregatorsIn(const PkiLayout& layout) {
+  std::set<std::string> names;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(layout.aggregatorsDir(), ec)) {
+    const fs::path p = entry.path();
+    if (p.extension() == ".crt" && pki::validIdentityName(p.stem().string())) {
+      names.insert(p.stem().string());
+    }
+  }
+  return {names.begin(), names.end()};
+}
+
+Status writeBrokerFiles(const PkiLayout& layout, const std::string& topic_prefix,
+                        PkiReport& report) {
+  BL_RETURN_IF_ERROR(pki::writeFileAtomically(
+      layout.brokerAcl(), pki::mosquittoAcl(topic_prefix, aggregatorsIn(layout)), 0644, true));
+  report.files.push_back(layout.brokerAcl().string());
+  pki::BrokerTlsFiles files;
+  files.ca_file = fs::absolute(layout.caCert()).string();
+  files.cert_file = fs::absolute(layout.brokerCert()).string();
+  files.key_file = fs::absolute(layout.brokerKey()).string();
+  files.acl_file = fs::absolute(layout.brokerAcl()).string();
+  const std::string conf =
+      "# Written by `branchline pki init`: include it from mosquitto.conf (Mosquitto 2.0).\n"
+      "# Mosquitto must be able to read broker.key (0600): run it as the key's owner, or\n"
+      "# copy the broker/ files and ca.crt where its user can read them and fix the paths.\n"
+      "listener 8883\n" +
+      pki::mosquittoTlsSettings(files);
+  BL_RETURN_IF_ERROR(pki::writeFileAtomically(layout.brokerConf(), conf, 0644, true));
+  report.files.push_back(layout.brokerConf().string());
+  return Status::ok();
+}
+
+}  // namespace
+
+Result<PkiReport> initPki(const PkiInitOptions& options) {
+  if (options.dir.empty()) return Status::invalid("pki init: no folder given (--dir)");
+  BL_RETURN_IF_ERROR(checkDays(options.days, "--days"));
+  BL_RETURN_IF_ERROR(checkDays(options.ca_days, "--ca-days"));
+  if (options.aggregators.empty()) return Status::invalid("pki init: name at least one aggregator");
+  std::set<std::string> seen;
+  for (const auto& name : options.aggregators) {
+    BL_RETURN_IF_ERROR(checkAggregatorName(name));
+    if (!seen.insert(name).second) {
+      return Status::invalid("aggregator name `" + name + "` is given twice");
+    }
+  }
+  if (options.topic_prefix.empty()) return Status::invalid("pki init: empty topic prefix");
+  pki::CertificateSpec broker;
+  broker.common_name = kBrokerName;
+  broker.role = pki::CertRole::kServer;
+  broker.days = options.days;
+  broker.ip_addresses = {"127.0.0.1"};
+  broker.dns_names = {"localhost"};
+  for (const auto& host : options.broker_hosts) {
+    unsigned char buf[16];
+    const bool ip = ::inet_pton(AF_INET, host.c_str(), buf) == 1 ||
+                    ::inet_pton(AF_INET6, host.c_str(), buf) == 1;
+    auto& list = ip ? broker.ip_addresses : broker.dns_names;
+    if (std::find(list.begin(), list.end(), host) == list.end()) list.push_back(host);
+  }
+
+  const PkiLayout layout{fs::absolute(options.dir)};
+  for (const auto& file : {layout.caCert(), layout.caKey()}) {
+    BL_RETURN_IF_ERROR(refuseExisting(
+        file,
+        "this folder already has a certificate authority; refusing to overwrite it (to add "
+        "an agent: `branchline pki enroll --dir " +
+            options.dir + " <agent-id>`)"));
+  }
+  for (const auto& d :
+       {layout.dir, layout.brokerDir(), layout.aggregatorsDir(), layout.agentsDir()}) {
+    BL_RETURN_IF_ERROR(makeDir(d));
+  }
+
+  PkiReport report;
+  pki::CertificateSpec ca_spec;
+  ca_spec.common_name = kAuthorityName;
+  ca_spec.role = pki::CertRole::kAuthority;
+  ca_spec.days = options.ca_days;
+  auto ca = pki::createAuthority(ca_spec);
+  if (!ca.isOk()) return ca.status();
+  BL_RETURN_IF_ERROR(writeCredential(*ca, layout.caCert(), layout.caKey(), report));
+
+  auto broker_cred = pki::issueCertificate(*ca, broker);
+  if (!broker_cred.isOk()) return broker_cred.status().withContext("broker certificate");
+  BL_RETURN_IF_ERROR(
+      writeCredential(*broker_cred, layout.brokerCert(), layout.brokerKey(), report));
+
+  for (const auto& name : options.aggregators) {
+    auto cred = pki::issueCertificate(*ca, clientSpec(pki::aggregatorIdentity(name), options.days));
+    if (!cred.isOk()) return cred.status().withContext("aggregator " + name);
+    BL_RETURN_IF_ERROR(
+        writeCredential(*cred, layout.aggregatorCert(name), layout.aggregatorKey(name), report));
+  }
+
+  // The aggregators' sealing key is named by its id, known only once it exists.
+  auto pair = protocol::generateSealKeyPair();
+  if (!pair.isOk()) return pair.status();
+  report.seal_key_id = protocol::sealKeyId(pair->public_key);
+  const fs::path seal_key = layout.sealPrivateKey(report.seal_key_id);
+  const fs::path seal_pub = layout.sealPublicKey(report.seal_key_id);
+  for (const auto& file : {seal_key, seal_pub, layout.currentSealPublicKey()}) {
+    BL_RETURN_IF_ERROR(refuseExisting(file, "refusing to replace a sealing key"));
+  }
+  BL_RETURN_IF_ERROR(protocol::writeSealPrivateKey(seal_key, *pair));
+  report.files.push_back(seal_key.string());
+  for (const auto& file : {seal_pub, layout.currentSealPublicKey()}) {
+    BL_RETURN_IF_ERROR(protocol::writeSealPublicKey(file, pair->public_key));
+    report.files.push_back(file.string());
+  }
+
+  BL_RETURN_IF_ERROR(writeBrokerFiles(layout, options.topic_prefix, report));
+  return report;
+}
+
+Result<PkiReport> enrollAgent(const std::string& dir, const std::string& agent_id, int days) {
+  BL_RETURN_IF_ERROR(checkName(agent_id, "agent id"));
+  BL_RETURN_IF_ERROR(checkDays(days, "--days"));
+  const PkiLayout layout{fs::absolute(dir)};
+  auto ca = loadAuthority(layout);
+  if (!ca.isOk()) return ca.status();
+  const std::string again = "agent `" + agent_id + "` is already enrolled; to issue new keys, " +
+                            "remove " + (layout.agentsDir() / (agent_id + ".*")).string() +
+                            " first";
+  for (const auto& file : {layout.agentCert(agent_id), layout.agentKey(agent_id),
+                           layout.agentSealKey(agent_id), layout.agentSealPublic(agent_id)}) {
+    BL_RETURN_IF_ERROR(refuseExisting(file, again));
+  }
+  BL_RETURN_IF_ERROR(makeDir(layout.agentsDir()));
+  auto cred = pki::issueCertificate(*ca, clientSpec(agent_id, days));
+  if (!cred.isOk()) return cred.status().withContext("agent " + agent_id);
+  PkiReport report;
+  BL_RETURN_IF_ERROR(
+      writeCredential(*cred, layout.agentCert(agent_id), layout.agentKey(agent_id), report));
+  auto id = writeSealPair(layout.agentSealKey(agent_id), layout.agentSealPublic(agent_id), report);
+  if (!id.isOk()) return id.status();
+  report.seal_key_id = *id;
+  return report;
+}
+
+Result<PkiReport> enrollAggregator(const std::string& dir, const std::string& name, int days,
+                                   const std::string& topic_prefix) {
+  BL_RETURN_IF_ERROR(checkAggregatorName(name));
+  BL_RETURN_IF_ERROR(checkDays(days, "--days"));
+  if (topic_prefix.empty()) return Status::invalid("pki enroll: empty topic prefix");
+  const PkiLayout layout{fs::absolute(dir)};
+  auto ca = loadAuthority(layout);
+  if (!ca.isOk()) return ca.status();
+  for (const auto& file : {layout.aggregatorCert(name), layout.aggregatorKey(name)}) {
+    BL_RETURN_IF_ERROR(refuseExisting(file, "aggregator `" + name + "` is already enrolled"));
+  }
+  BL_RETURN_IF_ERROR(makeDir(layout.aggregatorsDir()));
+  BL_RETURN_IF_ERROR(makeDir(layout.brokerDir()));
+  auto cred = pki::issueCertificate(*ca, clientSpec(pki::aggregatorIdentity(name), days));
+  if (!cred.isOk()) return cred.status().withContext("aggregator " + name);
+  PkiReport report;
+  BL_RETURN_IF_ERROR(
+      writeCredential(*cred, layout.aggregatorCert(name), layout.aggregatorKey(name), report));
+  BL_RETURN_IF_ERROR(writeBrokerFiles(layout, topic_prefix, report));
+  return report;
+}
+
+Result<fs::path> currentSealPrivateKey(const std::string& dir) {
+  const PkiLayout layout{fs::absolute(dir)};
+  auto pub = protocol::readSealPublicKey(layout.currentSealPublicKey());
+  if (!pub.isOk()) return pub.status();
+  const fs::path key = layout.sealPrivateKey(protocol::sealKeyId(*pub));
+  std::error_code ec;
+  if (!fs::exists(key, ec)) {
+    return Status::notFound("the current sealing key " + key.string() +
+                            " (the pair of seal.pub) is missing");
+  }
+  return key;
+}
+
+}  // namespace branchline::cli

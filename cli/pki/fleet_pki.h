@@ -1,0 +1,96 @@
+// The fleet's PKI folder (README "Security / PKI layout") and the operations
+// that fill it: `branchline pki init` (the certificate authority, the broker's
+// server certificate, the aggregators' client certificates and their sealing
+// key) and `branchline pki enroll` (one agent's, or one more aggregator's,
+// certificate and sealing key pair). LocalPipeline uses the same functions.
+//
+// Guarantees: an existing CA is never overwritten, nor any existing key or
+// certificate (each is created with link(2), so even a concurrent run cannot
+// replace one); private keys are 0600 and written atomically; nothing secret
+// reaches a log line or an error message.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "shared/core/status.h"
+
+namespace branchline::cli {
+
+// Where each file lives inside a PKI folder `dir`.
+struct PkiLayout {
+  std::filesystem::path dir;
+
+  std::filesystem::path caCert() const { return dir / "ca.crt"; }
+  std::filesystem::path caKey() const { return dir / "ca.key"; }
+  std::filesystem::path brokerDir() const { return dir / "broker"; }
+  std::filesystem::path brokerCert() const { return brokerDir() / "broker.crt"; }
+  std::filesystem::path brokerKey() const { return brokerDir() / "broker.key"; }
+  std::filesystem::path brokerAcl() const { return brokerDir() / "acl"; }
+  std::filesystem::path brokerConf() const { return brokerDir() / "mosquitto-tls.conf"; }
+  std::filesystem::path aggregatorsDir() const { return dir / "aggregators"; }
+  std::filesystem::path aggregatorCert(const std::string& name) const {
+    return aggregatorsDir() / (name + ".crt");
+  }
+  std::filesystem::path aggregatorKey(const std::string& name) const {
+    return aggregatorsDir() / (name + ".key");
+  }
+  std::filesystem::path sealPrivateKey(const std::string& key_id) const {
+    return aggregatorsDir() / ("seal-" + key_id + ".key");
+  }
+  std::filesystem::path sealPublicKey(const std::string& key_id) const {
+    return aggregatorsDir() / ("seal-" + key_id + ".pub");
+  }
+  // A copy of the current aggregators' public sealing key: what agents seal to.
+  std::filesystem::path currentSealPublicKey() const { return aggregatorsDir() / "seal.pub"; }
+  std::filesystem::path agentsDir() const { return dir / "agents"; }
+  std::filesystem::path agentCert(const std::string& id) const {
+    return agentsDir() / (id + ".crt");
+  }
+  std::filesystem::path agentKey(const std::string& id) const {
+    return agentsDir() / (id + ".key");
+  }
+  std::filesystem::path agentSealKey(const std::string& id) const {
+    return agentsDir() / (id + ".seal.key");
+  }
+  std::filesystem::path agentSealPublic(const std::string& id) const {
+    return agentsDir() / (id + ".seal.pub");
+  }
+};
+
+struct PkiInitOptions {
+  std::string dir;  // created if missing
+  std::vector<std::string> aggregators{"agg-1", "agg-2"};
+  // Added to the broker certificate's subjectAltName after IP 127.0.0.1 and
+  // DNS localhost: an IPv4/IPv6 address becomes an IP entry, anything else a DNS name.
+  std::vector<std::string> broker_hosts;
+  int days = 825;                              // broker, aggregator certificates
+  int ca_days = 3650;                          // the authority
+  std::string topic_prefix = "branchline/v1";  // for broker/acl
+};
+
+// What was written (paths, for the operator), and the sealing key's id.
+struct PkiReport {
+  std::vector<std::string> files;
+  std::string seal_key_id;
+};
+
+// kAlreadyExists (nothing written) when the folder already holds ca.crt or ca.key;
+// kInvalidArgument for a bad name or option.
+Result<PkiReport> initPki(const PkiInitOptions& options);
+
+// An agent's TLS client certificate (CN = agent id) and sealing key pair.
+// kNotFound without a CA in `dir`; kAlreadyExists if the agent is enrolled.
+Result<PkiReport> enrollAgent(const std::string& dir, const std::string& agent_id, int days = 825);
+
+// One more aggregator's client certificate (CN "aggregator.<name>"), then
+// broker/acl rewritten for every aggregator in the folder.
+Result<PkiReport> enrollAggregator(const std::string& dir, const std::string& name, int days = 825,
+                                   const std::string& topic_prefix = "branchline/v1");
+
+// The current aggregators' private sealing key file (aggregators/seal-<id>.key,
+// the pair of seal.pub). kNotFound / kInvalidArgument when seal.pub is missing or bad.
+Result<std::filesystem::path> currentSealPrivateKey(const std::string& dir);
+
+}  // namespace branchline::cli

@@ -1,0 +1,180 @@
+#include "cli/pki/fleet_pki.h"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+
+#include "protocol/seal.h"
+#include "shared/pki/pki.h"
+
+namespace branchline::cli {
+namespace {
+namespace fs = std::filesystem;
+
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/bl-fleet-pki-test.XXXXXX";
+    path_ = ::mkdtemp(tmpl);
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  std::string path() const { return path_ + "/pki"; }
+
+ private:
+  std::string path_;
+};
+
+mode_t modeOf(const fs::path& p) {
+  struct stat st {};
+  EXPECT_EQ(::stat(p.c_str(), &st), 0) << p;
+  return st.st_mode & 07777;
+}
+
+std::string text(const fs::path& p) {
+  auto r = pki::readFile(p);
+  EXPECT_TRUE(r.isOk()) << p;
+  return r.isOk() ? *r : "";
+}
+
+// The certificate's CN, after checking that it chains to the folder's CA.
+std::string verifiedCommonName(const PkiLayout& layout, const fs::path& cert) {
+  Status s = pki::verifyCertificate(text(cert), text(layout.caCert()));
+  EXPECT_TRUE(s.isOk()) << cert << ": " << s.toString();
+  auto info = pki::inspectCertificate(text(cert));
+  return info.isOk() ? info->common_name : "";
+}
+
+TEST(FleetPkiTest, InitWritesTheDocumentedLayout) {
+  TempDir tmp;
+  PkiInitOptions o;
+  o.dir = tmp.path();
+  o.aggregators = {"agg-1", "agg-2"};
+  o.broker_hosts = {"10.0.0.5", "mqtt.example.org"};
+  auto report = initPki(o);
+  ASSERT_TRUE(report.isOk()) << report.status().toString();
+  const PkiLayout layout{o.dir};
+
+  for (const fs::path& key :
+       {layout.caKey(), layout.brokerKey(), layout.aggregatorKey("agg-1"),
+        layout.aggregatorKey("agg-2"), layout.sealPrivateKey(report->seal_key_id)}) {
+    EXPECT_EQ(modeOf(key), 0600u) << key;
+  }
+  for (const fs::path& pub : {layout.caCert(), layout.brokerCert(), layout.aggregatorCert("agg-1"),
+                              layout.currentSealPublicKey(), layout.brokerAcl()}) {
+    EXPECT_EQ(modeOf(pub), 0644u) << pub;
+  }
+  EXPECT_TRUE(pki::inspectCertificate(text(layout.caCert()))->is_authority);
+  EXPECT_EQ(verifiedCommonName(layout, layout.aggregatorCert("agg-1")), "aggregator.agg-1");
+  EXPECT_EQ(verifiedCommonName(layout, layout.aggregatorCert("agg-2")), "aggregator.agg-2");
+  EXPECT_EQ(verifiedCommonName(layout, layout.brokerCert()), "branchline-broker");
+  auto broker = pki::inspectCertificate(text(layout.brokerCert()));
+  EXPECT_EQ(broker->ip_addresses, (std::vector<std::string>{"127.0.0.1", "10.0.0.5"}));
+  EXPECT_EQ(broker->dns_names, (std::vector<std::string>{"localhost", "mqtt.example.org"}));
+
+  // seal.pub is the current key, whose private half is seal-<keyid>.key.
+  auto current = protocol::readSealPublicKey(layout.currentSealPublicKey());
+  ASSERT_TRUE(current.isOk()) << current.status().toString();
+  EXPECT_EQ(protocol::sealKeyId(*current), report->seal_key_id);
+  auto pair = protocol::readSealPrivateKey(layout.sealPrivateKey(report->seal_key_id));
+  ASSERT_TRUE(pair.isOk()) << pair.status().toString();
+  EXPECT_EQ(pair->public_key, *current);
+  EXPECT_EQ(text(layout.sealPublicKey(report->seal_key_id)), text(layout.currentSealPublicKey()));
+  auto key_file = currentSealPrivateKey(o.dir);
+  ASSERT_TRUE(key_file.isOk()) << key_file.status().toString();
+  EXPECT_EQ(*key_file, layout.sealPrivateKey(report->seal_key_id));
+
+  const std::string acl = text(layout.brokerAcl());
+  EXPECT_NE(acl.find("pattern write branchline/v1/agents/%u/batch\n"), std::string::npos) << acl;
+  EXPECT_NE(acl.find("pattern read branchline/v1/agents/%u/ack\n"), std::string::npos) << acl;
+  EXPECT_NE(acl.find("user aggregator.agg-2\ntopic read branchline/v1/agents/+/batch\n"),
+            std::string::npos)
+      << acl;
+  const std::string conf = text(layout.brokerConf());
+  EXPECT_NE(conf.find("require_certificate true"), std::string::npos);
+  EXPECT_NE(conf.find("use_identity_as_username true"), std::string::npos);
+  EXPECT_NE(conf.find("allow_anonymous false"), std::string::npos);
+
+  for (const auto& f : report->files) EXPECT_TRUE(fs::exists(f)) << f;
+}
+
+TEST(FleetPkiTest, InitRefusesToOverwriteAnAuthority) {
+  TempDir tmp;
+  PkiInitOptions o;
+  o.dir = tmp.path();
+  o.aggregators = {"agg-1"};
+  ASSERT_TRUE(initPki(o).isOk());
+  const std::string ca_key = text(PkiLayout{o.dir}.caKey());
+  Status s = initPki(o).status();
+  EXPECT_EQ(s.code(), Code::kAlreadyExists);
+  EXPECT_NE(s.message().find("ca.crt"), std::string::npos) << s.message();
+  EXPECT_EQ(text(PkiLayout{o.dir}.caKey()), ca_key) << "the authority's key is untouched";
+
+  PkiInitOptions bad;
+  bad.dir = tmp.path() + "-2";
+  bad.aggregators = {"agg.1"};
+  EXPECT_EQ(initPki(bad).status().code(), Code::kInvalidArgument);
+  bad.aggregators = {"seal-x"};
+  EXPECT_EQ(initPki(bad).status().code(), Code::kInvalidArgument);
+  EXPECT_FALSE(fs::exists(bad.dir)) << "a refused init writes nothing";
+}
+
+TEST(FleetPkiTest, EnrollIssuesAnAgentIdentityOnce) {
+  TempDir tmp;
+  const std::string dir = tmp.path();
+  Status none = enrollAgent(dir, "agent-7").status();
+  EXPECT_EQ(none.code(), Code::kNotFound);
+  EXPECT_NE(none.message().find("branchline pki init"), std::string::npos) << none.message();
+
+  PkiInitOptions o;
+  o.dir = dir;
+  o.aggregators = {"agg-1"};
+  ASSERT_TRUE(initPki(o).isOk());
+  auto report = enrollAgent(dir, "agent-7", 30);
+  ASSERT_TRUE(report.isOk()) << report.status().toString();
+  const PkiLayout layout{dir};
+  EXPECT_EQ(verifiedCommonName(layout, layout.agentCert("agent-7")), "agent-7");
+  EXPECT_EQ(modeOf(layout.agentKey("agent-7")), 0600u);
+  EXPECT_EQ(modeOf(layout.agentSealKey("agent-7")), 0600u);
+  auto pair = protocol::readSealPrivateKey(layout.agentSealKey("agent-7"));
+  ASSERT_TRUE(pair.isOk()) << pair.status().toString();
+  auto pub = protocol::readSealPublicKey(layout.agentSealPublic("agent-7"));
+  ASSERT_TRUE(pub.isOk());
+  EXPECT_EQ(pair->public_key, *pub);
+  auto info = pki::inspectCertificate(text(layout.agentCert("agent-7")));
+  EXPECT_NEAR(static_cast<double>(info->not_after - info->not_before), 30.0 * 86400 + 3600, 5.0);
+
+  Status again = enrollAgent(dir, "agent-7").status();
+  EXPECT_EQ(again.code(), Code::kAlreadyExists);
+  EXPECT_NE(again.message().find("already enrolled"), std::string::npos) << again.message();
+  // `aggregator.x` is an aggregator's CN; no agent id can take that shape.
+  EXPECT_EQ(enrollAgent(dir, "aggregator.agg-1").status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(enrollAgent(dir, "").status().code(), Code::kInvalidArgument);
+
+  // A CA key readable by others is refused, with the fix.
+  ASSERT_EQ(::chmod(layout.caKey().c_str(), 0644), 0);
+  Status open_key = enrollAgent(dir, "agent-8").status();
+  EXPECT_EQ(open_key.code(), Code::kPermissionDenied);
+  EXPECT_NE(open_key.message().find("chmod 600"), std::string::npos);
+}
+
+TEST(FleetPkiTest, EnrollingAnAggregatorExtendsTheBrokerAcl) {
+  TempDir tmp;
+  PkiInitOptions o;
+  o.dir = tmp.path();
+  o.aggregators = {"agg-1"};
+  ASSERT_TRUE(initPki(o).isOk());
+  const PkiLayout layout{o.dir};
+  EXPECT_EQ(text(layout.brokerAcl()).find("aggregator.agg-3"), std::string::npos);
+  auto report = enrollAggregator(o.dir, "agg-3");
+  ASSERT_TRUE(report.isOk()) << report.status().toString();
+  EXPECT_EQ(verifiedCommonName(layout, layout.aggregatorCert("agg-3")), "aggregator.agg-3");
+  const std::string acl = text(layout.brokerAcl());
+  EXPECT_NE(acl.find("user aggregator.agg-1\n"), std::string::npos) << acl;
+  EXPECT_NE(acl.find("user aggregator.agg-3\n"), std::string::npos) << acl;
+  EXPECT_EQ(enrollAggregator(o.dir, "agg-3").status().code(), Code::kAlreadyExists);
+}
+
+}  // namespace
+}  // namespace branchline::cli

@@ -1,0 +1,36 @@
+// The broker's side of the fleet's identities (README "Security"): the
+// Mosquitto 2.0 settings for a TLS listener that demands a client certificate
+// and takes its CN as the user name, and the ACL that lets an agent write only
+// its own batch/status topics and read only its own ack/config topics, while
+// each aggregator identity reads every batch and status and writes acks and
+// config. No anonymous access.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace branchline::pki {
+
+// Agent ids and aggregator names in certificates and file names: [A-Za-z0-9_-]{1,64}.
+bool validIdentityName(std::string_view name);
+
+// The CN (and so the broker user name) of an aggregator's client certificate:
+// "aggregator.<name>". The dot keeps it apart from every possible agent id.
+std::string aggregatorIdentity(std::string_view aggregator_name);
+
+struct BrokerTlsFiles {
+  std::string ca_file;    // clients' certificates must chain to it
+  std::string cert_file;  // the broker's server certificate
+  std::string key_file;   // its key; Mosquitto must be able to read it
+  std::string acl_file;   // mosquittoAcl() text
+};
+
+// mosquitto.conf lines that follow a `listener <port> <address>` line.
+std::string mosquittoTlsSettings(const BrokerTlsFiles& files);
+
+// The acl_file text for `topic_prefix` ("branchline/v1") and these aggregators.
+std::string mosquittoAcl(std::string_view topic_prefix,
+                         const std::vector<std::string>& aggregator_names);
+
+}  // namespace branchline::pki
