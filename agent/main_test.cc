@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -252,6 +253,21 @@ TEST_F(AgentMainTest, AcceptedRecordIsNotInTheBufferFilesInClear) {
     for (const std::string& marker : {email, name, phone, std::string("qz-ext-88121")}) {
       EXPECT_EQ(bytes.find(marker), std::string::npos)
           << marker << " in clear in the buffer files (phase " << phase << ")";
+    }
+  }
+  // As an auditor would look at a copied disk: the `sqlite3` shell's full dump
+  // (every table, every row) shows the rows but none of the record's content.
+  {
+    const std::string cmd = "sqlite3 -readonly '" + (data / "buffer.db").string() + "' .dump";
+    FILE* pipe = ::popen(cmd.c_str(), "r");
+    ASSERT_NE(pipe, nullptr);
+    std::string dump;
+    char chunk[4096];
+    for (size_t n; (n = std::fread(chunk, 1, sizeof chunk, pipe)) > 0;) dump.append(chunk, n);
+    ASSERT_EQ(::pclose(pipe), 0) << "sqlite3 shell failed: " << dump;
+    ASSERT_NE(dump.find("INSERT INTO records"), std::string::npos) << dump.substr(0, 2000);
+    for (const std::string& marker : {email, name, phone, std::string("qz-ext-88121")}) {
+      EXPECT_EQ(dump.find(marker), std::string::npos) << marker << " in the sqlite3 .dump";
     }
   }
   EXPECT_EQ(stderrText().find(email), std::string::npos) << "record content in the log";

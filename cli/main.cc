@@ -25,6 +25,9 @@ int main(int argc, char** argv) {
       ->add_option("--base-port", up_base_port,
                    "Broker P, aggregators P+10+i, agents P+20+i (default: free ports)")
       ->check(CLI::Range(1, 65000));
+  up_cmd->add_option("--store", up.store_url,
+                     "Central store URL, e.g. postgresql://user@host:5432/db "
+                     "(default: SQLite at DIR/central.db)");
   up_cmd->add_option("--bin-dir", up.bin_dir,
                      "Where branchline-agent/-aggregator are (default: next to this binary)");
   bool up_insecure = false;

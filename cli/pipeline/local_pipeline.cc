@@ -226,6 +226,12 @@ Status LocalPipeline::plan() {
     return Status::invalid("pipeline: agents must be 1..100, got " +
                            std::to_string(options_.agents));
   }
+  if (const std::string& u = options_.store_url; !u.empty() && u.rfind("sqlite:///", 0) != 0 &&
+                                                 u.rfind("postgresql://", 0) != 0 &&
+                                                 u.rfind("postgres://", 0) != 0) {
+    return Status::invalid(
+        "pipeline: --store must be sqlite:///abs/path.db or postgresql://user@host:port/db");
+  }
   if (options_.aggregators < 1 || options_.aggregators > 10) {
     return Status::invalid("pipeline: aggregators must be 1..10, got " +
                            std::to_string(options_.aggregators));

@@ -48,6 +48,9 @@ struct PipelineOptions {
   std::map<std::string, std::string> agent_overrides;
   std::map<std::string, std::string> aggregator_overrides;
   bool secure = true;  // see above; false: plain TCP, anonymous broker, nothing sealed
+  // The central store every aggregator writes to. "": SQLite at DIR/central.db;
+  // else a "postgresql://user@host:port/db" URL (the server is not started here).
+  std::string store_url;
   std::chrono::milliseconds ready_timeout{30000};  // per process
   std::chrono::milliseconds stop_grace{10000};     // SIGTERM to SIGKILL
 };
@@ -84,8 +87,10 @@ class LocalPipeline {
 
   const std::string& dir() const { return options_.dir; }
   std::string topologyPath() const { return options_.dir + "/topology.json"; }
-  std::string storeUrl() const { return "sqlite://" + storePath(); }
-  std::string storePath() const { return options_.dir + "/central.db"; }
+  std::string storeUrl() const {
+    return options_.store_url.empty() ? "sqlite://" + storePath() : options_.store_url;
+  }
+  std::string storePath() const { return options_.dir + "/central.db"; }  // SQLite only
   std::string brokerUri() const;  // "ssl://127.0.0.1:P" ("tcp://" insecure), as the configs name it
   bool secure() const { return options_.secure; }
   // The PKI folder (layout: README "Security"); exists only when secure().

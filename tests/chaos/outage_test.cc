@@ -46,7 +46,7 @@ TEST_F(OutageTest, CentralOutageBuffersAtAgentsAndDrainsOnceBack) {
   std::this_thread::sleep_for(seconds(static_cast<int>(kBefore)));
   ASSERT_TRUE(pipeline_->kill9("agg-1").isOk());
   ASSERT_TRUE(pipeline_->kill9("agg-2").isOk());
-  const int64_t stored_at_kill = queryInt(pipeline_->storePath(), "SELECT COUNT(*) FROM records");
+  const int64_t stored_at_kill = queryInt(store(), "SELECT COUNT(*) FROM records");
   const int64_t killed_at = steadyMicros();
   while (steadyMicros() - killed_at < static_cast<int64_t>(outage_s * 1e6)) {
     std::this_thread::sleep_for(seconds(std::min(30, std::max(1, static_cast<int>(outage_s)))));
@@ -54,7 +54,7 @@ TEST_F(OutageTest, CentralOutageBuffersAtAgentsAndDrainsOnceBack) {
                  (steadyMicros() - killed_at) / 1e6, static_cast<long long>(agentBufferRecords()));
   }
   // Nothing reached the store while the whole central side was down.
-  EXPECT_EQ(queryInt(pipeline_->storePath(), "SELECT COUNT(*) FROM records"), stored_at_kill);
+  EXPECT_EQ(queryInt(store(), "SELECT COUNT(*) FROM records"), stored_at_kill);
 
   const int64_t backlog = agentBufferRecords();
   ASSERT_GT(backlog, static_cast<int64_t>(kRate * outage_s * 0.5));
@@ -88,8 +88,8 @@ TEST_F(OutageTest, CentralOutageBuffersAtAgentsAndDrainsOnceBack) {
   EXPECT_EQ(stats->unexpected_rejects, 0u);
   const int64_t unique = static_cast<int64_t>(stats->accepted_unique.size());
   ASSERT_TRUE(waitForDrain(unique, 0, 300))
-      << "store holds " << queryInt(pipeline_->storePath(), "SELECT COUNT(*) FROM records")
-      << " of " << unique << " records";
+      << "store holds " << queryInt(store(), "SELECT COUNT(*) FROM records") << " of " << unique
+      << " records";
   expectExactlyAccepted(*stats, gen);
 }
 

@@ -61,8 +61,8 @@ TEST_F(PipelineTest, BadInputGetsItsDocumentedAnswerAndTheAgentStaysUp) {
   }
   // Exactly one record was accepted (the good NDJSON line) and one rejected (the bad line).
   ASSERT_TRUE(waitForDrain(1, 1, 60));
-  EXPECT_EQ(queryInt(pipeline_->storePath(), "SELECT COUNT(*) FROM records"), 1);
-  EXPECT_EQ(queryInt(pipeline_->storePath(), "SELECT COUNT(*) FROM rejects"), 1);
+  EXPECT_EQ(queryInt(store(), "SELECT COUNT(*) FROM records"), 1);
+  EXPECT_EQ(queryInt(store(), "SELECT COUNT(*) FROM rejects"), 1);
   EXPECT_TRUE(pipeline_->process("agent-1")->isRunning());
 }
 

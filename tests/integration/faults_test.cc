@@ -38,8 +38,8 @@ class FaultsTest : public PipelineTest {
     EXPECT_EQ(stats->records_sent, records);
     const int64_t unique = static_cast<int64_t>(stats->accepted_unique.size());
     ASSERT_TRUE(waitForDrain(unique, 0, 300))
-        << "store holds " << queryInt(pipeline_->storePath(), "SELECT COUNT(*) FROM records")
-        << " of " << unique << " records";
+        << "store holds " << queryInt(store(), "SELECT COUNT(*) FROM records") << " of " << unique
+        << " records";
     expectExactlyAccepted(*stats, gen);
   }
 };
@@ -63,9 +63,7 @@ TEST_F(FaultsTest, AggregatorKilledTheOtherCarriesOn) {
                [this] { ASSERT_TRUE(pipeline_->kill9("agg-1").isOk()); });
   // agg-1 stayed down: the survivor committed everything after the kill.
   EXPECT_FALSE(pipeline_->process("agg-1")->isRunning());
-  EXPECT_GT(queryInt(pipeline_->storePath(),
-                     "SELECT COUNT(*) FROM batch_ledger WHERE aggregator = 'agg-2'"),
-            0);
+  EXPECT_GT(queryInt(store(), "SELECT COUNT(*) FROM batch_ledger WHERE aggregator = 'agg-2'"), 0);
 }
 
 TEST_F(FaultsTest, BrokerRestartLosesNothing) {

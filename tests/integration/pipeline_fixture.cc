@@ -1,5 +1,6 @@
 #include "tests/integration/pipeline_fixture.h"
 
+#include <libpq-fe.h>
 #include <sqlite3.h>
 #include <unistd.h>
 
@@ -44,7 +45,35 @@ double metricValue(const std::string& text, const std::string& name) {
 
 }  // namespace
 
+bool isPostgres(const std::string& store) { return store.rfind("postgresql://", 0) == 0; }
+
+// Runs `sql` on PostgreSQL; each row's values as text. Empty on failure.
+std::vector<std::vector<std::string>> pgRows(const std::string& url, const std::string& sql) {
+  std::vector<std::vector<std::string>> rows;
+  PGconn* conn = PQconnectdb(url.c_str());
+  if (PQstatus(conn) == CONNECTION_OK) {
+    PGresult* res = PQexec(conn, sql.c_str());
+    if (PQresultStatus(res) == PGRES_TUPLES_OK) {
+      for (int r = 0; r < PQntuples(res); ++r) {
+        std::vector<std::string> row;
+        for (int c = 0; c < PQnfields(res); ++c) {
+          row.emplace_back(PQgetvalue(res, r, c), static_cast<size_t>(PQgetlength(res, r, c)));
+        }
+        rows.push_back(std::move(row));
+      }
+    }
+    PQclear(res);
+  }
+  PQfinish(conn);
+  return rows;
+}
+
 int64_t queryInt(const std::string& db_path, const std::string& sql) {
+  if (isPostgres(db_path)) {
+    auto rows = pgRows(db_path, sql);
+    if (rows.empty() || rows[0].empty() || rows[0][0].empty()) return -1;
+    return std::stoll(rows[0][0]);
+  }
   if (!std::filesystem::exists(db_path)) return -1;
   Db db(db_path);
   if (!db.db) return -1;
@@ -58,6 +87,14 @@ int64_t queryInt(const std::string& db_path, const std::string& sql) {
 
 std::map<std::string, StoredRecord> readRecords(const std::string& db_path) {
   std::map<std::string, StoredRecord> out;
+  if (isPostgres(db_path)) {
+    for (auto& row : pgRows(db_path,
+                            "SELECT record_key, payload, agent_id FROM records "
+                            "WHERE source = 'customer'")) {
+      out[row[0]] = {std::move(row[1]), std::move(row[2])};
+    }
+    return out;
+  }
   Db db(db_path);
   if (!db.db) return out;
   sqlite3_stmt* stmt = nullptr;
@@ -78,6 +115,7 @@ std::map<std::string, StoredRecord> readRecords(const std::string& db_path) {
 void PipelineTest::TearDown() {
   if (pipeline_) pipeline_->stop();
   pipeline_.reset();
+  postgres_.reset();
   if (!dir_.empty() && !HasFailure()) std::filesystem::remove_all(dir_);
   if (HasFailure()) std::fprintf(stderr, "pipeline dir kept for inspection: %s\n", dir_.c_str());
 }
@@ -95,14 +133,29 @@ void PipelineTest::startPipeline(int agents, int aggregators,
   ASSERT_NE(bin, nullptr) << "BRANCHLINE_BIN_DIR must point at build/bin";
   options.bin_dir = std::filesystem::absolute(bin).string();
   options.agent_overrides = std::move(agent_overrides);
+  store_ = options.dir + "/central.db";
+  if (const char* backend = std::getenv("BRANCHLINE_TEST_STORE");
+      backend != nullptr && std::string(backend) == "postgresql") {
+    auto server = PostgresServer::create();
+    ASSERT_TRUE(server.isOk()) << server.status().toString();
+    postgres_ = std::move(server).value();
+    ASSERT_TRUE(postgres_->createDatabase("branchline").isOk());
+    options.store_url = postgres_->url("branchline");
+    store_ = options.store_url;
+  }
   pipeline_ = std::make_unique<cli::LocalPipeline>(options);
   Status s = pipeline_->start();
   ASSERT_TRUE(s.isOk()) << s.toString();
+  if (postgres_) {
+    // The aggregators write to PostgreSQL, not to a SQLite file beside them.
+    ASSERT_FALSE(std::filesystem::exists(options.dir + "/central.db"));
+    ASSERT_GE(queryInt(store_, "SELECT COUNT(*) FROM schema_version"), 1);
+  }
 }
 
 bool PipelineTest::waitForDrain(int64_t records, int64_t rejects, int timeout_s) {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
-  const std::string db = pipeline_->storePath();
+  const std::string db = store_;
   while (std::chrono::steady_clock::now() < deadline) {
     int64_t r = queryInt(db, "SELECT COUNT(*) FROM records");
     int64_t j = queryInt(db, "SELECT COUNT(*) FROM rejects");
@@ -151,7 +204,7 @@ void PipelineTest::expectExactlyAccepted(const loadgen::LoadStats& stats,
   const rules::CompiledSchema* schema = (*engine)->find("customer");
   ASSERT_NE(schema, nullptr);
 
-  std::map<std::string, StoredRecord> stored = readRecords(pipeline_->storePath());
+  std::map<std::string, StoredRecord> stored = readRecords(store_);
   EXPECT_EQ(stored.size(), stats.accepted_unique.size());
 
   loadgen::CustomerGenerator generator(gen);

@@ -2,6 +2,10 @@
 // real aggregators and agents from build/bin) in a fresh temp dir, plus the
 // checks every test makes against the central store: exactly the accepted
 // unique valid records, byte-identical to what the rule engine produces.
+//
+// The central store is SQLite, or with BRANCHLINE_TEST_STORE=postgresql a
+// private PostgreSQL server started for the test (CTest registers each
+// pipeline test twice, `<name>` and `<name>_pg`).
 #pragma once
 
 #include <gtest/gtest.h>
@@ -12,20 +16,22 @@
 #include <string>
 #include <vector>
 
+#include "aggregator/store/testing/postgres_server.h"
 #include "cli/loadgen/load_client.h"
 #include "cli/pipeline/local_pipeline.h"
 
 namespace branchline::testing {
 
-// Runs one SQL query returning a single integer against the central store.
-int64_t queryInt(const std::string& db_path, const std::string& sql);
+// Runs one SQL query returning a single integer against the central store:
+// `store` is a SQLite file path or a postgresql:// URL. -1 when it fails.
+int64_t queryInt(const std::string& store, const std::string& sql);
 
 struct StoredRecord {
   std::string payload;
   std::string agent_id;
 };
 // record_key -> row, for source `customer`.
-std::map<std::string, StoredRecord> readRecords(const std::string& db_path);
+std::map<std::string, StoredRecord> readRecords(const std::string& store);
 
 class PipelineTest : public ::testing::Test {
  protected:
@@ -49,7 +55,12 @@ class PipelineTest : public ::testing::Test {
 
   loadgen::LoadOptions loadOptions(uint64_t records, const loadgen::GeneratorOptions& gen) const;
 
+  // What queryInt/readRecords take for this test's store (path or URL).
+  const std::string& store() const { return store_; }
+
   std::string dir_;
+  std::string store_;
+  std::unique_ptr<PostgresServer> postgres_;
   std::unique_ptr<cli::LocalPipeline> pipeline_;
 };
 

@@ -28,11 +28,11 @@ TEST_F(PipelineTest, TwoHundredThousandRecordsArriveExactlyOnce) {
 
   const int64_t unique = static_cast<int64_t>(stats->accepted_unique.size());
   ASSERT_TRUE(waitForDrain(unique, static_cast<int64_t>(stats->rejected), 600))
-      << "store holds " << queryInt(pipeline_->storePath(), "SELECT COUNT(*) FROM records")
-      << " of " << unique << " records";
+      << "store holds " << queryInt(store(), "SELECT COUNT(*) FROM records") << " of " << unique
+      << " records";
   expectExactlyAccepted(*stats, gen);
 
-  const std::string db = pipeline_->storePath();
+  const std::string db = store();
   // Every invalid record is in `rejects` with its reason; nothing else is.
   EXPECT_EQ(queryInt(db, "SELECT COUNT(*) FROM rejects"), static_cast<int64_t>(stats->rejected));
   EXPECT_EQ(queryInt(db,
