@@ -569,18 +569,7 @@ struct PostgresCentralStore::Impl {
     std::vector<size_t> reused;
     BL_RETURN_IF_ERROR(findReused(batches, digests, first_index, is_fresh, reused));
 
-    r_source.reset(kTextOid);
-    r_key.reset(kTextOid);
-    r_agent.reset(kTextOid);
-    r_seq.reset(kInt8Oid);
-    r_payload.reset(kTextOid);
-    r_ingested.reset(kTextOid);
-    j_agent.reset(kTextOid);
-    j_seq.reset(kInt8Oid);
-    j_source.reset(kTextOid);
-    j_raw.reset(kTextOid);
-    j_reasons.reset(kTextOid);
-    j_ingested.reset(kTextOid);
+    resetContents();
     for (size_t i : fresh) {
       const auto& b = batches[i];
       BatchOutcome& o = outcomes[i];
@@ -617,6 +606,22 @@ struct PostgresCentralStore::Impl {
   }
 
   // Fills the record and reject arrays with one batch's contents.
+  // Empties the record and reject column arrays before a new set of batches.
+  void resetContents() {
+    r_source.reset(kTextOid);
+    r_key.reset(kTextOid);
+    r_agent.reset(kTextOid);
+    r_seq.reset(kInt8Oid);
+    r_payload.reset(kTextOid);
+    r_ingested.reset(kTextOid);
+    j_agent.reset(kTextOid);
+    j_seq.reset(kInt8Oid);
+    j_source.reset(kTextOid);
+    j_raw.reset(kTextOid);
+    j_reasons.reset(kTextOid);
+    j_ingested.reset(kTextOid);
+  }
+
   void addContents(const protocol::WireBatch& b) {
     const int64_t seq = static_cast<int64_t>(b.seq);
     for (const protocol::WireRecord& rec : b.records) {
@@ -708,18 +713,7 @@ struct PostgresCentralStore::Impl {
     }
     if (PQntuples(conflict.get()) == 0) return Status::ok();  // stored by an earlier delivery
 
-    r_source.reset(kTextOid);
-    r_key.reset(kTextOid);
-    r_agent.reset(kTextOid);
-    r_seq.reset(kInt8Oid);
-    r_payload.reset(kTextOid);
-    r_ingested.reset(kTextOid);
-    j_agent.reset(kTextOid);
-    j_seq.reset(kInt8Oid);
-    j_source.reset(kTextOid);
-    j_raw.reset(kTextOid);
-    j_reasons.reset(kTextOid);
-    j_ingested.reset(kTextOid);
+    resetContents();
     addContents(b);
     uint32_t stored = 0;
     if (r_source.count() > 0) {
