@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <boost/json.hpp>
+#include <chrono>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -448,7 +449,13 @@ TEST(IngestServiceTest, RefusalsAreCountedByReason) {
     EXPECT_NE(r->body.find("\"error\":"), std::string::npos);
   }
   EXPECT_EQ(agent.buffer->stats().records, 0u);
+  // The server notices the 431 client's close asynchronously: wait (bounded)
+  // until only the metrics request's own connection is open.
   std::string text = metricsText(agent);
+  for (int i = 0; i < 100 && text.find("bl_agent_http_connections 1\n") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    text = metricsText(agent);
+  }
   for (const char* line : {"bl_agent_http_refused_total{reason=\"too_deep\"} 1\n",
                            "bl_agent_http_refused_total{reason=\"invalid_json\"} 1\n",
                            "bl_agent_http_refused_total{reason=\"too_many_records\"} 1\n",
