@@ -22,8 +22,12 @@ int main(int argc, char** argv) {
   up_cmd->add_option("--aggregators", up.aggregators, "Number of aggregators")
       ->check(CLI::Range(1, 10));
   up_cmd
+      ->add_option("--brokers", up.brokers,
+                   "1, or 2: a second Mosquitto (port P+1) bridged to the first, for failover")
+      ->check(CLI::Range(1, 2));
+  up_cmd
       ->add_option("--base-port", up_base_port,
-                   "Broker P, aggregators P+10+i, agents P+20+i (default: free ports)")
+                   "Brokers P (and P+1), aggregators P+10+i, agents P+20+i (default: free ports)")
       ->check(CLI::Range(1, 65000));
   up_cmd->add_option("--store", up.store_url,
                      "Central store URL, e.g. postgresql://user@host:5432/db "
@@ -116,6 +120,14 @@ int main(int argc, char** argv) {
   chaos_cmd->add_option("--min-kills", chaos_min_kills, "Kills per component, at least")
       ->check(CLI::Range(0, 1000));
   chaos_cmd->add_option("--bin-dir", chaos.pipeline.bin_dir, "As for `up`");
+  chaos_cmd
+      ->add_option("--store", chaos.store,
+                   "Central store: sqlite, or postgresql (a private server, killed too)")
+      ->check(CLI::IsMember({"sqlite", "postgresql"}));
+  chaos_cmd->add_flag("--network-cuts", chaos.network_cuts,
+                      "Also cut each agent's uplink (own network namespace; needs root)");
+  chaos_cmd->add_option("--postgres-bin", chaos.postgres_bin_dir,
+                        "Where initdb and pg_ctl are (--store postgresql)");
 
   CLI11_PARSE(app, argc, argv);
 

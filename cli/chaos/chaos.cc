@@ -10,11 +10,14 @@
 #include <random>
 #include <set>
 #include <sstream>
+#include <string_view>
 #include <thread>
 
+#include "aggregator/store/testing/postgres_server.h"
 #include "cli/loadgen/load_client.h"
 #include "cli/loadgen/record_generator.h"
 #include "cli/net/http_client.h"
+#include "cli/pipeline/netns.h"
 #include "shared/core/clock.h"
 #include "shared/core/log.h"
 #include "shared/rules/rule_engine.h"
@@ -61,7 +64,7 @@ bool buffersEmpty(LocalPipeline& pipeline) {
   return true;
 }
 
-// What the central SQLite store holds, read-only.
+// What the central store holds.
 struct StoreContents {
   std::set<std::string> keys;  // record keys of source `customer`
   uint64_t rows = 0;           // all rows of `records`
@@ -69,7 +72,13 @@ struct StoreContents {
   int64_t ledger_stored = 0;   // sum(batch_ledger.stored_records)
 };
 
-Result<StoreContents> readStore(const std::string& path) {
+// The questions asked of the central store, in both dialects.
+constexpr const char* kKeysSql = "SELECT record_key FROM records WHERE source = 'customer'";
+constexpr const char* kCountsSql =
+    "SELECT COUNT(*), (SELECT COUNT(*) FROM (SELECT DISTINCT source, record_key FROM records) d), "
+    "(SELECT COALESCE(SUM(stored_records), 0) FROM batch_ledger) FROM records";
+
+Result<StoreContents> readSqliteStore(const std::string& path) {
   sqlite3* db = nullptr;
   if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
     std::string why = db != nullptr ? sqlite3_errmsg(db) : "out of memory";
@@ -91,24 +100,45 @@ Result<StoreContents> readStore(const std::string& path) {
                              : Status::unavailable(std::string("central store: ") +
                                                    sqlite3_errmsg(db) + " (" + sql + ")");
   };
-  Status s = run("SELECT record_key FROM records WHERE source = 'customer'", [&](sqlite3_stmt* st) {
+  Status s = run(kKeysSql, [&](sqlite3_stmt* st) {
     const auto* t = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
     out.keys.emplace(t != nullptr ? t : "", static_cast<size_t>(sqlite3_column_bytes(st, 0)));
   });
   if (s.isOk()) {
-    s =
-        run("SELECT COUNT(*), (SELECT COUNT(*) FROM (SELECT DISTINCT source, record_key FROM "
-            "records)), (SELECT COALESCE(SUM(stored_records), 0) FROM batch_ledger) FROM records",
-            [&](sqlite3_stmt* st) {
-              out.rows = static_cast<uint64_t>(sqlite3_column_int64(st, 0));
-              out.distinct = static_cast<uint64_t>(sqlite3_column_int64(st, 1));
-              out.ledger_stored = sqlite3_column_int64(st, 2);
-            });
+    s = run(kCountsSql, [&](sqlite3_stmt* st) {
+      out.rows = static_cast<uint64_t>(sqlite3_column_int64(st, 0));
+      out.distinct = static_cast<uint64_t>(sqlite3_column_int64(st, 1));
+      out.ledger_stored = sqlite3_column_int64(st, 2);
+    });
   }
   sqlite3_close(db);
   if (!s.isOk()) return s;
   return out;
 }
+
+Result<StoreContents> readPostgresStore(testing::PostgresServer& server,
+                                        const std::string& database) {
+  StoreContents out;
+  auto keys = server.query(database, kKeysSql);
+  if (!keys.isOk()) return keys.status().withContext("central store");
+  for (auto& row : *keys) out.keys.insert(std::move(row.at(0)));
+  auto counts = server.query(database, kCountsSql);
+  if (!counts.isOk()) return counts.status().withContext("central store");
+  if (counts->size() != 1 || counts->front().size() != 3) {
+    return Status::internal("central store: unexpected answer to the count query");
+  }
+  const auto& row = counts->front();
+  out.rows = std::stoull(row[0]);
+  out.distinct = std::stoull(row[1]);
+  out.ledger_stored = std::stoll(row[2]);
+  return out;
+}
+
+constexpr const char* kPostgresComponent = "postgresql";
+constexpr std::string_view kUplinkPrefix = "uplink:";
+
+bool isUplink(const std::string& component) { return component.rfind(kUplinkPrefix, 0) == 0; }
+constexpr const char* kPostgresDatabase = "branchline";
 
 // The record keys of the accepted records, as the rule engine derives them.
 Result<std::set<std::string>> acceptedKeys(const loadgen::LoadStats& stats,
@@ -176,7 +206,12 @@ std::string ChaosVerdict::toJson() const {
     }
     out += "}";
   }
-  out += "],\"errors\":[";
+  out += "]";
+  if (!network_cuts_skipped.empty()) {
+    out += ",\"network_cuts_skipped\":";
+    log::appendJsonString(out, network_cuts_skipped);
+  }
+  out += ",\"errors\":[";
   for (size_t i = 0; i < errors.size(); ++i) {
     if (i > 0) out += ",";
     log::appendJsonString(out, errors[i]);
@@ -191,16 +226,62 @@ Result<ChaosVerdict> runChaos(const ChaosOptions& options) {
   if (options.seconds <= 0 || options.rate <= 0) {
     return Status::invalid("chaos: --seconds and --rate must be positive");
   }
-  if (options.min_gap > options.max_gap || options.min_down > options.max_down) {
+  if (options.min_gap > options.max_gap || options.min_down > options.max_down ||
+      options.min_cut > options.max_cut) {
     return Status::invalid("chaos: a minimum is above its maximum");
   }
-  LocalPipeline pipeline(options.pipeline);
+  if (options.store != "sqlite" && options.store != "postgresql") {
+    return Status::invalid("chaos: --store must be sqlite or postgresql, not `" + options.store +
+                           "`");
+  }
+  // Declared before the pipeline, so it outlives the aggregators writing to it.
+  std::unique_ptr<testing::PostgresServer> postgres;
+  PipelineOptions pipeline_options = options.pipeline;
+  if (options.store == "postgresql") {
+    testing::PostgresServerOptions pg;
+    pg.bin_dir = options.postgres_bin_dir;
+    auto server = testing::PostgresServer::create(pg);
+    if (!server.isOk()) return server.status().withContext("chaos: start a private PostgreSQL");
+    postgres = std::move(server).value();
+    BL_RETURN_IF_ERROR(postgres->createDatabase(kPostgresDatabase));
+    pipeline_options.store_url = postgres->url(kPostgresDatabase);
+  }
+  std::string cuts_skipped;
+  if (options.network_cuts) {
+    // A throwaway namespace tells whether this machine permits them at all.
+    auto probe = NetworkNamespace::create(120);
+    if (probe.isOk()) {
+      pipeline_options.isolate_agents = true;
+    } else {
+      cuts_skipped = probe.status().toString();
+      log::warn("chaos_network_cuts_skipped", {{"reason", cuts_skipped}});
+    }
+  }
+  LocalPipeline pipeline(pipeline_options);
   BL_RETURN_IF_ERROR(pipeline.start());
 
   std::vector<std::string> components;
   for (const auto& m : pipeline.members()) components.push_back(m->name);
+  if (postgres) components.push_back(kPostgresComponent);
+  if (pipeline_options.isolate_agents) {
+    for (const auto& m : pipeline.members()) {
+      if (m->role == Role::kAgent) components.push_back(std::string(kUplinkPrefix) + m->name);
+    }
+  }
+  auto kill9 = [&](const std::string& name) {
+    if (isUplink(name)) return pipeline.cutNetwork(name.substr(kUplinkPrefix.size()));
+    return name == kPostgresComponent ? postgres->kill9() : pipeline.kill9(name);
+  };
+  auto restart = [&](const std::string& name) {
+    if (isUplink(name)) return pipeline.healNetwork(name.substr(kUplinkPrefix.size()));
+    return name == kPostgresComponent ? postgres->start() : pipeline.restart(name);
+  };
+  const std::chrono::milliseconds longest_down = pipeline_options.isolate_agents
+                                                     ? std::max(options.max_down, options.max_cut)
+                                                     : options.max_down;
 
   ChaosVerdict verdict;
+  verdict.network_cuts_skipped = cuts_skipped;
   for (const auto& c : components) verdict.kills[c] = 0;
 
   std::atomic<bool> stop_load{false};
@@ -243,7 +324,7 @@ Result<ChaosVerdict> runChaos(const ChaosOptions& options) {
       // Leave room for the remaining required kills (each costs its downtime
       // and restart too) inside the load phase.
       const auto fit = std::chrono::milliseconds(static_cast<int64_t>(
-          std::max(0.0, left_s * 1000.0 / (required + 1) - options.max_down.count() - 2000.0)));
+          std::max(0.0, left_s * 1000.0 / (required + 1) - longest_down.count() - 2000.0)));
       gap = std::clamp(fit, std::chrono::milliseconds(500), gap);
     }
     sleepFor(gap, options);
@@ -255,9 +336,12 @@ Result<ChaosVerdict> runChaos(const ChaosOptions& options) {
     ChaosFault fault;
     fault.at_s = secondsSince(t0);
     fault.component = victim;
-    const std::chrono::milliseconds down = uniformMs(options.min_down, options.max_down);
-    log::info("chaos_kill", {{"component", victim}, {"at_s", fault.at_s}});
-    if (Status s = pipeline.kill9(victim); !s.isOk()) {
+    const std::chrono::milliseconds down = isUplink(victim)
+                                               ? uniformMs(options.min_cut, options.max_cut)
+                                               : uniformMs(options.min_down, options.max_down);
+    log::info(isUplink(victim) ? "chaos_cut" : "chaos_kill",
+              {{"component", victim}, {"at_s", fault.at_s}});
+    if (Status s = kill9(victim); !s.isOk()) {
       fault.error = "kill: " + s.toString();
     } else {
       ++verdict.kills[victim];
@@ -265,11 +349,11 @@ Result<ChaosVerdict> runChaos(const ChaosOptions& options) {
       sleepFor(down, options);
       fault.down_s = secondsSince(killed);
       const int64_t restarted = steadyMicros();
-      Status s2 = pipeline.restart(victim);
+      Status s2 = restart(victim);
       for (int attempt = 1; !s2.isOk() && attempt < 3 && !cancelled(options); ++attempt) {
         log::warn("chaos_restart_retry", {{"component", victim}, {"error", s2.toString()}});
         std::this_thread::sleep_for(std::chrono::seconds(1));
-        s2 = pipeline.restart(victim);
+        s2 = restart(victim);
       }
       fault.ready_s = secondsSince(restarted);
       if (!s2.isOk()) fault.error = "restart: " + s2.toString();
@@ -313,7 +397,8 @@ Result<ChaosVerdict> runChaos(const ChaosOptions& options) {
 
   auto accepted = acceptedKeys(*stats, gen);
   if (!accepted.isOk()) return accepted.status();
-  auto store = readStore(pipeline.storePath());
+  auto store = postgres ? readPostgresStore(*postgres, kPostgresDatabase)
+                        : readSqliteStore(pipeline.storePath());
   if (!store.isOk()) return store.status();
   verdict.accepted = accepted->size();
   for (const auto& key : *accepted) {

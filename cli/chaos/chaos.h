@@ -9,6 +9,18 @@
 // victim is drawn among the components still short of that count, else among
 // all; it stays down for [min_down, max_down] and is then restarted and waited
 // for until ready. The seed makes the schedule reproducible.
+//
+// The central store is the pipeline's SQLite file, or (store = "postgresql") a
+// private PostgreSQL server the run starts on loopback and treats as one more
+// component: SIGKILLed with all its backends and restarted through crash
+// recovery, like the others.
+//
+// With network_cuts, each agent runs in a network namespace of its own
+// (PipelineOptions::isolate_agents) and its uplink to the broker is one more
+// component, named "uplink:<agent>": cut (every packet dropped, as when an
+// office loses its line while its LAN and the load keep going) for
+// [min_cut, max_cut] and then healed. Where namespaces are not permitted the
+// run goes on without the cuts and the verdict says why (network_cuts_skipped).
 #pragma once
 
 #include <atomic>
@@ -24,13 +36,17 @@
 namespace branchline::cli {
 
 struct ChaosOptions {
-  PipelineOptions pipeline;  // dir, agents, aggregators, binaries
-  double seconds = 300;      // length of the fault phase (load runs for as long)
-  double rate = 2000;        // records/s of load over all agents
-  uint64_t seed = 1;         // fault schedule and generator seed
-  int min_kills_each = 2;    // every component killed at least this often
+  PipelineOptions pipeline;      // dir, agents, aggregators, binaries
+  std::string store = "sqlite";  // or "postgresql" (see above)
+  std::string postgres_bin_dir = "/usr/lib/postgresql/15/bin";  // initdb, pg_ctl
+  double seconds = 300;    // length of the fault phase (load runs for as long)
+  double rate = 2000;      // records/s of load over all agents
+  uint64_t seed = 1;       // fault schedule and generator seed
+  int min_kills_each = 2;  // every component killed at least this often
   std::chrono::milliseconds min_gap{4000}, max_gap{15000};  // between two faults
   std::chrono::milliseconds min_down{300}, max_down{4000};  // a victim's downtime
+  bool network_cuts = false;                                // see above
+  std::chrono::milliseconds min_cut{2000}, max_cut{16000};  // an uplink's downtime
   std::chrono::seconds drain_timeout{300};
   const std::atomic<bool>* cancel = nullptr;  // set by another thread to stop early
 };
@@ -56,7 +72,8 @@ struct ChaosVerdict {
   double drain_seconds = 0;      // from the end of load until every buffer was empty
   bool drained = false;
   double max_ready_seconds = 0;      // the slowest restart-to-ready
-  std::map<std::string, int> kills;  // component -> SIGKILLs
+  std::map<std::string, int> kills;  // component -> SIGKILLs ("uplink:<agent>": cuts)
+  std::string network_cuts_skipped;  // why, when cuts were asked for and not possible
   std::vector<ChaosFault> faults;
   std::vector<std::string> errors;  // anything that makes the run invalid
   std::string load_json;            // the load client's own stats (LoadStats::toJson)

@@ -107,6 +107,19 @@ std::string effectiveTopicPrefix(const PipelineOptions& o) {
   return "branchline/v1";
 }
 
+constexpr const char* kFirstBroker = "mosquitto";
+constexpr const char* kSecondBroker = "mosquitto-2";
+
+// The bridge's client id at the first broker: its certificate's CN (with TLS
+// the broker takes that as its user name), so the first broker's log names it.
+std::string bridgeClientId(const std::string& broker) { return pki::bridgeIdentity(broker); }
+
+uint64_t fileSize(const std::string& path) {
+  std::error_code ec;
+  const auto n = fs::file_size(path, ec);
+  return ec ? 0 : static_cast<uint64_t>(n);
+}
+
 std::string currentUserName() {
   if (const passwd* pw = ::getpwuid(::geteuid()); pw != nullptr) return pw->pw_name;
   return "root";
@@ -182,13 +195,22 @@ LocalPipeline::LocalPipeline(PipelineOptions options) : options_(std::move(optio
 LocalPipeline::~LocalPipeline() { stop(); }
 
 std::string LocalPipeline::brokerUri() const {
+  auto uris = brokerUris();
+  return uris.empty() ? "" : uris.front();
+}
+
+std::vector<std::string> LocalPipeline::brokerUris() const {
+  std::vector<std::string> out;
   for (const auto& m : members_) {
     if (m->role == Role::kBroker) {
-      return (options_.secure ? "ssl://127.0.0.1:" : "tcp://127.0.0.1:") + std::to_string(m->port);
+      out.push_back((options_.secure ? "ssl://127.0.0.1:" : "tcp://127.0.0.1:") +
+                    std::to_string(m->port));
     }
   }
-  return "";
+  return out;
 }
+
+Member* LocalPipeline::firstBroker() { return member(kFirstBroker); }
 
 bool LocalPipeline::sealsBatches() const { return options_.secure; }
 
@@ -231,6 +253,10 @@ Status LocalPipeline::plan() {
                                                  u.rfind("postgres://", 0) != 0) {
     return Status::invalid(
         "pipeline: --store must be sqlite:///abs/path.db or postgresql://user@host:port/db");
+  }
+  if (options_.brokers != 1 && options_.brokers != 2) {
+    return Status::invalid("pipeline: brokers must be 1 or 2 (a bridged pair), got " +
+                           std::to_string(options_.brokers));
   }
   if (options_.aggregators < 1 || options_.aggregators > 10) {
     return Status::invalid("pipeline: aggregators must be 1..10, got " +
@@ -275,7 +301,10 @@ Status LocalPipeline::plan() {
     return Status::ok();
   };
   members_.clear();
-  BL_RETURN_IF_ERROR(add(Role::kBroker, "mosquitto", 0, "mosquitto.conf", options_.mosquitto));
+  BL_RETURN_IF_ERROR(add(Role::kBroker, kFirstBroker, 0, "mosquitto.conf", options_.mosquitto));
+  if (options_.brokers == 2) {
+    BL_RETURN_IF_ERROR(add(Role::kBroker, kSecondBroker, 1, "mosquitto.conf", options_.mosquitto));
+  }
   for (int i = 0; i < options_.aggregators; ++i) {
     BL_RETURN_IF_ERROR(add(Role::kAggregator, "agg-" + std::to_string(i + 1), 10 + i,
                            "aggregator.toml", options_.bin_dir + "/branchline-aggregator"));
@@ -284,11 +313,53 @@ Status LocalPipeline::plan() {
     BL_RETURN_IF_ERROR(add(Role::kAgent, "agent-" + std::to_string(i + 1), 20 + i, "agent.toml",
                            options_.bin_dir + "/branchline-agent"));
   }
+  if (options_.isolate_agents) BL_RETURN_IF_ERROR(isolateAgents());
   return Status::ok();
 }
 
+Status LocalPipeline::isolateAgents() {
+  std::error_code ec;
+  if (options_.secure && fs::exists(PkiLayout{pkiDir()}.caCert(), ec)) {
+    return Status::invalid("pipeline: isolated agents need a fresh --dir (" + pkiDir() +
+                           " exists, and its broker certificate cannot name the new uplinks)");
+  }
+  namespaces_.clear();
+  int index = 0;
+  for (auto& m : members_) {
+    if (m->role != Role::kAgent) continue;
+    auto ns = NetworkNamespace::create(++index);
+    if (!ns.isOk()) return ns.status().withContext("pipeline: isolate " + m->name);
+    m->netns = ns->get();
+    m->url = "http://" + m->netns->localInnerAddress() + ":" + std::to_string(m->port);
+    // `ip netns exec` execs the agent: the pid stays the agent's own.
+    std::vector<std::string> argv = m->netns->execPrefix();
+    argv.push_back(m->spec.executable);
+    argv.insert(argv.end(), m->spec.args.begin(), m->spec.args.end());
+    m->spec.executable = argv.front();
+    m->spec.args.assign(argv.begin() + 1, argv.end());
+    namespaces_.push_back(std::move(ns).value());
+  }
+  return Status::ok();
+}
+
+Status LocalPipeline::cutNetwork(const std::string& agent) {
+  Member* m = member(agent);
+  if (m == nullptr || m->netns == nullptr) {
+    return Status::invalid("cut network: `" + agent + "` is not an isolated agent");
+  }
+  return m->netns->cut();
+}
+
+Status LocalPipeline::healNetwork(const std::string& agent) {
+  Member* m = member(agent);
+  if (m == nullptr || m->netns == nullptr) {
+    return Status::invalid("heal network: `" + agent + "` is not an isolated agent");
+  }
+  return m->netns->heal();
+}
+
 // The PKI is made once per DIR and reused by later starts; members added
-// since (more agents or aggregators) are enrolled into it.
+// since (more agents or aggregators, a second broker's bridge) are enrolled into it.
 Status LocalPipeline::preparePki() {
   const std::string dir = pkiDir();
   const PkiLayout layout{dir};
@@ -302,6 +373,8 @@ Status LocalPipeline::preparePki() {
       if (m->role == Role::kAggregator) init.aggregators.push_back(m->name);
     }
     init.topic_prefix = prefix;
+    // Isolated agents reach the brokers at their uplinks' host ends.
+    for (const auto& ns : namespaces_) init.broker_hosts.push_back(ns->uplinkHostAddress());
     auto made = initPki(init);
     if (!made.isOk()) return made.status().withContext("pipeline PKI " + dir);
   }
@@ -312,6 +385,10 @@ Status LocalPipeline::preparePki() {
     } else if (m->role == Role::kAgent && !fs::exists(layout.agentCert(m->name), ec)) {
       auto r = enrollAgent(dir, m->name);
       if (!r.isOk()) return r.status().withContext("pipeline PKI " + dir);
+    } else if (m->role == Role::kBroker && m->name != kFirstBroker &&
+               !fs::exists(layout.bridgeCert(m->name), ec)) {
+      auto r = enrollBridge(dir, m->name, 825, prefix);
+      if (!r.isOk()) return r.status().withContext("pipeline PKI " + dir);
     }
   }
   auto seal = currentSealPrivateKey(dir);
@@ -321,25 +398,44 @@ Status LocalPipeline::preparePki() {
 }
 
 Status LocalPipeline::writeConfigs() {
-  const std::string brokers = "[" + tomlString(brokerUri()) + "]";
+  std::string brokers;
+  for (const auto& uri : brokerUris()) brokers += (brokers.empty() ? "" : ", ") + tomlString(uri);
+  brokers = "[" + brokers + "]";
   const PkiLayout layout{pkiDir()};
+  const std::string prefix = effectiveTopicPrefix(options_);
+  std::vector<std::string> bridges;  // every broker but the first bridges to it
+  for (const auto& b : members_) {
+    if (b->role == Role::kBroker && b->name != kFirstBroker) bridges.push_back(b->name);
+  }
+  const Member* first = firstBroker();
   for (const auto& m : members_) {
     std::string text;
     if (m->role == Role::kBroker) {
-      text = "# Written by `branchline up`: a private broker on loopback.\n";
-      text += "listener " + std::to_string(m->port) + " 127.0.0.1\n";
+      text = "# Written by `branchline up`: a private broker on loopback";
+      text += m->name == kFirstBroker ? ".\n" : ", bridged to " + first->name + ".\n";
+      std::vector<std::string> listen_on{"127.0.0.1"};
+      for (const auto& ns : namespaces_) listen_on.push_back(ns->uplinkHostAddress());
+      std::string tls, more_tls;
       if (options_.secure) {
         std::vector<std::string> aggregators;
         for (const auto& a : members_) {
           if (a->role == Role::kAggregator) aggregators.push_back(a->name);
         }
         const std::string acl = m->data_dir + "/acl";
-        BL_RETURN_IF_ERROR(
-            writeFile(acl, pki::mosquittoAcl(effectiveTopicPrefix(options_), aggregators)));
-        text += pki::mosquittoTlsSettings({layout.caCert().string(), layout.brokerCert().string(),
-                                           layout.brokerKey().string(), acl});
-      } else {
-        text += "allow_anonymous true\n";
+        BL_RETURN_IF_ERROR(writeFile(acl, pki::mosquittoAcl(prefix, aggregators, bridges)));
+        const pki::BrokerTlsFiles files{layout.caCert().string(), layout.brokerCert().string(),
+                                        layout.brokerKey().string(), acl};
+        tls = pki::mosquittoTlsSettings(files);
+        more_tls = pki::mosquittoListenerTlsSettings(files);
+      }
+      // TLS settings belong to the listener above them: each one gets its own.
+      for (size_t i = 0; i < listen_on.size(); ++i) {
+        text += "listener " + std::to_string(m->port) + " " + listen_on[i] + "\n";
+        if (!options_.secure) {
+          text += "allow_anonymous true\n";
+        } else {
+          text += i == 0 ? tls : more_tls;
+        }
       }
       // Queues must survive a broker restart and never drop silently: a PUBACK
       // only means the broker has the batch, so nothing may be thrown away here.
@@ -352,9 +448,36 @@ Status LocalPipeline::writeConfigs() {
       text += "set_tcp_nodelay true\n";
       // As root Mosquitto would switch to user `mosquitto`, who cannot write DIR.
       text += "user " + currentUserName() + "\n";
-      text += "log_dest file " + m->data_dir + "/mosquitto.log\n";
+      text += "log_dest file " + m->log_path + "\n";
       text += "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n";
+      // Subscriptions are few (made on connect); the bridge's tells start() it is up.
+      text += "log_type subscribe\n";
       text += "connection_messages true\n";
+      if (m->name != kFirstBroker) {
+        // Last in the file: the options below belong to the bridge.
+        text += "\n# The bridge: every topic under the prefix, both ways, so a client on\n";
+        text += "# either broker reaches one on the other.\n";
+        text += "connection to-" + first->name + "\n";
+        text += "address 127.0.0.1:" + std::to_string(first->port) + "\n";
+        text += "remote_clientid " + bridgeClientId(m->name) + "\n";
+        text += "topic " + prefix + "/# both 1\n";
+        // Messages for a bridge that is down wait in its session, on either side.
+        text += "cleansession false\n";
+        text += "bridge_protocol_version mqttv311\n";
+        // The first broker then knows a bridge and sends nothing back to where it came from.
+        text += "try_private true\n";
+        // Reconnect 1-2 s after the first broker comes back (default: 5-30 s).
+        text += "restart_timeout 1 2\n";
+        // The $SYS state topic is outside every ACL.
+        text += "notifications false\n";
+        if (options_.secure) {
+          text += "bridge_cafile " + layout.caCert().string() + "\n";
+          text += "bridge_certfile " + layout.bridgeCert(m->name).string() + "\n";
+          text += "bridge_keyfile " + layout.bridgeKey(m->name).string() + "\n";
+          // The first broker's certificate is checked, its SAN against 127.0.0.1.
+          text += "bridge_insecure false\n";
+        }
+      }
     } else if (m->role == Role::kAggregator) {
       TomlDoc doc;
       doc.set("aggregator", "name", tomlString(m->name));
@@ -378,8 +501,22 @@ Status LocalPipeline::writeConfigs() {
       TomlDoc doc;
       doc.set("agent", "id", tomlString(m->name));
       doc.set("agent", "data_dir", tomlString(m->data_dir));
-      doc.set("http", "listen", tomlString("127.0.0.1:" + std::to_string(m->port)));
-      doc.set("mqtt", "brokers", brokers);
+      if (m->netns != nullptr) {
+        // Its own namespace: local clients on the local link, brokers over the uplink.
+        doc.set("http", "listen",
+                tomlString(m->netns->localInnerAddress() + ":" + std::to_string(m->port)));
+        std::string uplinked;
+        for (const auto& b : members_) {
+          if (b->role != Role::kBroker) continue;
+          uplinked += (uplinked.empty() ? "" : ", ") +
+                      tomlString((options_.secure ? "ssl://" : "tcp://") +
+                                 m->netns->uplinkHostAddress() + ":" + std::to_string(b->port));
+        }
+        doc.set("mqtt", "brokers", "[" + uplinked + "]");
+      } else {
+        doc.set("http", "listen", tomlString("127.0.0.1:" + std::to_string(m->port)));
+        doc.set("mqtt", "brokers", brokers);
+      }
       if (options_.secure) {
         doc.set("mqtt", "ca_file", tomlString(layout.caCert().string()));
         doc.set("mqtt", "cert_file", tomlString(layout.agentCert(m->name).string()));
@@ -443,6 +580,42 @@ Status LocalPipeline::waitReady(Member& m) {
   }
 }
 
+Status LocalPipeline::waitBridge(uint64_t log_offset) {
+  Member* first = firstBroker();
+  Member* second = member(kSecondBroker);
+  if (first == nullptr || second == nullptr || !first->process.isRunning() ||
+      !second->process.isRunning()) {
+    return Status::ok();
+  }
+  // Mosquitto logs a subscription only once it is allowed (ACL) and made; the
+  // bridge subscribes right after its CONNACK, so this line means traffic flows.
+  const std::string line =
+      ": " + bridgeClientId(second->name) + " 1 " + effectiveTopicPrefix(options_) + "/#\n";
+  const int64_t deadline = steadyMicros() + options_.ready_timeout.count() * 1000;
+  while (true) {
+    for (Member* m : {first, second}) {
+      if (!m->process.isRunning()) {
+        return Status::unavailable(m->name + " " + describeWaitStatus(*m->process.waitStatus()) +
+                                   " while the bridge was connecting; end of " + m->log_path +
+                                   ":\n" + tailOfFile(m->log_path));
+      }
+    }
+    const uint64_t size = fileSize(first->log_path);
+    if (size > log_offset &&
+        tailOfFile(first->log_path, size - log_offset).find(line) != std::string::npos) {
+      return Status::ok();
+    }
+    if (steadyMicros() >= deadline) {
+      return Status::unavailable(
+          "the bridge from " + second->name + " to " + first->name + " is not up after " +
+          std::to_string(options_.ready_timeout.count()) + " ms; end of " + second->log_path +
+          ":\n" + tailOfFile(second->log_path) + "\nend of " + first->log_path + ":\n" +
+          tailOfFile(first->log_path));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
 Status LocalPipeline::writeTopology() {
   std::string out = "{\"store\": ";
   log::appendJsonString(out, storeUrl());
@@ -482,10 +655,13 @@ Status LocalPipeline::start() {
     ::unlink(topologyPath().c_str());
     if (options_.secure) BL_RETURN_IF_ERROR(preparePki());
     BL_RETURN_IF_ERROR(writeConfigs());
+    // The broker log may hold earlier runs' lines: only what comes after counts.
+    const uint64_t bridge_log_from = fileSize(firstBroker()->log_path);
     for (Role role : {Role::kBroker, Role::kAggregator, Role::kAgent}) {
       for (auto& m : members_) {
         if (m->role == role) BL_RETURN_IF_ERROR(launch(*m));
       }
+      if (role == Role::kBroker) BL_RETURN_IF_ERROR(waitBridge(bridge_log_from));
     }
     return writeTopology();
   }();
@@ -532,7 +708,10 @@ Status LocalPipeline::restart(const std::string& name) {
   Member* m = member(name);
   if (m == nullptr) return Status::notFound("no process named `" + name + "`");
   if (m->process.isRunning()) m->process.terminate(options_.stop_grace);
+  // Taken once the old process is gone: a bridge line after it is the new bridge's.
+  const uint64_t bridge_log_from = fileSize(firstBroker()->log_path);
   BL_RETURN_IF_ERROR(launch(*m));
+  if (m->role == Role::kBroker) BL_RETURN_IF_ERROR(waitBridge(bridge_log_from));
   return writeTopology();
 }
 

@@ -2,12 +2,14 @@
 
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sqlite3.h>
 #include <toml++/toml.h>
 #include <unistd.h>
 
 #include <boost/json/parse.hpp>
 #include <cstdlib>
 #include <filesystem>
+#include <thread>
 
 #include "cli/net/http_client.h"
 
@@ -184,6 +186,106 @@ TEST(LocalPipelineTest, RejectsBadOptions) {
   o.agent_overrides = {{"nodot", "1"}};
   o.bin_dir = tmp.path();
   EXPECT_EQ(LocalPipeline(o).start().code(), Code::kInvalidArgument);
+  o.agent_overrides.clear();
+  for (int brokers : {0, 3}) {
+    o.brokers = brokers;
+    Status s = LocalPipeline(o).start();
+    EXPECT_EQ(s.code(), Code::kInvalidArgument) << brokers;
+    EXPECT_NE(s.message().find("brokers must be 1 or 2"), std::string::npos) << s.toString();
+  }
+}
+
+// Two brokers, for real (the agent and aggregator binaries are missing on
+// purpose): the second is bridged to the first over TLS with its own identity,
+// start() gets past the bridge (so it fails on the binaries), and every config
+// lists both brokers, the first first.
+TEST(LocalPipelineTest, SecondBrokerIsBridgedAndListedInEveryConfig) {
+  TempDir tmp, empty_bin;
+  auto free = freeLoopbackPort();
+  ASSERT_TRUE(free.isOk());
+  const uint16_t base = static_cast<uint16_t>(20000 + (*free % 20000));
+  PipelineOptions o;
+  o.dir = tmp.path();
+  o.agents = 1;
+  o.aggregators = 2;
+  o.brokers = 2;
+  o.base_port = base;
+  o.bin_dir = empty_bin.path();
+  o.agent_overrides = {{"mqtt.topic_prefix", "\"fleet/v9\""}};
+  o.aggregator_overrides = {{"mqtt.topic_prefix", "\"fleet/v9\""}};
+  LocalPipeline p(o);
+  Status s = p.start();
+  ASSERT_EQ(s.code(), Code::kNotFound) << "fails on the binaries, not the bridge: " << s.toString();
+  EXPECT_NE(s.message().find("branchline-aggregator"), std::string::npos) << s.toString();
+
+  EXPECT_EQ(p.member("mosquitto")->port, base);
+  EXPECT_EQ(p.member("mosquitto-2")->port, base + 1);
+  EXPECT_EQ(p.member("mosquitto-2")->role, Role::kBroker);
+  EXPECT_EQ(p.member("mosquitto-2")->url, "mqtts://127.0.0.1:" + std::to_string(base + 1));
+  const std::vector<std::string> uris = {"ssl://127.0.0.1:" + std::to_string(base),
+                                         "ssl://127.0.0.1:" + std::to_string(base + 1)};
+  EXPECT_EQ(p.brokerUris(), uris);
+  EXPECT_EQ(p.brokerUri(), uris[0]);
+  for (const std::string config : {"/agg-1/aggregator.toml", "/agent-1/agent.toml"}) {
+    auto doc = toml::parse_file(p.dir() + config);
+    const auto* brokers = doc["mqtt"]["brokers"].as_array();
+    ASSERT_NE(brokers, nullptr) << config;
+    ASSERT_EQ(brokers->size(), 2u) << config;
+    EXPECT_EQ((*brokers)[0].value_or(""), uris[0]) << config;
+    EXPECT_EQ((*brokers)[1].value_or(""), uris[1]) << config;
+  }
+
+  // The bridge: its own certificate (CN bridge.mosquitto-2) and ACL entry.
+  const std::string pki = p.dir() + "/pki";
+  const std::string conf = tmpFileContents(p.dir() + "/mosquitto-2/mosquitto.conf");
+  for (const std::string& line : std::vector<std::string>{
+           "listener " + std::to_string(base + 1) + " 127.0.0.1\n", "connection to-mosquitto\n",
+           "address 127.0.0.1:" + std::to_string(base) + "\n", "topic fleet/v9/# both 1\n",
+           "cleansession false\n", "bridge_protocol_version mqttv311\n", "try_private true\n",
+           "bridge_cafile " + pki + "/ca.crt\n",
+           "bridge_certfile " + pki + "/bridges/mosquitto-2.crt\n",
+           "bridge_keyfile " + pki + "/bridges/mosquitto-2.key\n", "bridge_insecure false\n",
+           "require_certificate true\n", "persistence_location " + p.dir() + "/mosquitto-2/\n"}) {
+    EXPECT_NE(conf.find(line), std::string::npos) << line << " not in\n" << conf;
+  }
+  EXPECT_EQ(tmpFileContents(p.dir() + "/mosquitto/mosquitto.conf").find("connection "),
+            std::string::npos)
+      << "only the second broker bridges";
+  for (const char* broker : {"/mosquitto/acl", "/mosquitto-2/acl"}) {
+    EXPECT_NE(tmpFileContents(p.dir() + broker)
+                  .find("user bridge.mosquitto-2\ntopic readwrite fleet/v9/#\n"),
+              std::string::npos)
+        << broker;
+  }
+  // The first broker admitted the bridge under that identity, and its subscription.
+  const std::string log = tmpFileContents(p.dir() + "/mosquitto/mosquitto.log");
+  EXPECT_NE(log.find("u'bridge.mosquitto-2'"), std::string::npos) << log;
+  EXPECT_NE(log.find(": bridge.mosquitto-2 1 fleet/v9/#\n"), std::string::npos) << log;
+  for (const char* name : {"mosquitto", "mosquitto-2"}) {
+    EXPECT_FALSE(p.process(name)->isRunning()) << name << ": a failed start stops what it started";
+  }
+}
+
+TEST(LocalPipelineTest, InsecureSecondBrokerBridgesOverPlainTcp) {
+  TempDir tmp, empty_bin;
+  PipelineOptions o;
+  o.dir = tmp.path();
+  o.agents = 1;
+  o.aggregators = 1;
+  o.brokers = 2;
+  o.secure = false;
+  o.bin_dir = empty_bin.path();
+  LocalPipeline p(o);
+  Status s = p.start();
+  ASSERT_EQ(s.code(), Code::kNotFound) << s.toString();
+  ASSERT_EQ(p.brokerUris().size(), 2u);
+  EXPECT_EQ(p.brokerUris()[1].rfind("tcp://127.0.0.1:", 0), 0u);
+  const std::string conf = tmpFileContents(p.dir() + "/mosquitto-2/mosquitto.conf");
+  EXPECT_NE(conf.find("allow_anonymous true\n"), std::string::npos) << conf;
+  EXPECT_NE(conf.find("connection to-mosquitto\n"), std::string::npos) << conf;
+  EXPECT_EQ(conf.find("bridge_cafile"), std::string::npos) << conf;
+  EXPECT_NE(tmpFileContents(p.dir() + "/mosquitto/mosquitto.log").find(": bridge.mosquitto-2 1 "),
+            std::string::npos);
 }
 
 // The whole pipeline with the real binaries (skipped until they are built).
@@ -236,6 +338,132 @@ TEST(LocalPipelineTest, StartsEverythingWritesTopologyAndSurvivesAKilledAgent) {
   ASSERT_TRUE(p.brokerRestart().isOk());
   p.stop();
   for (const auto& m : p.members()) EXPECT_FALSE(m->process.isRunning()) << m->name;
+}
+
+// With the real binaries: topology.json lists both brokers in the same format,
+// and restarting the first waits until the second's bridge is back.
+TEST(LocalPipelineTest, TwoBrokersInTopologyAndBrokerRestartWaitsForTheBridge) {
+  ASSERT_TRUE(haveBinaries()) << "branchline-agent/-aggregator not built in " << binDir();
+  TempDir tmp;
+  PipelineOptions o;
+  o.dir = tmp.path();
+  o.agents = 1;
+  o.aggregators = 1;
+  o.brokers = 2;
+  o.bin_dir = binDir();
+  LocalPipeline p(o);
+  Status s = p.start();
+  ASSERT_TRUE(s.isOk()) << s.toString();
+  auto topo = boost::json::parse(tmpFileContents(p.topologyPath())).as_object();
+  const auto& procs = topo.at("processes").as_array();
+  ASSERT_EQ(procs.size(), 4u);
+  std::vector<std::string> brokers;
+  for (const auto& v : procs) {
+    const auto& proc = v.as_object();
+    if (proc.at("role").as_string() != "broker") continue;
+    const std::string name(proc.at("name").as_string());
+    brokers.push_back(name);
+    EXPECT_EQ(proc.at("pid").as_int64(), p.process(name)->pid());
+    EXPECT_EQ(proc.at("config").as_string(), p.dir() + "/" + name + "/mosquitto.conf");
+    EXPECT_EQ(proc.at("data").as_string(), p.dir() + "/" + name);
+    EXPECT_EQ(proc.at("url").as_string(),
+              "mqtts://127.0.0.1:" + std::to_string(p.member(name)->port));
+  }
+  EXPECT_EQ(brokers, (std::vector<std::string>{"mosquitto", "mosquitto-2"}));
+
+  const std::string log = p.dir() + "/mosquitto/mosquitto.log";
+  const size_t before = tmpFileContents(log).size();
+  ASSERT_TRUE(p.brokerRestart().isOk());
+  EXPECT_NE(tmpFileContents(log).substr(before).find(": bridge.mosquitto-2 1 branchline/v1/#\n"),
+            std::string::npos)
+      << "restart() returned before the bridge was back";
+  p.stop();
+  for (const auto& m : p.members()) EXPECT_FALSE(m->process.isRunning()) << m->name;
+}
+
+}  // namespace
+}  // namespace branchline::cli
+
+namespace branchline::cli {
+namespace {
+
+// Rows in the central SQLite store's `records`; -1 when it cannot be read.
+int64_t storedRows(const LocalPipeline& p) {
+  sqlite3* db = nullptr;
+  int64_t n = -1;
+  if (sqlite3_open_v2(p.storePath().c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK) {
+    sqlite3_busy_timeout(db, 5000);
+    sqlite3_stmt* st = nullptr;
+    if (sqlite3_prepare_v2(db, "SELECT COUNT(*) FROM records", -1, &st, nullptr) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+      n = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_finalize(st);
+  }
+  sqlite3_close(db);
+  return n;
+}
+
+bool waitStored(const LocalPipeline& p, int64_t rows, std::chrono::seconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (storedRows(p) == rows) return true;
+    std::this_thread::sleep_for(100ms);
+  }
+  return false;
+}
+
+// With the real binaries, where network namespaces are permitted: an isolated
+// agent is reached on its local link, forwards over its uplink, keeps
+// accepting while the uplink is cut (nothing leaves it meanwhile) and drains
+// once it is healed.
+TEST(LocalPipelineTest, IsolatedAgentAcceptsWhileItsUplinkIsCutAndDrainsAfter) {
+  ASSERT_TRUE(haveBinaries()) << "branchline-agent/-aggregator not built in " << binDir();
+  {
+    auto probe = NetworkNamespace::create(119);
+    if (!probe.isOk()) {
+      GTEST_SKIP() << "network namespaces not permitted here: " << probe.status().toString();
+    }
+  }
+  TempDir tmp;
+  PipelineOptions o;
+  o.dir = tmp.path();
+  o.agents = 1;
+  o.aggregators = 1;
+  o.bin_dir = binDir();
+  o.isolate_agents = true;
+  LocalPipeline p(o);
+  Status s = p.start();
+  ASSERT_TRUE(s.isOk()) << s.toString();
+  Member* agent = p.member("agent-1");
+  ASSERT_NE(agent, nullptr);
+  ASSERT_NE(agent->netns, nullptr);
+  const std::string inner = agent->netns->localInnerAddress();
+  EXPECT_EQ(agent->url, "http://" + inner + ":" + std::to_string(agent->port));
+  const std::string conf = tmpFileContents(agent->config_path);
+  EXPECT_NE(conf.find("ssl://" + agent->netns->uplinkHostAddress() + ":"), std::string::npos)
+      << conf;
+  EXPECT_EQ(p.cutNetwork("agg-1").code(), Code::kInvalidArgument);
+
+  HttpConnection conn(inner, agent->port);
+  auto post = [&](const std::string& id) {
+    const std::string body = R"({"external_id":")" + id +
+                             R"(","name":"Ada","email":"ada@example.com","channel":"web",)"
+                             R"("created_at":"2026-11-25T10:00:00Z"})";
+    auto r = conn.request("POST", "/v1/records/customer", "application/json", body, 10s);
+    return r.isOk() ? r->status : 0;
+  };
+  ASSERT_EQ(post("iso-1"), 200);
+  ASSERT_TRUE(waitStored(p, 1, 30s)) << "not forwarded over the uplink";
+
+  ASSERT_TRUE(p.cutNetwork("agent-1").isOk());
+  EXPECT_EQ(post("iso-2"), 200) << "the office keeps accepting while its line is down";
+  std::this_thread::sleep_for(3s);
+  EXPECT_EQ(storedRows(p), 1) << "a record left over a cut uplink";
+
+  ASSERT_TRUE(p.healNetwork("agent-1").isOk());
+  EXPECT_TRUE(waitStored(p, 2, 60s)) << "not stored after the heal";
+  p.stop();
 }
 
 }  // namespace

@@ -98,11 +98,11 @@ Result<std::string> writeSealPair(const fs::path& private_file, const fs::path& 
   return protocol::sealKeyId(pair->public_key);
 }
 
-// Every aggregator with a certificate in the folder, sorted.
-std::vector<std::string> aggregatorsIn(const PkiLayout& layout) {
+// Every identity with a certificate (<name>.crt) in `dir`, sorted.
+std::vector<std::string> certifiedNamesIn(const fs::path& dir) {
   std::set<std::string> names;
   std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(layout.aggregatorsDir(), ec)) {
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
     const fs::path p = entry.path();
     if (p.extension() == ".crt" && pki::validIdentityName(p.stem().string())) {
       names.insert(p.stem().string());
@@ -114,7 +114,10 @@ std::vector<std::string> aggregatorsIn(const PkiLayout& layout) {
 Status writeBrokerFiles(const PkiLayout& layout, const std::string& topic_prefix,
                         PkiReport& report) {
   BL_RETURN_IF_ERROR(pki::writeFileAtomically(
-      layout.brokerAcl(), pki::mosquittoAcl(topic_prefix, aggregatorsIn(layout)), 0644, true));
+      layout.brokerAcl(),
+      pki::mosquittoAcl(topic_prefix, certifiedNamesIn(layout.aggregatorsDir()),
+                        certifiedNamesIn(layout.bridgesDir())),
+      0644, true));
   report.files.push_back(layout.brokerAcl().string());
   pki::BrokerTlsFiles files;
   files.ca_file = fs::absolute(layout.caCert()).string();
@@ -258,6 +261,29 @@ Result<PkiReport> enrollAggregator(const std::string& dir, const std::string& na
   PkiReport report;
   BL_RETURN_IF_ERROR(
       writeCredential(*cred, layout.aggregatorCert(name), layout.aggregatorKey(name), report));
+  BL_RETURN_IF_ERROR(writeBrokerFiles(layout, topic_prefix, report));
+  return report;
+}
+
+Result<PkiReport> enrollBridge(const std::string& dir, const std::string& broker_name, int days,
+                               const std::string& topic_prefix) {
+  BL_RETURN_IF_ERROR(checkName(broker_name, "broker name"));
+  BL_RETURN_IF_ERROR(checkDays(days, "--days"));
+  if (topic_prefix.empty()) return Status::invalid("pki enroll: empty topic prefix");
+  const PkiLayout layout{fs::absolute(dir)};
+  auto ca = loadAuthority(layout);
+  if (!ca.isOk()) return ca.status();
+  for (const auto& file : {layout.bridgeCert(broker_name), layout.bridgeKey(broker_name)}) {
+    BL_RETURN_IF_ERROR(
+        refuseExisting(file, "the bridge of broker `" + broker_name + "` is already enrolled"));
+  }
+  BL_RETURN_IF_ERROR(makeDir(layout.bridgesDir()));
+  BL_RETURN_IF_ERROR(makeDir(layout.brokerDir()));
+  auto cred = pki::issueCertificate(*ca, clientSpec(pki::bridgeIdentity(broker_name), days));
+  if (!cred.isOk()) return cred.status().withContext("bridge of broker " + broker_name);
+  PkiReport report;
+  BL_RETURN_IF_ERROR(writeCredential(*cred, layout.bridgeCert(broker_name),
+                                     layout.bridgeKey(broker_name), report));
   BL_RETURN_IF_ERROR(writeBrokerFiles(layout, topic_prefix, report));
   return report;
 }

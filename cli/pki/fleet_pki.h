@@ -2,7 +2,8 @@
 // that fill it: `branchline pki init` (the certificate authority, the broker's
 // server certificate, the aggregators' client certificates and their sealing
 // key) and `branchline pki enroll` (one agent's, or one more aggregator's,
-// certificate and sealing key pair). LocalPipeline uses the same functions.
+// certificate and sealing key pair). LocalPipeline uses the same functions, and
+// enrollBridge() for the bridge of its second broker.
 //
 // Guarantees: an existing CA is never overwritten, nor any existing key or
 // certificate (each is created with link(2), so even a concurrent run cannot
@@ -44,6 +45,14 @@ struct PkiLayout {
   }
   // A copy of the current aggregators' public sealing key: what agents seal to.
   std::filesystem::path currentSealPublicKey() const { return aggregatorsDir() / "seal.pub"; }
+  // A second broker's client certificate for its bridge to the first (CN "bridge.<name>").
+  std::filesystem::path bridgesDir() const { return dir / "bridges"; }
+  std::filesystem::path bridgeCert(const std::string& broker) const {
+    return bridgesDir() / (broker + ".crt");
+  }
+  std::filesystem::path bridgeKey(const std::string& broker) const {
+    return bridgesDir() / (broker + ".key");
+  }
   std::filesystem::path agentsDir() const { return dir / "agents"; }
   std::filesystem::path agentCert(const std::string& id) const {
     return agentsDir() / (id + ".crt");
@@ -88,6 +97,13 @@ Result<PkiReport> enrollAgent(const std::string& dir, const std::string& agent_i
 // broker/acl rewritten for every aggregator in the folder.
 Result<PkiReport> enrollAggregator(const std::string& dir, const std::string& name, int days = 825,
                                    const std::string& topic_prefix = "branchline/v1");
+
+// The client certificate broker `broker_name` presents when it bridges to
+// another broker of the fleet (CN "bridge.<name>", bridges/<name>.crt/.key),
+// then broker/acl rewritten so that identity may carry `<prefix>/#` both ways.
+// kNotFound without a CA in `dir`; kAlreadyExists if that broker is enrolled.
+Result<PkiReport> enrollBridge(const std::string& dir, const std::string& broker_name,
+                               int days = 825, const std::string& topic_prefix = "branchline/v1");
 
 // The current aggregators' private sealing key file (aggregators/seal-<id>.key,
 // the pair of seal.pub). kNotFound / kInvalidArgument when seal.pub is missing or bad.

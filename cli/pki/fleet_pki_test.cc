@@ -176,5 +176,28 @@ TEST(FleetPkiTest, EnrollingAnAggregatorExtendsTheBrokerAcl) {
   EXPECT_EQ(enrollAggregator(o.dir, "agg-3").status().code(), Code::kAlreadyExists);
 }
 
+TEST(FleetPkiTest, EnrollingABridgeGivesItsOwnIdentityAndAclEntry) {
+  TempDir tmp;
+  PkiInitOptions o;
+  o.dir = tmp.path();
+  o.aggregators = {"agg-1"};
+  o.topic_prefix = "fleet/v2";
+  ASSERT_TRUE(initPki(o).isOk());
+  const PkiLayout layout{o.dir};
+  auto report = enrollBridge(o.dir, "mosquitto-2", 825, "fleet/v2");
+  ASSERT_TRUE(report.isOk()) << report.status().toString();
+  EXPECT_EQ(verifiedCommonName(layout, layout.bridgeCert("mosquitto-2")), "bridge.mosquitto-2");
+  EXPECT_EQ(modeOf(layout.bridgeKey("mosquitto-2")), 0600u);
+  const std::string acl = text(layout.brokerAcl());
+  EXPECT_NE(acl.find("user bridge.mosquitto-2\ntopic readwrite fleet/v2/#\n"), std::string::npos)
+      << acl;
+  EXPECT_NE(acl.find("user aggregator.agg-1\n"), std::string::npos) << acl;
+  // A later aggregator enrollment keeps the bridge in the ACL.
+  ASSERT_TRUE(enrollAggregator(o.dir, "agg-2", 825, "fleet/v2").isOk());
+  EXPECT_NE(text(layout.brokerAcl()).find("user bridge.mosquitto-2\n"), std::string::npos);
+  EXPECT_EQ(enrollBridge(o.dir, "mosquitto-2").status().code(), Code::kAlreadyExists);
+  EXPECT_EQ(enrollBridge(o.dir, "a.b").status().code(), Code::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace branchline::cli

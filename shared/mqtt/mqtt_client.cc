@@ -98,6 +98,12 @@ Status checkTlsOptions(const ClientOptions& o) {
 constexpr auto kDisconnectTimeout = std::chrono::milliseconds(1000);
 constexpr auto kConnectTimeout = std::chrono::seconds(5);
 constexpr auto kSubscribeWait = std::chrono::seconds(5);
+// Paho C++ 1.2 wakes a token's waiter before it is done with the token: after
+// notify_all() its callback thread still calls async_client::remove_token(),
+// which locks a mutex inside the client. A client destroyed in that window is
+// used after free (seen under ASan when a refused connect and stop() raced).
+// Nothing tells us when that thread has left, so stop() gives it this long.
+constexpr auto kTokenCallbackGrace = std::chrono::milliseconds(100);
 
 }  // namespace
 
@@ -118,6 +124,7 @@ struct Client::Impl : public ::mqtt::iaction_listener {
   std::vector<std::pair<std::string, int>> subscriptions;
   bool stopping = false;
   bool started = false;
+  bool connection_lost = false;  // the connector makes the next connect
   std::thread connector;
 
   ::mqtt::connect_options connect_options;
@@ -175,6 +182,11 @@ struct Client::Impl : public ::mqtt::iaction_listener {
     CallbackScope scope;
     connected.store(false);
     log::warn("mqtt_connection_lost", {{"client_id", options.client_id}, {"cause", cause}});
+    {
+      std::lock_guard lock(state_mutex);
+      connection_lost = true;
+    }
+    state_cv.notify_all();
     callHandler(false);
   }
 
@@ -186,27 +198,40 @@ struct Client::Impl : public ::mqtt::iaction_listener {
     if (deliver && on_message) on_message(std::move(m));
   }
 
-  // Runs until the first connect succeeds; Paho's automatic reconnect owns
-  // every later one. (Paho does not retry a first connect that fails.)
+  // Makes every connect, the first and each after a loss, until stop().
+  // Paho's automatic reconnect and its own walk over a list of server URIs are
+  // not used: a reconnect there starts at the URI last connected to and never
+  // goes back to the ones before it (eclipse-paho/paho.mqtt.c#1661), so a
+  // client that failed over to the second broker would never return to the
+  // first. Each attempt here names one URI, and every round starts at the first.
   void connectLoop() {
+    for (;;) {
+      connectOnce();
+      std::unique_lock lock(state_mutex);
+      state_cv.wait(lock, [&] { return stopping || connection_lost; });
+      // A pause before the first attempt, as Paho's own reconnect made.
+      if (state_cv.wait_for(lock, options.min_reconnect, [&] { return stopping; })) return;
+      lock.unlock();
+      // Paho reports a loss from its network thread while holding its global
+      // mutex, and after our handler returns it still reads the connect
+      // callbacks that a new connect() replaces (unlocked). is_connected() takes
+      // that mutex: once it returns, Paho is done with the lost connection.
+      (void)client->is_connected();
+    }
+  }
+
+  // Until connected (or stop()): the URIs in order, then a backoff, then again.
+  void connectOnce() {
     auto backoff = options.min_reconnect;
     for (;;) {
-      {
-        std::lock_guard lock(state_mutex);
-        if (stopping) return;
-      }
       std::string error;
-      try {
-        auto tok = client->connect(connect_options);
-        const auto budget = kConnectTimeout * static_cast<int>(options.broker_uris.size()) +
-                            std::chrono::seconds(1);
-        if (tok->wait_for(budget)) return;
-        error = "timed out";
-        // The attempt may still be running; wait for it before starting another.
-        tok->wait_for(budget);
-        if (connected.load()) return;
-      } catch (const ::mqtt::exception& e) {
-        error = e.what();
+      for (const auto& uri : options.broker_uris) {
+        {
+          std::lock_guard lock(state_mutex);
+          if (stopping) return;
+          connection_lost = false;
+        }
+        if (connectTo(uri, error)) return;
       }
       log::warn("mqtt_connect_failed",
                 {{"client_id", options.client_id},
@@ -217,6 +242,25 @@ struct Client::Impl : public ::mqtt::iaction_listener {
       if (state_cv.wait_for(lock, backoff, [&] { return stopping; })) return;
       backoff = std::min(backoff * 2, options.max_reconnect);
     }
+  }
+
+  // One attempt at one broker; on failure appends "<uri>: <why>" to `errors`.
+  bool connectTo(const std::string& uri, std::string& errors) {
+    std::string error;
+    try {
+      connect_options.set_servers(std::make_shared<::mqtt::string_collection>(uri));
+      auto tok = client->connect(connect_options);
+      const auto budget = kConnectTimeout + std::chrono::seconds(1);
+      if (tok->wait_for(budget)) return true;
+      error = "timed out";
+      // The attempt may still be running; wait for it before starting another.
+      tok->wait_for(budget);
+      if (connected.load()) return true;
+    } catch (const ::mqtt::exception& e) {
+      error = e.what();
+    }
+    errors += (errors.empty() ? "" : "; ") + uri + ": " + error;
+    return false;
   }
 };
 
@@ -241,9 +285,9 @@ Client::Client(ClientOptions options, MessageHandler on_message, ConnectionHandl
   co.set_clean_session(o.clean_session);
   co.set_keep_alive_interval(o.keepalive);
   co.set_connect_timeout(kConnectTimeout);
-  co.set_automatic_reconnect(o.min_reconnect, o.max_reconnect);
+  // No set_automatic_reconnect: Impl::connectLoop() reconnects (see there).
   co.set_max_inflight(o.max_inflight);
-  co.set_servers(std::make_shared<::mqtt::string_collection>(o.broker_uris));
+  // set_servers: one URI per attempt, in Impl::connectTo().
   if (!o.username.empty()) co.set_user_name(o.username);
   if (!o.password.empty()) co.set_password(o.password);
 
@@ -358,6 +402,7 @@ void Client::stop() {
   } catch (const ::mqtt::exception&) {
     // Only fails while a connect is in progress; destroying the client below stops it too.
   }
+  std::this_thread::sleep_for(kTokenCallbackGrace);
   impl_->client.reset();
 }
 

@@ -23,7 +23,8 @@
 namespace branchline::mqtt {
 
 struct ClientOptions {
-  std::vector<std::string> broker_uris;  // "tcp://127.0.0.1:1883", tried in order
+  // "tcp://127.0.0.1:1883", tried in order, from the first on every (re)connect.
+  std::vector<std::string> broker_uris;
   std::string client_id;
   bool clean_session = true;
   std::chrono::seconds keepalive{10};

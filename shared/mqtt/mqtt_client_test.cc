@@ -198,6 +198,48 @@ TEST_F(MqttClientTest, FirstConnectRetriesUntilBrokerAppearsAndTriesEveryUri) {
   EXPECT_TRUE(box.waitFor([&] { return !box.messages.empty(); }));
 }
 
+// Failover both ways: after moving to the second URI, a later loss must bring
+// the client back to the first (Paho's own reconnect never goes back).
+TEST_F(MqttClientTest, ReconnectWalksTheWholeListFromTheFirstUri) {
+  MosquittoProcess second;
+  ASSERT_TRUE(second.start()) << second.error();
+  Inbox box, first_box, second_box;
+  ClientOptions o = options("failover");
+  o.broker_uris = {broker_.uri(), second.uri()};
+  Client c(o, box.messageHandler(), box.connectionHandler());
+  ASSERT_TRUE(c.subscribe("f/t", 1).isOk());
+  // One publisher on each broker: a message reaches `c` only through the broker it is on.
+  ClientOptions o1 = options("on-first"), o2 = options("on-second");
+  o2.broker_uris = {second.uri()};
+  Client on_first(o1, first_box.messageHandler(), first_box.connectionHandler());
+  Client on_second(o2, second_box.messageHandler(), second_box.connectionHandler());
+  for (Client* client : {&c, &on_first, &on_second}) ASSERT_TRUE(client->start().isOk());
+  ASSERT_TRUE(box.waitFor([&] { return box.ups >= 1; }));
+  ASSERT_TRUE(first_box.waitFor([&] { return first_box.ups >= 1; }));
+  ASSERT_TRUE(second_box.waitFor([&] { return second_box.ups >= 1; }));
+  auto received = [&](const std::string& payload) {
+    return box.waitFor([&] {
+      for (auto& m : box.messages)
+        if (m.payload == payload) return true;
+      return false;
+    });
+  };
+  ASSERT_TRUE(on_first.publish("f/t", "1", 1).isOk());
+  EXPECT_TRUE(received("1")) << "not on the first broker at the start";
+
+  broker_.kill9();
+  ASSERT_TRUE(box.waitFor([&] { return box.ups >= 2; }, 15s)) << "no failover to the second";
+  ASSERT_TRUE(on_second.publish("f/t", "2", 1).isOk());
+  EXPECT_TRUE(received("2")) << "not on the second broker after the first died";
+
+  ASSERT_TRUE(broker_.restart()) << broker_.error();
+  ASSERT_TRUE(first_box.waitFor([&] { return first_box.ups >= 2; }, 15s));
+  second.kill9();
+  ASSERT_TRUE(box.waitFor([&] { return box.ups >= 3; }, 15s)) << "never went back to the first";
+  ASSERT_TRUE(on_first.publish("f/t", "3", 1).isOk());
+  EXPECT_TRUE(received("3")) << "not back on the first broker after the second died";
+}
+
 TEST_F(MqttClientTest, StopIsPromptAndSilencesHandlers) {
   Inbox box;
   std::atomic<int> after_stop{0};

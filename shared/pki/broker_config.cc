@@ -16,7 +16,18 @@ std::string aggregatorIdentity(std::string_view aggregator_name) {
   return "aggregator." + std::string(aggregator_name);
 }
 
+std::string bridgeIdentity(std::string_view broker_name) {
+  return "bridge." + std::string(broker_name);
+}
+
 std::string mosquittoTlsSettings(const BrokerTlsFiles& files) {
+  std::string out = mosquittoListenerTlsSettings(files);
+  out += "allow_anonymous false\n";
+  out += "acl_file " + files.acl_file + "\n";
+  return out;
+}
+
+std::string mosquittoListenerTlsSettings(const BrokerTlsFiles& files) {
   std::string out;
   out += "cafile " + files.ca_file + "\n";
   out += "certfile " + files.cert_file + "\n";
@@ -27,13 +38,12 @@ std::string mosquittoTlsSettings(const BrokerTlsFiles& files) {
   // The certificate's CN is the user name the ACL's %u and `user` lines see;
   // with it no client can claim a name its certificate does not carry.
   out += "use_identity_as_username true\n";
-  out += "allow_anonymous false\n";
-  out += "acl_file " + files.acl_file + "\n";
   return out;
 }
 
 std::string mosquittoAcl(std::string_view topic_prefix,
-                         const std::vector<std::string>& aggregator_names) {
+                         const std::vector<std::string>& aggregator_names,
+                         const std::vector<std::string>& bridge_names) {
   const std::string agents = std::string(topic_prefix) + "/agents/";
   std::string out =
       "# Written by `branchline pki`: each client's user name is its certificate's CN.\n"
@@ -53,6 +63,11 @@ std::string mosquittoAcl(std::string_view topic_prefix,
     out += "topic read " + agents + "+/status\n";
     out += "topic write " + agents + "+/config\n";
     out += "topic write " + online + "\n";
+  }
+  for (const auto& name : bridge_names) {
+    out += "\n# Bridge from broker " + name + ": carries every client's topics both ways.\n";
+    out += "user " + bridgeIdentity(name) + "\n";
+    out += "topic readwrite " + std::string(topic_prefix) + "/#\n";
   }
   return out;
 }

@@ -19,6 +19,11 @@ bool validIdentityName(std::string_view name);
 // "aggregator.<name>". The dot keeps it apart from every possible agent id.
 std::string aggregatorIdentity(std::string_view aggregator_name);
 
+// The CN (and broker user name) of the client certificate a bridging broker
+// `<name>` presents to the broker it bridges to: "bridge.<name>" (README
+// "Two brokers (failover)"). The dot keeps it apart from agent ids too.
+std::string bridgeIdentity(std::string_view broker_name);
+
 struct BrokerTlsFiles {
   std::string ca_file;    // clients' certificates must chain to it
   std::string cert_file;  // the broker's server certificate
@@ -26,11 +31,18 @@ struct BrokerTlsFiles {
   std::string acl_file;   // mosquittoAcl() text
 };
 
-// mosquitto.conf lines that follow a `listener <port> <address>` line.
+// mosquitto.conf lines that follow a `listener <port> <address>` line: the
+// listener's TLS settings and then the global ones (no anonymous access, the
+// ACL), which Mosquitto accepts only once per file.
 std::string mosquittoTlsSettings(const BrokerTlsFiles& files);
+// Only the listener's own TLS settings, for every further listener.
+std::string mosquittoListenerTlsSettings(const BrokerTlsFiles& files);
 
-// The acl_file text for `topic_prefix` ("branchline/v1") and these aggregators.
+// The acl_file text for `topic_prefix` ("branchline/v1") and these aggregators;
+// each bridge (by broker name) may read and write everything under the prefix,
+// since it carries every client's traffic between the two brokers.
 std::string mosquittoAcl(std::string_view topic_prefix,
-                         const std::vector<std::string>& aggregator_names);
+                         const std::vector<std::string>& aggregator_names,
+                         const std::vector<std::string>& bridge_names = {});
 
 }  // namespace branchline::pki

@@ -48,6 +48,31 @@ std::string readTail(const fs::path& path, size_t max_bytes) {
   return s.size() > max_bytes ? s.substr(s.size() - max_bytes) : s;
 }
 
+// The pid in the first line of a postmaster.pid file, 0 when there is none.
+pid_t postmasterPid(const fs::path& data) {
+  std::ifstream pidfile(data / "postmaster.pid");
+  long pid = 0;
+  if (!(pidfile >> pid) || pid <= 1) return 0;
+  return static_cast<pid_t>(pid);
+}
+
+// Field 4 (ppid) of /proc/<pid>/stat and whether the process still runs
+// (exists and is not a zombie waiting to be reaped).
+bool procStat(pid_t pid, pid_t* ppid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string text;
+  if (!std::getline(in, text)) return false;
+  // The command name (field 2) may hold spaces and parentheses: skip past the last ')'.
+  const size_t close = text.rfind(')');
+  if (close == std::string::npos) return false;
+  std::istringstream rest(text.substr(close + 1));
+  char state = 0;
+  long parent = 0;
+  rest >> state >> parent;
+  if (ppid != nullptr) *ppid = static_cast<pid_t>(parent);
+  return state != 'Z' && state != 'X';
+}
+
 struct ConnCloser {
   void operator()(PGconn* c) const { PQfinish(c); }
 };
@@ -132,9 +157,7 @@ Status PostgresServer::stop() {
                  "pg_ctl stop");
   if (!s) {
     // Kill only our own postmaster, named by its pid file.
-    std::ifstream pidfile(dir_ / "data" / "postmaster.pid");
-    long pid = 0;
-    if (pidfile >> pid && pid > 1) {
+    if (const pid_t pid = postmasterPid(dir_ / "data"); pid != 0) {
       ::kill(static_cast<pid_t>(pid), SIGKILL);
       for (int i = 0; i < 100 && ::kill(static_cast<pid_t>(pid), 0) == 0; ++i) {
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -143,6 +166,42 @@ Status PostgresServer::stop() {
   }
   running_ = false;
   return s;
+}
+
+Status PostgresServer::kill9() {
+  if (!running_) return Status::ok();
+  const pid_t postmaster = postmasterPid(dir_ / "data");
+  if (postmaster == 0) return Status::unavailable("kill9: no postmaster.pid in " + dir_.string());
+  // Its children first: once the postmaster is gone they are reparented and
+  // can no longer be told apart from anyone else's processes.
+  std::vector<pid_t> victims{postmaster};
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator("/proc", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.empty() || !std::isdigit(static_cast<unsigned char>(name[0]))) continue;
+    const pid_t pid = static_cast<pid_t>(std::atol(name.c_str()));
+    pid_t ppid = 0;
+    if (procStat(pid, &ppid) && ppid == postmaster) victims.push_back(pid);
+  }
+  for (pid_t pid : victims) ::kill(pid, SIGKILL);
+  running_ = false;
+  // The next postmaster refuses to start while an old backend still holds the
+  // shared memory, so wait until every one has really gone.
+  for (int i = 0; i < 200; ++i) {
+    bool alive = false;
+    for (pid_t pid : victims) alive = alive || procStat(pid, nullptr);
+    if (!alive) {
+      // A dead postmaster that nobody reaps stays a zombie, and the next one
+      // would take its lock files (data dir and socket) for a live server's.
+      if (postmasterPid(dir_ / "data") == postmaster) {
+        fs::remove(dir_ / "data" / "postmaster.pid", ec);
+      }
+      fs::remove(dir_ / (".s.PGSQL." + std::to_string(port_) + ".lock"), ec);
+      return Status::ok();
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return Status::unavailable("kill9: PostgreSQL processes still alive 10 s after SIGKILL");
 }
 
 std::string PostgresServer::logTail() const {

@@ -36,6 +36,10 @@ class PostgresServer {
 
   Status start();  // pg_ctl start -w on the same data dir and port
   Status stop();   // pg_ctl stop -m fast -w; SIGKILL if that fails
+  // A crash: SIGKILL to the postmaster and every backend at once, as when the
+  // machine loses power or the OOM killer takes the service's whole cgroup;
+  // returns once they are all gone. start() then runs crash recovery (WAL replay).
+  Status kill9();
   bool running() const { return running_; }
 
   int port() const { return port_; }
