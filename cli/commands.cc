@@ -394,19 +394,25 @@ int runPkiInit(const PkiInitOptions& options) {
   return 0;
 }
 
-int runPkiEnroll(const std::string& dir, const std::string& name, bool aggregator, int days,
+int runPkiEnroll(const std::string& dir, const std::string& name, EnrollRole role, int days,
                  const std::string& topic_prefix) {
-  auto report =
-      aggregator ? enrollAggregator(dir, name, days, topic_prefix) : enrollAgent(dir, name, days);
+  auto report = role == EnrollRole::kAggregator ? enrollAggregator(dir, name, days, topic_prefix)
+                : role == EnrollRole::kBridge   ? enrollBridge(dir, name, days, topic_prefix)
+                                                : enrollAgent(dir, name, days);
   if (!report.isOk()) {
     std::cerr << "branchline pki enroll: " << report.status().toString() << "\n";
     return 1;
   }
   printPkiReport("enroll", *report);
   const PkiLayout layout{std::filesystem::absolute(dir)};
-  if (aggregator) {
+  if (role == EnrollRole::kAggregator) {
     std::cout << "Broker: " << layout.brokerAcl().string() << " now names aggregator." << name
               << "; reload Mosquitto (SIGHUP).\n";
+  } else if (role == EnrollRole::kBridge) {
+    std::cout << "Broker " << name << ": bridge_certfile " << layout.bridgeCert(name).string()
+              << ", bridge_keyfile " << layout.bridgeKey(name).string() << ", bridge_cafile "
+              << layout.caCert().string() << ".\nThe other broker: " << layout.brokerAcl().string()
+              << " now names bridge." << name << "; reload Mosquitto (SIGHUP).\n";
   } else {
     std::cout << "Copy to the agent's host: " << layout.caCert().string() << ", "
               << (layout.agentsDir() / (name + ".{crt,key,seal.key}")).string() << " and "

@@ -39,8 +39,9 @@ int runChaosCommand(ChaosOptions options);
 // Exit code 1 if refused (an existing CA, a bad name) or failed.
 int runPkiInit(const PkiInitOptions& options);
 
-// `branchline pki enroll`: an agent (`aggregator` false) or an aggregator.
-int runPkiEnroll(const std::string& dir, const std::string& name, bool aggregator, int days,
+// `branchline pki enroll`: an agent, an aggregator, or a second broker's bridge.
+enum class EnrollRole { kAgent, kAggregator, kBridge };
+int runPkiEnroll(const std::string& dir, const std::string& name, EnrollRole role, int days,
                  const std::string& topic_prefix);
 
 }  // namespace branchline::cli

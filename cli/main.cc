@@ -97,11 +97,18 @@ int main(int argc, char** argv) {
   pki_enroll_cmd->add_option("--dir", pki_dir, "PKI folder made by `pki init`")->required();
   pki_enroll_cmd->add_option("name", pki_name, "The agent id (or, with --aggregator, its name)")
       ->required();
-  pki_enroll_cmd->add_flag("--aggregator", pki_aggregator,
-                           "Enroll an aggregator instead (and rewrite broker/acl)");
+  bool pki_bridge = false;
+  auto* aggregator_flag = pki_enroll_cmd->add_flag(
+      "--aggregator", pki_aggregator, "Enroll an aggregator instead (and rewrite broker/acl)");
+  pki_enroll_cmd
+      ->add_flag("--bridge", pki_bridge,
+                 "Enroll a second broker's bridge instead: name = that broker (rewrites "
+                 "broker/acl)")
+      ->excludes(aggregator_flag);
   pki_enroll_cmd->add_option("--days", pki_days, "Certificate validity")
       ->check(CLI::Range(1, 36500));
-  pki_enroll_cmd->add_option("--topic-prefix", pki_prefix, "For the broker ACL (--aggregator)");
+  pki_enroll_cmd->add_option("--topic-prefix", pki_prefix,
+                             "For the broker ACL (--aggregator, --bridge)");
 
   cli::ChaosOptions chaos;
   int chaos_min_kills = chaos.min_kills_each;
@@ -147,7 +154,10 @@ int main(int argc, char** argv) {
     return cli::runPkiInit(pki_init);
   }
   if (*pki_enroll_cmd) {
-    return cli::runPkiEnroll(pki_dir, pki_name, pki_aggregator, pki_days, pki_prefix);
+    const cli::EnrollRole role = pki_bridge       ? cli::EnrollRole::kBridge
+                                 : pki_aggregator ? cli::EnrollRole::kAggregator
+                                                  : cli::EnrollRole::kAgent;
+    return cli::runPkiEnroll(pki_dir, pki_name, role, pki_days, pki_prefix);
   }
   if (*load_cmd) {
     if (load.records == 0 && load.seconds <= 0) load.records = 10000;
