@@ -123,6 +123,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 100));
   chaos_cmd->add_option("--aggregators", chaos.pipeline.aggregators, "Number of aggregators")
       ->check(CLI::Range(1, 10));
+  chaos_cmd->add_option("--brokers", chaos.pipeline.brokers, "1, or 2 bridged (each killed too)")
+      ->check(CLI::Range(1, 2));
   chaos_cmd->add_option("--seed", chaos.seed, "Seed of the fault schedule and the records");
   chaos_cmd->add_option("--min-kills", chaos_min_kills, "Kills per component, at least")
       ->check(CLI::Range(0, 1000));

@@ -69,14 +69,15 @@ struct StoreContents {
   std::set<std::string> keys;  // record keys of source `customer`
   uint64_t rows = 0;           // all rows of `records`
   uint64_t distinct = 0;       // distinct (source, record_key)
-  int64_t ledger_stored = 0;   // sum(batch_ledger.stored_records)
+  int64_t ledger_stored = 0;   // sum(stored_records) of batch_ledger and batch_conflicts
 };
 
 // The questions asked of the central store, in both dialects.
 constexpr const char* kKeysSql = "SELECT record_key FROM records WHERE source = 'customer'";
 constexpr const char* kCountsSql =
     "SELECT COUNT(*), (SELECT COUNT(*) FROM (SELECT DISTINCT source, record_key FROM records) d), "
-    "(SELECT COALESCE(SUM(stored_records), 0) FROM batch_ledger) FROM records";
+    "(SELECT COALESCE(SUM(stored_records), 0) FROM batch_ledger) + "
+    "(SELECT COALESCE(SUM(stored_records), 0) FROM batch_conflicts) FROM records";
 
 Result<StoreContents> readSqliteStore(const std::string& path) {
   sqlite3* db = nullptr;

@@ -62,14 +62,15 @@ struct ChaosFault {
 struct ChaosVerdict {
   double load_seconds = 0;
   uint64_t records_sent = 0;
-  uint64_t accepted = 0;         // distinct valid records the agents accepted
-  uint64_t stored = 0;           // of those, found in the central store
-  uint64_t lost = 0;             // accepted, not stored
-  uint64_t duplicated = 0;       // stored rows beyond one per (source, record_key)
-  uint64_t unexpected = 0;       // stored, but never accepted by an agent
-  uint64_t failed_records = 0;   // load requests that failed for good (not accepted)
-  uint64_t ledger_mismatch = 0;  // |sum(batch_ledger.stored_records) - rows in records|
-  double drain_seconds = 0;      // from the end of load until every buffer was empty
+  uint64_t accepted = 0;        // distinct valid records the agents accepted
+  uint64_t stored = 0;          // of those, found in the central store
+  uint64_t lost = 0;            // accepted, not stored
+  uint64_t duplicated = 0;      // stored rows beyond one per (source, record_key)
+  uint64_t unexpected = 0;      // stored, but never accepted by an agent
+  uint64_t failed_records = 0;  // load requests that failed for good (not accepted)
+  // |sum(stored_records) over batch_ledger and batch_conflicts - rows in records|
+  uint64_t ledger_mismatch = 0;
+  double drain_seconds = 0;  // from the end of load until every buffer was empty
   bool drained = false;
   double max_ready_seconds = 0;      // the slowest restart-to-ready
   std::map<std::string, int> kills;  // component -> SIGKILLs ("uplink:<agent>": cuts)
