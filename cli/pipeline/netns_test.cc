@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -77,12 +78,30 @@ bool namespaceListed(const std::string& name) {
   return probe.good();
 }
 
+// Whether this machine lets us make a namespace at all, asked of `ip` itself
+// (so that a fault in NetworkNamespace is a failure, not a skip): "" if yes,
+// else what `ip netns add` said.
+std::string namespacesUnavailable() {
+  const std::string ip = ipCommandPath();
+  if (ip.empty()) return "no `ip` command (iproute2)";
+  if (::geteuid() != 0) return "not root (network namespaces need CAP_NET_ADMIN)";
+  const std::string probe = "bl-probe-" + std::to_string(::getpid());
+  const std::string out = "/tmp/" + probe + ".out";
+  const int rc = std::system((ip + " netns add " + probe + " >" + out + " 2>&1").c_str());
+  std::ifstream in(out);
+  std::stringstream said;
+  said << in.rdbuf();
+  std::remove(out.c_str());
+  if (rc != 0) return "`ip netns add` failed: " + said.str();
+  (void)std::system((ip + " netns del " + probe + " >/dev/null 2>&1").c_str());
+  return "";
+}
+
 TEST(NetworkNamespaceTest, CutDropsEverythingAndHealRestoresIt) {
-  auto created = NetworkNamespace::create(1);
-  if (!created.isOk() && (created.status().code() == Code::kPermissionDenied ||
-                          created.status().code() == Code::kNotFound)) {
-    GTEST_SKIP() << "network namespaces not permitted here: " << created.status().toString();
+  if (const std::string why = namespacesUnavailable(); !why.empty()) {
+    GTEST_SKIP() << "network namespaces not permitted here: " << why;
   }
+  auto created = NetworkNamespace::create(1);
   ASSERT_TRUE(created.isOk()) << created.status().toString();
   std::string name;
   {
