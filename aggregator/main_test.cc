@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <sstream>
@@ -337,3 +338,81 @@ TEST_F(AggregatorMainTest, SealedConfigChecksKeyFilesAndOpensSealedBatches) {
 }
 
 }  // namespace
+
+namespace {
+
+// Collects what arrives on the aggregators' `online` topic.
+struct OnlineWatcher {
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::vector<std::string> payloads;
+  bool up = false;
+  std::unique_ptr<branchline::mqtt::Client> client;
+
+  explicit OnlineWatcher(const std::string& broker_uri) {
+    branchline::mqtt::ClientOptions o;
+    o.broker_uris = {broker_uri};
+    o.client_id = "online-watcher";
+    client = std::make_unique<branchline::mqtt::Client>(
+        o,
+        [this](branchline::mqtt::Message&& m) {
+          std::lock_guard lock(mutex);
+          payloads.push_back(m.payload);
+          cv.notify_all();
+        },
+        [this](bool connected) {
+          std::lock_guard lock(mutex);
+          up = connected;
+          cv.notify_all();
+        });
+  }
+  bool start() {
+    if (!client->subscribe("branchline/v1/aggregators/+/online", 1).isOk()) return false;
+    if (!client->start().isOk()) return false;
+    std::unique_lock lock(mutex);
+    return cv.wait_for(lock, 10s, [&] { return up; });
+  }
+  // Waits for a payload containing `text`.
+  bool waitFor(const std::string& text, std::chrono::seconds timeout) {
+    std::unique_lock lock(mutex);
+    return cv.wait_for(lock, timeout, [&] {
+      for (const auto& p : payloads) {
+        if (p.find(text) != std::string::npos) return true;
+      }
+      return false;
+    });
+  }
+};
+
+}  // namespace
+
+// An aggregator that dies takes the batches in flight to it along; the broker
+// publishes its will on the `online` topic at once, so agents resend them to
+// the survivor without waiting for their ack timeout. A clean stop says the same.
+TEST_F(AggregatorMainTest, KilledOrStoppedItSaysItIsOfflineOnItsOnlineTopic) {
+  MosquittoProcess broker;
+  ASSERT_TRUE(broker.start()) << broker.error();
+  OnlineWatcher watcher(broker.uri());
+  ASSERT_TRUE(watcher.start());
+  const std::string offline = R"({"aggregator":"agg-main","online":false})";
+  const auto cfg = writeConfig(config(broker.uri(), MosquittoProcess::freePort()));
+  {
+    Process agg({"--config", cfg.string()}, dir_ / "agg-1.log");
+    ASSERT_TRUE(watcher.waitFor(R"({"aggregator":"agg-main"})", 20s)) << agg.stderrText();
+    EXPECT_FALSE(watcher.waitFor(offline, 0s));
+    const auto killed = std::chrono::steady_clock::now();
+    agg.signal(SIGKILL);
+    ASSERT_TRUE(watcher.waitFor(offline, 10s)) << "no will after SIGKILL";
+    std::printf("[ will ] offline announced %.0f ms after SIGKILL\n",
+                std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - killed)
+                    .count());
+  }
+  {
+    std::lock_guard lock(watcher.mutex);
+    watcher.payloads.clear();
+  }
+  Process agg({"--config", cfg.string()}, dir_ / "agg-2.log");
+  ASSERT_TRUE(watcher.waitFor(R"({"aggregator":"agg-main"})", 20s)) << agg.stderrText();
+  agg.signal(SIGTERM);
+  EXPECT_TRUE(watcher.waitFor(offline, 10s)) << "no offline announcement on a clean stop";
+}

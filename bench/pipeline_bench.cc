@@ -281,8 +281,8 @@ void failover(const std::string& dir, const std::string& bin, double rate) {
   p.stop();
   std::printf(
       "recover aggregator killed under %.0f records/s: survivor carries the full load after "
-      "%.1f s (oldest unacked batch peaked at %.1f s; agents resend after batch.ack_timeout_ms "
-      "= 10000)\n",
+      "%.1f s (oldest unacked batch peaked at %.1f s; agents resend on the dead one's will, "
+      "else after batch.ack_timeout_ms = 10000)\n",
       rate, recovered_s, peak_s);
 }
 

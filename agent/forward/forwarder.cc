@@ -93,8 +93,9 @@ struct Forwarder::Impl {
   std::deque<std::string> ack_queue;
   uint64_t dropped_acks = 0;
   bool up = false;
-  uint64_t up_generation = 0;      // incremented on every (re)connect
-  uint64_t online_generation = 0;  // incremented when an aggregator announces itself
+  uint64_t up_generation = 0;        // incremented on every (re)connect
+  uint64_t online_generation = 0;    // incremented when an aggregator announces itself
+  bool online_went_offline = false;  // the last announcement said `"online":false`
   bool stopping = false;
   bool wake = false;
 
@@ -120,6 +121,8 @@ struct Forwarder::Impl {
       {
         std::lock_guard lock(mutex);
         ++online_generation;
+        // Gone (its will, or a clean stop): what it held is resent for the others.
+        online_went_offline = m.payload.find("\"online\":false") != std::string::npos;
         wake = true;
       }
       cv.notify_one();
@@ -359,6 +362,7 @@ struct Forwarder::Impl {
       bool is_up;
       uint64_t generation;
       uint64_t online;
+      bool went_offline;
       {
         std::unique_lock lock(mutex);
         if (stopping) return;
@@ -366,6 +370,7 @@ struct Forwarder::Impl {
         is_up = up;
         generation = up_generation;
         online = online_generation;
+        went_offline = online_went_offline;
         wake = false;
         if (dropped_acks > 0) {
           log::warn("acks_dropped", {{"count", dropped_acks}});
@@ -387,10 +392,11 @@ struct Forwarder::Impl {
       if (online != seen_online) {
         // An aggregator (re)connected or its store came back: batches published
         // while none could take them are resent now, not after ack_timeout.
+        // Or one went away with some of them: the others get them now.
         seen_online = online;
         for (auto& [seq, f] : in_flight) {
           f.due = now;
-          f.due_why = "aggregator_online";
+          f.due_why = went_offline ? "aggregator_offline" : "aggregator_online";
         }
       }
       if (connected && now >= error_backoff_until) {

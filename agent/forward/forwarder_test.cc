@@ -292,6 +292,24 @@ TEST_F(ForwarderTest, AggregatorOnlineAnnouncementTriggersAnImmediateResend) {
   EXPECT_GE(metric("bl_agent_batches_retried_total"), 1u);
 }
 
+// An aggregator's will (it was killed holding this batch): the batch goes out
+// again at once, for the others, not after the 60 s ack timeout.
+TEST_F(ForwarderTest, AggregatorOfflineWillTriggersAnImmediateResend) {
+  aggregator_->setMode(FakeAggregator::Mode::kIgnoreFirst);
+  auto o = options();
+  o.ack_timeout = 60s;
+  startForwarder(o);
+  append(0, 30);
+  ASSERT_TRUE(aggregator_->waitFor([&] { return !aggregator_->deliveries_.empty(); }));
+  ASSERT_TRUE(aggregator_
+                  ->publish(std::string(kPrefix) + "/aggregators/agg-9/online",
+                            "{\"aggregator\":\"agg-9\",\"online\":false}")
+                  .isOk());
+  ASSERT_TRUE(waitDrained(10s)) << "not resent on the will";
+  EXPECT_EQ(aggregator_->keys_acked_.size(), 30u);
+  EXPECT_GE(metric("bl_agent_batches_retried_total"), 1u);
+}
+
 // Sealing on: the aggregator opens every batch with its key and the agent's
 // enrolled key; a resend carries the same seq and records under a fresh
 // ephemeral key (different bytes), and no record travels in clear.

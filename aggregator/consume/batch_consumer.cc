@@ -195,9 +195,15 @@ struct BatchConsumer::Impl {
   // Non-blocking: Paho queues it (safe from its callback thread).
   void announceOnline() {
     if (!client || !store_ready.load()) return;
-    (void)client->publish(
-        options.topic_prefix + "/aggregators/" + options.aggregator_name + "/online",
-        "{\"aggregator\":\"" + options.aggregator_name + "\"}", 1);
+    (void)client->publish(onlineTopic(), "{\"aggregator\":\"" + options.aggregator_name + "\"}", 1);
+  }
+
+  // README "MQTT topics": `online` carries both announcements.
+  std::string onlineTopic() const {
+    return options.topic_prefix + "/aggregators/" + options.aggregator_name + "/online";
+  }
+  std::string offlinePayload() const {
+    return "{\"aggregator\":\"" + options.aggregator_name + "\",\"online\":false}";
   }
 
   void setStoreReady(bool ready) {
@@ -420,6 +426,11 @@ Status BatchConsumer::start() {
   // DESIGN.md: a durable session would trap this member's share of batches
   // if it died; agents resend unacked batches and the survivor takes them.
   co.clean_session = true;
+  // Killed or cut off, this member takes the batches in flight to it along;
+  // the broker then says so on its `online` topic, and the agents resend them
+  // at once for the survivor instead of after their ack timeout.
+  co.will_topic = impl_->onlineTopic();
+  co.will_payload = impl_->offlinePayload();
   Impl* impl = impl_.get();
   impl_->client = std::make_unique<mqtt::Client>(
       co, [impl](mqtt::Message&& m) { impl->onMessage(std::move(m)); },
@@ -445,7 +456,12 @@ void BatchConsumer::stop() {
   impl_->cv.notify_all();
   // The writer finishes its group (commit and acks) before the client goes.
   if (impl_->writer.joinable()) impl_->writer.join();
-  if (impl_->client) impl_->client->stop();
+  if (impl_->client) {
+    // A clean DISCONNECT sends no will: say it here, for the batches that
+    // reached this member after its last group (QoS 1: Paho sends it first).
+    (void)impl_->client->publish(impl_->onlineTopic(), impl_->offlinePayload(), 1);
+    impl_->client->stop();
+  }
   impl_->onConnection(false);
 }
 

@@ -288,6 +288,9 @@ Client::Client(ClientOptions options, MessageHandler on_message, ConnectionHandl
   // No set_automatic_reconnect: Impl::connectLoop() reconnects (see there).
   co.set_max_inflight(o.max_inflight);
   // set_servers: one URI per attempt, in Impl::connectTo().
+  if (!o.will_topic.empty()) {
+    co.set_will(::mqtt::will_options(o.will_topic, o.will_payload, 1, false));
+  }
   if (!o.username.empty()) co.set_user_name(o.username);
   if (!o.password.empty()) co.set_password(o.password);
 

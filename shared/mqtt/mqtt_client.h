@@ -44,6 +44,11 @@ struct ClientOptions {
   std::string ca_file;
   std::string cert_file;
   std::string key_file;
+  // Last will: the broker publishes it (QoS 1, not retained) for this client
+  // when the connection ends without a DISCONNECT: the process was killed, or
+  // the link went silent past 1.5 keep-alives. Empty topic: none.
+  std::string will_topic;
+  std::string will_payload;
 };
 
 struct Message {
