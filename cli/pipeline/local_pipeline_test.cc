@@ -38,6 +38,16 @@ std::string binDir() {
 
 std::string tmpFileContents(const std::string& path) { return tailOfFile(path, 1 << 20); }
 
+// Options for a pipeline of the real binaries in `dir`.
+PipelineOptions realPipeline(const std::string& dir, int agents, int aggregators) {
+  PipelineOptions o;
+  o.dir = dir;
+  o.agents = agents;
+  o.aggregators = aggregators;
+  o.bin_dir = binDir();
+  return o;
+}
+
 bool haveBinaries() {
   const std::string d = binDir();
   return !d.empty() && fs::exists(d + "/branchline-agent") &&
@@ -292,11 +302,7 @@ TEST(LocalPipelineTest, InsecureSecondBrokerBridgesOverPlainTcp) {
 TEST(LocalPipelineTest, StartsEverythingWritesTopologyAndSurvivesAKilledAgent) {
   ASSERT_TRUE(haveBinaries()) << "branchline-agent/-aggregator not built in " << binDir();
   TempDir tmp;
-  PipelineOptions o;
-  o.dir = tmp.path();
-  o.agents = 2;
-  o.aggregators = 2;
-  o.bin_dir = binDir();
+  PipelineOptions o = realPipeline(tmp.path(), 2, 2);
   LocalPipeline p(o);
   Status s = p.start();
   ASSERT_TRUE(s.isOk()) << s.toString();
@@ -345,12 +351,8 @@ TEST(LocalPipelineTest, StartsEverythingWritesTopologyAndSurvivesAKilledAgent) {
 TEST(LocalPipelineTest, TwoBrokersInTopologyAndBrokerRestartWaitsForTheBridge) {
   ASSERT_TRUE(haveBinaries()) << "branchline-agent/-aggregator not built in " << binDir();
   TempDir tmp;
-  PipelineOptions o;
-  o.dir = tmp.path();
-  o.agents = 1;
-  o.aggregators = 1;
+  PipelineOptions o = realPipeline(tmp.path(), 1, 1);
   o.brokers = 2;
-  o.bin_dir = binDir();
   LocalPipeline p(o);
   Status s = p.start();
   ASSERT_TRUE(s.isOk()) << s.toString();
@@ -426,11 +428,7 @@ TEST(LocalPipelineTest, IsolatedAgentAcceptsWhileItsUplinkIsCutAndDrainsAfter) {
     }
   }
   TempDir tmp;
-  PipelineOptions o;
-  o.dir = tmp.path();
-  o.agents = 1;
-  o.aggregators = 1;
-  o.bin_dir = binDir();
+  PipelineOptions o = realPipeline(tmp.path(), 1, 1);
   o.isolate_agents = true;
   LocalPipeline p(o);
   Status s = p.start();
