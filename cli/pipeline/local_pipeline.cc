@@ -199,12 +199,11 @@ std::string LocalPipeline::brokerUri() const {
   return uris.empty() ? "" : uris.front();
 }
 
-std::vector<std::string> LocalPipeline::brokerUris() const {
+std::vector<std::string> LocalPipeline::brokerUris(const std::string& host) const {
   std::vector<std::string> out;
   for (const auto& m : members_) {
     if (m->role == Role::kBroker) {
-      out.push_back((options_.secure ? "ssl://127.0.0.1:" : "tcp://127.0.0.1:") +
-                    std::to_string(m->port));
+      out.push_back((options_.secure ? "ssl://" : "tcp://") + host + ":" + std::to_string(m->port));
     }
   }
   return out;
@@ -397,10 +396,19 @@ Status LocalPipeline::preparePki() {
   return Status::ok();
 }
 
+namespace {
+
+// A TOML array of strings.
+std::string tomlStringArray(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& item : items) out += (out.empty() ? "" : ", ") + tomlString(item);
+  return "[" + out + "]";
+}
+
+}  // namespace
+
 Status LocalPipeline::writeConfigs() {
-  std::string brokers;
-  for (const auto& uri : brokerUris()) brokers += (brokers.empty() ? "" : ", ") + tomlString(uri);
-  brokers = "[" + brokers + "]";
+  const std::string brokers = tomlStringArray(brokerUris());
   const PkiLayout layout{pkiDir()};
   const std::string prefix = effectiveTopicPrefix(options_);
   std::vector<std::string> bridges;  // every broker but the first bridges to it
@@ -505,14 +513,7 @@ Status LocalPipeline::writeConfigs() {
         // Its own namespace: local clients on the local link, brokers over the uplink.
         doc.set("http", "listen",
                 tomlString(m->netns->localInnerAddress() + ":" + std::to_string(m->port)));
-        std::string uplinked;
-        for (const auto& b : members_) {
-          if (b->role != Role::kBroker) continue;
-          uplinked += (uplinked.empty() ? "" : ", ") +
-                      tomlString((options_.secure ? "ssl://" : "tcp://") +
-                                 m->netns->uplinkHostAddress() + ":" + std::to_string(b->port));
-        }
-        doc.set("mqtt", "brokers", "[" + uplinked + "]");
+        doc.set("mqtt", "brokers", tomlStringArray(brokerUris(m->netns->uplinkHostAddress())));
       } else {
         doc.set("http", "listen", tomlString("127.0.0.1:" + std::to_string(m->port)));
         doc.set("mqtt", "brokers", brokers);

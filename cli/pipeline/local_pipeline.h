@@ -113,8 +113,9 @@ class LocalPipeline {
   std::string storePath() const { return options_.dir + "/central.db"; }  // SQLite only
   // The first broker: "ssl://127.0.0.1:P" ("tcp://" insecure), as the configs name it.
   std::string brokerUri() const;
-  // Every broker, the first first: what each config's `mqtt.brokers` lists.
-  std::vector<std::string> brokerUris() const;
+  // Every broker, the first first: what each config's `mqtt.brokers` lists
+  // (`host`: an isolated agent names the host end of its uplink instead).
+  std::vector<std::string> brokerUris(const std::string& host = "127.0.0.1") const;
   bool secure() const { return options_.secure; }
   // The PKI folder (layout: README "Security"); exists only when secure().
   std::string pkiDir() const { return options_.dir + "/pki"; }

@@ -38,13 +38,15 @@ std::string binDir() {
 
 std::string tmpFileContents(const std::string& path) { return tailOfFile(path, 1 << 20); }
 
-// Options for a pipeline of the real binaries in `dir`.
-PipelineOptions realPipeline(const std::string& dir, int agents, int aggregators) {
+// Options for a pipeline in `dir` of the binaries in `bin_dir` (the real ones
+// by default; an empty folder to stop after the broker part).
+PipelineOptions pipelineOptions(const std::string& dir, int agents, int aggregators,
+                                const std::string& bin_dir = binDir()) {
   PipelineOptions o;
   o.dir = dir;
   o.agents = agents;
   o.aggregators = aggregators;
-  o.bin_dir = binDir();
+  o.bin_dir = bin_dir;
   return o;
 }
 
@@ -59,11 +61,7 @@ bool haveBinaries() {
 // part (config, port, readiness) still runs for real.
 TEST(LocalPipelineTest, MissingBinaryFailsCleanlyAfterRealBrokerStart) {
   TempDir tmp, empty_bin;
-  PipelineOptions o;
-  o.dir = tmp.path() + "/run";
-  o.agents = 2;
-  o.aggregators = 2;
-  o.bin_dir = empty_bin.path();
+  PipelineOptions o = pipelineOptions(tmp.path() + "/run", 2, 2, empty_bin.path());
   o.agent_overrides = {{"batch.linger_ms", "20"}, {"buffer.max_bytes", "1048576"}};
   o.aggregator_overrides = {{"commit.max_batches", "4"}};
   LocalPipeline p(o);
@@ -130,11 +128,7 @@ TEST(LocalPipelineTest, MissingBinaryFailsCleanlyAfterRealBrokerStart) {
 // since); `secure = false` is the plain, anonymous pipeline of old.
 TEST(LocalPipelineTest, ReusesItsPkiAndHasAnInsecureMode) {
   TempDir tmp, empty_bin;
-  PipelineOptions o;
-  o.dir = tmp.path();
-  o.agents = 1;
-  o.aggregators = 1;
-  o.bin_dir = empty_bin.path();
+  PipelineOptions o = pipelineOptions(tmp.path(), 1, 1, empty_bin.path());
   {
     LocalPipeline p(o);
     EXPECT_EQ(p.start().code(), Code::kNotFound);
@@ -171,12 +165,8 @@ TEST(LocalPipelineTest, FixedBasePortLayout) {
   ASSERT_TRUE(free.isOk());
   // Keep the whole range well away from the ephemeral port just handed out.
   const uint16_t base = static_cast<uint16_t>(20000 + (*free % 20000));
-  PipelineOptions o;
-  o.dir = tmp.path();
-  o.agents = 3;
-  o.aggregators = 2;
+  PipelineOptions o = pipelineOptions(tmp.path(), 3, 2, empty_bin.path());
   o.base_port = base;
-  o.bin_dir = empty_bin.path();
   LocalPipeline p(o);
   ASSERT_FALSE(p.start().isOk());
   EXPECT_EQ(p.member("mosquitto")->port, base);
@@ -214,13 +204,9 @@ TEST(LocalPipelineTest, SecondBrokerIsBridgedAndListedInEveryConfig) {
   auto free = freeLoopbackPort();
   ASSERT_TRUE(free.isOk());
   const uint16_t base = static_cast<uint16_t>(20000 + (*free % 20000));
-  PipelineOptions o;
-  o.dir = tmp.path();
-  o.agents = 1;
-  o.aggregators = 2;
+  PipelineOptions o = pipelineOptions(tmp.path(), 1, 2, empty_bin.path());
   o.brokers = 2;
   o.base_port = base;
-  o.bin_dir = empty_bin.path();
   o.agent_overrides = {{"mqtt.topic_prefix", "\"fleet/v9\""}};
   o.aggregator_overrides = {{"mqtt.topic_prefix", "\"fleet/v9\""}};
   LocalPipeline p(o);
@@ -278,13 +264,9 @@ TEST(LocalPipelineTest, SecondBrokerIsBridgedAndListedInEveryConfig) {
 
 TEST(LocalPipelineTest, InsecureSecondBrokerBridgesOverPlainTcp) {
   TempDir tmp, empty_bin;
-  PipelineOptions o;
-  o.dir = tmp.path();
-  o.agents = 1;
-  o.aggregators = 1;
+  PipelineOptions o = pipelineOptions(tmp.path(), 1, 1, empty_bin.path());
   o.brokers = 2;
   o.secure = false;
-  o.bin_dir = empty_bin.path();
   LocalPipeline p(o);
   Status s = p.start();
   ASSERT_EQ(s.code(), Code::kNotFound) << s.toString();
@@ -302,7 +284,7 @@ TEST(LocalPipelineTest, InsecureSecondBrokerBridgesOverPlainTcp) {
 TEST(LocalPipelineTest, StartsEverythingWritesTopologyAndSurvivesAKilledAgent) {
   ASSERT_TRUE(haveBinaries()) << "branchline-agent/-aggregator not built in " << binDir();
   TempDir tmp;
-  PipelineOptions o = realPipeline(tmp.path(), 2, 2);
+  PipelineOptions o = pipelineOptions(tmp.path(), 2, 2);
   LocalPipeline p(o);
   Status s = p.start();
   ASSERT_TRUE(s.isOk()) << s.toString();
@@ -351,7 +333,7 @@ TEST(LocalPipelineTest, StartsEverythingWritesTopologyAndSurvivesAKilledAgent) {
 TEST(LocalPipelineTest, TwoBrokersInTopologyAndBrokerRestartWaitsForTheBridge) {
   ASSERT_TRUE(haveBinaries()) << "branchline-agent/-aggregator not built in " << binDir();
   TempDir tmp;
-  PipelineOptions o = realPipeline(tmp.path(), 1, 1);
+  PipelineOptions o = pipelineOptions(tmp.path(), 1, 1);
   o.brokers = 2;
   LocalPipeline p(o);
   Status s = p.start();
@@ -428,7 +410,7 @@ TEST(LocalPipelineTest, IsolatedAgentAcceptsWhileItsUplinkIsCutAndDrainsAfter) {
     }
   }
   TempDir tmp;
-  PipelineOptions o = realPipeline(tmp.path(), 1, 1);
+  PipelineOptions o = pipelineOptions(tmp.path(), 1, 1);
   o.isolate_agents = true;
   LocalPipeline p(o);
   Status s = p.start();

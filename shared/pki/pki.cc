@@ -61,29 +61,20 @@ struct Rng {
   }
 };
 
-struct PkKey {
-  mbedtls_pk_context ctx;
-  PkKey() { mbedtls_pk_init(&ctx); }
-  ~PkKey() { mbedtls_pk_free(&ctx); }
+// One mbedTLS context with its init/free pair: `.ctx` is the raw context.
+template <typename T, void (*Init)(T*), void (*Free)(T*)>
+struct Mbed {
+  T ctx;
+  Mbed() { Init(&ctx); }
+  ~Mbed() { Free(&ctx); }
+  Mbed(const Mbed&) = delete;
+  Mbed& operator=(const Mbed&) = delete;
 };
-
-struct Crt {
-  mbedtls_x509_crt ctx;
-  Crt() { mbedtls_x509_crt_init(&ctx); }
-  ~Crt() { mbedtls_x509_crt_free(&ctx); }
-};
-
-struct CrtWriter {
-  mbedtls_x509write_cert ctx;
-  CrtWriter() { mbedtls_x509write_crt_init(&ctx); }
-  ~CrtWriter() { mbedtls_x509write_crt_free(&ctx); }
-};
-
-struct Mpi {
-  mbedtls_mpi ctx;
-  Mpi() { mbedtls_mpi_init(&ctx); }
-  ~Mpi() { mbedtls_mpi_free(&ctx); }
-};
+using PkKey = Mbed<mbedtls_pk_context, mbedtls_pk_init, mbedtls_pk_free>;
+using Crt = Mbed<mbedtls_x509_crt, mbedtls_x509_crt_init, mbedtls_x509_crt_free>;
+using CrtWriter =
+    Mbed<mbedtls_x509write_cert, mbedtls_x509write_crt_init, mbedtls_x509write_crt_free>;
+using Mpi = Mbed<mbedtls_mpi, mbedtls_mpi_init, mbedtls_mpi_free>;
 
 // A PEM buffer for mbedTLS: NUL-terminated, and the length counts the NUL.
 int parseCertificate(Crt& crt, std::string_view pem) {
