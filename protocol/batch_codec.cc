@@ -318,6 +318,9 @@ std::string encodeAck(const WireAck& ack) {
   a.setRejects(ack.rejects);
   a.setMessage(text(ack.message));
   a.setAggregator(text(ack.aggregator));
+  a.setDigest(text(ack.digest));
+  a.setKeyId(text(ack.key_id));
+  a.setTag(bytes(ack.tag));
   return encodeEnvelope(envelope::Kind::kAck, ack.agent_id, ack.batch_seq, flatten(msg), 0);
 }
 
@@ -356,6 +359,10 @@ Result<WireAck> decodeAck(std::string_view payload, const DecodeLimits& limits) 
     out.rejects = a.getRejects();
     out.message = str(a.getMessage());
     out.aggregator = str(a.getAggregator());
+    out.digest = str(a.getDigest());
+    out.key_id = str(a.getKeyId());
+    auto tag = a.getTag();
+    out.tag.assign(reinterpret_cast<const char*>(tag.begin()), tag.size());
     return out;
   } catch (const kj::Exception& e) {
     return Status::invalid(std::string("malformed ack body: ") + e.getDescription().cStr());

@@ -52,6 +52,11 @@ struct WireAck {
   uint32_t rejects = 0;
   std::string message;
   std::string aggregator;
+  // Authentication (protocol/ack_auth.h): the acked content's digest, the
+  // aggregator key id and the tag over everything; empty when unauthenticated.
+  std::string digest;
+  std::string key_id;
+  std::string tag;
   bool operator==(const WireAck&) const = default;
 };
 

@@ -71,4 +71,9 @@ struct Ack {
   rejects @5 :UInt32;
   message @6 :Text;
   aggregator @7 :Text;
+  # Authenticated acks (protocol/ack_auth.h). Empty on an unauthenticated ack
+  # (no sealing keys), which a sealing agent refuses.
+  digest @8 :Text;            # the batch's content digest (batch_digest.h), hex; "" when unknown
+  keyId @9 :Text;             # the aggregator sealing key whose agreement with the agent keys the tag
+  tag @10 :Data;              # HMAC-SHA256 over every field above (ack_auth.h)
 }

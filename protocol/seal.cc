@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "protocol/ack_auth.h"
 #include "protocol/envelope.h"
 #include "shared/core/clock.h"
 
@@ -500,6 +501,7 @@ struct BatchSealer::State {
   X25519Key aggregator_public{};
   std::string key_id;
   SharedSecret static_secret;  // DH(agent, aggregator): the same for every batch
+  AckKey ack_key;
 };
 
 BatchSealer::BatchSealer() : state_(std::make_unique<State>()) {}
@@ -515,10 +517,14 @@ Result<std::unique_ptr<BatchSealer>> BatchSealer::create(const SealerKeys& keys)
   Status agreed =
       st.curve.x25519(st.agent.private_key, st.aggregator_public, st.static_secret.key, st.rng);
   if (!agreed.isOk()) return agreed.withContext("aggregator key `" + st.key_id + "`");
+  auto ack_key = deriveAckKey(st.static_secret.key, st.agent.public_key, st.aggregator_public);
+  if (!ack_key) return ack_key.status();
+  st.ack_key = std::move(ack_key).value();
   return s;
 }
 
 const std::string& BatchSealer::keyId() const { return state_->key_id; }
+const AckKey& BatchSealer::ackKey() const { return state_->ack_key; }
 
 Result<std::string> BatchSealer::seal(const WireBatch& batch, int zstd_level) {
   State& st = *state_;
@@ -599,7 +605,8 @@ const char* openFailureLabel(OpenFailure failure) {
 namespace {
 
 Result<WireBatch> openClassified(std::string_view payload, const DecodeLimits& limits,
-                                 const OpenOptions& options, OpenFailure& failure) {
+                                 const OpenOptions& options, OpenFailure& failure,
+                                 AckKey* ack_key) {
   auto read = envelope::read(payload, limits);
   if (!read) return read.status();
   envelope::Parts& parts = *read;
@@ -699,6 +706,11 @@ Result<WireBatch> openClassified(std::string_view payload, const DecodeLimits& l
   }
   // Authentic from here: what fails now is the sealing agent's own content.
   failure = OpenFailure::kNone;
+  if (ack_key != nullptr) {
+    auto k = deriveAckKey(static_secret.key, *agent_public, aggregator.public_key);
+    if (!k) return k.status();
+    *ack_key = std::move(k).value();
+  }
   auto raw = envelope::inflate(parts, plain, limits);
   if (!raw) return raw.status();
   return envelope::parseBatch(*raw, parts, limits);
@@ -707,9 +719,9 @@ Result<WireBatch> openClassified(std::string_view payload, const DecodeLimits& l
 }  // namespace
 
 Result<WireBatch> openBatch(std::string_view payload, const DecodeLimits& limits,
-                            const OpenOptions& options, OpenFailure* failure) {
+                            const OpenOptions& options, OpenFailure* failure, AckKey* ack_key) {
   OpenFailure why = OpenFailure::kNone;
-  auto out = openClassified(payload, limits, options, why);
+  auto out = openClassified(payload, limits, options, why, ack_key);
   if (!out.isOk() && why == OpenFailure::kNone) {
     why = out.status().code() == Code::kResourceExhausted ? OpenFailure::kTooLarge
                                                           : OpenFailure::kMalformed;

@@ -28,6 +28,7 @@
 namespace branchline::protocol {
 
 using X25519Key = std::array<uint8_t, 32>;
+struct AckKey;  // protocol/ack_auth.h
 
 struct SealKeyPair {
   X25519Key private_key{};  // never logged, never in an error message
@@ -84,6 +85,9 @@ class BatchSealer {
   Result<std::string> seal(const WireBatch& batch, int zstd_level = 1);
   // The aggregator key id every sealed envelope names.
   const std::string& keyId() const;
+  // The key the aggregators' acks for this agent are tagged with (ack_auth.h),
+  // from the same static agreement: computed once, at create().
+  const AckKey& ackKey() const;
 
  private:
   BatchSealer();
@@ -132,8 +136,11 @@ const char* openFailureLabel(OpenFailure failure);
 // not open: not sealed by agent `x`, or altered", plus every decodeBatch error.
 // The header's agent id is checked ([A-Za-z0-9_-]{1,64}) before agent_public_key
 // sees it. Thread-safe (each thread keeps its own random generator for blinding).
-// `failure`, when given, says which kind of refusal it was.
+// `failure`, when given, says which kind of refusal it was. `ack_key`, when
+// given, is set once the batch has authenticated (even if its body then fails
+// to parse): the key to tag this agent's ack with (ack_auth.h).
 Result<WireBatch> openBatch(std::string_view payload, const DecodeLimits& limits,
-                            const OpenOptions& options, OpenFailure* failure = nullptr);
+                            const OpenOptions& options, OpenFailure* failure = nullptr,
+                            AckKey* ack_key = nullptr);
 
 }  // namespace branchline::protocol

@@ -9,7 +9,9 @@
 #include <mutex>
 #include <thread>
 
+#include "protocol/ack_auth.h"
 #include "protocol/batch_codec.h"
+#include "protocol/batch_digest.h"
 #include "shared/core/clock.h"
 #include "shared/core/log.h"
 
@@ -27,6 +29,24 @@ constexpr size_t kMaxQueuedAcks = 4096;
 constexpr size_t kMaxAckBytes = 64 << 10;
 // After a local failure (SQLite, a refused publish) wait this long before trying again.
 constexpr milliseconds kErrorBackoff{1000};
+
+// Identifiers from an unauthenticated ack go into logs: keep them short and printable.
+std::string printable(std::string_view s) {
+  std::string out;
+  for (char c : s.substr(0, 64)) out.push_back(c >= 0x20 && c < 0x7f ? c : '?');
+  if (s.size() > 64) out += "...";
+  return out;
+}
+
+protocol::WireBatch toWire(const std::string& agent_id, PendingBatch&& batch) {
+  protocol::WireBatch wire;
+  wire.agent_id = agent_id;
+  wire.seq = batch.seq;
+  wire.created_at_us = batch.created_at_us;
+  wire.records = std::move(batch.records);
+  wire.rejects = std::move(batch.rejects);
+  return wire;
+}
 
 }  // namespace
 
@@ -51,6 +71,11 @@ struct Forwarder::Impl {
                           "Batches re-published (ack timeout, reconnect, restart, refusal)")),
         refused(m.counter("bl_agent_batches_refused_total",
                           "Acks refusing a batch (kept and retried)")),
+        acks_refused(m.labeledCounter(
+            "bl_agent_acks_refused_total",
+            "Acks ignored: forged (no tag, or another key), tampered (the tag does not match), "
+            "replayed (for other content under that seq), unknown_batch (not held: already acked)",
+            "reason")),
         buffer_records(m.gauge("bl_agent_buffer_records",
                                "Records and quarantined rejects held in the buffer")),
         buffer_bytes(m.gauge("bl_agent_buffer_bytes", "Bytes held in the buffer")),
@@ -69,6 +94,7 @@ struct Forwarder::Impl {
     Clock::time_point due;                // re-publish at this time (when connected)
     bool published = false;               // at least once by this process
     const char* due_why = "ack_timeout";  // for the resend log line
+    std::string digest;                   // batchDigest() of its content, when acks are verified
   };
 
   DurableBuffer& buffer;
@@ -80,6 +106,7 @@ struct Forwarder::Impl {
   Counter& acked;
   Counter& retried;
   Counter& refused;
+  LabeledCounter& acks_refused;
   Gauge& buffer_records;
   Gauge& buffer_bytes;
   Gauge& oldest_unacked_age;
@@ -178,12 +205,13 @@ struct Forwarder::Impl {
   // so a failed publish is simply retried.
   void publish(PendingBatch&& batch, const char* why) {
     const uint64_t seq = batch.seq;
-    protocol::WireBatch wire;
-    wire.agent_id = options.agent_id;
-    wire.seq = seq;
-    wire.created_at_us = batch.created_at_us;
-    wire.records = std::move(batch.records);
-    wire.rejects = std::move(batch.rejects);
+    const protocol::WireBatch wire = toWire(options.agent_id, std::move(batch));
+    // Acks are checked against the content they name. A resend carries the
+    // same records, so the digest of its first publish stands.
+    auto known = in_flight.find(seq);
+    std::string digest = sealer && (known == in_flight.end() || known->second.digest.empty())
+                             ? protocol::batchDigest(wire)
+                             : std::string();
     std::string payload;
     Status s;
     if (sealer) {
@@ -202,6 +230,7 @@ struct Forwarder::Impl {
     // A batch that failed to seal is tracked too, so it is retried like a failed publish.
     track(seq, payload.size());
     InFlight& f = in_flight[seq];
+    if (!digest.empty()) f.digest = std::move(digest);
     if (s.isOk()) s = client->publish(batch_topic, std::move(payload), 1);
     const auto now = Clock::now();
     if (!s.isOk()) {
@@ -238,34 +267,81 @@ struct Forwarder::Impl {
     return true;
   }
 
+  // Unknown seqs are routine (the second ack of a resend): counted, logged quietly.
+  void refuseAck(const char* reason, const protocol::WireAck& ack, bool loud = true) {
+    acks_refused.with(reason).inc();
+    const std::string aggregator = printable(ack.aggregator);
+    log::write(loud ? log::Level::kWarn : log::Level::kDebug, "ack_refused",
+               {{"seq", ack.batch_seq},
+                {"reason", reason},
+                {"status", static_cast<uint64_t>(ack.status)},
+                {"aggregator", aggregator}});
+  }
+
+  // The digest of a batch this process has not published yet (unacked at
+  // start): its ack may still come from a publish before the restart.
+  std::string pendingDigest(uint64_t seq) {
+    auto loaded = buffer.loadBatch(seq);
+    if (!loaded.isOk()) return {};
+    return protocol::batchDigest(toWire(options.agent_id, std::move(loaded).value()));
+  }
+
   void handleAck(const std::string& payload) {
     protocol::DecodeLimits limits;
     limits.max_message_bytes = kMaxAckBytes;
     limits.max_inflated_bytes = kMaxAckBytes;
     auto ack = protocol::decodeAck(payload, limits);
     if (!ack.isOk()) {
+      acks_refused.with("forged").inc();
       log::warn("ack_undecodable", {{"topic", ack_topic}, {"error", ack.status().toString()}});
       return;
     }
     if (ack->agent_id != options.agent_id) {
-      log::warn("ack_for_other_agent", {{"agent", ack->agent_id}, {"seq", ack->batch_seq}});
+      acks_refused.with("forged").inc();
+      log::warn("ack_for_other_agent",
+                {{"agent", printable(ack->agent_id)}, {"seq", ack->batch_seq}});
       return;
+    }
+    // Sealing on: only an ack tagged with the key this agent shares with the
+    // aggregators counts. The broker, a bridge or any fleet certificate can
+    // publish here; none of them holds that key.
+    if (sealer) {
+      switch (protocol::checkAck(sealer->ackKey(), *ack)) {
+        case protocol::AckCheck::kAuthentic:
+          break;
+        case protocol::AckCheck::kUnauthenticated:
+          return refuseAck("forged", *ack);
+        case protocol::AckCheck::kBadTag:
+          return refuseAck("tampered", *ack);
+      }
     }
     const uint64_t seq = ack->batch_seq;
     auto it = in_flight.find(seq);
     auto pending = std::find(startup_resend.begin(), startup_resend.end(), seq);
-    // Acks for seqs not in flight were already handled (a resend's second ack).
-    if (it == in_flight.end() && pending == startup_resend.end()) return;
+    // Acks for seqs not held were already handled (a resend's second ack), or
+    // name a batch this agent never had.
+    if (it == in_flight.end() && pending == startup_resend.end()) {
+      return refuseAck("unknown_batch", *ack, /*loud=*/false);
+    }
 
     if (ack->status == protocol::AckStatus::kRefused) {
       refused.inc();
-      log::warn("batch_refused",
-                {{"seq", seq}, {"aggregator", ack->aggregator}, {"reason", ack->message}});
+      log::warn("batch_refused", {{"seq", seq},
+                                  {"aggregator", printable(ack->aggregator)},
+                                  {"reason", printable(ack->message)}});
       if (it != in_flight.end()) {
         it->second.due = Clock::now() + options.ack_timeout;
         it->second.due_why = "refused";
       }
       return;
+    }
+    if (sealer) {
+      // An authentic ack for other content under this seq (an earlier life of
+      // the seq, before a disk image was restored) must not delete this one.
+      const std::string held = it != in_flight.end() && !it->second.digest.empty()
+                                   ? it->second.digest
+                                   : pendingDigest(seq);
+      if (held.empty() || ack->digest != held) return refuseAck("replayed", *ack);
     }
     Status s = buffer.ack(seq);
     if (!s.isOk()) {
@@ -429,7 +505,16 @@ Result<std::unique_ptr<Forwarder>> Forwarder::start(DurableBuffer& buffer, Forwa
                                          "` sealing keys");
     }
     impl->sealer = std::move(sealer).value();
-    log::info("forwarder_sealing", {{"aggregator_key_id", impl->sealer->keyId()}});
+    log::info("forwarder_sealing",
+              {{"aggregator_key_id", impl->sealer->keyId()}, {"acks", "authenticated"}});
+  } else {
+    // Without sealing keys there is no secret to tag acks with: whoever can
+    // publish on this agent's ack topic can make it delete batches.
+    log::warn("acks_unauthenticated",
+              {{"agent", impl->options.agent_id},
+               {"why",
+                "no [security] sealing keys: batches travel plain and acks are not "
+                "authenticated; set seal_key_file and aggregator_key_file"}});
   }
 
   auto unacked = buffer.unackedBatches();

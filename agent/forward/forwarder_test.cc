@@ -11,6 +11,8 @@
 #include <set>
 #include <thread>
 
+#include "protocol/ack_auth.h"
+#include "protocol/batch_digest.h"
 #include "shared/core/clock.h"
 #include "shared/mqtt/testing/mosquitto_process.h"
 
@@ -58,9 +60,16 @@ class FakeAggregator {
     std::lock_guard lock(mu_);
     mode_ = m;
   }
-  // Publishes as this aggregator (e.g. its online announcement).
-  Status publish(const std::string& topic, std::string payload) {
-    return client_->publish(topic, std::move(payload), 1);
+  // Publishes as this aggregator (e.g. its online announcement); waits out a
+  // full Paho window (a burst of publishes) for up to 5 s.
+  Status publish(const std::string& topic, const std::string& payload) {
+    Status s;
+    for (int i = 0; i < 500; ++i) {
+      s = client_->publish(topic, payload, 1);
+      if (s.code() != Code::kResourceExhausted) break;
+      std::this_thread::sleep_for(10ms);
+    }
+    return s;
   }
   // Opens batches as a sealing aggregator does (set before the forwarder starts).
   void setOpenOptions(protocol::OpenOptions o) {
@@ -88,19 +97,22 @@ class FakeAggregator {
   std::set<std::string> keys_acked_;          // record keys in batches acked
   size_t decode_errors_ = 0;
   std::map<uint64_t, std::set<std::string>> payloads_;  // seq -> distinct payloads received
+  std::map<uint64_t, protocol::AckKey> ack_keys_;       // seq -> key of its (sealed) ack
   int ups_ = 0;
 
  private:
   void onBatch(mqtt::Message&& m) {
     std::lock_guard lock(mu_);
-    auto batch =
-        open_ ? protocol::openBatch(m.payload, {}, *open_) : protocol::decodeBatch(m.payload);
+    protocol::AckKey key;
+    auto batch = open_ ? protocol::openBatch(m.payload, {}, *open_, nullptr, &key)
+                       : protocol::decodeBatch(m.payload);
     if (!batch.isOk()) {
       ++decode_errors_;
       cv_.notify_all();
       return;
     }
     const uint64_t seq = batch->seq;
+    if (!key.key_id.empty()) ack_keys_[seq] = key;
     payloads_[seq].insert(m.payload);
     const int n = ++deliveries_[seq];
     if (n == 1) {
@@ -135,6 +147,12 @@ class FakeAggregator {
     if (status != AckStatus::kRefused) {
       for (const auto& r : first_[seq].records) keys_acked_.insert(r.key);
     }
+    // A sealed batch's ack is tagged as a real aggregator tags it.
+    auto key = ack_keys_.find(seq);
+    if (key != ack_keys_.end()) {
+      ack.digest = protocol::batchDigest(first_[seq]);
+      protocol::signAck(key->second, ack);
+    }
     EXPECT_TRUE(client_
                     ->publish(std::string(kPrefix) + "/agents/" + kAgent + "/ack",
                               protocol::encodeAck(ack), 1)
@@ -144,6 +162,26 @@ class FakeAggregator {
   Mode mode_ = Mode::kAck;
   std::optional<protocol::OpenOptions> open_;
   std::unique_ptr<mqtt::Client> client_;
+};
+
+// Fresh agent and aggregator sealing pairs, and how the fake aggregator opens
+// the agent's batches with them (the ring lives as long as this).
+struct SealingKeys {
+  protocol::SealKeyPair aggregator = *protocol::generateSealKeyPair();
+  protocol::SealKeyPair agent = *protocol::generateSealKeyPair();
+  protocol::AggregatorKeyRing ring;
+  SealingKeys() {
+    ring.by_key_id[protocol::sealKeyId(aggregator.public_key)] = {aggregator, INT64_MAX};
+  }
+  protocol::OpenOptions openOptions() const {
+    protocol::OpenOptions open;
+    open.ring = &ring;
+    open.agent_public_key = [this](const std::string& id) -> Result<protocol::X25519Key> {
+      if (id != kAgent) return Status::notFound(id);
+      return agent.public_key;
+    };
+    return open;
+  }
 };
 
 class ForwarderTest : public ::testing::Test {
@@ -223,6 +261,16 @@ class ForwarderTest : public ::testing::Test {
     const size_t at = text.find("\n" + name + " ");
     if (at == std::string::npos) return UINT64_MAX;
     return std::stoull(text.substr(at + name.size() + 2));
+  }
+
+  // `name{label="value"} N`, 0 when absent.
+  uint64_t labeledMetric(const std::string& name, const std::string& label,
+                         const std::string& value) {
+    const std::string text = metrics_->renderPrometheus();
+    const std::string series = name + "{" + label + "=\"" + value + "\"} ";
+    const size_t at = text.find(series);
+    if (at == std::string::npos) return 0;
+    return std::stoull(text.substr(at + series.size()));
   }
 
   MosquittoProcess broker_;
@@ -307,17 +355,10 @@ TEST_F(ForwarderTest, AggregatorOfflineWillTriggersAnImmediateResend) {
 // enrolled key; a resend carries the same seq and records under a fresh
 // ephemeral key (different bytes), and no record travels in clear.
 TEST_F(ForwarderTest, SealedBatchesOpenWithTheAggregatorKeyAndResendsCarryTheSameRecords) {
-  const protocol::SealKeyPair aggregator_key = *protocol::generateSealKeyPair();
-  const protocol::SealKeyPair agent_key = *protocol::generateSealKeyPair();
-  protocol::AggregatorKeyRing ring;
-  ring.by_key_id[protocol::sealKeyId(aggregator_key.public_key)] = {aggregator_key, INT64_MAX};
-  protocol::OpenOptions open;
-  open.ring = &ring;
-  open.agent_public_key = [&](const std::string& id) -> Result<protocol::X25519Key> {
-    if (id != kAgent) return Status::notFound(id);
-    return agent_key.public_key;
-  };
-  aggregator_->setOpenOptions(open);
+  const SealingKeys keys;
+  const protocol::SealKeyPair& aggregator_key = keys.aggregator;
+  const protocol::SealKeyPair& agent_key = keys.agent;
+  aggregator_->setOpenOptions(keys.openOptions());
   aggregator_->setMode(FakeAggregator::Mode::kIgnoreFirst);
   auto o = options();
   o.ack_timeout = 400ms;
@@ -341,6 +382,86 @@ TEST_F(ForwarderTest, SealedBatchesOpenWithTheAggregatorKeyAndResendsCarryTheSam
   }
   EXPECT_GE(metric("bl_agent_batches_sealed_total"), 4u);
   EXPECT_GT(metric("bl_agent_seal_microseconds_total"), 0u);
+}
+
+// The broker, a bridge or any fleet certificate can publish on an agent's ack
+// topic. With sealing on, an ack counts only when tagged with the key the agent
+// shares with the aggregators and when it names the content held: forged,
+// tampered, replayed and unknown acks delete nothing, and are counted.
+TEST_F(ForwarderTest, ForgedTamperedAndReplayedAcksDeleteNothing) {
+  const SealingKeys keys;
+  const protocol::SealKeyPair& aggregator_key = keys.aggregator;
+  const protocol::SealKeyPair& agent_key = keys.agent;
+  aggregator_->setOpenOptions(keys.openOptions());
+  aggregator_->setMode(FakeAggregator::Mode::kSilent);
+  auto o = options();
+  o.seal = protocol::SealerKeys{agent_key, aggregator_key.public_key};
+  startForwarder(o);
+  append(0, 250);
+  ASSERT_TRUE(aggregator_->waitFor([&] { return aggregator_->first_.size() == 3; }));
+  std::map<uint64_t, WireBatch> held;
+  {
+    std::lock_guard lock(aggregator_->mu_);
+    held = aggregator_->first_;
+  }
+  const protocol::AckKey real_key =
+      *protocol::aggregatorAckKey(aggregator_key, agent_key.public_key);
+  const std::string ack_topic = std::string(kPrefix) + "/agents/" + kAgent + "/ack";
+  auto ackFor = [&](uint64_t seq) {
+    protocol::WireAck a;
+    a.agent_id = kAgent;
+    a.batch_seq = seq;
+    a.status = AckStatus::kStored;
+    a.stored_records = 100;
+    a.aggregator = "agg-1";
+    if (held.count(seq)) a.digest = protocol::batchDigest(held[seq]);
+    return a;
+  };
+  size_t forged = 0, tampered = 0, replayed = 0, unknown = 0;
+  for (uint64_t seq = 0; seq <= 200; ++seq) {  // untagged, as built from the schema alone
+    ASSERT_TRUE(aggregator_->publish(ack_topic, protocol::encodeAck(ackFor(seq))).isOk());
+    ++forged;
+  }
+  for (const auto& [seq, batch] : held) {
+    // A real ack for another batch, moved to this seq.
+    protocol::WireAck moved = ackFor(seq == 0 ? 1 : 0);
+    protocol::signAck(real_key, moved);
+    moved.batch_seq = seq;
+    moved.digest = protocol::batchDigest(batch);
+    ASSERT_TRUE(aggregator_->publish(ack_topic, protocol::encodeAck(moved)).isOk());
+    ++tampered;
+    // Authentic, but for other content under this seq.
+    protocol::WireAck other = ackFor(seq);
+    WireBatch changed = batch;
+    changed.records.pop_back();
+    other.digest = protocol::batchDigest(changed);
+    protocol::signAck(real_key, other);
+    ASSERT_TRUE(aggregator_->publish(ack_topic, protocol::encodeAck(other)).isOk());
+    ++replayed;
+  }
+  protocol::WireAck never_sent = ackFor(999);
+  protocol::signAck(real_key, never_sent);
+  ASSERT_TRUE(aggregator_->publish(ack_topic, protocol::encodeAck(never_sent)).isOk());
+  ++unknown;
+
+  const auto deadline = std::chrono::steady_clock::now() + 15s;
+  auto counted = [&] {
+    return labeledMetric("bl_agent_acks_refused_total", "reason", "forged") == forged &&
+           labeledMetric("bl_agent_acks_refused_total", "reason", "tampered") == tampered &&
+           labeledMetric("bl_agent_acks_refused_total", "reason", "replayed") == replayed &&
+           labeledMetric("bl_agent_acks_refused_total", "reason", "unknown_batch") == unknown;
+  };
+  while (!counted() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(20ms);
+  EXPECT_TRUE(counted()) << metrics_->renderPrometheus();
+  EXPECT_EQ(buffer_->stats().records, 250u) << "an unauthentic ack deleted records";
+  EXPECT_EQ(metric("bl_agent_batches_acked_total"), 0u);
+
+  // The real acks still work.
+  aggregator_->setMode(FakeAggregator::Mode::kAck);
+  aggregator_->ackAllSeen();
+  ASSERT_TRUE(waitDrained()) << "real acks did not delete the batches";
+  EXPECT_EQ(metric("bl_agent_batches_acked_total"), 3u);
 }
 
 TEST_F(ForwarderTest, SealingWithALowOrderAggregatorKeyFailsAtStart) {

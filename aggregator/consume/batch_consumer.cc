@@ -6,11 +6,13 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <thread>
 #include <utility>
 
+#include "protocol/ack_auth.h"
 #include "shared/core/clock.h"
 #include "shared/core/log.h"
 #include "shared/mqtt/mqtt_client.h"
@@ -66,7 +68,11 @@ struct Refusal {
   std::optional<uint64_t> seq;
   const char* reason;  // bounded metric label
   std::string detail;
+  std::optional<protocol::AckKey> ack_key;  // set when the batch authenticated
 };
+
+// The keys to tag each opened batch's ack with, by (agent, seq).
+using AckKeys = std::map<std::pair<std::string, uint64_t>, protocol::AckKey>;
 
 }  // namespace
 
@@ -248,8 +254,10 @@ struct BatchConsumer::Impl {
     }
   }
 
-  // Opens one message; on success appends to `batches`, else to `refusals`.
-  void open(Queued& q, std::vector<protocol::WireBatch>& batches, std::vector<Refusal>& refusals) {
+  // Opens one message; on success appends to `batches` (and, for a sealed
+  // batch, its ack key to `keys`), else to `refusals`.
+  void open(Queued& q, std::vector<protocol::WireBatch>& batches, AckKeys& keys,
+            std::vector<Refusal>& refusals) {
     std::string agent = agentFromTopic(q.topic, options.topic_prefix);
     if (agent.empty()) {
       refusals.push_back({"", std::nullopt, "bad_topic",
@@ -265,13 +273,16 @@ struct BatchConsumer::Impl {
       return;
     }
     protocol::OpenFailure failure = protocol::OpenFailure::kNone;
-    auto decoded = protocol::openBatch(q.payload, options.limits, options.open, &failure);
+    std::optional<protocol::AckKey> key;
+    key.emplace();
+    auto decoded = protocol::openBatch(q.payload, options.limits, options.open, &failure, &*key);
+    if (key->key_id.empty()) key.reset();  // plain, or not authentic
     if (!decoded) {
       std::optional<uint64_t> seq;
       auto header = protocol::peekHeader(q.payload, options.limits);
       if (header && header->agent_id == agent) seq = header->batch_seq;
       refusals.push_back({agent, seq, refusalLabel(failure, decoded.status().message()),
-                          decoded.status().message()});
+                          decoded.status().message(), key});
       return;
     }
     if (decoded->agent_id != agent) {
@@ -283,6 +294,7 @@ struct BatchConsumer::Impl {
                               std::to_string(decoded->seq)});
       return;
     }
+    if (key) keys.insert_or_assign({agent, decoded->seq}, std::move(*key));
     batches.push_back(std::move(decoded.value()));
   }
 
@@ -297,8 +309,9 @@ struct BatchConsumer::Impl {
   void processGroup(std::vector<Queued>& group) {
     std::vector<protocol::WireBatch> batches;
     std::vector<Refusal> refusals;
+    AckKeys keys;
     batches.reserve(group.size());
-    for (Queued& q : group) open(q, batches, refusals);
+    for (Queued& q : group) open(q, batches, keys, refusals);
     // The payloads are decoded; free them before a possibly long commit wait.
     for (Queued& q : group) std::string().swap(q.payload);
 
@@ -360,6 +373,9 @@ struct BatchConsumer::Impl {
       ack.duplicate_records = o.duplicate_records;
       ack.rejects = o.rejects;
       ack.aggregator = options.aggregator_name;
+      ack.digest = o.digest;
+      auto key = keys.find({o.agent_id, o.batch_seq});
+      if (key != keys.end()) protocol::signAck(key->second, ack);
       if (o.seq_reused) {
         // Stored (nothing lost) and audited by the store in the same transaction.
         seq_reused.inc();
@@ -387,6 +403,9 @@ struct BatchConsumer::Impl {
       ack.status = protocol::AckStatus::kRefused;
       ack.message = r.detail;
       ack.aggregator = options.aggregator_name;
+      // An agent that seals trusts only tagged acks; a refusal of a batch that
+      // did not authenticate cannot be tagged and only shows in its log as such.
+      if (r.ack_key) protocol::signAck(*r.ack_key, ack);
       publishAck(ack);
     }
   }

@@ -2,7 +2,7 @@
 // tables documented in README "The central store"). One commit() is one
 // transaction: either every given batch is recorded in the batch ledger with
 // its records and rejects, or nothing is. A batch already in the ledger
-// (agent_id, batch_seq) with the same content digest (batch_digest.h) is a
+// (agent_id, batch_seq) with the same content digest (protocol/batch_digest.h) is a
 // duplicate and adds nothing; a record whose (source, record_key) is already
 // stored is counted as a duplicate and not stored again. So redelivery, from
 // any agent through any aggregator, never doubles data: at-least-once delivery
@@ -37,7 +37,7 @@ struct BatchOutcome {
   uint64_t batch_seq = 0;
   bool duplicate = false;          // already in the ledger; nothing was written for it
   bool seq_reused = false;         // stored although its seq was in the ledger with other content
-  std::string digest;              // the batch's content digest (batch_digest.h)
+  std::string digest;              // the batch's content digest (protocol/batch_digest.h)
   uint32_t records = 0;            // records in the batch
   uint32_t stored_records = 0;     // of which newly stored
   uint32_t duplicate_records = 0;  // of which already stored (same source and record key)

@@ -12,7 +12,8 @@
 #include <unordered_set>
 #include <utility>
 
-#include "aggregator/store/batch_digest.h"
+#include "aggregator/store/seq_reuse.h"
+#include "protocol/batch_digest.h"
 #include "shared/core/clock.h"
 #include "shared/core/log.h"
 
@@ -799,7 +800,7 @@ Result<std::vector<BatchOutcome>> PostgresCentralStore::commit(
   // Outside the lock and the transaction: hashing is the costly part.
   std::vector<std::string> digests;
   digests.reserve(batches.size());
-  for (const auto& b : batches) digests.push_back(batchDigest(b));
+  for (const auto& b : batches) digests.push_back(protocol::batchDigest(b));
   std::lock_guard lock(impl_->mutex);
   Status s =
       impl_->transaction([&] { return impl_->commitOnce(batches, digests, aggregator, outcomes); });

@@ -10,7 +10,8 @@
 #include <thread>
 #include <utility>
 
-#include "aggregator/store/batch_digest.h"
+#include "aggregator/store/seq_reuse.h"
+#include "protocol/batch_digest.h"
 #include "shared/core/clock.h"
 #include "shared/core/log.h"
 
@@ -520,7 +521,7 @@ Result<std::vector<BatchOutcome>> SqliteCentralStore::commit(
   // Outside the lock and the transaction: hashing is the costly part.
   std::vector<std::string> digests;
   digests.reserve(batches.size());
-  for (const auto& b : batches) digests.push_back(batchDigest(b));
+  for (const auto& b : batches) digests.push_back(protocol::batchDigest(b));
   std::lock_guard lock(impl_->mutex);
   Status s = impl_->writeTransaction("commit batches", [&]() -> int {
     outcomes.assign(batches.size(), BatchOutcome{});  // a retried attempt starts clean

@@ -186,6 +186,14 @@ int64_t PipelineTest::agentBufferRecords() const {
   return total;
 }
 
+double PipelineTest::agentMetric(size_t index, const std::string& series) const {
+  const auto urls = pipeline_->agentUrls();
+  if (index >= urls.size()) return -1;
+  auto m = cli::httpGet(urls[index] + "/metrics", std::chrono::milliseconds(5000));
+  if (!m.isOk() || m->status != 200) return -1;
+  return metricValue(m->body, series);
+}
+
 loadgen::LoadOptions PipelineTest::loadOptions(uint64_t records,
                                                const loadgen::GeneratorOptions& gen) const {
   loadgen::LoadOptions o;

@@ -52,6 +52,9 @@ class PipelineTest : public ::testing::Test {
   // Records held in all agents' buffers (bl_agent_buffer_records summed), or -1
   // when an agent does not answer /metrics.
   int64_t agentBufferRecords() const;
+  // One series of agent `index`'s /metrics (`name` or `name{label="v"}`); -1
+  // when absent or the agent does not answer.
+  double agentMetric(size_t index, const std::string& series) const;
 
   loadgen::LoadOptions loadOptions(uint64_t records, const loadgen::GeneratorOptions& gen) const;
 

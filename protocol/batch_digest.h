@@ -1,7 +1,9 @@
 // The content digest of a batch: what tells a retransmission (same agent, same
 // batch sequence, same content: a duplicate) from a batch sequence reused with
 // other content (an agent restored from a disk image: new records that must
-// not be lost). Stored in batch_ledger.digest (README "The central store").
+// not be lost). Stored in batch_ledger.digest (README "The central store"),
+// and carried in every authenticated ack (ack_auth.h), so the agent can tell an
+// ack for the content it holds from one for other content under the same seq.
 //
 // Canonical form, so any aggregator (and any later build) computes the same
 // digest from the decoded batch whatever the envelope (codec, sealing, key):
@@ -17,15 +19,9 @@
 
 #include "protocol/batch_codec.h"
 
-namespace branchline::aggregator {
+namespace branchline::protocol {
 
 // 64 lower-case hex digits.
-std::string batchDigest(const protocol::WireBatch& batch);
+std::string batchDigest(const WireBatch& batch);
 
-// The `detail` of a `batch_seq_reused` audit row (the same in every backend):
-// both digests, shortened, and what was stored. Never record contents.
-std::string seqReusedDetail(uint64_t batch_seq, const std::string& ledger_digest,
-                            const std::string& digest, uint32_t stored_records,
-                            uint32_t duplicate_records, uint32_t rejects);
-
-}  // namespace branchline::aggregator
+}  // namespace branchline::protocol

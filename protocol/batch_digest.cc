@@ -1,4 +1,4 @@
-#include "aggregator/store/batch_digest.h"
+#include "protocol/batch_digest.h"
 
 #include <mbedtls/sha256.h>
 
@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <string_view>
 
-namespace branchline::aggregator {
+namespace branchline::protocol {
 namespace {
 
 class Sha256 {
@@ -55,18 +55,18 @@ class Sha256 {
 
 }  // namespace
 
-std::string batchDigest(const protocol::WireBatch& batch) {
+std::string batchDigest(const WireBatch& batch) {
   Sha256 h;
   h.bytes(std::string_view("branchline-batch-digest-v1\0", 27));
   h.u64(batch.records.size());
-  for (const protocol::WireRecord& r : batch.records) {
+  for (const WireRecord& r : batch.records) {
     h.field(r.source);
     h.field(r.key);
     h.u64(static_cast<uint64_t>(r.ingested_at_us));
     h.field(r.payload);
   }
   h.u64(batch.rejects.size());
-  for (const protocol::WireReject& r : batch.rejects) {
+  for (const WireReject& r : batch.rejects) {
     h.field(r.source);
     h.field(r.raw);
     h.field(r.reasons_json);
@@ -75,15 +75,4 @@ std::string batchDigest(const protocol::WireBatch& batch) {
   return h.hex();
 }
 
-std::string seqReusedDetail(uint64_t batch_seq, const std::string& ledger_digest,
-                            const std::string& digest, uint32_t stored_records,
-                            uint32_t duplicate_records, uint32_t rejects) {
-  return "batch " + std::to_string(batch_seq) +
-         " was already stored with other content (ledger digest " + ledger_digest.substr(0, 16) +
-         ", this batch " + digest.substr(0, 16) + "): the agent reused the sequence (restored " +
-         "from an old disk image?); stored " + std::to_string(stored_records) + " new records (" +
-         std::to_string(duplicate_records) + " already stored) and " + std::to_string(rejects) +
-         " rejects; see batch_conflicts";
-}
-
-}  // namespace branchline::aggregator
+}  // namespace branchline::protocol
