@@ -15,6 +15,7 @@
 #include "protocol/batch_digest.h"
 #include "shared/core/clock.h"
 #include "shared/mqtt/testing/mosquitto_process.h"
+#include "shared/mqtt/testing/publish.h"
 
 namespace branchline::agent {
 namespace {
@@ -60,16 +61,10 @@ class FakeAggregator {
     std::lock_guard lock(mu_);
     mode_ = m;
   }
-  // Publishes as this aggregator (e.g. its online announcement); waits out a
-  // full Paho window (a burst of publishes) for up to 5 s.
+  // Publishes as this aggregator (e.g. its online announcement), waiting out
+  // a full Paho window.
   Status publish(const std::string& topic, const std::string& payload) {
-    Status s;
-    for (int i = 0; i < 500; ++i) {
-      s = client_->publish(topic, payload, 1);
-      if (s.code() != Code::kResourceExhausted) break;
-      std::this_thread::sleep_for(10ms);
-    }
-    return s;
+    return mqtt::testing::publishWaitingForRoom(*client_, topic, payload);
   }
   // Opens batches as a sealing aggregator does (set before the forwarder starts).
   void setOpenOptions(protocol::OpenOptions o) {

@@ -71,6 +71,68 @@ struct Refusal {
   std::optional<protocol::AckKey> ack_key;  // set when the batch authenticated
 };
 
+// Rate-limits refusal audit rows per agent (ConsumerOptions::refusal_audits_per_window).
+// Writer thread only.
+class RefusalAuditLimiter {
+ public:
+  RefusalAuditLimiter(size_t burst, int64_t window_us) : burst_(burst), window_us_(window_us) {}
+
+  // Whether this refusal gets its own audit row; otherwise it is counted for
+  // its window's summary. Call closeWindows() first.
+  bool admit(const std::string& agent, std::string_view detail, int64_t now_us) {
+    auto it = windows_.find(agent);
+    if (it == windows_.end()) {
+      // Agent ids come from topics; past this many at once they share one window.
+      const std::string& key = windows_.size() < kMaxWindows ? agent : kOverflow;
+      it = windows_.try_emplace(key, Window{now_us, 0, 0, {}}).first;
+    }
+    Window& w = it->second;
+    if (w.audited < burst_) {
+      ++w.audited;
+      return true;
+    }
+    if (w.suppressed++ == 0) w.first_detail = std::string(detail.substr(0, 300));
+    return false;
+  }
+
+  // Summary rows of the windows that have closed by `now_us` (all with `all`);
+  // their windows are forgotten.
+  std::vector<AuditEntry> closeWindows(const std::string& actor, int64_t now_us, bool all = false) {
+    std::vector<AuditEntry> rows;
+    for (auto it = windows_.begin(); it != windows_.end();) {
+      const Window& w = it->second;
+      if (!all && now_us - w.start_us < window_us_) {
+        ++it;
+        continue;
+      }
+      if (w.suppressed > 0) {
+        rows.push_back({actor, "batch_refused_suppressed", it->first, std::nullopt,
+                        std::to_string(w.suppressed) + " more refused batch messages between " +
+                            formatRfc3339Micros(w.start_us) + " and " +
+                            formatRfc3339Micros(now_us) + " were not audited one by one (at most " +
+                            std::to_string(burst_) + " per " +
+                            std::to_string(window_us_ / 1000000) +
+                            " s per agent); the first of them: " + w.first_detail});
+      }
+      it = windows_.erase(it);
+    }
+    return rows;
+  }
+
+ private:
+  struct Window {
+    int64_t start_us;
+    size_t audited;
+    uint64_t suppressed;
+    std::string first_detail;
+  };
+  static constexpr size_t kMaxWindows = 4096;
+  inline static const std::string kOverflow = "*";
+  const size_t burst_;
+  const int64_t window_us_;
+  std::map<std::string, Window> windows_;
+};
+
 // The keys to tag each opened batch's ack with, by (agent, seq).
 using AckKeys = std::map<std::pair<std::string, uint64_t>, protocol::AckKey>;
 
@@ -107,6 +169,12 @@ struct BatchConsumer::Impl {
   bool stopping = false;
   int64_t last_drop_log_us = 0;
   std::thread writer;
+
+  // Writer thread only: refusal audit rate limiting, and summary rows not yet written.
+  RefusalAuditLimiter audit_limiter{
+      options.refusal_audits_per_window,
+      std::chrono::duration_cast<std::chrono::microseconds>(options.refusal_audit_window).count()};
+  std::vector<AuditEntry> pending_summaries;
 
   Impl(ConsumerOptions o, CentralStore& s, MetricsRegistry& m)
       : options(std::move(o)),
@@ -232,7 +300,7 @@ struct BatchConsumer::Impl {
         idle = !cv.wait_for(lock, std::chrono::seconds(1),
                             [this] { return stopping || !queue.empty(); });
         // Queued, unstarted messages are left unacked on stop: their agents resend.
-        if (stopping) return;
+        if (stopping) break;
         while (!queue.empty() && group.size() < options.max_batches_per_commit) {
           group_bytes += queue.front().bytes;
           group.push_back(std::move(queue.front()));
@@ -242,7 +310,8 @@ struct BatchConsumer::Impl {
       if (idle) {
         // No traffic: probe the store, so readiness (/healthz) follows an
         // outage, or a database that was away at startup, without a batch.
-        const bool ok = store.health().isOk();
+        bool ok = store.health().isOk();
+        if (ok) ok = writeSummaries(nowMicros()).isOk();
         if (!ok && store_ready.load()) log::error("central_store_unavailable", {});
         setStoreReady(ok);
         continue;
@@ -252,6 +321,9 @@ struct BatchConsumer::Impl {
       queue_bytes -= group_bytes;
       queue_bytes_gauge.set(static_cast<int64_t>(queue_bytes));
     }
+    // Refusals counted in open windows are not forgotten on a clean stop.
+    Status s = writeSummaries(nowMicros(), /*all=*/true);
+    if (!s) log::warn("batch_refusals_summary_lost", {{"error", s.toString()}});
   }
 
   // Opens one message; on success appends to `batches` (and, for a sealed
@@ -315,8 +387,12 @@ struct BatchConsumer::Impl {
     // The payloads are decoded; free them before a possibly long commit wait.
     for (Queued& q : group) std::string().swap(q.payload);
 
+    const int64_t now = nowMicros();
+    std::vector<const Refusal*> to_audit;  // the refusals that get a row of their own
     for (const Refusal& r : refusals) {
       refused.with(r.reason).inc();
+      if (!audit_limiter.admit(r.agent_id, r.detail, now)) continue;  // counted for a summary
+      to_audit.push_back(&r);
       log::warn("batch_refused", {{"agent", r.agent_id},
                                   {"batch_seq", r.seq ? static_cast<int64_t>(*r.seq) : -1},
                                   {"reason", r.reason},
@@ -324,15 +400,16 @@ struct BatchConsumer::Impl {
     }
 
     // Audits and the commit are retried together until the store takes them:
-    // no ack (stored, duplicate or refused) leaves before its row is durable.
+    // no ack (stored, duplicate or refused) leaves before its row is durable
+    // (a refusal past the audit rate only has its summary row, later).
     size_t audited = 0;
     bool committed = batches.empty();
     std::vector<BatchOutcome> outcomes;
     auto delay = options.min_retry;
     for (;;) {
-      Status s;
-      for (; audited < refusals.size(); ++audited) {
-        const Refusal& r = refusals[audited];
+      Status s = writeSummaries(now);
+      for (; s && audited < to_audit.size(); ++audited) {
+        const Refusal& r = *to_audit[audited];
         s = store.audit({options.aggregator_name, "batch_refused", r.agent_id, r.seq, r.detail});
         if (!s) break;
       }
@@ -358,7 +435,7 @@ struct BatchConsumer::Impl {
       if (!backoff(delay)) {
         log::warn("batches_abandoned_on_stop",
                   {{"batches", static_cast<uint64_t>(batches.size())},
-                   {"refusals", static_cast<uint64_t>(refusals.size() - audited)}});
+                   {"refusals", static_cast<uint64_t>(to_audit.size() - audited)}});
         return;
       }
     }
@@ -408,6 +485,20 @@ struct BatchConsumer::Impl {
       if (r.ack_key) protocol::signAck(*r.ack_key, ack);
       publishAck(ack);
     }
+  }
+
+  // Writes the summary rows of closed audit windows (all of them with `all`);
+  // what the store does not take is kept for the next try.
+  Status writeSummaries(int64_t now_us, bool all = false) {
+    for (AuditEntry& row : audit_limiter.closeWindows(options.aggregator_name, now_us, all)) {
+      log::warn("batch_refusals_suppressed", {{"agent", row.agent_id}, {"detail", row.detail}});
+      pending_summaries.push_back(std::move(row));
+    }
+    while (!pending_summaries.empty()) {
+      BL_RETURN_IF_ERROR(store.audit(pending_summaries.front()));
+      pending_summaries.erase(pending_summaries.begin());
+    }
+    return Status::ok();
   }
 
   void publishAck(const protocol::WireAck& ack) {

@@ -10,7 +10,8 @@
 //   a topic naming another agent than the batch; with sealing: a plain batch
 //   when sealing is required, a sealer other than the named agent, a changed
 //   byte, an unknown or retired key id, an agent not enrolled) is refused: audited, counted,
-//   answered with a refused ack when the agent is known; it never stops the
+//   answered with a refused ack when the agent is known (audit rows are
+//   rate-limited per agent: ConsumerOptions::refusal_audits_per_window); it never stops the
 //   other batches of its group from committing and never crashes the process.
 // - Paho's callback never blocks: it moves the message into a queue bounded
 //   in bytes; when that is full the message is dropped and counted (the agent
@@ -51,6 +52,13 @@ struct ConsumerOptions {
   protocol::OpenOptions open{.ring = nullptr, .require_sealed = false};
   size_t max_batches_per_commit = 16;
   size_t max_queue_bytes = 64 << 20;  // received, not yet acked; an empty queue takes any message
+  // Refusal audit rows per agent (by topic): the first `refusal_audits_per_window`
+  // refusals in each window get a `batch_refused` row each; the rest are counted
+  // and written as one `batch_refused_suppressed` row (how many, the first
+  // reason) when the window closes, so a flood of garbage writes a bounded
+  // number of rows. Metrics and acks still count every refusal.
+  size_t refusal_audits_per_window = 10;
+  std::chrono::milliseconds refusal_audit_window{60000};
   std::chrono::milliseconds min_retry{100};  // store commit retry backoff
   std::chrono::milliseconds max_retry{5000};
 };

@@ -24,6 +24,7 @@
 #include "shared/core/clock.h"
 #include "shared/mqtt/mqtt_client.h"
 #include "shared/mqtt/testing/mosquitto_process.h"
+#include "shared/mqtt/testing/publish.h"
 
 namespace branchline::aggregator {
 namespace {
@@ -153,8 +154,8 @@ class FakeAgent {
     std::unique_lock lock(mutex_);
     return cv_.wait_for(lock, 10s, [this] { return connected_; });
   }
-  void publish(const std::string& topic, std::string payload) {
-    ASSERT_TRUE(client_->publish(topic, std::move(payload), 1).isOk());
+  void publish(const std::string& topic, const std::string& payload) {
+    ASSERT_TRUE(mqtt::testing::publishWaitingForRoom(*client_, topic, payload).isOk());
   }
   void publishBatch(const WireBatch& b, const std::string& topic_agent = "") {
     publish(batchTopic(topic_agent.empty() ? b.agent_id : topic_agent), protocol::encodeBatch(b));
@@ -466,6 +467,53 @@ TEST_F(BatchConsumerTest, FullQueueDropsWithoutBlockingAndKeepsWorking) {
   // A resend of a dropped batch goes through.
   a.publish(batchTopic("office-1"), bulky(10));
   ASSERT_EQ(a.waitAcks(acked + 1).size(), acked + 1);
+}
+
+// A flood of garbage on one agent's topic: every message is refused and
+// counted, but the audit trail gets at most a few rows per agent per window,
+// plus one summary row per window with how many more there were.
+TEST_F(BatchConsumerTest, AGarbageFloodWritesABoundedNumberOfAuditRows) {
+  ConsumerOptions o = options("agg-a");
+  o.refusal_audits_per_window = 5;
+  o.refusal_audit_window = 1000ms;
+  BatchConsumer& c = startConsumer(o, *store_, metrics_);
+  FakeAgent& a = agent();
+  const auto started = std::chrono::steady_clock::now();
+  constexpr int kFlood = 2000;
+  for (int i = 0; i < kFlood; ++i)
+    a.publish(batchTopic("office-1"), "garbage " + std::to_string(i));
+  a.publish(batchTopic("office-2"), "one bad message from another agent");
+  std::string text;
+  for (int i = 0; i < 2000; ++i) {
+    text = metrics_.renderPrometheus();
+    if (text.find("bl_aggregator_batches_refused_total{reason=\"malformed\"} " +
+                  std::to_string(kFlood + 1) + "\n") != std::string::npos) {
+      break;
+    }
+    std::this_thread::sleep_for(10ms);
+  }
+  ASSERT_NE(text.find("bl_aggregator_batches_refused_total{reason=\"malformed\"} " +
+                      std::to_string(kFlood + 1) + "\n"),
+            std::string::npos)
+      << text;
+  c.stop();  // closes the open windows: their summaries are written
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  const int64_t single =
+      count("SELECT count(*) FROM audit WHERE action='batch_refused' AND agent_id='office-1'");
+  const int64_t summaries = count(
+      "SELECT count(*) FROM audit WHERE action='batch_refused_suppressed' AND "
+      "agent_id='office-1'");
+  const int64_t summarized = count(
+      "SELECT COALESCE(SUM(CAST(detail AS INTEGER)), 0) FROM audit WHERE "
+      "action='batch_refused_suppressed' AND agent_id='office-1'");
+  EXPECT_EQ(single + summarized, kFlood) << "every refusal is accounted for";
+  const int64_t windows = static_cast<int64_t>(seconds) + 2;
+  EXPECT_LE(single, 5 * windows);
+  EXPECT_LE(summaries, windows);
+  EXPECT_GE(summaries, 1);
+  EXPECT_EQ(count("SELECT count(*) FROM audit WHERE agent_id='office-2'"), 1)
+      << "another agent's refusal has its own row";
 }
 
 TEST_F(BatchConsumerTest, TwoConsumersInOneShareGroupSplitBatchesAndStoreEachOnce) {

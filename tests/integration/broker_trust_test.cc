@@ -12,6 +12,7 @@
 #include "protocol/ack_auth.h"
 #include "protocol/batch_codec.h"
 #include "shared/mqtt/mqtt_client.h"
+#include "shared/mqtt/testing/publish.h"
 #include "tests/integration/pipeline_fixture.h"
 
 namespace branchline::testing {
@@ -67,15 +68,8 @@ TEST_F(BrokerTrustTest, AcksFromAnAggregatorsTlsIdentityWithoutItsSealKeyDeleteN
   ASSERT_TRUE(eventually([&] { return up.load(); }, 20s)) << "attacker could not connect";
 
   const std::string topic = "branchline/v1/agents/agent-1/ack";
-  // Waits out a full Paho window (a burst of publishes) for up to 5 s.
   auto publish = [&](const protocol::WireAck& a) {
-    Status s;
-    for (int i = 0; i < 500; ++i) {
-      s = attacker.publish(topic, protocol::encodeAck(a), 1);
-      if (s.code() != Code::kResourceExhausted) break;
-      std::this_thread::sleep_for(10ms);
-    }
-    return s;
+    return mqtt::testing::publishWaitingForRoom(attacker, topic, protocol::encodeAck(a));
   };
   auto ack = [](uint64_t seq) {
     protocol::WireAck a;
