@@ -372,12 +372,13 @@ struct OnlineWatcher {
     std::unique_lock lock(mutex);
     return cv.wait_for(lock, 10s, [&] { return up; });
   }
-  // Waits for a payload containing `text`.
-  bool waitFor(const std::string& text, std::chrono::seconds timeout) {
+  // Waits for a well-formed announcement by `aggregator` saying `online`.
+  bool waitFor(const std::string& aggregator, bool online, std::chrono::seconds timeout) {
     std::unique_lock lock(mutex);
     return cv.wait_for(lock, timeout, [&] {
       for (const auto& p : payloads) {
-        if (p.find(text) != std::string::npos) return true;
+        auto a = branchline::protocol::decodeAnnouncement(p);
+        if (a && a->aggregator == aggregator && a->online == online) return true;
       }
       return false;
     });
@@ -394,15 +395,14 @@ TEST_F(AggregatorMainTest, KilledOrStoppedItSaysItIsOfflineOnItsOnlineTopic) {
   ASSERT_TRUE(broker.start()) << broker.error();
   OnlineWatcher watcher(broker.uri());
   ASSERT_TRUE(watcher.start());
-  const std::string offline = R"({"aggregator":"agg-main","online":false})";
   const auto cfg = writeConfig(config(broker.uri(), MosquittoProcess::freePort()));
   {
     Process agg({"--config", cfg.string()}, dir_ / "agg-1.log");
-    ASSERT_TRUE(watcher.waitFor(R"({"aggregator":"agg-main"})", 20s)) << agg.stderrText();
-    EXPECT_FALSE(watcher.waitFor(offline, 0s));
+    ASSERT_TRUE(watcher.waitFor("agg-main", true, 20s)) << agg.stderrText();
+    EXPECT_FALSE(watcher.waitFor("agg-main", false, 0s));
     const auto killed = std::chrono::steady_clock::now();
     agg.signal(SIGKILL);
-    ASSERT_TRUE(watcher.waitFor(offline, 10s)) << "no will after SIGKILL";
+    ASSERT_TRUE(watcher.waitFor("agg-main", false, 10s)) << "no will after SIGKILL";
     std::printf("[ will ] offline announced %.0f ms after SIGKILL\n",
                 std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - killed)
                     .count());
@@ -412,7 +412,7 @@ TEST_F(AggregatorMainTest, KilledOrStoppedItSaysItIsOfflineOnItsOnlineTopic) {
     watcher.payloads.clear();
   }
   Process agg({"--config", cfg.string()}, dir_ / "agg-2.log");
-  ASSERT_TRUE(watcher.waitFor(R"({"aggregator":"agg-main"})", 20s)) << agg.stderrText();
+  ASSERT_TRUE(watcher.waitFor("agg-main", true, 20s)) << agg.stderrText();
   agg.signal(SIGTERM);
-  EXPECT_TRUE(watcher.waitFor(offline, 10s)) << "no offline announcement on a clean stop";
+  EXPECT_TRUE(watcher.waitFor("agg-main", false, 10s)) << "no offline announcement on a clean stop";
 }

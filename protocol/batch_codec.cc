@@ -370,3 +370,73 @@ Result<WireAck> decodeAck(std::string_view payload, const DecodeLimits& limits) 
 }
 
 }  // namespace branchline::protocol
+
+namespace branchline::protocol {
+
+std::string encodeAnnouncement(const WireAnnouncement& a) {
+  capnp::MallocMessageBuilder msg;
+  auto w = msg.initRoot<wire::Announcement>();
+  w.setFormatVersion(a.format_version);
+  w.setAggregator(text(a.aggregator));
+  w.setOnline(a.online);
+  w.setEpoch(a.epoch);
+  w.setIssuedAt(a.issued_at_us);
+  w.setCertificate(text(a.certificate_pem));
+  w.setSignature(bytes(a.signature));
+  return flatten(msg);
+}
+
+Result<WireAnnouncement> decodeAnnouncement(std::string_view payload) {
+  if (payload.size() > kMaxAnnouncementBytes) {
+    return Status::invalid("announcement of " + std::to_string(payload.size()) +
+                           " bytes is over the limit of " + std::to_string(kMaxAnnouncementBytes));
+  }
+  if (payload.empty() || payload.size() % sizeof(capnp::word) != 0) {
+    return Status::invalid("announcement is not a Cap'n Proto message");
+  }
+  DecodeLimits limits;
+  limits.max_traversal_words = kMaxAnnouncementBytes / sizeof(capnp::word) * 2;
+  limits.max_nesting = 4;
+  try {
+    auto words = alignedCopy(payload);
+    capnp::FlatArrayMessageReader reader(words, readerOptions(limits));
+    auto r = reader.getRoot<wire::Announcement>();
+    WireAnnouncement a;
+    a.format_version = r.getFormatVersion();
+    if (a.format_version != kFormatVersion) {
+      return Status::invalid("announcement format version " + std::to_string(a.format_version) +
+                             " is not " + std::to_string(kFormatVersion));
+    }
+    a.aggregator = str(r.getAggregator());
+    a.online = r.getOnline();
+    a.epoch = r.getEpoch();
+    a.issued_at_us = r.getIssuedAt();
+    a.certificate_pem = str(r.getCertificate());
+    auto sig = r.getSignature();
+    a.signature.assign(reinterpret_cast<const char*>(sig.begin()), sig.size());
+    return a;
+  } catch (const kj::Exception& e) {
+    return Status::invalid(std::string("malformed announcement: ") + e.getDescription().cStr());
+  }
+}
+
+std::string announcementSigningInput(const WireAnnouncement& a) {
+  std::string m;
+  auto u64 = [&m](uint64_t v) {
+    for (int i = 0; i < 8; ++i) m.push_back(static_cast<char>(v >> (8 * i)));
+  };
+  auto field = [&](std::string_view b) {
+    u64(b.size());
+    m.append(b);
+  };
+  field("branchline announcement v1");
+  u64(a.format_version);
+  field(a.aggregator);
+  u64(a.online ? 1 : 0);
+  u64(a.epoch);
+  u64(static_cast<uint64_t>(a.issued_at_us));
+  field(a.certificate_pem);
+  return m;
+}
+
+}  // namespace branchline::protocol

@@ -60,6 +60,18 @@ struct WireAck {
   bool operator==(const WireAck&) const = default;
 };
 
+// An aggregator's online/offline announcement (schema `Announcement`).
+struct WireAnnouncement {
+  uint16_t format_version = kFormatVersion;
+  std::string aggregator;
+  bool online = true;
+  uint64_t epoch = 0;
+  int64_t issued_at_us = 0;
+  std::string certificate_pem;  // "" when unsigned (no TLS identity)
+  std::string signature;        // "" when unsigned
+  bool operator==(const WireAnnouncement&) const = default;
+};
+
 struct DecodeLimits {
   size_t max_message_bytes = 16 << 20;   // the MQTT payload as received
   size_t max_inflated_bytes = 64 << 20;  // the body after decompression
@@ -92,5 +104,19 @@ Result<EnvelopeHeader> peekHeader(std::string_view payload, const DecodeLimits& 
 
 std::string encodeAck(const WireAck& ack);
 Result<WireAck> decodeAck(std::string_view payload, const DecodeLimits& limits = {});
+
+}  // namespace branchline::protocol
+
+namespace branchline::protocol {
+
+// Announcements are small: a name, a certificate and a signature.
+inline constexpr size_t kMaxAnnouncementBytes = 16 << 10;
+
+std::string encodeAnnouncement(const WireAnnouncement& announcement);
+// kInvalidArgument for anything but a well-formed version-1 announcement of at
+// most kMaxAnnouncementBytes.
+Result<WireAnnouncement> decodeAnnouncement(std::string_view payload);
+// What the signature covers: every field but the signature, length-prefixed.
+std::string announcementSigningInput(const WireAnnouncement& announcement);
 
 }  // namespace branchline::protocol

@@ -77,3 +77,18 @@ struct Ack {
   keyId @9 :Text;             # the aggregator sealing key whose agreement with the agent keys the tag
   tag @10 :Data;              # HMAC-SHA256 over every field above (ack_auth.h)
 }
+
+# An aggregator's announcement on `<prefix>/aggregators/<name>/online`: it can
+# take batches (online), or it went away (offline: its MQTT last will, or a
+# clean stop), so agents resend what is unacked at once. Not in an Envelope:
+# it is one Cap'n Proto message of its own, a broadcast to every agent.
+struct Announcement {
+  formatVersion @0 :UInt16;   # 1
+  aggregator @1 :Text;        # its name; its certificate's CN is "aggregator.<name>"
+  online @2 :Bool;
+  epoch @3 :UInt64;           # random, new for every aggregator process: an offline
+                              # notice counts only for the epoch of its latest online one
+  issuedAt @4 :Int64;         # Unix microseconds when it was signed
+  certificate @5 :Text;       # the aggregator's client certificate (PEM), chained to the fleet CA
+  signature @6 :Data;         # ECDSA-SHA256 by that certificate's key over announcementSigningInput()
+}

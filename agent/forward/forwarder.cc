@@ -14,6 +14,8 @@
 #include "protocol/batch_digest.h"
 #include "shared/core/clock.h"
 #include "shared/core/log.h"
+#include "shared/pki/broker_config.h"
+#include "shared/pki/pki.h"
 
 namespace branchline::agent {
 namespace {
@@ -29,6 +31,15 @@ constexpr size_t kMaxQueuedAcks = 4096;
 constexpr size_t kMaxAckBytes = 64 << 10;
 // After a local failure (SQLite, a refused publish) wait this long before trying again.
 constexpr milliseconds kErrorBackoff{1000};
+// Announcements waiting for the forwarder thread; past this (a flood) they are
+// dropped: a real one is repeated on every aggregator (re)connect.
+constexpr size_t kMaxQueuedAnnouncements = 64;
+// Each one costs a signature check (and a chain check for a new certificate):
+// at most this many a second, so a flood of forgeries cannot eat the CPU.
+constexpr int kMaxAnnouncementChecksPerSecond = 20;
+// What a genuine, forged or replayed announcement can cause is bounded: at most
+// one resend of everything in flight per this interval (later ones coalesce).
+constexpr milliseconds kAnnouncementResendInterval{1000};
 
 // Identifiers from an unauthenticated ack go into logs: keep them short and printable.
 std::string printable(std::string_view s) {
@@ -76,6 +87,11 @@ struct Forwarder::Impl {
             "Acks ignored: forged (no tag, or another key), tampered (the tag does not match), "
             "replayed (for other content under that seq), unknown_batch (not held: already acked)",
             "reason")),
+        announcements_refused(m.labeledCounter(
+            "bl_agent_announcements_refused_total",
+            "Aggregator announcements ignored: malformed, unsigned, untrusted_certificate, "
+            "bad_signature, stale (an offline notice for another epoch), rate_limited",
+            "reason")),
         buffer_records(m.gauge("bl_agent_buffer_records",
                                "Records and quarantined rejects held in the buffer")),
         buffer_bytes(m.gauge("bl_agent_buffer_bytes", "Bytes held in the buffer")),
@@ -107,6 +123,7 @@ struct Forwarder::Impl {
   Counter& retried;
   Counter& refused;
   LabeledCounter& acks_refused;
+  LabeledCounter& announcements_refused;
   Gauge& buffer_records;
   Gauge& buffer_bytes;
   Gauge& oldest_unacked_age;
@@ -120,9 +137,9 @@ struct Forwarder::Impl {
   std::deque<std::string> ack_queue;
   uint64_t dropped_acks = 0;
   bool up = false;
-  uint64_t up_generation = 0;        // incremented on every (re)connect
-  uint64_t online_generation = 0;    // incremented when an aggregator announces itself
-  bool online_went_offline = false;  // the last announcement said `"online":false`
+  uint64_t up_generation = 0;  // incremented on every (re)connect
+  std::deque<std::pair<std::string, std::string>> announcement_queue;  // (topic, payload)
+  uint64_t dropped_announcements = 0;
   bool stopping = false;
   bool wake = false;
 
@@ -132,8 +149,20 @@ struct Forwarder::Impl {
   size_t in_flight_bytes = 0;
   size_t last_batch_bytes = 0;
   uint64_t seen_generation = 0;
-  uint64_t seen_online = 0;
   bool connected = false;
+  // Announcements (forwarder thread). With `ca_pem` set they must be signed by
+  // an aggregator certificate (CN "aggregator.<name>") that chains to it.
+  std::string ca_pem;
+  struct AggregatorSeen {
+    uint64_t epoch = 0;          // of its latest online notice
+    bool offline_armed = false;  // an offline notice of that epoch would count (once)
+    std::string certificate;     // the one last verified for it
+  };
+  std::map<std::string, AggregatorSeen> aggregators;  // only verified names
+  Clock::time_point last_wave{};
+  const char* pending_wave = nullptr;  // a resend waiting out kAnnouncementResendInterval
+  Clock::time_point checks_window{};
+  int checks_in_window = 0;
   Clock::time_point error_backoff_until{};
   std::atomic<size_t> in_flight_count{0};
   std::atomic<bool> connected_flag{false};
@@ -147,9 +176,11 @@ struct Forwarder::Impl {
     if (m.topic.rfind(online_prefix, 0) == 0) {
       {
         std::lock_guard lock(mutex);
-        ++online_generation;
-        // Gone (its will, or a clean stop): what it held is resent for the others.
-        online_went_offline = m.payload.find("\"online\":false") != std::string::npos;
+        if (announcement_queue.size() >= kMaxQueuedAnnouncements) {
+          ++dropped_announcements;
+          return;
+        }
+        announcement_queue.emplace_back(std::move(m.topic), std::move(m.payload));
         wake = true;
       }
       cv.notify_one();
@@ -354,6 +385,89 @@ struct Forwarder::Impl {
     if (pending != startup_resend.end()) startup_resend.erase(pending);
   }
 
+  void refuseAnnouncement(const char* reason, std::string_view aggregator, std::string_view why) {
+    announcements_refused.with(reason).inc();
+    const std::string name = printable(aggregator);
+    log::warn("announcement_refused", {{"reason", reason}, {"aggregator", name}, {"why", why}});
+  }
+
+  // An aggregator's online/offline notice (README "Authenticated acks"):
+  // checked, then it may ask for a resend of everything in flight.
+  void handleAnnouncement(const std::string& topic, const std::string& payload) {
+    static constexpr std::string_view kTail = "/online";
+    std::string_view name(topic);
+    name.remove_prefix(online_prefix.size());
+    if (name.size() <= kTail.size() || name.substr(name.size() - kTail.size()) != kTail) {
+      return refuseAnnouncement("malformed", name, "not an online topic");
+    }
+    name.remove_suffix(kTail.size());
+    auto a = protocol::decodeAnnouncement(payload);
+    if (!a) return refuseAnnouncement("malformed", name, a.status().message());
+    if (a->aggregator != name || !pki::validIdentityName(a->aggregator)) {
+      return refuseAnnouncement("malformed", name, "names another aggregator than its topic");
+    }
+    auto seen = aggregators.find(a->aggregator);
+    if (!ca_pem.empty()) {
+      if (a->certificate_pem.empty() || a->signature.empty()) {
+        return refuseAnnouncement("unsigned", name, "no certificate or signature");
+      }
+      const auto now = Clock::now();
+      if (now - checks_window >= std::chrono::seconds(1)) {
+        checks_window = now;
+        checks_in_window = 0;
+      }
+      if (++checks_in_window > kMaxAnnouncementChecksPerSecond) {
+        return refuseAnnouncement("rate_limited", name, "too many announcements to check");
+      }
+      if (seen == aggregators.end() || seen->second.certificate != a->certificate_pem) {
+        Status trusted = pki::verifyCertificate(a->certificate_pem, ca_pem);
+        auto info = pki::inspectCertificate(a->certificate_pem);
+        if (trusted && info && info->common_name != pki::aggregatorIdentity(a->aggregator)) {
+          trusted =
+              Status(Code::kPermissionDenied, "certificate CN `" + info->common_name + "` is not " +
+                                                  pki::aggregatorIdentity(a->aggregator));
+        }
+        if (!trusted) return refuseAnnouncement("untrusted_certificate", name, trusted.message());
+      }
+      Status signed_ok = pki::verifyMessageSignature(
+          a->certificate_pem, protocol::announcementSigningInput(*a), a->signature);
+      if (!signed_ok) return refuseAnnouncement("bad_signature", name, signed_ok.message());
+    }
+    AggregatorSeen& state = aggregators[a->aggregator];
+    state.certificate = a->certificate_pem;
+    if (a->online) {
+      // (Re)connected, or its store is back: what it could not take goes now.
+      state.epoch = a->epoch;
+      state.offline_armed = true;
+      requestWave("aggregator_online");
+      return;
+    }
+    // Its will (or a clean stop): the batches in flight to it are lost with
+    // its session. Only for the epoch it last announced, and once: an old will
+    // replayed does nothing.
+    if (!state.offline_armed || state.epoch != a->epoch) {
+      return refuseAnnouncement("stale", name, "offline notice for an epoch not announced online");
+    }
+    state.offline_armed = false;
+    requestWave("aggregator_offline");
+  }
+
+  void requestWave(const char* why) {
+    // The last reason wins; either way everything in flight goes out again.
+    pending_wave = why;
+  }
+
+  // A requested resend of everything in flight, at most once per interval.
+  void resendWave(Clock::time_point now) {
+    if (pending_wave == nullptr || now - last_wave < kAnnouncementResendInterval) return;
+    for (auto& [seq, f] : in_flight) {
+      f.due = now;
+      f.due_why = pending_wave;
+    }
+    pending_wave = nullptr;
+    last_wave = now;
+  }
+
   void resendDue(Clock::time_point now) {
     std::vector<std::pair<uint64_t, const char*>> due;  // republish() may erase entries
     for (const auto& [seq, f] : in_flight) {
@@ -429,31 +543,38 @@ struct Forwarder::Impl {
     if (connected) {
       for (const auto& [seq, f] : in_flight) next = std::min(next, f.due);
     }
+    if (pending_wave != nullptr) next = std::min(next, last_wave + kAnnouncementResendInterval);
     return std::max(next, error_backoff_until);
   }
 
   void run() {
     for (;;) {
       std::deque<std::string> acks;
+      std::deque<std::pair<std::string, std::string>> announcements;
       bool is_up;
       uint64_t generation;
-      uint64_t online;
-      bool went_offline;
+      uint64_t announcements_dropped;
       {
         std::unique_lock lock(mutex);
         if (stopping) return;
         acks.swap(ack_queue);
+        announcements.swap(announcement_queue);
         is_up = up;
         generation = up_generation;
-        online = online_generation;
-        went_offline = online_went_offline;
         wake = false;
         if (dropped_acks > 0) {
           log::warn("acks_dropped", {{"count", dropped_acks}});
           dropped_acks = 0;
         }
+        announcements_dropped = dropped_announcements;
+        dropped_announcements = 0;
       }
       for (const auto& payload : acks) handleAck(payload);
+      if (announcements_dropped > 0) {
+        announcements_refused.with("rate_limited").inc(announcements_dropped);
+        log::warn("announcements_dropped", {{"count", announcements_dropped}});
+      }
+      for (const auto& [topic, payload] : announcements) handleAnnouncement(topic, payload);
 
       const auto now = Clock::now();
       connected = is_up;
@@ -465,16 +586,10 @@ struct Forwarder::Impl {
           f.due_why = "reconnect";
         }
       }
-      if (online != seen_online) {
-        // An aggregator (re)connected or its store came back: batches published
-        // while none could take them are resent now, not after ack_timeout.
-        // Or one went away with some of them: the others get them now.
-        seen_online = online;
-        for (auto& [seq, f] : in_flight) {
-          f.due = now;
-          f.due_why = went_offline ? "aggregator_offline" : "aggregator_online";
-        }
-      }
+      // An aggregator (re)connected or its store came back: batches published
+      // while none could take them are resent now, not after ack_timeout. Or
+      // one went away with some of them: the others get them now.
+      resendWave(now);
       if (connected && now >= error_backoff_until) {
         resendDue(now);
         if (now >= error_backoff_until) sendStartupBacklog();
@@ -515,6 +630,17 @@ Result<std::unique_ptr<Forwarder>> Forwarder::start(DurableBuffer& buffer, Forwa
                {"why",
                 "no [security] sealing keys: batches travel plain and acks are not "
                 "authenticated; set seal_key_file and aggregator_key_file"}});
+  }
+
+  if (!impl->options.mqtt.ca_file.empty()) {
+    auto ca = pki::readFile(impl->options.mqtt.ca_file);
+    if (!ca)
+      return ca.status().withContext("forwarder: reading the fleet CA to check announcements");
+    impl->ca_pem = std::move(ca).value();
+  } else {
+    log::warn("announcements_unauthenticated",
+              {{"agent", impl->options.agent_id},
+               {"why", "no mqtt.ca_file: aggregator online/offline notices are not checked"}});
   }
 
   auto unacked = buffer.unackedBatches();

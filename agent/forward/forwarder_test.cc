@@ -16,6 +16,7 @@
 #include "shared/core/clock.h"
 #include "shared/mqtt/testing/mosquitto_process.h"
 #include "shared/mqtt/testing/publish.h"
+#include "shared/pki/pki.h"
 
 namespace branchline::agent {
 namespace {
@@ -249,7 +250,7 @@ class ForwarderTest : public ::testing::Test {
     return false;
   }
 
-  void expectImmediateResendOn(const std::string& payload);
+  void expectImmediateResendOn(const std::string& payload, const std::string& before = "");
 
   uint64_t metric(const std::string& name) {
     const std::string text = metrics_->renderPrometheus();
@@ -319,31 +320,132 @@ TEST_F(ForwarderTest, UnackedBatchIsResentAfterAckTimeoutWithTheSameSeqAndRecord
 
 // With ack_timeout at 60 s, one batch delivered and left unacked: publishing
 // `payload` on an aggregator's `online` topic must get it resent (and so acked
-// and drained) within 10 s.
-void ForwarderTest::expectImmediateResendOn(const std::string& payload) {
+// and drained) within 10 s. `before`, if any, is announced first, once the
+// forwarder is connected (and past the resend rate limit it starts).
+void ForwarderTest::expectImmediateResendOn(const std::string& payload, const std::string& before) {
+  aggregator_->setMode(FakeAggregator::Mode::kIgnoreFirst);
+  auto o = options();
+  o.ack_timeout = 60s;
+  startForwarder(o);
+  const std::string topic = std::string(kPrefix) + "/aggregators/agg-9/online";
+  if (!before.empty()) {
+    for (int i = 0; i < 500 && !forwarder_->connected(); ++i) std::this_thread::sleep_for(20ms);
+    ASSERT_TRUE(forwarder_->connected());
+    ASSERT_TRUE(aggregator_->publish(topic, before).isOk());
+    std::this_thread::sleep_for(1200ms);
+  }
+  append(0, 30);
+  ASSERT_TRUE(aggregator_->waitFor([&] { return !aggregator_->deliveries_.empty(); }));
+  ASSERT_TRUE(aggregator_->publish(topic, payload).isOk());
+  ASSERT_TRUE(waitDrained(10s)) << "not resent";
+  EXPECT_EQ(aggregator_->keys_acked_.size(), 30u);
+  EXPECT_GE(metric("bl_agent_batches_retried_total"), 1u);
+}
+
+protocol::WireAnnouncement announcement(bool online, uint64_t epoch) {
+  protocol::WireAnnouncement a;
+  a.aggregator = "agg-9";
+  a.online = online;
+  a.epoch = epoch;
+  return a;
+}
+
+// An aggregator announcing itself makes the agent resend what is unacked at
+// once, long before ack_timeout.
+TEST_F(ForwarderTest, AggregatorOnlineAnnouncementTriggersAnImmediateResend) {
+  expectImmediateResendOn(protocol::encodeAnnouncement(announcement(true, 5)));
+}
+
+// An aggregator's will (it was killed holding this batch): the batch goes out
+// again at once, for the others. It counts for the epoch the aggregator last
+// announced online.
+TEST_F(ForwarderTest, AggregatorOfflineWillTriggersAnImmediateResend) {
+  expectImmediateResendOn(protocol::encodeAnnouncement(announcement(false, 5)),
+                          protocol::encodeAnnouncement(announcement(true, 5)));
+}
+
+// A will of another epoch (an old one replayed), unsigned notices where the
+// agent checks them, and garbage: ignored and counted, nothing resent.
+TEST_F(ForwarderTest, StaleUnsignedOrMalformedAnnouncementsCauseNoResend) {
   aggregator_->setMode(FakeAggregator::Mode::kIgnoreFirst);
   auto o = options();
   o.ack_timeout = 60s;
   startForwarder(o);
   append(0, 30);
   ASSERT_TRUE(aggregator_->waitFor([&] { return !aggregator_->deliveries_.empty(); }));
+  const std::string topic = std::string(kPrefix) + "/aggregators/agg-9/online";
   ASSERT_TRUE(
-      aggregator_->publish(std::string(kPrefix) + "/aggregators/agg-9/online", payload).isOk());
-  ASSERT_TRUE(waitDrained(10s)) << "not resent on " << payload;
-  EXPECT_EQ(aggregator_->keys_acked_.size(), 30u);
+      aggregator_->publish(topic, protocol::encodeAnnouncement(announcement(false, 4))).isOk());
+  ASSERT_TRUE(aggregator_->publish(topic, "{\"aggregator\":\"agg-9\",\"online\":false}").isOk());
+  auto other = announcement(true, 1);
+  other.aggregator = "agg-8";  // not the topic's aggregator
+  ASSERT_TRUE(aggregator_->publish(topic, protocol::encodeAnnouncement(other)).isOk());
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (labeledMetric("bl_agent_announcements_refused_total", "reason", "malformed") < 2 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_EQ(labeledMetric("bl_agent_announcements_refused_total", "reason", "stale"), 1u);
+  EXPECT_EQ(labeledMetric("bl_agent_announcements_refused_total", "reason", "malformed"), 2u);
+  std::this_thread::sleep_for(500ms);
+  EXPECT_EQ(metric("bl_agent_batches_retried_total"), 0u) << "a refused notice caused a resend";
+  EXPECT_FALSE(waitDrained(100ms));
+}
+
+protocol::WireAnnouncement signedAnnouncement(const pki::Credential& identity, bool online,
+                                              uint64_t epoch) {
+  protocol::WireAnnouncement a = announcement(online, epoch);
+  a.certificate_pem = identity.certificate_pem;
+  a.signature = *pki::signMessage(identity.private_key_pem, protocol::announcementSigningInput(a));
+  return a;
+}
+
+// With the fleet CA (mqtt.ca_file), a notice counts only when signed by an
+// aggregator certificate of that CA whose CN names the topic's aggregator.
+TEST_F(ForwarderTest, WithTheFleetCaOnlySignedAnnouncementsOfThatAggregatorCount) {
+  const pki::Credential ca =
+      *pki::createAuthority({.common_name = "fleet", .role = pki::CertRole::kAuthority});
+  const pki::Credential stranger_ca =
+      *pki::createAuthority({.common_name = "stranger", .role = pki::CertRole::kAuthority});
+  const pki::Credential agg9 = *pki::issueCertificate(ca, {.common_name = "aggregator.agg-9"});
+  const pki::Credential agg8 = *pki::issueCertificate(ca, {.common_name = "aggregator.agg-8"});
+  const pki::Credential fake9 =
+      *pki::issueCertificate(stranger_ca, {.common_name = "aggregator.agg-9"});
+  const auto ca_file = dir_ / "ca.crt";
+  ASSERT_TRUE(pki::writeFileAtomically(ca_file, ca.certificate_pem, 0644, true).isOk());
+
+  aggregator_->setMode(FakeAggregator::Mode::kIgnoreFirst);
+  auto o = options();
+  o.ack_timeout = 60s;
+  o.mqtt.ca_file = ca_file.string();  // the broker is tcp://: used for announcements only
+  startForwarder(o);
+  append(0, 30);
+  ASSERT_TRUE(aggregator_->waitFor([&] { return !aggregator_->deliveries_.empty(); }));
+  const std::string topic = std::string(kPrefix) + "/aggregators/agg-9/online";
+  auto send = [&](const protocol::WireAnnouncement& a) {
+    ASSERT_TRUE(aggregator_->publish(topic, protocol::encodeAnnouncement(a)).isOk());
+  };
+  send(announcement(true, 1));               // unsigned
+  send(signedAnnouncement(fake9, true, 1));  // another CA
+  send(signedAnnouncement(agg8, true, 1));   // a real aggregator, not this one
+  auto altered = signedAnnouncement(agg9, true, 1);
+  altered.epoch = 2;  // signed for epoch 1
+  send(altered);
+  auto refusedAs = [&](const char* reason) {
+    return labeledMetric("bl_agent_announcements_refused_total", "reason", reason);
+  };
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (refusedAs("bad_signature") < 1 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_EQ(refusedAs("unsigned"), 1u);
+  EXPECT_EQ(refusedAs("untrusted_certificate"), 2u);
+  EXPECT_EQ(refusedAs("bad_signature"), 1u);
+  EXPECT_EQ(metric("bl_agent_batches_retried_total"), 0u) << "a refused notice caused a resend";
+
+  send(signedAnnouncement(agg9, true, 1));
+  ASSERT_TRUE(waitDrained(10s)) << "a genuine notice did not get the batch resent";
   EXPECT_GE(metric("bl_agent_batches_retried_total"), 1u);
-}
-
-// An aggregator announcing itself makes the agent resend what is unacked at
-// once, long before ack_timeout.
-TEST_F(ForwarderTest, AggregatorOnlineAnnouncementTriggersAnImmediateResend) {
-  expectImmediateResendOn("{\"aggregator\":\"agg-9\"}");
-}
-
-// An aggregator's will (it was killed holding this batch): the batch goes out
-// again at once, for the others.
-TEST_F(ForwarderTest, AggregatorOfflineWillTriggersAnImmediateResend) {
-  expectImmediateResendOn("{\"aggregator\":\"agg-9\",\"online\":false}");
 }
 
 // Sealing on: the aggregator opens every batch with its key and the agent's

@@ -1,5 +1,6 @@
 #include "aggregator/consume/batch_consumer.h"
 
+#include <sys/random.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include "shared/core/clock.h"
 #include "shared/core/log.h"
 #include "shared/mqtt/mqtt_client.h"
+#include "shared/pki/pki.h"
 
 namespace branchline::aggregator {
 namespace {
@@ -159,6 +161,11 @@ struct BatchConsumer::Impl {
   std::atomic<uint64_t> commit_micros{0};
 
   std::unique_ptr<mqtt::Client> client;
+  // Both announcements, made (and with a TLS identity, signed) once at start():
+  // the offline one is the will, fixed at connect time, and Paho callbacks
+  // must not spend a signature's time.
+  std::string online_payload;
+  std::string offline_payload;
   std::atomic<bool> store_ready{true};
   std::atomic<bool> connected{false};
 
@@ -269,15 +276,45 @@ struct BatchConsumer::Impl {
   // Non-blocking: Paho queues it (safe from its callback thread).
   void announceOnline() {
     if (!client || !store_ready.load()) return;
-    (void)client->publish(onlineTopic(), "{\"aggregator\":\"" + options.aggregator_name + "\"}", 1);
+    // Retained: an agent that subscribes later still learns this epoch, so
+    // this process's will counts for it too.
+    (void)client->publish(onlineTopic(), online_payload, 1, /*retain=*/true);
   }
 
   // README "MQTT topics": `online` carries both announcements.
   std::string onlineTopic() const {
     return options.topic_prefix + "/aggregators/" + options.aggregator_name + "/online";
   }
-  std::string offlinePayload() const {
-    return "{\"aggregator\":\"" + options.aggregator_name + "\",\"online\":false}";
+
+  // Makes both announcements for a new epoch, signed with the TLS identity when
+  // there is one (agents check it against the fleet CA).
+  Status prepareAnnouncements() {
+    uint64_t epoch = 0;
+    if (::getrandom(&epoch, sizeof epoch, 0) != static_cast<ssize_t>(sizeof epoch)) {
+      return Status::internal("consumer: no randomness for the announcement epoch");
+    }
+    std::optional<pki::Credential> identity;
+    if (!options.cert_file.empty() && !options.key_file.empty()) {
+      auto loaded = pki::loadCredential(options.cert_file, options.key_file);
+      if (!loaded) return loaded.status().withContext("consumer: signing announcements");
+      identity = std::move(loaded).value();
+    }
+    for (bool online : {true, false}) {
+      protocol::WireAnnouncement a;
+      a.aggregator = options.aggregator_name;
+      a.online = online;
+      a.epoch = epoch;
+      a.issued_at_us = nowMicros();
+      if (identity) {
+        a.certificate_pem = identity->certificate_pem;
+        auto sig =
+            pki::signMessage(identity->private_key_pem, protocol::announcementSigningInput(a));
+        if (!sig) return sig.status().withContext("consumer: signing announcements");
+        a.signature = std::move(sig).value();
+      }
+      (online ? online_payload : offline_payload) = protocol::encodeAnnouncement(a);
+    }
+    return Status::ok();
   }
 
   void setStoreReady(bool ready) {
@@ -525,6 +562,7 @@ Status BatchConsumer::start() {
   if (o.share_group.empty()) return Status::invalid("consumer: share group is empty");
   if (o.broker_uris.empty()) return Status::invalid("consumer: no broker URIs");
   if (impl_->client) return Status::ok();
+  BL_RETURN_IF_ERROR(impl_->prepareAnnouncements());
 
   mqtt::ClientOptions co;
   co.broker_uris = o.broker_uris;
@@ -540,7 +578,8 @@ Status BatchConsumer::start() {
   // the broker then says so on its `online` topic, and the agents resend them
   // at once for the survivor instead of after their ack timeout.
   co.will_topic = impl_->onlineTopic();
-  co.will_payload = impl_->offlinePayload();
+  co.will_payload = impl_->offline_payload;
+  co.will_retain = true;
   Impl* impl = impl_.get();
   impl_->client = std::make_unique<mqtt::Client>(
       co, [impl](mqtt::Message&& m) { impl->onMessage(std::move(m)); },
@@ -569,7 +608,8 @@ void BatchConsumer::stop() {
   if (impl_->client) {
     // A clean DISCONNECT sends no will: say it here, for the batches that
     // reached this member after its last group (QoS 1: Paho sends it first).
-    (void)impl_->client->publish(impl_->onlineTopic(), impl_->offlinePayload(), 1);
+    (void)impl_->client->publish(impl_->onlineTopic(), impl_->offline_payload, 1,
+                                 /*retain=*/true);
     impl_->client->stop();
   }
   impl_->onConnection(false);

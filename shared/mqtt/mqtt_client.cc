@@ -289,7 +289,7 @@ Client::Client(ClientOptions options, MessageHandler on_message, ConnectionHandl
   co.set_max_inflight(o.max_inflight);
   // set_servers: one URI per attempt, in Impl::connectTo().
   if (!o.will_topic.empty()) {
-    co.set_will(::mqtt::will_options(o.will_topic, o.will_payload, 1, false));
+    co.set_will(::mqtt::will_options(o.will_topic, o.will_payload, 1, o.will_retain));
   }
   if (!o.username.empty()) co.set_user_name(o.username);
   if (!o.password.empty()) co.set_password(o.password);
@@ -361,12 +361,12 @@ Status Client::subscribe(const std::string& filter, int qos) {
   return Status::ok();
 }
 
-Status Client::publish(const std::string& topic, std::string payload, int qos) {
+Status Client::publish(const std::string& topic, std::string payload, int qos, bool retain) {
   if (!impl_->connected.load()) {
     return Status::unavailable("publish to `" + topic + "`: not connected to a broker");
   }
   try {
-    auto msg = ::mqtt::make_message(topic, ::mqtt::binary_ref(std::move(payload)), qos, false);
+    auto msg = ::mqtt::make_message(topic, ::mqtt::binary_ref(std::move(payload)), qos, retain);
     impl_->client->publish(std::move(msg));  // the delivery token is not waited on
   } catch (const ::mqtt::exception& e) {
     return fromPaho(e, "publish to `" + topic + "`");

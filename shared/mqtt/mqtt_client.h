@@ -49,6 +49,7 @@ struct ClientOptions {
   // the link went silent past 1.5 keep-alives. Empty topic: none.
   std::string will_topic;
   std::string will_payload;
+  bool will_retain = false;  // the broker keeps it as the topic's retained message
 };
 
 struct Message {
@@ -74,7 +75,8 @@ class Client {
   // it is seen; called from a handler it only queues the request (never blocks Paho).
   Status subscribe(const std::string& filter, int qos = 1);
   // Queues a publish without blocking. kUnavailable while disconnected (nothing queued).
-  Status publish(const std::string& topic, std::string payload, int qos = 1);
+  // `retain`: the broker keeps it and hands it to every later subscriber.
+  Status publish(const std::string& topic, std::string payload, int qos = 1, bool retain = false);
   bool connected() const;
   void stop();
 

@@ -10,6 +10,7 @@
 #include <mbedtls/oid.h>
 #include <mbedtls/pk.h>
 #include <mbedtls/platform_util.h>
+#include <mbedtls/sha256.h>
 #include <mbedtls/x509_crt.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -498,6 +499,48 @@ Status verifyCertificate(std::string_view certificate_pem, std::string_view auth
   if (why.empty()) why = mbedtlsError(rc);
   return Status(Code::kPermissionDenied,
                 "certificate `" + commonNameOf(&crt.ctx.subject) + "` does not verify: " + why);
+}
+
+namespace {
+std::array<unsigned char, 32> sha256Of(std::string_view message) {
+  std::array<unsigned char, 32> hash{};
+  mbedtls_sha256_ret(reinterpret_cast<const unsigned char*>(message.data()), message.size(),
+                     hash.data(), /*is224=*/0);
+  return hash;
+}
+}  // namespace
+
+Result<std::string> signMessage(const std::string& private_key_pem, std::string_view message) {
+  PkKey key;
+  int rc = parseKey(key, private_key_pem);
+  if (rc != 0) return Status::invalid("signing key: not a PEM private key: " + mbedtlsError(rc));
+  Rng rng;
+  BL_RETURN_IF_ERROR(rng.seed());
+  const auto hash = sha256Of(message);
+  std::string sig(MBEDTLS_PK_SIGNATURE_MAX_SIZE, '\0');
+  size_t len = 0;
+  rc = mbedtls_pk_sign(&key.ctx, MBEDTLS_MD_SHA256, hash.data(), hash.size(),
+                       reinterpret_cast<unsigned char*>(sig.data()), &len, mbedtls_ctr_drbg_random,
+                       &rng.drbg);
+  if (rc != 0) return mbedFail("signing", rc);
+  sig.resize(len);
+  return sig;
+}
+
+Status verifyMessageSignature(std::string_view certificate_pem, std::string_view message,
+                              std::string_view signature) {
+  Crt crt;
+  int rc = parseCertificate(crt, certificate_pem);
+  if (rc != 0) return Status::invalid("not a PEM certificate: " + mbedtlsError(rc));
+  const auto hash = sha256Of(message);
+  rc =
+      mbedtls_pk_verify(&crt.ctx.pk, MBEDTLS_MD_SHA256, hash.data(), hash.size(),
+                        reinterpret_cast<const unsigned char*>(signature.data()), signature.size());
+  if (rc != 0) {
+    return Status(Code::kPermissionDenied, "signature is not by the key of certificate `" +
+                                               commonNameOf(&crt.ctx.subject) + "`");
+  }
+  return Status::ok();
 }
 
 Status writeFileAtomically(const fs::path& file, std::string_view contents, mode_t mode,

@@ -90,6 +90,15 @@ Result<CertificateInfo> inspectCertificate(std::string_view certificate_pem);
 // every reason ("expired", "not signed by the trusted authority", ...).
 Status verifyCertificate(std::string_view certificate_pem, std::string_view authority_pem);
 
+// ECDSA (the key's curve) over SHA-256 of `message`, with a PEM private key
+// (a Credential's). kInvalidArgument if the key does not parse.
+Result<std::string> signMessage(const std::string& private_key_pem, std::string_view message);
+// OK when `signature` is signMessage() of `message` by the key of
+// `certificate_pem` (whose trust the caller checks with verifyCertificate);
+// kPermissionDenied naming the certificate's CN otherwise.
+Status verifyMessageSignature(std::string_view certificate_pem, std::string_view message,
+                              std::string_view signature);
+
 // Atomic and durable: a temp file in the same folder written with `mode`
 // (fchmod'ed, so the umask cannot widen or narrow it), fsync, then rename (or,
 // with `replace` false, link + unlink, which fails with kAlreadyExists rather

@@ -108,6 +108,18 @@ TEST_F(BrokerTrustTest, AcksFromAnAggregatorsTlsIdentityWithoutItsSealKeyDeleteN
             5);
   EXPECT_EQ(agentMetric(0, "bl_agent_batches_acked_total"), 0);
   EXPECT_EQ(agentBufferRecords(), 4000) << "an unauthentic ack deleted buffered records";
+
+  // 3. Announcements the same identity can publish but not sign: an unsigned
+  // "agg-1 is offline" notice, and one signed by a key outside the fleet CA.
+  const std::string online_topic = "branchline/v1/aggregators/agg-1/online";
+  protocol::WireAnnouncement forged;
+  forged.aggregator = "agg-1";
+  forged.online = false;
+  ASSERT_TRUE(mqtt::testing::publishWaitingForRoom(attacker, online_topic,
+                                                   protocol::encodeAnnouncement(forged))
+                  .isOk());
+  const std::string refused_notice = "bl_agent_announcements_refused_total{reason=\"";
+  EXPECT_TRUE(eventually([&] { return agentMetric(0, refused_notice + "unsigned\"}") >= 1; }, 10s));
   attacker.stop();
 
   // The aggregator returns: everything is stored, exactly once.
@@ -117,6 +129,10 @@ TEST_F(BrokerTrustTest, AcksFromAnAggregatorsTlsIdentityWithoutItsSealKeyDeleteN
       << "store holds " << queryInt(store(), "SELECT COUNT(*) FROM records") << " of " << accepted;
   expectExactlyAccepted(*stats, gen);
   EXPECT_GT(agentMetric(0, "bl_agent_batches_acked_total"), 0);
+  // The real aggregator's signed announcements were taken.
+  for (const char* reason : {"untrusted_certificate", "bad_signature"}) {
+    EXPECT_EQ(agentMetric(0, refused_notice + reason + "\"}"), -1) << reason;
+  }
 }
 
 }  // namespace
