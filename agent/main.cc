@@ -52,7 +52,10 @@ int rotateDataKey(const std::string& config_path) {
   log::init("agent");
   auto rotated = agent::rotateBufferDataKey(bufferOptions(*cfg));
   if (!rotated.isOk()) {
-    return fail(kExitStartupFailed, "rotate-data-key: " + rotated.status().message());
+    const std::string message = "rotate-data-key: " + rotated.status().message();
+    std::fprintf(stderr, "branchline-agent: %s\n", message.c_str());
+    log::error("data_key_rotation_failed", {{"error", message}});
+    return kExitStartupFailed;
   }
   std::printf(
       "branchline-agent: rotated the data key in %s: %llu records and %llu quarantined rejects "
