@@ -37,6 +37,34 @@ int fail(int code, const std::string& message) {
   return code;
 }
 
+agent::BufferOptions bufferOptions(const agent::AgentConfig& cfg) {
+  agent::BufferOptions o;
+  o.path = cfg.data_dir / "buffer.db";
+  o.max_bytes = cfg.buffer.max_bytes;
+  o.key_file = cfg.buffer.key_file;
+  return o;
+}
+
+// `rotate-data-key`: offline; the logic and its crash safety live in DurableBuffer.
+int rotateDataKey(const std::string& config_path) {
+  auto cfg = agent::loadAgentConfig(config_path);
+  if (!cfg.isOk()) return fail(kExitBadConfig, cfg.status().message());
+  log::init("agent");
+  auto rotated = agent::rotateBufferDataKey(bufferOptions(*cfg));
+  if (!rotated.isOk()) {
+    const std::string message = "rotate-data-key: " + rotated.status().message();
+    std::fprintf(stderr, "branchline-agent: %s\n", message.c_str());
+    log::error("data_key_rotation_failed", {{"error", message}});
+    return kExitStartupFailed;
+  }
+  std::printf(
+      "branchline-agent: rotated the data key in %s: %llu records and %llu quarantined rejects "
+      "re-sealed; the old key is destroyed\n",
+      cfg->buffer.key_file.c_str(), static_cast<unsigned long long>(rotated->records),
+      static_cast<unsigned long long>(rotated->rejects));
+  return 0;
+}
+
 int run(const std::string& config_path, const sigset_t& stop_signals) {
   auto cfg = agent::loadAgentConfig(config_path);
   if (!cfg.isOk()) return fail(kExitBadConfig, cfg.status().message());
@@ -67,10 +95,7 @@ int run(const std::string& config_path, const sigset_t& stop_signals) {
     return fail(kExitStartupFailed,
                 "agent.data_dir " + cfg->data_dir.string() + ": cannot create: " + ec.message());
   }
-  agent::BufferOptions buffer_options;
-  buffer_options.path = cfg->data_dir / "buffer.db";
-  buffer_options.max_bytes = cfg->buffer.max_bytes;
-  buffer_options.key_file = cfg->buffer.key_file;
+  agent::BufferOptions buffer_options = bufferOptions(*cfg);
   auto opened = agent::DurableBuffer::open(buffer_options);
   if (!opened.isOk()) {
     return fail(kExitStartupFailed, "buffer " + buffer_options.path.string() + ": " +
@@ -179,12 +204,22 @@ int main(int argc, char** argv) {
       "branchline-agent: takes records over HTTP and from a spool folder, keeps them "
       "durably and forwards them to the aggregators"};
   std::string config_path;
-  app.add_option("--config", config_path, "agent configuration (TOML)")->required();
+  app.add_option("--config", config_path, "agent configuration (TOML); required to run the agent");
+  app.require_subcommand(0, 1);
+  std::string rotate_config;
+  auto* rotate = app.add_subcommand(
+      "rotate-data-key",
+      "Re-seal the buffer under a new data key and destroy the old key (README [buffer] "
+      "key_file). Offline: stop the agent first; refused while an agent has the buffer open");
+  rotate->add_option("--config", rotate_config, "agent configuration (TOML)")->required();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : kExitBadConfig;
   }
+  if (*rotate) return rotateDataKey(rotate_config);
+  if (config_path.empty())
+    return app.exit(CLI::RequiredError("--config")) == 0 ? 0 : kExitBadConfig;
 
   // Blocked before any thread starts, so every thread inherits the mask and
   // only sigwait() below sees SIGINT/SIGTERM.

@@ -17,6 +17,7 @@
 #include <fstream>
 #include <mutex>
 #include <regex>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -38,6 +39,57 @@ std::string readFile(const fs::path& p) {
   s << in.rdbuf();
   return s.str();
 }
+
+// Subscribes to the test agent's batch topic and keeps every payload that arrives.
+class BatchListener {
+ public:
+  BatchListener(const std::string& broker_uri, const std::string& client_id)
+      : client_(
+            options(broker_uri, client_id),
+            [this](branchline::mqtt::Message&& m) {
+              std::lock_guard lock(mu_);
+              payloads_.push_back(std::move(m.payload));
+              cv_.notify_all();
+            },
+            [this](bool connected) {
+              std::lock_guard lock(mu_);
+              up_ = connected;
+              cv_.notify_all();
+            }) {}
+
+  // Subscribes, connects and waits (10 s at most) for the connection.
+  bool start() {
+    if (!client_.subscribe("branchline/v1/agents/main-test/batch", 1).isOk()) return false;
+    if (!client_.start().isOk()) return false;
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, 10s, [&] { return up_; });
+  }
+  void stop() { client_.stop(); }
+
+  // Waits until more than `count` payloads have arrived; false after `timeout`.
+  bool waitForMoreThan(size_t count, std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, timeout, [&] { return payloads_.size() > count; });
+  }
+  std::vector<std::string> payloads() {
+    std::lock_guard lock(mu_);
+    return payloads_;
+  }
+
+ private:
+  static branchline::mqtt::ClientOptions options(const std::string& uri, const std::string& id) {
+    branchline::mqtt::ClientOptions o;
+    o.broker_uris = {uri};
+    o.client_id = id;
+    return o;
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::string> payloads_;
+  bool up_ = false;
+  branchline::mqtt::Client client_;  // last: its callbacks use the members above
+};
 
 class AgentMainTest : public ::testing::Test {
  protected:
@@ -101,6 +153,78 @@ class AgentMainTest : public ::testing::Test {
   }
 
   std::string stderrText() { return readFile(dir_ / "stderr"); }
+
+  // Waits for the agent_started line; returns the HTTP port it bound (0: none).
+  int waitStartedPort() {
+    const std::regex started(R"re("event":"agent_started".*"http_port":(\d+))re");
+    std::smatch m;
+    std::string text;
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    while (std::chrono::steady_clock::now() < deadline) {
+      text = stderrText();
+      if (std::regex_search(text, m, started)) return std::stoi(m[1].str());
+      if (::waitpid(pid_, nullptr, WNOHANG) != 0) break;
+      std::this_thread::sleep_for(50ms);
+    }
+    ADD_FAILURE() << "no agent_started line:\n" << text;
+    return 0;
+  }
+
+  // POSTs `body` to the agent on 127.0.0.1:port; returns the whole answer.
+  static std::string post(int port, const std::string& path, const std::string& body) {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+      ::close(fd);
+      return "connect failed";
+    }
+    const std::string req = "POST " + path +
+                            " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                            "Connection: close\r\nContent-Length: " +
+                            std::to_string(body.size()) + "\r\n\r\n" + body;
+    std::string answer;
+    if (::write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
+      char buf[4096];
+      for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;)
+        answer.append(buf, static_cast<size_t>(n));
+    }
+    ::close(fd);
+    return answer;
+  }
+
+  // Runs the binary with `args` to completion (20 s at most); its stdout and stderr
+  // go to *output. Returns the exit code, or -1 when it did not exit in time.
+  int runCommand(const std::vector<std::string>& args, std::string* output) {
+    const fs::path out = dir_ / "command.out";
+    const pid_t pid = ::fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+      const int fd = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+      ::dup2(fd, STDOUT_FILENO);
+      ::dup2(fd, STDERR_FILENO);
+      std::vector<char*> argv = {const_cast<char*>("branchline-agent")};
+      for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      ::execv(binary_.c_str(), argv.data());
+      ::_exit(127);
+    }
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    int status = 0;
+    while (::waitpid(pid, &status, WNOHANG) == 0) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, nullptr, 0);
+        *output = readFile(out);
+        return -1;
+      }
+      std::this_thread::sleep_for(20ms);
+    }
+    *output = readFile(out);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
 
   fs::path binary_;
   fs::path dir_;
@@ -197,18 +321,8 @@ TEST_F(AgentMainTest, StartsServesAndStopsCleanlyOnSigterm) {
 TEST_F(AgentMainTest, AcceptedRecordIsNotInTheBufferFilesInClear) {
   // No broker answers: the record stays in the buffer.
   spawn(writeConfig(baseConfig("127.0.0.1:0", "tcp://127.0.0.1:1")));
-  const std::regex started(R"re("event":"agent_started".*"http_port":(\d+))re");
-  std::smatch m;
-  std::string text;
-  const auto deadline = std::chrono::steady_clock::now() + 20s;
-  while (std::chrono::steady_clock::now() < deadline) {
-    text = stderrText();
-    if (std::regex_search(text, m, started)) break;
-    ASSERT_EQ(::waitpid(pid_, nullptr, WNOHANG), 0) << "agent exited:\n" << text;
-    std::this_thread::sleep_for(50ms);
-  }
-  ASSERT_TRUE(m.size() == 2) << "no agent_started line:\n" << text;
-  const int port = std::stoi(m[1].str());
+  const int port = waitStartedPort();
+  ASSERT_GT(port, 0);
 
   const std::string email = "wilhelmina.quenzeldorf@pii-marker.example";
   const std::string name = "Wilhelmina Quenzeldorf";
@@ -218,23 +332,7 @@ TEST_F(AgentMainTest, AcceptedRecordIsNotInTheBufferFilesInClear) {
                            R"(","channel":"web",)"
                            R"("created_at":"2026-11-25T10:00:00Z","phone":")" +
                            phone + R"("})";
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-  const std::string req =
-      "POST /v1/records/customer HTTP/1.1\r\nHost: x\r\n"
-      "Content-Type: application/json\r\nConnection: close\r\n"
-      "Content-Length: " +
-      std::to_string(body.size()) + "\r\n\r\n" + body;
-  ASSERT_EQ(::write(fd, req.data(), req.size()), static_cast<ssize_t>(req.size()));
-  std::string answer;
-  char buf[4096];
-  for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;)
-    answer.append(buf, static_cast<size_t>(n));
-  ::close(fd);
+  const std::string answer = post(port, "/v1/records/customer", body);
   ASSERT_EQ(answer.rfind("HTTP/1.1 200", 0), 0u) << answer;
   ASSERT_NE(answer.find(R"("accepted":1)"), std::string::npos) << answer;
 
@@ -309,7 +407,6 @@ TEST_F(AgentMainTest, SealKeyFilesAreCheckedAtStartup) {
 // public key) opens it.
 TEST_F(AgentMainTest, SealedAgentPublishesOnlySealedBatches) {
   namespace protocol = branchline::protocol;
-  namespace mqtt = branchline::mqtt;
   branchline::mqtt::testing::MosquittoProcess broker;
   ASSERT_TRUE(broker.start()) << broker.error();
   const auto agent_key = *protocol::generateSealKeyPair();
@@ -317,31 +414,8 @@ TEST_F(AgentMainTest, SealedAgentPublishesOnlySealedBatches) {
   ASSERT_TRUE(protocol::writeSealPrivateKey(dir_ / "agent.seal.key", agent_key).isOk());
   ASSERT_TRUE(protocol::writeSealPublicKey(dir_ / "seal.pub", aggregator_key.public_key).isOk());
 
-  std::mutex mu;
-  std::condition_variable cv;
-  std::vector<std::string> payloads;
-  bool up = false;
-  mqtt::ClientOptions o;
-  o.broker_uris = {broker.uri()};
-  o.client_id = "sealed-main-test-listener";
-  mqtt::Client listener(
-      o,
-      [&](mqtt::Message&& m) {
-        std::lock_guard lock(mu);
-        payloads.push_back(std::move(m.payload));
-        cv.notify_all();
-      },
-      [&](bool connected) {
-        std::lock_guard lock(mu);
-        up = connected;
-        cv.notify_all();
-      });
-  ASSERT_TRUE(listener.subscribe("branchline/v1/agents/main-test/batch", 1).isOk());
-  ASSERT_TRUE(listener.start().isOk());
-  {
-    std::unique_lock lock(mu);
-    ASSERT_TRUE(cv.wait_for(lock, 10s, [&] { return up; }));
-  }
+  BatchListener listener(broker.uri(), "sealed-main-test-listener");
+  ASSERT_TRUE(listener.start());
 
   spawn(writeConfig(baseConfig("127.0.0.1:0", broker.uri()) +
                     "[batch]\nlinger_ms = 10\n[security]\nseal_key_file = \"agent.seal.key\"\n"
@@ -381,12 +455,8 @@ TEST_F(AgentMainTest, SealedAgentPublishesOnlySealedBatches) {
   ::close(fd);
   ASSERT_NE(answer.find(R"("accepted":1)"), std::string::npos) << answer;
 
-  std::string payload;
-  {
-    std::unique_lock lock(mu);
-    ASSERT_TRUE(cv.wait_for(lock, 20s, [&] { return !payloads.empty(); })) << stderrText();
-    payload = payloads.front();
-  }
+  ASSERT_TRUE(listener.waitForMoreThan(0, 20s)) << stderrText();
+  const std::string payload = listener.payloads().front();
   listener.stop();
   EXPECT_EQ(payload.find(email), std::string::npos) << "record content in clear on the broker";
   auto header = protocol::peekHeader(payload);
@@ -406,6 +476,85 @@ TEST_F(AgentMainTest, SealedAgentPublishesOnlySealedBatches) {
   ASSERT_EQ(batch->records.size(), 1u);
   EXPECT_NE(batch->records[0].payload.find(email), std::string::npos);
 
+  ::kill(pid_, SIGTERM);
+  EXPECT_EQ(waitExit(15s), 0) << stderrText();
+}
+
+// README "[buffer] key_file": `rotate-data-key` runs offline. While the agent runs
+// it is refused and changes nothing; once the agent has stopped it re-seals the
+// buffer under a new key, the old key no longer opens the buffer, and the agent
+// started again delivers every buffered record (and the quarantined one) to the broker.
+TEST_F(AgentMainTest, RotateDataKeyOfflineKeepsBufferedRecordsDeliverable) {
+  const fs::path key = dir_ / "data" / "buffer.key";
+  // No broker answers: the records stay in the buffer.
+  const fs::path config = writeConfig(baseConfig("127.0.0.1:0", "tcp://127.0.0.1:1"));
+  spawn(config);
+  const int port = waitStartedPort();
+  ASSERT_GT(port, 0);
+  std::string body = "[";
+  for (int i = 1; i <= 3; ++i) {
+    body += R"({"external_id":"rot-)" + std::to_string(i) +
+            R"(","name":"Rotation Test","email":"rot)" + std::to_string(i) +
+            R"(@example.com","channel":"web","created_at":"2026-11-25T10:00:00Z"},)";
+  }
+  body += R"({"external_id":"rot-bad","name":"Bad","email":"not-an-email","channel":"web",)"
+          R"("created_at":"2026-11-25T10:00:00Z"}])";
+  const std::string answer = post(port, "/v1/records/customer", body);
+  ASSERT_NE(answer.find(R"("accepted":3,"rejected":1)"), std::string::npos) << answer;
+
+  const std::string old_key = readFile(key);
+  ASSERT_EQ(old_key.size(), 32u);
+  std::string out;
+  EXPECT_EQ(runCommand({"rotate-data-key", "--config", config.string()}, &out), 1) << out;
+  EXPECT_NE(out.find("stop the agent first"), std::string::npos) << out;
+  EXPECT_EQ(readFile(key), old_key) << "a refused rotation changes nothing";
+
+  ::kill(pid_, SIGTERM);
+  ASSERT_EQ(waitExit(15s), 0) << stderrText();
+  ASSERT_EQ(runCommand({"rotate-data-key", "--config", config.string()}, &out), 0) << out;
+  EXPECT_NE(out.find("3 records and 1 quarantined rejects re-sealed"), std::string::npos) << out;
+  const std::string new_key = readFile(key);
+  EXPECT_EQ(new_key.size(), 32u);
+  EXPECT_NE(new_key, old_key);
+  EXPECT_FALSE(fs::exists(dir_ / "data" / "buffer.key.next"));
+
+  // The old key no longer opens the buffer: startup fails naming the problem.
+  {
+    std::ofstream(dir_ / "old.key", std::ios::binary) << old_key;
+    fs::permissions(dir_ / "old.key", fs::perms::owner_read | fs::perms::owner_write);
+    const fs::path old_config = dir_ / "old-key.toml";
+    std::ofstream(old_config) << baseConfig("127.0.0.1:0", "tcp://127.0.0.1:1")
+                              << "[buffer]\nkey_file = \"old.key\"\n";
+    EXPECT_EQ(runToExit(old_config), 1) << stderrText();
+    EXPECT_NE(stderrText().find("different data key"), std::string::npos) << stderrText();
+  }
+
+  // With the new key and a broker, every buffered record reaches it.
+  branchline::mqtt::testing::MosquittoProcess broker;
+  ASSERT_TRUE(broker.start()) << broker.error();
+  BatchListener listener(broker.uri(), "rotation-main-test-listener");
+  ASSERT_TRUE(listener.start());
+  spawn(writeConfig(baseConfig("127.0.0.1:0", broker.uri()) + "[batch]\nlinger_ms = 10\n"));
+  std::set<std::string> ids;
+  size_t rejects = 0;
+  for (size_t seen = 0; ids.size() < 3 || rejects < 1;) {
+    ASSERT_TRUE(listener.waitForMoreThan(seen, 20s))
+        << "delivered " << ids.size() << " records, " << rejects << " rejects\n"
+        << stderrText();
+    const std::vector<std::string> payloads = listener.payloads();
+    for (; seen < payloads.size(); ++seen) {
+      auto batch = branchline::protocol::decodeBatch(payloads[seen]);
+      ASSERT_TRUE(batch.isOk()) << batch.status().toString();
+      for (const auto& r : batch->records) {
+        const std::regex id(R"re("external_id":"(rot-\d)")re");
+        std::smatch m;
+        if (std::regex_search(r.payload, m, id)) ids.insert(m[1].str());
+      }
+      rejects += batch->rejects.size();
+    }
+  }
+  listener.stop();
+  EXPECT_EQ(ids, (std::set<std::string>{"rot-1", "rot-2", "rot-3"}));
   ::kill(pid_, SIGTERM);
   EXPECT_EQ(waitExit(15s), 0) << stderrText();
 }

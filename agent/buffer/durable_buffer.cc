@@ -56,6 +56,7 @@
 #include <cassert>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <string_view>
@@ -320,34 +321,109 @@ struct DurableBuffer::Impl {
                        "benchmark's file); delete it or open it the same way"));
     }
     if (plaintext) return Status::ok();
+    if (opensKeyCheck(*cipher, sealed)) return discardUnfinishedRotation();
+    auto finished = finishCommittedRotation(sealed);
+    if (!finished.isOk()) return finished.status();
+    if (*finished) return Status::ok();
+    return Status(Code::kPermissionDenied,
+                  "buffer " + path + " was encrypted with a different data key than key file " +
+                      keyFile().string() +
+                      "; restore the agent's original key file (a lost key means the buffered "
+                      "records cannot be read)");
+  }
+
+  static bool opensKeyCheck(RecordCipher& c, const std::string& sealed) {
     std::string opened;
-    Status s = cipher->open(kKeyCheckColumn, 1, sealed, opened);
-    if (!s.isOk() || opened != kKeyCheckPlain) {
-      return Status(Code::kPermissionDenied,
-                    "buffer " + path + " was encrypted with a different data key than key file " +
-                        keyFile().string() +
-                        "; restore the agent's original key file (a lost key means the buffered "
-                        "records cannot be read)");
+    return c.open(kKeyCheckColumn, 1, sealed, opened).isOk() && opened == kKeyCheckPlain;
+  }
+
+  // A rotation's new key waits in this side file until the re-sealing has committed.
+  std::filesystem::path nextKeyFile() const {
+    std::filesystem::path p = keyFile();
+    p += ".next";
+    return p;
+  }
+
+  // The key file opens the buffer, so a leftover side file is from a rotation that
+  // did not commit: nothing committed is sealed under it.
+  Status discardUnfinishedRotation() {
+    const std::filesystem::path next = nextKeyFile();
+    std::error_code ec;
+    if (!std::filesystem::remove(next, ec)) {
+      if (ec) {
+        return Status::internal("buffer " + path + ": remove the unfinished rotation's key " +
+                                next.string() + ": " + ec.message());
+      }
+      return Status::ok();
     }
+    log::warn("buffer_key_rotation_discarded", {{"path", path}, {"key_file", next.string()}});
     return Status::ok();
   }
 
-  // Version 1 kept record keys, payloads and quarantine in clear. Seals them in
-  // place, chunk by chunk (a statement must not update the rows it is scanning).
-  Status sealVersion1Rows() {
+  // The key file does not open the buffer: when the side file does, a rotation
+  // committed and stopped before installing its key. Installs it; false when the
+  // side file is missing or does not open the buffer either.
+  Result<bool> finishCommittedRotation(const std::string& sealed) {
+    const std::filesystem::path next = nextKeyFile();
+    auto key = readDataKeyFile(next);
+    if (!key.isOk()) {
+      if (key.status().code() == Code::kNotFound) return false;
+      return key.status().withContext("buffer " + path);
+    }
+    auto next_cipher = RecordCipher::create(*key);
+    if (!next_cipher.isOk()) return next_cipher.status().withContext("buffer " + path);
+    if (!opensKeyCheck(**next_cipher, sealed)) return false;
+    BL_RETURN_IF_ERROR(installNextKey({}));
+    cipher = std::move(next_cipher).value();
+    log::warn("buffer_key_rotation_finished", {{"path", path}, {"key_file", keyFile().string()}});
+    return true;
+  }
+
+  // Destroys the old key file's bytes and renames the side file over it. Either step
+  // may be cut short by a crash; open() then finds the side file and repeats this.
+  Status installNextKey(const RotationStep& after_step) {
+    const std::filesystem::path file = keyFile(), next = nextKeyFile();
+    std::error_code ec;
+    if (std::filesystem::exists(file, ec)) {
+      Status z = zeroDataKeyFile(file);
+      // The rename below still replaces it; an unwritable old file only keeps its
+      // bytes in blocks the file system frees.
+      if (!z.isOk()) log::warn("buffer_old_key_not_zeroed", {{"error", z.toString()}});
+    }
+    if (after_step && !after_step("old_key_zeroed")) return stoppedAt("old_key_zeroed");
+    Status s = replaceDataKeyFile(next, file);
+    return s.isOk() ? s : s.withContext("buffer " + path + ": install the rotated data key");
+  }
+
+  static Status stoppedAt(std::string_view step) {
+    return Status::internal("data key rotation stopped by the test seam after " +
+                            std::string(step));
+  }
+
+  // Turns a stored value (in place) into its plaintext before it is sealed again.
+  using Reveal = std::function<Status(std::string_view column, int64_t rowid, std::string& value)>;
+
+  // Rewrites every sealed column value of records and quarantine: `reveal` gives the
+  // plaintext, `sealer` seals it again. Chunk by chunk (a statement must not update
+  // the rows it is scanning); each chunk is in memory before its nonce run begins.
+  // Runs inside the caller's transaction.
+  Status resealRows(const Reveal& reveal, RecordCipher& sealer, uint64_t* records,
+                    uint64_t* rejects) {
     struct Table {
       const char* select;
       const char* update;
       std::string_view first, second;
+      uint64_t* rows;
     };
+    // 256 rows of at most max_record_bytes each bound the memory a chunk takes.
     const Table tables[] = {
-        {"SELECT id, record_key, payload FROM records WHERE id > ? ORDER BY id LIMIT 1000",
+        {"SELECT id, record_key, payload FROM records WHERE id > ? ORDER BY id LIMIT 256",
          "UPDATE records SET record_key = ?, payload = ? WHERE id = ?", kRecordKeyColumn,
-         kPayloadColumn},
-        {"SELECT id, raw, reasons FROM quarantine WHERE id > ? ORDER BY id LIMIT 1000",
-         "UPDATE quarantine SET raw = ?, reasons = ? WHERE id = ?", kRawColumn, kReasonsColumn},
+         kPayloadColumn, records},
+        {"SELECT id, raw, reasons FROM quarantine WHERE id > ? ORDER BY id LIMIT 256",
+         "UPDATE quarantine SET raw = ?, reasons = ? WHERE id = ?", kRawColumn, kReasonsColumn,
+         rejects},
     };
-    uint64_t sealed_rows = 0;
     for (const Table& t : tables) {
       Stmt sel, upd;
       BL_RETURN_IF_ERROR(prepare(sel, t.select));
@@ -364,23 +440,38 @@ struct DurableBuffer::Impl {
             chunk.emplace_back(sqlite3_column_int64(sel.get(), 0), columnString(sel.get(), 1),
                                columnString(sel.get(), 2));
           }
-          if (rc != SQLITE_DONE) return sqlError(rc, "read version-1 rows to seal");
+          if (rc != SQLITE_DONE) return sqlError(rc, "read rows to re-seal");
         }
         for (auto& [id, a, b] : chunk) {
-          BL_RETURN_IF_ERROR(cipher->seal(t.first, id, a, sealed_a));
-          BL_RETURN_IF_ERROR(cipher->seal(t.second, id, b, sealed_b));
+          BL_RETURN_IF_ERROR(reveal(t.first, id, a));
+          BL_RETURN_IF_ERROR(reveal(t.second, id, b));
+        }
+        BL_RETURN_IF_ERROR(sealer.beginRun());
+        for (auto& [id, a, b] : chunk) {
+          BL_RETURN_IF_ERROR(sealer.seal(t.first, id, a, sealed_a));
+          BL_RETURN_IF_ERROR(sealer.seal(t.second, id, b, sealed_b));
           StmtUse use(upd.get());
           bindBlob(upd.get(), 1, sealed_a);
           bindBlob(upd.get(), 2, sealed_b);
           sqlite3_bind_int64(upd.get(), 3, id);
-          BL_RETURN_IF_ERROR(run(upd.get(), "seal version-1 row"));
+          BL_RETURN_IF_ERROR(run(upd.get(), "store re-sealed row"));
           after = id;
-          ++sealed_rows;
+          ++*t.rows;
         }
+        sealer.endRun();
       } while (!chunk.empty());
     }
+    return Status::ok();
+  }
+
+  // Version 1 kept record keys, payloads and quarantine in clear: seals them in place.
+  Status sealVersion1Rows() {
+    uint64_t records = 0, rejects = 0;
+    BL_RETURN_IF_ERROR(
+        resealRows([](std::string_view, int64_t, std::string&) { return Status::ok(); }, *cipher,
+                   &records, &rejects));
     BL_RETURN_IF_ERROR(exec("UPDATE meta SET schema_version = 2 WHERE id = 1", "set schema 2"));
-    upgraded_rows = sealed_rows;
+    upgraded_rows = records + rejects;
     return Status::ok();
   }
   uint64_t upgraded_rows = 0;  // rows sealed by a version-1 upgrade at open
@@ -705,6 +796,17 @@ struct DurableBuffer::Impl {
 
     Status s = runOnce(begin, "begin append transaction");
     if (!s.isOk()) return fail_all(s);
+    // Every value this run seals is in `group` already (RecordCipher: nonce runs).
+    if (cipher) {
+      s = cipher->beginRun();
+      if (!s.isOk()) return fail_all(s);
+    }
+    struct EndRun {
+      RecordCipher* c;
+      ~EndRun() {
+        if (c) c->endRun();
+      }
+    } end_run{cipher.get()};
     const int64_t now_us = nowMicros();
     for (PendingAppend& a : group) {
       if (held + added_bytes + a.bytes > options.max_bytes) {
@@ -1079,6 +1181,81 @@ struct DurableBuffer::Impl {
     return Status::ok();
   }
 
+  Result<DataKeyRotation> rotateDataKey(const RotationStep& after_step) {
+    std::lock_guard db_lock(db_mu);
+    if (!cipher) {
+      return Status::invalid("buffer " + path +
+                             " is written in clear (insecure_plaintext_for_benchmarks): it has no "
+                             "data key to rotate");
+    }
+    auto stop = [&](std::string_view step) { return after_step && !after_step(step); };
+    const std::filesystem::path next_file = nextKeyFile();
+    auto key = generateDataKey();
+    if (!key.isOk()) return key.status().withContext("buffer " + path + ": rotate data key");
+    auto next = RecordCipher::create(*key);
+    if (!next.isOk()) return next.status().withContext("buffer " + path + ": rotate data key");
+    Status s = writeDataKeyFile(next_file, *key);
+    if (!s.isOk()) return s.withContext("buffer " + path + ": rotate data key");
+    if (stop("new_key_written")) return stoppedAt("new_key_written");
+
+    DataKeyRotation done;
+    bool first = true;
+    s = runOnce(begin, "begin data key rotation");
+    if (s.isOk()) {
+      s = resealRows(
+          [&](std::string_view column, int64_t rowid, std::string& value) {
+            if (first && stop("resealing")) return stoppedAt("resealing");
+            first = false;
+            std::string plain;
+            Status o = cipher->open(column, rowid, value, plain);
+            value = std::move(plain);
+            return o;
+          },
+          **next, &done.records, &done.rejects);
+    }
+    std::string sealed_check;
+    if (s.isOk()) s = (*next)->seal(kKeyCheckColumn, 1, kKeyCheckPlain, sealed_check);
+    if (s.isOk()) {
+      Stmt up;
+      s = prepare(up, "UPDATE key_check SET sealed = ? WHERE id = 1");
+      if (s.isOk()) {
+        bindBlob(up.get(), 1, sealed_check);
+        s = run(up.get(), "store the new key check");
+      }
+    }
+    if (s.isOk()) s = runOnce(commit, "commit data key rotation");
+    if (!s.isOk()) {
+      rollbackQuietly();
+      std::error_code ec;
+      std::filesystem::remove(next_file, ec);
+      return s.withContext("buffer " + path + ": rotate data key (nothing changed: the buffer " +
+                           "keeps its current key)");
+    }
+    wal_dirty = true;
+    cipher = std::move(next).value();
+    if (stop("resealed")) return stoppedAt("resealed");
+
+    s = installNextKey(after_step);
+    if (!s.isOk()) {
+      return s.withContext("the buffer is re-sealed under the new key in " + next_file.string() +
+                           "; the next start of the agent installs it");
+    }
+    if (stop("key_installed")) return stoppedAt("key_installed");
+    int rc =
+        sqlite3_wal_checkpoint_v2(db.get(), nullptr, SQLITE_CHECKPOINT_TRUNCATE, nullptr, nullptr);
+    if (rc != SQLITE_OK) {
+      return sqlError(rc,
+                      "checkpoint after rotating the data key (the old ciphertext stays in "
+                      "the WAL until the next checkpoint)");
+    }
+    wal_dirty = false;
+    log::info("buffer_data_key_rotated", {{"path", path},
+                                          {"key_file", keyFile().string()},
+                                          {"records", done.records},
+                                          {"rejects", done.rejects}});
+    return done;
+  }
+
   Result<bool> hasToken(const std::string& token) {
     std::lock_guard db_lock(db_mu);
     sqlite3_stmt* q = has_token.get();
@@ -1221,6 +1398,27 @@ Result<std::vector<uint64_t>> DurableBuffer::unackedBatches() {
 Result<PendingBatch> DurableBuffer::loadBatch(uint64_t seq) { return impl_->loadBatch(seq); }
 
 Status DurableBuffer::ack(uint64_t seq) { return impl_->ack(seq); }
+
+Result<DataKeyRotation> DurableBuffer::rotateDataKey(const RotationStep& after_step) {
+  return impl_->rotateDataKey(after_step);
+}
+
+Result<DataKeyRotation> rotateBufferDataKey(BufferOptions options) {
+  std::error_code ec;
+  if (!std::filesystem::exists(options.path, ec)) {
+    return Status::notFound("buffer " + options.path.string() +
+                            " does not exist: nothing to rotate (is agent.data_dir right?)");
+  }
+  auto buffer = DurableBuffer::open(std::move(options));
+  if (!buffer.isOk()) {
+    if (buffer.status().code() == Code::kUnavailable) {
+      return Status::unavailable(buffer.status().message() +
+                                 "; rotate-data-key runs offline: stop the agent first");
+    }
+    return buffer.status();
+  }
+  return (*buffer)->rotateDataKey();
+}
 
 BufferStats DurableBuffer::stats() const {
   const Impl& impl = *impl_;

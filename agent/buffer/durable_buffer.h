@@ -15,6 +15,10 @@
 // the buffer's files alone reveal no record content. Opening a buffer with another
 // key fails (kPermissionDenied) instead of returning garbage; a changed sealed value
 // makes formBatch/loadBatch fail with kDataLoss naming the row.
+//
+// Data-key rotation (rotateDataKey) re-seals everything under a new key. A crash at
+// any point of it leaves a buffer that opens: under the old key (the rotation did not
+// commit) or the new one (it did; open() then finishes installing the new key file).
 #pragma once
 
 #include <chrono>
@@ -24,6 +28,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "protocol/batch_codec.h"
@@ -75,6 +80,16 @@ struct BufferStats {
   uint64_t commits = 0;             // group-commit transactions since open (one fsync each)
 };
 
+struct DataKeyRotation {
+  uint64_t records = 0;  // record rows re-sealed (batched or not)
+  uint64_t rejects = 0;  // quarantine rows re-sealed
+};
+
+// Test seam for crash tests: called after each step of a rotation ("new_key_written",
+// "resealing" (inside the transaction), "resealed", "old_key_zeroed",
+// "key_installed"); returning false stops there, as if the process died.
+using RotationStep = std::function<bool(std::string_view step)>;
+
 class DurableBuffer {
  public:
   // Opens or creates the file, recovers counters and the next batch seq.
@@ -107,10 +122,30 @@ class DurableBuffer {
 
   BufferStats stats() const;  // cheap: kept in memory, no SQL
 
+  // Re-seals every sealed value (records batched or not, quarantine, the key check)
+  // under a new random data key and destroys the old one:
+  //  1. the new key goes to `<key_file>.next` (0600, fsync'd);
+  //  2. one transaction re-seals every row and the key check; its commit is the switch;
+  //  3. the old key file's bytes are overwritten with zeros, then `.next` is renamed
+  //     over it (atomic, folder fsync'd);
+  //  4. a TRUNCATE checkpoint moves the re-sealed pages into buffer.db and empties the
+  //     WAL; secure_delete has zeroed the cells the old ciphertext was in.
+  // On open, a `.next` file is discarded when the key file opens the buffer (step 2
+  // did not commit), or installed when only it does (a crash after step 2).
+  // Appends wait meanwhile. Needs free disk space about the size of the sealed data
+  // (the WAL holds the re-sealed pages until the checkpoint). kInvalidArgument for a
+  // buffer written with insecure_plaintext_for_benchmarks.
+  Result<DataKeyRotation> rotateDataKey(const RotationStep& after_step = {});
+
  private:
   DurableBuffer();
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// `branchline-agent rotate-data-key`, offline: opens the existing buffer at
+// options.path, rotates its data key and closes it. kNotFound when there is no
+// buffer; kUnavailable when another process (a running agent) has it open.
+Result<DataKeyRotation> rotateBufferDataKey(BufferOptions options);
 
 }  // namespace branchline::agent

@@ -10,6 +10,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -1155,6 +1157,314 @@ TEST(DurableBufferTest, KillNineLosesNothingReportedAndDoublesNothing) {
   std::printf("[ kill -9     ] %llu records reported appended over 6 kills\n",
               (unsigned long long)total_reported);
   EXPECT_GT(total_reported, 0u);
+}
+
+// ------------------------------------------------------------------ nonces
+
+// The nonces (bytes 1..12 of each RecordCipher envelope) of the sealed values in
+// `sql`'s rows, read from the file as a copy of the disk would show them.
+void appendStoredNonces(const std::filesystem::path& db, const char* sql,
+                        std::vector<std::array<unsigned char, 12>>* out) {
+  SqliteHandle h(db);
+  for (const std::string& v : h.values(sql)) {
+    ASSERT_GE(v.size(), 13u) << "not a sealed envelope";
+    std::array<unsigned char, 12> n{};
+    std::memcpy(n.data(), v.data() + 1, n.size());
+    out->push_back(n);
+  }
+}
+
+// Runs in the forked child until killed: appends record groups (and a reject now
+// and then), writing the number of values sealed and committed so far (8 bytes)
+// to `fd` after each append.
+[[noreturn]] void sealingChild(const BufferOptions& options, int fd, uint64_t first_id) {
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  auto opened = DurableBuffer::open(options);
+  if (!opened.isOk()) _exit(2);
+  std::unique_ptr<DurableBuffer> buf = std::move(opened).value();
+  uint64_t sealed = 0, id = first_id;
+  const int64_t give_up = steadyMicros() + 60'000'000;
+  for (int step = 0; steadyMicros() < give_up; ++step) {
+    std::vector<WireReject> rejects;
+    if (step % 4 == 0) rejects.push_back(rejectFor(id));
+    const size_t n = 250;
+    if (!buf->append(recordsFor(id, n, 40), std::move(rejects)).isOk()) _exit(4);
+    sealed += 2 * n + (step % 4 == 0 ? 2 : 0);  // key + payload; raw + reasons
+    id += n;
+    if (write(fd, &sealed, sizeof sealed) != ssize_t(sizeof sealed)) _exit(3);
+  }
+  _exit(7);
+}
+
+// Part of README "[buffer] key_file": no (key, nonce) pair repeats over 10^6 seals
+// spread across 100 kill -9 restarts of a process that has the buffer open. Every
+// nonce is read back from buffer.db. BRANCHLINE_NONCE_TEST_SEALS scales the total
+// down (a slow sanitizer build); the default is the acceptance figure.
+TEST(DurableBufferNonceTest, NoNonceRepeatsOverAMillionSealsAcross100KillNineRestarts) {
+  uint64_t total = 1'000'000;
+  if (const char* s = std::getenv("BRANCHLINE_NONCE_TEST_SEALS"); s != nullptr) {
+    total = std::strtoull(s, nullptr, 10);
+  }
+  constexpr int kRounds = 100;
+  const uint64_t per_round = std::max<uint64_t>(1, total / kRounds);
+  TempDir dir;
+  const BufferOptions o = optionsIn(dir);
+  std::mt19937 rng(std::random_device{}());
+  std::vector<std::array<unsigned char, 12>> nonces;
+  nonces.reserve(total + total / 10);
+  uint64_t first_id = 1;
+  for (int round = 0; round < kRounds; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    int fds[2];
+    ASSERT_EQ(pipe(fds), 0);
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      close(fds[0]);
+      sealingChild(o, fds[1], first_id);
+    }
+    close(fds[1]);
+    // Kill at a random moment once this round has sealed its share.
+    uint64_t reported = 0;
+    const auto give_up = std::chrono::steady_clock::now() + 60s;
+    while (reported < per_round && std::chrono::steady_clock::now() < give_up) {
+      pollfd p{fds[0], POLLIN, 0};
+      if (poll(&p, 1, 100) <= 0) continue;
+      uint64_t v = 0;
+      if (read(fds[0], &v, sizeof v) != ssize_t(sizeof v)) break;
+      reported = v;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 5000));
+    ASSERT_EQ(kill(pid, SIGKILL), 0);
+    int wstatus = 0;
+    ASSERT_EQ(waitpid(pid, &wstatus, 0), pid);
+    close(fds[0]);
+    ASSERT_TRUE(WIFSIGNALED(wstatus)) << "child exited early with " << WEXITSTATUS(wstatus);
+    ASSERT_GE(reported, per_round) << "the child sealed too slowly";
+
+    const size_t before = nonces.size();
+    appendStoredNonces(o.path, "SELECT record_key, payload FROM records", &nonces);
+    appendStoredNonces(o.path, "SELECT raw, reasons FROM quarantine", &nonces);
+    ASSERT_GE(nonces.size() - before, reported) << "a reported append is missing";
+
+    // Every record opens; then the buffer is emptied for the next round.
+    auto buf = openOrDie(o);
+    ASSERT_TRUE(buf);
+    uint64_t records = 0;
+    while (true) {
+      auto b = buf->formBatch({.max_records = 5000, .max_bytes = 1 << 30}, nowMicros());
+      ASSERT_TRUE(b.isOk()) << b.status().toString();
+      if (!b->has_value()) break;
+      for (const WireRecord& r : (*b)->records) {
+        ASSERT_EQ(r, recordFor(idOf(r), 40));
+        first_id = std::max(first_id, idOf(r) + 1);
+      }
+      records += (*b)->records.size();
+      ASSERT_TRUE(buf->ack((*b)->seq).isOk());
+    }
+    EXPECT_GT(records, 0u);
+  }
+  appendStoredNonces(o.path, "SELECT sealed FROM key_check", &nonces);
+  ASSERT_GE(nonces.size(), total);
+  std::sort(nonces.begin(), nonces.end());
+  const auto repeat = std::adjacent_find(nonces.begin(), nonces.end());
+  EXPECT_TRUE(repeat == nonces.end()) << "a nonce repeated among " << nonces.size() << " seals";
+  std::printf("[ nonces      ] %zu sealed values over %d kill -9 restarts, all nonces distinct\n",
+              nonces.size(), kRounds);
+}
+
+// ------------------------------------------------------------------ data-key rotation
+
+void writeKeyBytes(const std::filesystem::path& file, const std::string& bytes) {
+  std::filesystem::remove(file);
+  std::ofstream(file, std::ios::binary) << bytes;
+  std::filesystem::permissions(
+      file, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+}
+
+// A buffer holding what a rotation must carry: two formed, unacked batches (records
+// and rejects), then unbatched records and an unbatched quarantined reject.
+struct MixedContent {
+  std::vector<PendingBatch> batches;
+  std::vector<WireRecord> unbatched;
+  std::vector<WireReject> unbatched_rejects;
+};
+
+MixedContent fillMixed(const BufferOptions& o) {
+  MixedContent m;
+  auto buf = openOrDie(o);
+  if (!buf) return m;
+  EXPECT_TRUE(buf->append(recordsFor(1, 30), {rejectFor(1), rejectFor(2)}).isOk());
+  for (int i = 0; i < 2; ++i) {
+    auto b = buf->formBatch({.max_records = 12, .max_bytes = 1 << 20}, kBaseTime);
+    EXPECT_TRUE(b.isOk() && b->has_value());
+    if (b.isOk() && b->has_value()) m.batches.push_back(**b);
+  }
+  EXPECT_FALSE(m.batches.empty() || m.batches[0].rejects.empty()) << "a batch carries rejects";
+  const uint64_t last = m.batches.empty() ? 0 : idOf(m.batches.back().records.back());
+  m.unbatched = recordsFor(last + 1, 30 - last);
+  for (const WireRecord& r : recordsFor(100, 25)) m.unbatched.push_back(r);
+  m.unbatched_rejects = {rejectFor(3)};
+  EXPECT_TRUE(buf->append(recordsFor(100, 25), {rejectFor(3)}).isOk());
+  return m;
+}
+
+// Every batch loads as formed, and the rest is one batch of exactly what was
+// unbatched (formed here, or by an earlier call).
+void expectMixedContent(DurableBuffer& buf, const MixedContent& m) {
+  auto seqs = buf.unackedBatches();
+  ASSERT_TRUE(seqs.isOk());
+  ASSERT_GE(seqs->size(), m.batches.size());
+  for (size_t i = 0; i < m.batches.size(); ++i) {
+    auto b = buf.loadBatch((*seqs)[i]);
+    ASSERT_TRUE(b.isOk()) << b.status().toString();
+    EXPECT_EQ(b->seq, m.batches[i].seq);
+    EXPECT_EQ(b->records, m.batches[i].records);
+    EXPECT_EQ(b->rejects, m.batches[i].rejects);
+  }
+  std::optional<PendingBatch> rest;
+  if (seqs->size() == m.batches.size() + 1) {
+    auto b = buf.loadBatch(seqs->back());
+    ASSERT_TRUE(b.isOk()) << b.status().toString();
+    rest = std::move(*b);
+  } else {
+    ASSERT_EQ(seqs->size(), m.batches.size());
+    auto b = buf.formBatch({.max_records = 1000, .max_bytes = 1 << 30}, kBaseTime);
+    ASSERT_TRUE(b.isOk() && b->has_value()) << b.status().toString();
+    rest = std::move(**b);
+  }
+  EXPECT_EQ(rest->records, m.unbatched);
+  EXPECT_EQ(rest->rejects, m.unbatched_rejects);
+}
+
+std::filesystem::path nextKeyOf(const std::filesystem::path& key) {
+  std::filesystem::path p = key;
+  p += ".next";
+  return p;
+}
+
+TEST(DurableBufferRotationTest, RotationKeepsEveryRecordAndDestroysTheOldKey) {
+  TempDir dir;
+  const BufferOptions o = optionsIn(dir);
+  const std::filesystem::path key = dir.path() / "buffer.key";
+  const MixedContent m = fillMixed(o);
+  const std::string old_key = fileBytes(key);
+  const std::vector<std::string> old_sealed = SqliteHandle(o.path).values(
+      "SELECT record_key, payload FROM records UNION ALL SELECT raw, reasons FROM quarantine"
+      " UNION ALL SELECT sealed, sealed FROM key_check");
+  ASSERT_EQ(old_sealed.size(), 2u * (55 + 3 + 1));
+
+  auto rotated = rotateBufferDataKey(o);
+  ASSERT_TRUE(rotated.isOk()) << rotated.status().toString();
+  EXPECT_EQ(rotated->records, 55u);
+  EXPECT_EQ(rotated->rejects, 3u);
+
+  const std::string new_key = fileBytes(key);
+  EXPECT_EQ(new_key.size(), 32u);
+  EXPECT_NE(new_key, old_key) << "the key file holds a new key";
+  struct stat st {};
+  ASSERT_EQ(::stat(key.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  EXPECT_FALSE(std::filesystem::exists(nextKeyOf(key)));
+  // No ciphertext made under the old key is left in the files (nonce + first bytes).
+  const std::string files = fileBytes(o.path) + fileBytes(walOf(o.path));
+  size_t lingering = 0;
+  for (const std::string& v : old_sealed) {
+    if (files.find(v.substr(1, 24)) != std::string::npos) ++lingering;
+  }
+  EXPECT_EQ(lingering, 0u) << "old ciphertext still in buffer.db or its WAL";
+
+  {
+    auto buf = openOrDie(o);
+    ASSERT_TRUE(buf) << "the buffer opens with the new key";
+    expectMixedContent(*buf, m);
+  }
+
+  // The old key no longer opens it.
+  BufferOptions with_old = o;
+  with_old.key_file = dir.path() / "old.key";
+  writeKeyBytes(with_old.key_file, old_key);
+  auto refused = DurableBuffer::open(with_old);
+  ASSERT_FALSE(refused.isOk());
+  EXPECT_EQ(refused.status().code(), Code::kPermissionDenied) << refused.status().toString();
+}
+
+TEST(DurableBufferRotationTest, RefusedWhileTheBufferIsOpenOrMissingOrInClear) {
+  TempDir dir;
+  const BufferOptions o = optionsIn(dir);
+  const std::filesystem::path key = dir.path() / "buffer.key";
+  {
+    auto buf = openOrDie(o);
+    ASSERT_TRUE(buf);
+    ASSERT_TRUE(buf->append(recordsFor(1, 3), {}).isOk());
+    const std::string before = fileBytes(key);
+    auto busy = rotateBufferDataKey(o);  // as a second process would: SQLite locks per file
+    ASSERT_FALSE(busy.isOk());
+    EXPECT_EQ(busy.status().code(), Code::kUnavailable) << busy.status().toString();
+    EXPECT_NE(busy.status().message().find("stop the agent first"), std::string::npos)
+        << busy.status().toString();
+    EXPECT_EQ(fileBytes(key), before);
+    EXPECT_FALSE(std::filesystem::exists(nextKeyOf(key)));
+  }
+
+  TempDir empty;
+  auto none = rotateBufferDataKey(optionsIn(empty));
+  ASSERT_FALSE(none.isOk());
+  EXPECT_EQ(none.status().code(), Code::kNotFound) << none.status().toString();
+  EXPECT_FALSE(std::filesystem::exists(empty.path() / "buffer.db")) << "nothing is created";
+
+  TempDir clear_dir;
+  BufferOptions clear = optionsIn(clear_dir);
+  clear.insecure_plaintext_for_benchmarks = true;
+  auto buf = openOrDie(clear);
+  ASSERT_TRUE(buf);
+  EXPECT_EQ(buf->rotateDataKey().status().code(), Code::kInvalidArgument);
+}
+
+// A kill -9 at every step of a rotation leaves a buffer that opens, with the old key
+// (before the commit) or the new one (after it), and holds everything.
+TEST(DurableBufferRotationTest, KillNineAtEveryStepLeavesABufferThatOpensWithOneKey) {
+  for (const char* step :
+       {"new_key_written", "resealing", "resealed", "old_key_zeroed", "key_installed"}) {
+    SCOPED_TRACE(step);
+    TempDir dir;
+    const BufferOptions o = optionsIn(dir);
+    const std::filesystem::path key = dir.path() / "buffer.key";
+    const MixedContent m = fillMixed(o);
+    const std::string old_key = fileBytes(key);
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      auto opened = DurableBuffer::open(o);
+      if (!opened.isOk()) _exit(2);
+      (void)(*opened)->rotateDataKey([step](std::string_view at) {
+        if (at == step) raise(SIGKILL);
+        return true;
+      });
+      _exit(3);
+    }
+    int wstatus = 0;
+    ASSERT_EQ(waitpid(pid, &wstatus, 0), pid);
+    ASSERT_TRUE(WIFSIGNALED(wstatus)) << "child exited with " << WEXITSTATUS(wstatus);
+    const bool committed =
+        std::string_view(step) != "new_key_written" && std::string_view(step) != "resealing";
+    EXPECT_EQ(std::filesystem::exists(nextKeyOf(key)), std::string_view(step) != "key_installed");
+    {
+      auto buf = openOrDie(o);
+      ASSERT_TRUE(buf);
+      expectMixedContent(*buf, m);
+    }
+    EXPECT_FALSE(std::filesystem::exists(nextKeyOf(key))) << "open settles the side file";
+    EXPECT_EQ(fileBytes(key).size(), 32u);
+    EXPECT_EQ(fileBytes(key) != old_key, committed);
+    // A later rotation starts from either state.
+    auto again = rotateBufferDataKey(o);
+    ASSERT_TRUE(again.isOk()) << again.status().toString();
+    auto buf = openOrDie(o);
+    ASSERT_TRUE(buf);
+    expectMixedContent(*buf, m);
+  }
 }
 
 // ------------------------------------------------------------------ throughput

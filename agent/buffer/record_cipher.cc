@@ -1,14 +1,15 @@
 #include "agent/buffer/record_cipher.h"
 
 #include <fcntl.h>
-#include <mbedtls/ctr_drbg.h>
-#include <mbedtls/entropy.h>
 #include <mbedtls/gcm.h>
 #include <mbedtls/platform_util.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cassert>
 #include <cerrno>
 #include <cstdio>
@@ -91,12 +92,37 @@ Status fillRandom(unsigned char* out, size_t n) {
   return Status::ok();
 }
 
-// Writes a new key to a temp file and renames it into place without replacing a
-// key another process created meanwhile. Returns kAlreadyExists in that case.
-Status createKeyFile(const std::filesystem::path& file, const DataKey& key) {
-  const std::string name = file.string();
+std::filesystem::path folderOf(const std::filesystem::path& file) {
   std::filesystem::path dir = file.parent_path();
-  if (dir.empty()) dir = ".";
+  return dir.empty() ? std::filesystem::path(".") : dir;
+}
+
+// Renames `from` to `file` and fsyncs the folder, so the rename survives a power cut.
+// Without `replace` an existing `file` is kept: kAlreadyExists.
+Status renameIntoPlace(const std::filesystem::path& from, const std::filesystem::path& file,
+                       bool replace) {
+  const std::string name = file.string();
+  if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, name.c_str(), replace ? 0 : RENAME_NOREPLACE) !=
+      0) {
+    int err = errno;
+    if (err == EEXIST) return Status(Code::kAlreadyExists, "key file " + name + " appeared");
+    return Status::internal("key file " + name + ": rename from " + from.string() + ": " +
+                            errnoText(err));
+  }
+  const std::filesystem::path dir = folderOf(file);
+  Fd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (d.get() < 0 || ::fsync(d.get()) != 0) {
+    return Status::internal("key file " + name + ": fsync folder " + dir.string() + ": " +
+                            errnoText(errno));
+  }
+  return Status::ok();
+}
+
+// Writes a key to a temp file and renames it into place. Without `replace`, a key
+// another process created meanwhile is kept: kAlreadyExists.
+Status writeKeyFile(const std::filesystem::path& file, const DataKey& key, bool replace) {
+  const std::string name = file.string();
+  const std::filesystem::path dir = folderOf(file);
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) return Status::internal("key file " + name + ": create folder: " + ec.message());
@@ -119,18 +145,9 @@ Status createKeyFile(const std::filesystem::path& file, const DataKey& key) {
   }
   if (::fsync(fd.get()) != 0) return fail("fsync", errno);
   if (fd.release() != 0) return fail("close", errno);
-  if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, name.c_str(), RENAME_NOREPLACE) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    if (err == EEXIST) return Status(Code::kAlreadyExists, "key file " + name + " appeared");
-    return Status::internal("key file " + name + ": rename: " + errnoText(err));
-  }
-  Fd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (d.get() < 0 || ::fsync(d.get()) != 0) {
-    return Status::internal("key file " + name + ": fsync folder " + dir.string() + ": " +
-                            errnoText(errno));
-  }
-  return Status::ok();
+  Status s = renameIntoPlace(tmp, file, replace);
+  if (!s.isOk()) ::unlink(tmp.c_str());
+  return s;
 }
 
 }  // namespace
@@ -150,46 +167,116 @@ DataKey& DataKey::operator=(DataKey&& other) noexcept {
 }
 
 Result<DataKey> loadOrCreateDataKey(const std::filesystem::path& file) {
-  const std::string name = file.string();
   for (int attempt = 0; attempt < 2; ++attempt) {
-    Fd fd(::open(name.c_str(), O_RDONLY | O_CLOEXEC));
-    if (fd.get() >= 0) {
-      DataKey key;
-      BL_RETURN_IF_ERROR(readKey(fd.get(), name, key));
-      return key;
-    }
-    if (errno != ENOENT)
-      return Status::internal("key file " + name + ": open: " + errnoText(errno));
-    DataKey key;
-    BL_RETURN_IF_ERROR(fillRandom(key.data(), DataKey::kSize));
-    Status s = createKeyFile(file, key);
+    auto existing = readDataKeyFile(file);
+    if (existing.isOk() || existing.status().code() != Code::kNotFound) return existing;
+    auto key = generateDataKey();
+    if (!key.isOk()) return key;
+    Status s = writeKeyFile(file, *key, /*replace=*/false);
     if (s.isOk()) return key;
     if (s.code() != Code::kAlreadyExists) return s;
     // Another process created it first: use theirs.
   }
-  return Status::internal("key file " + name + " keeps disappearing");
+  return Status::internal("key file " + file.string() + " keeps disappearing");
 }
+
+Result<DataKey> readDataKeyFile(const std::filesystem::path& file) {
+  const std::string name = file.string();
+  Fd fd(::open(name.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) {
+    if (errno == ENOENT) return Status::notFound("key file " + name + " does not exist");
+    return Status::internal("key file " + name + ": open: " + errnoText(errno));
+  }
+  DataKey key;
+  BL_RETURN_IF_ERROR(readKey(fd.get(), name, key));
+  return key;
+}
+
+Status replaceDataKeyFile(const std::filesystem::path& from, const std::filesystem::path& to) {
+  return renameIntoPlace(from, to, /*replace=*/true);
+}
+
+Status writeDataKeyFile(const std::filesystem::path& file, const DataKey& key) {
+  return writeKeyFile(file, key, /*replace=*/true);
+}
+
+Result<DataKey> generateDataKey() {
+  DataKey key;
+  BL_RETURN_IF_ERROR(fillRandom(key.data(), DataKey::kSize));
+  return key;
+}
+
+Status zeroDataKeyFile(const std::filesystem::path& file) {
+  const std::string name = file.string();
+  Fd fd(::open(name.c_str(), O_WRONLY | O_CLOEXEC | O_NOFOLLOW));
+  if (fd.get() < 0) return Status::internal("key file " + name + ": open: " + errnoText(errno));
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) {
+    return Status::internal("key file " + name + ": stat: " + errnoText(errno));
+  }
+  const std::array<unsigned char, 4096> zeros{};
+  for (off_t at = 0; at < st.st_size;) {
+    const size_t n = size_t(std::min<off_t>(st.st_size - at, off_t(zeros.size())));
+    ssize_t w = ::pwrite(fd.get(), zeros.data(), n, at);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return Status::internal("key file " + name + ": overwrite: " + errnoText(errno));
+    at += w;
+  }
+  if (::fsync(fd.get()) != 0) {
+    return Status::internal("key file " + name + ": fsync: " + errnoText(errno));
+  }
+  if (fd.release() != 0) {
+    return Status::internal("key file " + name + ": close: " + errnoText(errno));
+  }
+  return Status::ok();
+}
+
+// A run's nonce state, alone in an anonymous page marked MADV_WIPEONFORK: in a
+// forked child the kernel hands back that page zeroed, so `active` reads 0 there.
+struct NonceRun {
+  uint64_t active;
+  uint64_t counter;
+  unsigned char base[kNonceSize];
+};
 
 struct RecordCipher::State {
   mbedtls_gcm_context gcm;
-  mbedtls_entropy_context entropy;
-  mbedtls_ctr_drbg_context drbg;
-  // Nonces are drawn from a pool refilled 1 KiB at a time: each DRBG call re-keys
-  // AES, which per 12-byte nonce cost more than sealing a small value.
-  std::array<unsigned char, MBEDTLS_CTR_DRBG_MAX_REQUEST> nonce_pool{};
-  size_t pool_left = 0;
+  NonceRun* run = nullptr;  // null without MADV_WIPEONFORK: then every seal draws its own
+  size_t run_page = 0;
   State() {
     mbedtls_gcm_init(&gcm);
-    mbedtls_entropy_init(&entropy);
-    mbedtls_ctr_drbg_init(&drbg);
+    const long page = ::sysconf(_SC_PAGESIZE);
+    run_page = page > 0 ? size_t(page) : 4096;
+    void* p = ::mmap(nullptr, run_page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return;
+    if (::madvise(p, run_page, MADV_WIPEONFORK) != 0) {
+      ::munmap(p, run_page);
+      return;
+    }
+    run = static_cast<NonceRun*>(p);
   }
-  ~State() {  // each free zeroes its context (key schedule, DRBG state)
-    mbedtls_ctr_drbg_free(&drbg);
-    mbedtls_entropy_free(&entropy);
+  ~State() {  // gcm_free zeroes the key schedule
+    if (run != nullptr) {
+      mbedtls_platform_zeroize(run, sizeof *run);
+      ::munmap(run, run_page);
+    }
     mbedtls_gcm_free(&gcm);
   }
   State(const State&) = delete;
   State& operator=(const State&) = delete;
+
+  // Writes the next value's nonce: from the run when one is active in this process,
+  // else fresh from the kernel.
+  Status nextNonce(unsigned char* nonce) {
+    if (run == nullptr || run->active == 0) {
+      Status s = fillRandom(nonce, kNonceSize);
+      return s.isOk() ? s : s.withContext("buffer cipher: nonce");
+    }
+    std::memcpy(nonce, run->base, kNonceSize);
+    const uint64_t i = run->counter++;
+    for (int b = 0; b < 8; ++b) nonce[4 + b] ^= static_cast<unsigned char>(i >> (8 * b));
+    return Status::ok();
+  }
 
   // The associated data binding a value to its place; returns its length.
   static size_t associatedData(std::string_view column, int64_t rowid,
@@ -212,13 +299,6 @@ Result<std::unique_ptr<RecordCipher>> RecordCipher::create(const DataKey& key) {
   int rc = mbedtls_gcm_setkey(&st.gcm, MBEDTLS_CIPHER_ID_AES, key.data(), DataKey::kSize * 8);
   if (rc != 0)
     return Status::internal("buffer cipher: gcm setkey failed (" + std::to_string(rc) + ")");
-  static constexpr unsigned char kPersonalization[] = "branchline buffer nonces";
-  rc = mbedtls_ctr_drbg_seed(&st.drbg, mbedtls_entropy_func, &st.entropy, kPersonalization,
-                             sizeof kPersonalization - 1);
-  if (rc != 0) {
-    return Status::internal("buffer cipher: seeding the random generator failed (" +
-                            std::to_string(rc) + ")");
-  }
   return c;
 }
 
@@ -231,15 +311,7 @@ Status RecordCipher::seal(std::string_view column, int64_t rowid, std::string_vi
   unsigned char* nonce = p + 1;
   unsigned char* body = nonce + kNonceSize;
   unsigned char* tag = body + plain.size();
-  if (st.pool_left < kNonceSize) {
-    int rc = mbedtls_ctr_drbg_random(&st.drbg, st.nonce_pool.data(), st.nonce_pool.size());
-    if (rc != 0) {
-      return Status::internal("buffer cipher: random nonces failed (" + std::to_string(rc) + ")");
-    }
-    st.pool_left = st.nonce_pool.size();
-  }
-  st.pool_left -= kNonceSize;
-  std::memcpy(nonce, st.nonce_pool.data() + st.pool_left, kNonceSize);
+  BL_RETURN_IF_ERROR(st.nextNonce(nonce));
   unsigned char ad[1 + 8 + kMaxColumnName];
   size_t ad_len = State::associatedData(column, rowid, ad);
   int rc = mbedtls_gcm_crypt_and_tag(
@@ -248,6 +320,29 @@ Status RecordCipher::seal(std::string_view column, int64_t rowid, std::string_vi
   if (rc != 0)
     return Status::internal("buffer cipher: encrypt failed (" + std::to_string(rc) + ")");
   return Status::ok();
+}
+
+Status RecordCipher::beginRun() {
+  State& st = *state_;
+  if (st.run == nullptr) return Status::ok();  // each seal draws from the kernel instead
+  st.run->active = 0;                          // a failed draw leaves no run behind
+  unsigned char base[kNonceSize];
+  Status s = fillRandom(base, kNonceSize);
+  if (!s.isOk()) return s.withContext("buffer cipher: nonce run");
+  // A hedge should a kernel without VM generation ID support hand two resumed copies
+  // the same bytes: the clock they read then most likely differs.
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  const uint64_t ns = uint64_t(ts.tv_sec) * 1000000000u + uint64_t(ts.tv_nsec);
+  for (int b = 0; b < 8; ++b) base[b] ^= static_cast<unsigned char>(ns >> (8 * b));
+  std::memcpy(st.run->base, base, kNonceSize);
+  st.run->counter = 0;
+  st.run->active = 1;
+  return Status::ok();
+}
+
+void RecordCipher::endRun() {
+  if (state_->run != nullptr) state_->run->active = 0;
 }
 
 Status RecordCipher::open(std::string_view column, int64_t rowid, std::string_view sealed,
