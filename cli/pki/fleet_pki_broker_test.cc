@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "cli/pki/fleet_pki.h"
+#include "shared/core/testing/wait_until.h"
 #include "shared/mqtt/mqtt_client.h"
 #include "shared/mqtt/testing/mosquitto_process.h"
 #include "shared/pki/pki.h"
@@ -17,15 +18,7 @@ namespace branchline::cli {
 namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-
-bool waitFor(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (done()) return true;
-    std::this_thread::sleep_for(20ms);
-  }
-  return done();
-}
+using branchline::testing::waitUntil;
 
 std::string text(const fs::path& p) {
   auto r = pki::readFile(p);
@@ -68,13 +61,13 @@ TEST(FleetPkiBrokerTest, RevokedCertificateIsRefusedAfterReloadAndRenewedOneConn
   mqtt::Client agent2(options("agent-2"), nullptr, nullptr);
   ASSERT_TRUE(agent1.start().isOk());
   ASSERT_TRUE(agent2.start().isOk());
-  ASSERT_TRUE(waitFor(connected(agent1), 20s)) << "see " << log;
-  ASSERT_TRUE(waitFor(connected(agent2), 20s)) << "see " << log;
+  ASSERT_TRUE(waitUntil(connected(agent1), 20s)) << "see " << log;
+  ASSERT_TRUE(waitUntil(connected(agent2), 20s)) << "see " << log;
 
   ASSERT_TRUE(revokeIdentity(init.dir, "agent-1", IdentityRole::kAgent).isOk());
   broker.reload();  // SIGHUP: Mosquitto rebuilds the listener's TLS context with the new CRL
   ASSERT_TRUE(
-      waitFor([&] { return text(log).find("Reloading config.") != std::string::npos; }, 10s))
+      waitUntil([&] { return text(log).find("Reloading config.") != std::string::npos; }, 10s))
       << text(log);
 
   // Renewed: new key and certificate in the same files, no broker change.
@@ -86,7 +79,7 @@ TEST(FleetPkiBrokerTest, RevokedCertificateIsRefusedAfterReloadAndRenewedOneConn
   mqtt::Client revoked(options("agent-1"), nullptr, nullptr);
   ASSERT_TRUE(renewed.start().isOk());
   ASSERT_TRUE(revoked.start().isOk());
-  ASSERT_TRUE(waitFor(connected(renewed), 20s)) << "the renewed certificate connects; " << log;
+  ASSERT_TRUE(waitUntil(connected(renewed), 20s)) << "the renewed certificate connects; " << log;
   std::this_thread::sleep_for(2s);  // several reconnect rounds (100-500 ms) to fail in
   EXPECT_FALSE(revoked.connected()) << "a revoked certificate's handshake is refused";
   EXPECT_NE(text(log).find("certificate verify failed"), std::string::npos) << text(log);
@@ -95,8 +88,8 @@ TEST(FleetPkiBrokerTest, RevokedCertificateIsRefusedAfterReloadAndRenewedOneConn
 
   // A broker restart does: the revoked agent cannot come back, the renewed one can.
   ASSERT_TRUE(broker.restart()) << broker.error();
-  ASSERT_TRUE(waitFor([&] { return !agent1.connected(); }, 10s));
-  ASSERT_TRUE(waitFor(connected(renewed), 20s)) << log;
+  ASSERT_TRUE(waitUntil([&] { return !agent1.connected(); }, 10s));
+  ASSERT_TRUE(waitUntil(connected(renewed), 20s)) << log;
   std::this_thread::sleep_for(2s);
   EXPECT_FALSE(agent1.connected()) << "the revoked agent cannot reconnect after a restart";
   EXPECT_FALSE(revoked.connected());

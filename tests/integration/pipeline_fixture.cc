@@ -45,6 +45,12 @@ double metricValue(const std::string& text, const std::string& name) {
 
 }  // namespace
 
+double scrapeMetric(const std::string& base_url, const std::string& name) {
+  auto m = cli::httpGet(base_url + "/metrics", std::chrono::milliseconds(5000));
+  if (!m.isOk() || m->status != 200) return -1;
+  return metricValue(m->body, name);
+}
+
 bool isPostgres(const std::string& store) { return store.rfind("postgresql://", 0) == 0; }
 
 // Runs `sql` on PostgreSQL; each row's values as text. Empty on failure.
