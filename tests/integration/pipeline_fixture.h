@@ -31,6 +31,10 @@ int64_t queryInt(const std::string& store, const std::string& sql);
 // absent or the process does not answer.
 double scrapeMetric(const std::string& base_url, const std::string& name);
 
+// POSTs `n` valid customer records (NDJSON, external ids <prefix>-0 ...) to
+// the agent at `agent_url`; a test failure unless all are accepted (200).
+void postCustomerRecords(const std::string& agent_url, const std::string& prefix, int n);
+
 struct StoredRecord {
   std::string payload;
   std::string agent_id;

@@ -11,7 +11,6 @@
 #include <string>
 #include <thread>
 
-#include "cli/net/http_client.h"
 #include "cli/pki/fleet_pki.h"
 #include "shared/core/testing/wait_until.h"
 #include "tests/integration/pipeline_fixture.h"
@@ -23,23 +22,6 @@ using namespace std::chrono_literals;
 std::string readFileText(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-// `n` valid customer records, NDJSON, keys <prefix>-0 ...
-void postRecords(const std::string& agent_url, const std::string& prefix, int n) {
-  std::string body;
-  for (int i = 0; i < n; ++i) {
-    body += R"({"external_id":")" + prefix + "-" + std::to_string(i) +
-            R"(","name":"Ada","email":"ada@example.com","channel":"web",)"
-            R"("created_at":"2026-11-25T10:00:00Z"})"
-            "\n";
-  }
-  auto url = cli::parseUrl(agent_url);
-  ASSERT_TRUE(url.isOk());
-  cli::HttpConnection conn(url->host, url->port);
-  auto r = conn.request("POST", "/v1/records/customer", "application/x-ndjson", body, 30s);
-  ASSERT_TRUE(r.isOk()) << r.status().toString();
-  ASSERT_EQ(r->status, 200) << r->body;
 }
 
 TEST_F(PipelineTest, RevokedAgentIsRefusedAndAuditedRenewedAgentDelivers) {
@@ -58,14 +40,14 @@ TEST_F(PipelineTest, RevokedAgentIsRefusedAndAuditedRenewedAgentDelivers) {
     EXPECT_LE(days, 825.05) << url << " " << name;
   }
 
-  ASSERT_NO_FATAL_FAILURE(postRecords(agent1, "a1", 5));
-  ASSERT_NO_FATAL_FAILURE(postRecords(agent2, "a2", 5));
+  ASSERT_NO_FATAL_FAILURE(postCustomerRecords(agent1, "a1", 5));
+  ASSERT_NO_FATAL_FAILURE(postCustomerRecords(agent2, "a2", 5));
   ASSERT_TRUE(waitForDrain(10, 0, 60));
 
   // Revoked while connected: the broker still carries its batches (no reload
   // yet), the aggregator refuses them, audited.
   ASSERT_TRUE(cli::revokeIdentity(pki, "agent-1", cli::IdentityRole::kAgent).isOk());
-  ASSERT_NO_FATAL_FAILURE(postRecords(agent1, "a1-late", 5));
+  ASSERT_NO_FATAL_FAILURE(postCustomerRecords(agent1, "a1-late", 5));
   const std::string audit_sql =
       "SELECT COUNT(*) FROM audit WHERE action = 'batch_refused' AND agent_id = 'agent-1' AND "
       "detail LIKE '%agent `agent-1` is revoked%'";
@@ -94,7 +76,7 @@ TEST_F(PipelineTest, RevokedAgentIsRefusedAndAuditedRenewedAgentDelivers) {
   ASSERT_TRUE(waitUntil([&] { return scrapeMetric(agent2, "bl_agent_mqtt_connected") == 1; }, 30s));
   EXPECT_NEAR(scrapeMetric(agent2, "bl_agent_certificate_expiry_days"), 60.0, 0.05)
       << "the renewed certificate is the one in use";
-  ASSERT_NO_FATAL_FAILURE(postRecords(agent2, "a2-renewed", 5));
+  ASSERT_NO_FATAL_FAILURE(postCustomerRecords(agent2, "a2-renewed", 5));
   EXPECT_TRUE(waitUntil([&] { return records() == 15; }, 60s)) << records();
   EXPECT_EQ(scrapeMetric(agent1, "bl_agent_mqtt_connected"), 0);
 
