@@ -356,9 +356,11 @@ Result<PkiReport> enrollAgent(const std::string& dir, const std::string& agent_i
   const PkiLayout layout{fs::absolute(dir)};
   auto ca = loadAuthority(layout);
   if (!ca.isOk()) return ca.status();
-  const std::string again = "agent `" + agent_id + "` is already enrolled; to issue new keys, " +
-                            "remove " + (layout.agentsDir() / (agent_id + ".*")).string() +
-                            " first";
+  const std::string again = "agent `" + agent_id +
+                            "` is already enrolled; for a new certificate: `branchline pki renew "
+                            "--dir " +
+                            dir + " " + agent_id + "`; for new sealing keys, remove " +
+                            (layout.agentsDir() / (agent_id + ".*")).string() + " first";
   for (const auto& file : {layout.agentCert(agent_id), layout.agentKey(agent_id),
                            layout.agentSealKey(agent_id), layout.agentSealPublic(agent_id)}) {
     BL_RETURN_IF_ERROR(refuseExisting(file, again));
