@@ -1,4 +1,4 @@
-// Revocation at the aggregator (README "Revocation"): once `branchline pki
+// Revocation at the aggregator (README "Renewal, revocation, rotation"): once `branchline pki
 // revoke` has marked an agent's sealing key (<id>.seal.pub.revoked), its
 // batches are refused as `revoked`, even while its key is still cached.
 #include "aggregator/consume/seal_keys.h"

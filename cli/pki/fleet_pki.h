@@ -72,7 +72,7 @@ struct PkiLayout {
     return agentsDir() / (id + ".seal.pub");
   }
   // A revoked agent's public sealing key, renamed from <id>.seal.pub: the
-  // aggregators refuse its batches as `revoked` (README "Revocation").
+  // aggregators refuse its batches as `revoked` (README "Renewal, revocation, rotation").
   std::filesystem::path agentSealRevoked(const std::string& id) const {
     return agentsDir() / (id + ".seal.pub.revoked");
   }

@@ -1,4 +1,4 @@
-// The fleet's certificate revocation list (README "Security / Revocation"): a
+// The fleet's certificate revocation list (README "Renewal, revocation, rotation"): a
 // PEM X.509 v2 CRL signed by the fleet CA, which Mosquitto's `crlfile` checks
 // every client certificate against. mbedTLS 2.28 parses CRLs but cannot write
 // them, so this one file uses OpenSSL's libcrypto (which Paho and Mosquitto
