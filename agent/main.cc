@@ -21,6 +21,7 @@
 #include "shared/core/log.h"
 #include "shared/core/metrics.h"
 #include "shared/http/http_server.h"
+#include "shared/pki/certificate_expiry.h"
 #include "shared/rules/rule_engine.h"
 
 namespace {
@@ -105,6 +106,11 @@ int run(const std::string& config_path, const sigset_t& stop_signals) {
   std::unique_ptr<agent::DurableBuffer> buffer = std::move(opened).value();
 
   MetricsRegistry metrics;
+  if (Status s = pki::addCertificateExpiryGauge(metrics, "bl_agent_certificate_expiry_days",
+                                                cfg->mqtt.cert_file);
+      !cfg->mqtt.cert_file.empty() && !s) {
+    log::warn("certificate_expiry_unknown", {{"error", s.message()}});
+  }
   agent::IngestOptions ingest_options;
   ingest_options.max_depth = static_cast<size_t>(cfg->http.max_depth);
   ingest_options.max_records_per_request = cfg->http.max_records_per_request;

@@ -21,6 +21,7 @@
 #include "shared/core/log.h"
 #include "shared/core/metrics.h"
 #include "shared/http/http_server.h"
+#include "shared/pki/certificate_expiry.h"
 
 namespace {
 
@@ -121,6 +122,11 @@ int run(const std::string& config_path) {
   }
 
   MetricsRegistry metrics;
+  if (Status s = pki::addCertificateExpiryGauge(metrics, "bl_aggregator_certificate_expiry_days",
+                                                cfg.cert_file);
+      !cfg.cert_file.empty() && !s) {
+    log::warn("certificate_expiry_unknown", {{"error", s.message()}});
+  }
   aggregator::ConsumerOptions co;
   co.aggregator_name = cfg.name;
   co.broker_uris = cfg.brokers;

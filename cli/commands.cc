@@ -394,21 +394,21 @@ int runPkiInit(const PkiInitOptions& options) {
   return 0;
 }
 
-int runPkiEnroll(const std::string& dir, const std::string& name, EnrollRole role, int days,
+int runPkiEnroll(const std::string& dir, const std::string& name, IdentityRole role, int days,
                  const std::string& topic_prefix) {
-  auto report = role == EnrollRole::kAggregator ? enrollAggregator(dir, name, days, topic_prefix)
-                : role == EnrollRole::kBridge   ? enrollBridge(dir, name, days, topic_prefix)
-                                                : enrollAgent(dir, name, days);
+  auto report = role == IdentityRole::kAggregator ? enrollAggregator(dir, name, days, topic_prefix)
+                : role == IdentityRole::kBridge   ? enrollBridge(dir, name, days, topic_prefix)
+                                                  : enrollAgent(dir, name, days);
   if (!report.isOk()) {
     std::cerr << "branchline pki enroll: " << report.status().toString() << "\n";
     return 1;
   }
   printPkiReport("enroll", *report);
   const PkiLayout layout{std::filesystem::absolute(dir)};
-  if (role == EnrollRole::kAggregator) {
+  if (role == IdentityRole::kAggregator) {
     std::cout << "Broker: " << layout.brokerAcl().string() << " now names aggregator." << name
               << "; reload Mosquitto (SIGHUP).\n";
-  } else if (role == EnrollRole::kBridge) {
+  } else if (role == IdentityRole::kBridge) {
     std::cout << "Broker " << name << ": bridge_certfile " << layout.bridgeCert(name).string()
               << ", bridge_keyfile " << layout.bridgeKey(name).string() << ", bridge_cafile "
               << layout.caCert().string() << ".\nThe other broker: " << layout.brokerAcl().string()
@@ -419,6 +419,104 @@ int runPkiEnroll(const std::string& dir, const std::string& name, EnrollRole rol
               << layout.currentSealPublicKey().string() << ".\n"
               << "The aggregators read " << layout.agentSealPublic(name).string()
               << " (security.agents_dir).\n";
+  }
+  return 0;
+}
+
+namespace {
+
+// Certificate times are whole seconds: RFC 3339 without the fraction.
+std::string rfc3339Seconds(int64_t unix_seconds) {
+  std::string text = formatRfc3339Micros(unix_seconds * 1000000);
+  const size_t dot = text.find('.');
+  if (dot != std::string::npos) text.replace(dot, text.size() - dot, "Z");
+  return text;
+}
+
+void printFiles(const char* what, const std::vector<std::string>& files) {
+  std::cout << "branchline pki " << what << ": wrote " << files.size() << " files\n";
+  for (const auto& f : files) std::cout << "  " << f << "\n";
+}
+
+}  // namespace
+
+int runPkiRenew(const std::string& dir, const std::string& name, IdentityRole role, int days) {
+  auto report = renewIdentity(dir, name, role, days);
+  if (!report.isOk()) {
+    std::cerr << "branchline pki renew: " << report.status().toString() << "\n";
+    return 1;
+  }
+  printFiles("renew", report->files);
+  std::cout << report->common_name << ": new certificate serial " << report->new_serial
+            << ", valid until " << rfc3339Seconds(report->new_not_after) << ".\n"
+            << "The old certificate (serial " << report->old_serial << ") stays valid until "
+            << rfc3339Seconds(report->old_not_after)
+            << " unless revoked; it was replaced, not revoked.\n"
+            << "Copy the new .crt and .key to its host and restart it (certificates are read "
+               "at startup).\n";
+  return 0;
+}
+
+int runPkiRevoke(const std::string& dir, const std::string& name, IdentityRole role) {
+  auto report = revokeIdentity(dir, name, role);
+  if (!report.isOk()) {
+    std::cerr << "branchline pki revoke: " << report.status().toString() << "\n";
+    return 1;
+  }
+  printFiles("revoke", report->files);
+  const PkiLayout layout{std::filesystem::absolute(dir)};
+  std::cout << report->common_name << ": certificate serial " << report->old_serial << " revoked.\n"
+            << "Broker: copy " << layout.revocationList().string()
+            << " to its crlfile and reload Mosquitto (SIGHUP): new connections with this "
+               "certificate are then refused; a connection already open stays until it "
+               "drops (restart the broker to cut it now).\n";
+  if (role == IdentityRole::kAgent) {
+    std::cout << "Aggregators: " << layout.agentSealRevoked(name).string()
+              << " marks its sealing key revoked; copy it to every aggregator's agents_dir "
+                 "(and remove "
+              << layout.agentSealPublic(name).filename().string()
+              << " there): its batches are refused (`revoked`) and audited.\n";
+  }
+  return 0;
+}
+
+int runPkiRotateSealKey(const std::string& dir, int grace_days) {
+  auto report = rotateSealKey(dir);
+  if (!report.isOk()) {
+    std::cerr << "branchline pki rotate-seal-key: " << report.status().toString() << "\n";
+    return 1;
+  }
+  printFiles("rotate-seal-key", report->files);
+  const PkiLayout layout{std::filesystem::absolute(dir)};
+  const int64_t until = nowMicros() / 1000000 + int64_t{grace_days} * 86400;
+  std::cout << "aggregators' sealing key: " << report->old_key_id << " -> " << report->new_key_id
+            << "\n"
+            << "1. Every aggregator, [security] in its config, then restart it:\n"
+            << "     seal_keys = [\"" << report->new_private_key.string() << "\"]\n"
+            << "     retired_seal_keys = [{ file = \"" << report->old_private_key.string()
+            << "\", until = \"" << rfc3339Seconds(until) << "\" }]\n"
+            << "   (until = now + " << grace_days
+            << " days: longer than any agent may hold unsent batches).\n"
+            << "2. Then every agent: copy " << layout.currentSealPublicKey().string()
+            << " to its security.aggregator_key_file and restart it; it seals to "
+            << report->new_key_id << " from then on.\n"
+            << "3. After " << rfc3339Seconds(until) << ": remove "
+            << report->old_private_key.string() << " and its .pub.\n";
+  return 0;
+}
+
+int runPkiList(const std::string& dir) {
+  auto rows = listIdentities(dir);
+  if (!rows.isOk()) {
+    std::cerr << "branchline pki list: " << rows.status().toString() << "\n";
+    return 1;
+  }
+  std::printf("%-10s %-20s %-24s %-32s %-20s %9s %s\n", "ROLE", "NAME", "CN", "SERIAL", "NOT_AFTER",
+              "DAYS_LEFT", "REVOKED");
+  for (const auto& r : *rows) {
+    std::printf("%-10s %-20s %-24s %-32s %-20s %9.1f %s\n", r.role.c_str(), r.name.c_str(),
+                r.common_name.c_str(), r.serial.c_str(), rfc3339Seconds(r.not_after).c_str(),
+                r.days_left, r.revoked ? "yes" : "no");
   }
   return 0;
 }

@@ -40,8 +40,14 @@ int runChaosCommand(ChaosOptions options);
 int runPkiInit(const PkiInitOptions& options);
 
 // `branchline pki enroll`: an agent, an aggregator, or a second broker's bridge.
-enum class EnrollRole { kAgent, kAggregator, kBridge };
-int runPkiEnroll(const std::string& dir, const std::string& name, EnrollRole role, int days,
+int runPkiEnroll(const std::string& dir, const std::string& name, IdentityRole role, int days,
                  const std::string& topic_prefix);
+
+// `branchline pki renew|revoke|rotate-seal-key|list`: print what changed and
+// what the operator must do next. Exit code 1 if refused or failed.
+int runPkiRenew(const std::string& dir, const std::string& name, IdentityRole role, int days);
+int runPkiRevoke(const std::string& dir, const std::string& name, IdentityRole role);
+int runPkiRotateSealKey(const std::string& dir, int grace_days);
+int runPkiList(const std::string& dir);
 
 }  // namespace branchline::cli

@@ -110,6 +110,35 @@ int main(int argc, char** argv) {
   pki_enroll_cmd->add_option("--topic-prefix", pki_prefix,
                              "For the broker ACL (--aggregator, --bridge)");
 
+  // renew / revoke / rotate-seal-key / list: the lifecycle after enroll.
+  std::string life_dir, life_name;
+  bool life_aggregator = false, life_bridge = false;
+  int renew_days = 825, grace_days = 7;
+  auto* pki_renew_cmd = pki_cmd->add_subcommand(
+      "renew", "A new certificate and key for an enrolled identity (the old one is not revoked)");
+  auto* pki_revoke_cmd = pki_cmd->add_subcommand(
+      "revoke", "Revoke an identity: broker/crl.pem, and an agent's sealing key");
+  for (auto* cmd : {pki_renew_cmd, pki_revoke_cmd}) {
+    cmd->add_option("--dir", life_dir, "PKI folder made by `pki init`")->required();
+    cmd->add_option("name", life_name, "The agent id (or, with --aggregator, its name)")
+        ->required();
+    auto* agg = cmd->add_flag("--aggregator", life_aggregator, "An aggregator's certificate");
+    cmd->add_flag("--bridge", life_bridge, "A second broker's bridge certificate")->excludes(agg);
+  }
+  pki_renew_cmd->add_option("--days", renew_days, "Validity of the new certificate")
+      ->check(CLI::Range(1, 36500));
+  auto* pki_rotate_cmd = pki_cmd->add_subcommand(
+      "rotate-seal-key", "A new aggregators' sealing key; seal.pub switched to it");
+  pki_rotate_cmd->add_option("--dir", life_dir, "PKI folder made by `pki init`")->required();
+  pki_rotate_cmd
+      ->add_option("--grace-days", grace_days,
+                   "How long aggregators keep opening batches sealed to the old key (printed "
+                   "`until`)")
+      ->check(CLI::Range(1, 3650));
+  auto* pki_list_cmd =
+      pki_cmd->add_subcommand("list", "Every identity: CN, serial, expiry, revoked or not");
+  pki_list_cmd->add_option("--dir", life_dir, "PKI folder made by `pki init`")->required();
+
   cli::ChaosOptions chaos;
   int chaos_min_kills = chaos.min_kills_each;
   auto* chaos_cmd = app.add_subcommand(
@@ -156,11 +185,18 @@ int main(int argc, char** argv) {
     return cli::runPkiInit(pki_init);
   }
   if (*pki_enroll_cmd) {
-    const cli::EnrollRole role = pki_bridge       ? cli::EnrollRole::kBridge
-                                 : pki_aggregator ? cli::EnrollRole::kAggregator
-                                                  : cli::EnrollRole::kAgent;
+    const cli::IdentityRole role = pki_bridge       ? cli::IdentityRole::kBridge
+                                   : pki_aggregator ? cli::IdentityRole::kAggregator
+                                                    : cli::IdentityRole::kAgent;
     return cli::runPkiEnroll(pki_dir, pki_name, role, pki_days, pki_prefix);
   }
+  const cli::IdentityRole life_role = life_bridge       ? cli::IdentityRole::kBridge
+                                      : life_aggregator ? cli::IdentityRole::kAggregator
+                                                        : cli::IdentityRole::kAgent;
+  if (*pki_renew_cmd) return cli::runPkiRenew(life_dir, life_name, life_role, renew_days);
+  if (*pki_revoke_cmd) return cli::runPkiRevoke(life_dir, life_name, life_role);
+  if (*pki_rotate_cmd) return cli::runPkiRotateSealKey(life_dir, grace_days);
+  if (*pki_list_cmd) return cli::runPkiList(life_dir);
   if (*load_cmd) {
     if (load.records == 0 && load.seconds <= 0) load.records = 10000;
     return cli::runLoadgen(load);

@@ -598,6 +598,8 @@ const char* openFailureLabel(OpenFailure failure) {
       return "not_enrolled";
     case OpenFailure::kForgedOrAltered:
       return "seal_invalid";
+    case OpenFailure::kRevoked:
+      return "revoked";
   }
   return "malformed";
 }
@@ -654,6 +656,10 @@ Result<WireBatch> openClassified(std::string_view payload, const DecodeLimits& l
     if (agent_public.status().code() == Code::kNotFound) {
       failure = OpenFailure::kNotEnrolled;
       return Status::invalid("agent `" + agent + "` is not enrolled");
+    }
+    if (agent_public.status().code() == Code::kPermissionDenied) {
+      failure = OpenFailure::kRevoked;
+      return Status::invalid("agent `" + agent + "` is revoked");
     }
     return agent_public.status().withContext("agent `" + agent + "` public sealing key");
   }

@@ -109,7 +109,7 @@ struct AggregatorKeyRing {
 struct OpenOptions {
   const AggregatorKeyRing* ring = nullptr;
   // The agent's registered public key (from the fleet's agents folder);
-  // kNotFound for an agent that is not enrolled.
+  // kNotFound for an agent that is not enrolled, kPermissionDenied for a revoked one.
   std::function<Result<X25519Key>(const std::string& agent_id)> agent_public_key;
   bool require_sealed = true;  // refuse cipher = none
   int64_t now_us = 0;          // 0: the clock
@@ -125,14 +125,16 @@ enum class OpenFailure {
   kKeyRetired,       // names a key past its `until`
   kNotEnrolled,      // no public sealing key for the agent it names
   kForgedOrAltered,  // does not authenticate: another sealer, or a changed byte
+  kRevoked,          // the agent it names is revoked (`branchline pki revoke`)
 };
 // "malformed", "too_large", "not_sealed", "unknown_key", "key_retired",
-// "not_enrolled", "seal_invalid" ("" for kNone).
+// "not_enrolled", "seal_invalid", "revoked" ("" for kNone).
 const char* openFailureLabel(OpenFailure failure);
 
 // Opens a sealed (or, when allowed, plain) batch under `limits`. kInvalidArgument
 // naming what failed: "batch is not sealed", "unknown aggregator key id `..`",
-// "aggregator key `..` retired at ..", "agent `x` is not enrolled", "batch does
+// "aggregator key `..` retired at ..", "agent `x` is not enrolled", "agent `x`
+// is revoked", "batch does
 // not open: not sealed by agent `x`, or altered", plus every decodeBatch error.
 // The header's agent id is checked ([A-Za-z0-9_-]{1,64}) before agent_public_key
 // sees it. Thread-safe (each thread keeps its own random generator for blinding).

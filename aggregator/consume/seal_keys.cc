@@ -44,6 +44,12 @@ Result<protocol::X25519Key> EnrolledAgentKeys::lookup(const std::string& agent_i
   if (!validAgentId(agent_id)) {
     return Status::invalid("agent id is not [A-Za-z0-9_-]{1,64}");
   }
+  // Revocation (`branchline pki revoke`) holds at once, cached key or not:
+  // one stat per batch.
+  std::error_code ec;
+  if (std::filesystem::exists(options_.agents_dir / (agent_id + ".seal.pub.revoked"), ec)) {
+    return Status(Code::kPermissionDenied, "agent `" + agent_id + "` is revoked");
+  }
   const int64_t now = steadyMicros();
   const int64_t ttl_us =
       std::chrono::duration_cast<std::chrono::microseconds>(options_.ttl).count();

@@ -46,7 +46,9 @@ class EnrolledAgentKeys {
 
   // kNotFound when `<agents_dir>/<agent_id>.seal.pub` does not exist (the agent
   // is not enrolled); kInvalidArgument for an id that is not [A-Za-z0-9_-]{1,64}
-  // (never turned into a path) or an unreadable key file (naming the file).
+  // (never turned into a path) or an unreadable key file (naming the file);
+  // kPermissionDenied when `<agents_dir>/<agent_id>.seal.pub.revoked` exists
+  // (`branchline pki revoke`), checked on every call.
   Result<protocol::X25519Key> lookup(const std::string& agent_id);
 
  private:

@@ -390,6 +390,7 @@ Status LocalPipeline::preparePki() {
       if (!r.isOk()) return r.status().withContext("pipeline PKI " + dir);
     }
   }
+  if (Status s = ensureRevocationList(dir); !s) return s.withContext("pipeline PKI " + dir);
   auto seal = currentSealPrivateKey(dir);
   if (!seal.isOk()) return seal.status().withContext("pipeline PKI " + dir);
   seal_key_file_ = seal->string();
@@ -432,7 +433,8 @@ Status LocalPipeline::writeConfigs() {
         const std::string acl = m->data_dir + "/acl";
         BL_RETURN_IF_ERROR(writeFile(acl, pki::mosquittoAcl(prefix, aggregators, bridges)));
         const pki::BrokerTlsFiles files{layout.caCert().string(), layout.brokerCert().string(),
-                                        layout.brokerKey().string(), acl};
+                                        layout.brokerKey().string(), acl,
+                                        layout.revocationList().string()};
         tls = pki::mosquittoTlsSettings(files);
         more_tls = pki::mosquittoListenerTlsSettings(files);
       }

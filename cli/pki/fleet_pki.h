@@ -3,7 +3,10 @@
 // server certificate, the aggregators' client certificates and their sealing
 // key) and `branchline pki enroll` (one agent's, or one more aggregator's,
 // certificate and sealing key pair). LocalPipeline uses the same functions, and
-// enrollBridge() for the bridge of its second broker.
+// enrollBridge() for the bridge of its second broker. The lifecycle after
+// that: renewIdentity(), revokeIdentity() (the CA-signed broker/crl.pem and, for
+// an agent, its sealing key withdrawn from the aggregators), rotateSealKey()
+// and listIdentities().
 //
 // Guarantees: an existing CA is never overwritten, nor any existing key or
 // certificate (each is created with link(2), so even a concurrent run cannot
@@ -30,6 +33,8 @@ struct PkiLayout {
   std::filesystem::path brokerKey() const { return brokerDir() / "broker.key"; }
   std::filesystem::path brokerAcl() const { return brokerDir() / "acl"; }
   std::filesystem::path brokerConf() const { return brokerDir() / "mosquitto-tls.conf"; }
+  // The CA-signed revocation list the broker's `crlfile` names (empty after init).
+  std::filesystem::path revocationList() const { return brokerDir() / "crl.pem"; }
   std::filesystem::path aggregatorsDir() const { return dir / "aggregators"; }
   std::filesystem::path aggregatorCert(const std::string& name) const {
     return aggregatorsDir() / (name + ".crt");
@@ -66,7 +71,15 @@ struct PkiLayout {
   std::filesystem::path agentSealPublic(const std::string& id) const {
     return agentsDir() / (id + ".seal.pub");
   }
+  // A revoked agent's public sealing key, renamed from <id>.seal.pub: the
+  // aggregators refuse its batches as `revoked` (README "Renewal, revocation, rotation").
+  std::filesystem::path agentSealRevoked(const std::string& id) const {
+    return agentsDir() / (id + ".seal.pub.revoked");
+  }
 };
+
+// Which identity a lifecycle command names: `NAME`, `--aggregator NAME`, `--bridge NAME`.
+enum class IdentityRole { kAgent, kAggregator, kBridge };
 
 struct PkiInitOptions {
   std::string dir;  // created if missing
@@ -108,5 +121,63 @@ Result<PkiReport> enrollBridge(const std::string& dir, const std::string& broker
 // The current aggregators' private sealing key file (aggregators/seal-<id>.key,
 // the pair of seal.pub). kNotFound / kInvalidArgument when seal.pub is missing or bad.
 Result<std::filesystem::path> currentSealPrivateKey(const std::string& dir);
+
+// Writes an empty CA-signed broker/crl.pem when the folder has none (a folder
+// made before revocation existed); initPki writes it. Never replaces one.
+Status ensureRevocationList(const std::string& dir);
+
+// What a renewal or revocation did, for the operator.
+struct LifecycleReport {
+  std::vector<std::string> files;  // written, renamed or replaced
+  std::string common_name;
+  std::string old_serial;  // canonical hex (pki/crl.h)
+  int64_t old_not_after = 0;
+  std::string new_serial;  // renewIdentity only
+  int64_t new_not_after = 0;
+};
+
+// A new key and certificate (same CN and role, `days` from now) for an
+// enrolled identity, each file replaced atomically (key first, then
+// certificate). The old certificate stays valid until it expires unless it is
+// revoked. kNotFound when the identity is not enrolled; kPermissionDenied when
+// its certificate is revoked (renewal would re-admit it: enroll it anew).
+Result<LifecycleReport> renewIdentity(const std::string& dir, const std::string& name,
+                                      IdentityRole role, int days = 825);
+
+// Adds the identity's certificate to broker/crl.pem (re-signed by the CA) and,
+// for an agent, renames agents/<id>.seal.pub to <id>.seal.pub.revoked.
+// kNotFound when not enrolled; kAlreadyExists when already revoked (nothing
+// changed). The broker applies the CRL to new connections after a reload.
+Result<LifecycleReport> revokeIdentity(const std::string& dir, const std::string& name,
+                                       IdentityRole role, int64_t now_unix_seconds = 0);
+
+struct SealRotationReport {
+  std::vector<std::string> files;
+  std::string old_key_id, new_key_id;
+  std::filesystem::path old_private_key, new_private_key;
+};
+
+// A new aggregators' X25519 pair (aggregators/seal-<new>.key/.pub) and
+// aggregators/seal.pub switched to it; the old pair's files stay for the grace
+// period. kNotFound without a current seal.pub or its private key.
+Result<SealRotationReport> rotateSealKey(const std::string& dir);
+
+// One identity in the folder, as `branchline pki list` prints it.
+struct IdentityListing {
+  std::string role;  // "ca", "broker", "aggregator", "agent", "bridge"
+  std::string name;  // file stem ("agent-1", "agg-1"; "ca", "broker")
+  std::string common_name;
+  std::string serial;  // canonical hex
+  int64_t not_after = 0;
+  double days_left = 0;
+  bool revoked = false;
+  std::string certificate_file;
+};
+
+// Every certificate in the folder, CA first, then broker, aggregators, bridges
+// and agents (each sorted by name), revoked or not per broker/crl.pem.
+// `now_unix_seconds` 0: the clock. kNotFound without a CA.
+Result<std::vector<IdentityListing>> listIdentities(const std::string& dir,
+                                                    int64_t now_unix_seconds = 0);
 
 }  // namespace branchline::cli

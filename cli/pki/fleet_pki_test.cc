@@ -4,9 +4,12 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 
+#include <ctime>
 #include <filesystem>
 
 #include "protocol/seal.h"
+#include "shared/core/clock.h"
+#include "shared/pki/crl.h"
 #include "shared/pki/pki.h"
 
 namespace branchline::cli {
@@ -197,6 +200,202 @@ TEST(FleetPkiTest, EnrollingABridgeGivesItsOwnIdentityAndAclEntry) {
   EXPECT_NE(text(layout.brokerAcl()).find("user bridge.mosquitto-2\n"), std::string::npos);
   EXPECT_EQ(enrollBridge(o.dir, "mosquitto-2").status().code(), Code::kAlreadyExists);
   EXPECT_EQ(enrollBridge(o.dir, "a.b").status().code(), Code::kInvalidArgument);
+}
+
+// A folder with a CA, aggregator agg-1 and agents agent-1, agent-2.
+PkiLayout fleetWithTwoAgents(const TempDir& tmp) {
+  PkiInitOptions o;
+  o.dir = tmp.path();
+  o.aggregators = {"agg-1"};
+  EXPECT_TRUE(initPki(o).isOk());
+  EXPECT_TRUE(enrollAgent(o.dir, "agent-1").isOk());
+  EXPECT_TRUE(enrollAgent(o.dir, "agent-2", 30).isOk());
+  return PkiLayout{o.dir};
+}
+
+Status verifyAgainstCrl(const PkiLayout& layout, const fs::path& cert) {
+  return pki::verifyCertificate(text(cert), text(layout.caCert()), text(layout.revocationList()));
+}
+
+TEST(FleetPkiTest, InitWritesAnEmptyCaSignedRevocationListTheBrokerReads) {
+  TempDir tmp;
+  const PkiLayout layout = fleetWithTwoAgents(tmp);
+  EXPECT_EQ(modeOf(layout.revocationList()), 0644u);
+  auto list = pki::readRevocationList(text(layout.revocationList()), text(layout.caCert()));
+  ASSERT_TRUE(list.isOk()) << list.status().toString();
+  EXPECT_TRUE(list->revoked.empty());
+  EXPECT_TRUE(verifyAgainstCrl(layout, layout.agentCert("agent-1")).isOk());
+  const std::string conf = text(layout.brokerConf());
+  EXPECT_NE(conf.find("crlfile " + fs::absolute(layout.revocationList()).string() + "\n"),
+            std::string::npos)
+      << conf;
+  // A folder from before revocation existed gets one; an existing one is kept.
+  const std::string before = text(layout.revocationList());
+  ASSERT_TRUE(ensureRevocationList(layout.dir).isOk());
+  EXPECT_EQ(text(layout.revocationList()), before);
+  fs::remove(layout.revocationList());
+  ASSERT_TRUE(ensureRevocationList(layout.dir).isOk());
+  EXPECT_TRUE(pki::readRevocationList(text(layout.revocationList()), text(layout.caCert())).isOk());
+}
+
+TEST(FleetPkiTest, RevokeListsTheCertificateAndWithdrawsTheAgentsSealingKey) {
+  TempDir tmp;
+  const PkiLayout layout = fleetWithTwoAgents(tmp);
+  const std::string seal_pub = text(layout.agentSealPublic("agent-1"));
+  auto report = revokeIdentity(layout.dir, "agent-1", IdentityRole::kAgent);
+  ASSERT_TRUE(report.isOk()) << report.status().toString();
+  EXPECT_EQ(report->common_name, "agent-1");
+
+  Status revoked = verifyAgainstCrl(layout, layout.agentCert("agent-1"));
+  EXPECT_EQ(revoked.code(), Code::kPermissionDenied);
+  EXPECT_NE(revoked.message().find("revoked"), std::string::npos) << revoked.message();
+  EXPECT_TRUE(verifyAgainstCrl(layout, layout.agentCert("agent-2")).isOk());
+  // The aggregators' view: no seal.pub (not enrolled), the marker with the same key.
+  EXPECT_FALSE(fs::exists(layout.agentSealPublic("agent-1")));
+  EXPECT_EQ(text(layout.agentSealRevoked("agent-1")), seal_pub);
+  EXPECT_TRUE(fs::exists(layout.agentSealPublic("agent-2")));
+
+  // Once only; an aggregator's certificate goes on the same list.
+  EXPECT_EQ(revokeIdentity(layout.dir, "agent-1", IdentityRole::kAgent).status().code(),
+            Code::kAlreadyExists);
+  ASSERT_TRUE(revokeIdentity(layout.dir, "agg-1", IdentityRole::kAggregator).isOk());
+  EXPECT_EQ(verifyAgainstCrl(layout, layout.aggregatorCert("agg-1")).code(),
+            Code::kPermissionDenied);
+  EXPECT_TRUE(verifyAgainstCrl(layout, layout.agentCert("agent-2")).isOk());
+  auto list = pki::readRevocationList(text(layout.revocationList()), text(layout.caCert()));
+  ASSERT_TRUE(list.isOk());
+  EXPECT_EQ(list->revoked.size(), 2u);
+  EXPECT_EQ(list->crl_number, 3) << "init's list is 1; each revocation issues the next";
+
+  Status unknown = revokeIdentity(layout.dir, "agent-9", IdentityRole::kAgent).status();
+  EXPECT_EQ(unknown.code(), Code::kNotFound);
+  EXPECT_NE(unknown.message().find("not enrolled"), std::string::npos) << unknown.message();
+  // Renewal would re-admit a revoked identity: refused, saying so.
+  Status renew = renewIdentity(layout.dir, "agent-1", IdentityRole::kAgent).status();
+  EXPECT_EQ(renew.code(), Code::kPermissionDenied);
+  EXPECT_NE(renew.message().find("revoked"), std::string::npos) << renew.message();
+}
+
+TEST(FleetPkiTest, RenewReplacesCertificateAndKeyForTheSameIdentity) {
+  TempDir tmp;
+  const PkiLayout layout = fleetWithTwoAgents(tmp);
+  const std::string old_cert = text(layout.agentCert("agent-2"));
+  const std::string old_key = text(layout.agentKey("agent-2"));
+  const std::string seal_key = text(layout.agentSealKey("agent-2"));
+  auto report = renewIdentity(layout.dir, "agent-2", IdentityRole::kAgent, 90);
+  ASSERT_TRUE(report.isOk()) << report.status().toString();
+
+  EXPECT_NE(text(layout.agentCert("agent-2")), old_cert);
+  EXPECT_NE(text(layout.agentKey("agent-2")), old_key);
+  EXPECT_EQ(modeOf(layout.agentKey("agent-2")), 0600u);
+  EXPECT_EQ(text(layout.agentSealKey("agent-2")), seal_key) << "the sealing key is not a cert";
+  EXPECT_TRUE(pki::loadCredential(layout.agentCert("agent-2"), layout.agentKey("agent-2")).isOk())
+      << "the new key is the new certificate's";
+  EXPECT_EQ(verifiedCommonName(layout, layout.agentCert("agent-2")), "agent-2");
+  auto info = pki::inspectCertificate(text(layout.agentCert("agent-2")));
+  EXPECT_EQ(pki::canonicalSerial(info->serial_hex), report->new_serial);
+  EXPECT_NE(report->new_serial, report->old_serial);
+  EXPECT_NEAR(static_cast<double>(info->not_after - ::time(nullptr)), 90.0 * 86400, 10.0);
+  // Not revoked: the old certificate still verifies until it expires.
+  EXPECT_TRUE(pki::verifyCertificate(old_cert, text(layout.caCert()), text(layout.revocationList()))
+                  .isOk());
+
+  ASSERT_TRUE(renewIdentity(layout.dir, "agg-1", IdentityRole::kAggregator, 10).isOk());
+  EXPECT_EQ(verifiedCommonName(layout, layout.aggregatorCert("agg-1")), "aggregator.agg-1");
+  EXPECT_EQ(renewIdentity(layout.dir, "agent-9", IdentityRole::kAgent).status().code(),
+            Code::kNotFound);
+  EXPECT_EQ(renewIdentity(layout.dir, "agent-2", IdentityRole::kAgent, 0).status().code(),
+            Code::kInvalidArgument);
+}
+
+TEST(FleetPkiTest, ListShowsEveryIdentityWithExpiryAndRevocation) {
+  TempDir tmp;
+  const PkiLayout layout = fleetWithTwoAgents(tmp);
+  ASSERT_TRUE(enrollBridge(layout.dir, "mosquitto-2").isOk());
+  ASSERT_TRUE(revokeIdentity(layout.dir, "agent-1", IdentityRole::kAgent).isOk());
+  ASSERT_TRUE(renewIdentity(layout.dir, "agent-2", IdentityRole::kAgent, 60).isOk());
+  const int64_t now = ::time(nullptr);
+  auto rows = listIdentities(layout.dir, now);
+  ASSERT_TRUE(rows.isOk()) << rows.status().toString();
+  std::vector<std::string> order;
+  for (const auto& r : *rows) order.push_back(r.role + ":" + r.name);
+  EXPECT_EQ(order,
+            (std::vector<std::string>{"ca:ca", "broker:broker", "aggregator:agg-1",
+                                      "bridge:mosquitto-2", "agent:agent-1", "agent:agent-2"}));
+  for (const auto& r : *rows) {
+    auto info = pki::inspectCertificate(text(r.certificate_file));
+    ASSERT_TRUE(info.isOk());
+    EXPECT_EQ(r.common_name, info->common_name);
+    EXPECT_EQ(r.serial, pki::canonicalSerial(info->serial_hex));
+    EXPECT_EQ(r.not_after, info->not_after);
+    EXPECT_EQ(r.revoked, r.name == "agent-1") << r.name;
+  }
+  EXPECT_NEAR(rows->back().days_left, 60.0, 0.01) << "agent-2, renewed for 60 days";
+  EXPECT_EQ(rows->at(4).common_name, "agent-1");
+  EXPECT_NEAR(rows->at(4).days_left, 825.0, 0.1);
+  // Ten days on, every identity has ten days less.
+  auto later = listIdentities(layout.dir, now + 10 * 86400);
+  ASSERT_TRUE(later.isOk());
+  EXPECT_NEAR(later->back().days_left, 50.0, 0.01);
+  EXPECT_EQ(listIdentities(tmp.path() + "-none").status().code(), Code::kNotFound);
+}
+
+TEST(FleetPkiTest, RotatedSealKeyKeepsOldBatchesOpenableAndNewOnesUseTheNewKey) {
+  TempDir tmp;
+  const PkiLayout layout = fleetWithTwoAgents(tmp);
+  auto agent = protocol::readSealPrivateKey(layout.agentSealKey("agent-1"));
+  ASSERT_TRUE(agent.isOk());
+  auto old_pub = protocol::readSealPublicKey(layout.currentSealPublicKey());
+  ASSERT_TRUE(old_pub.isOk());
+  protocol::WireBatch batch;
+  batch.agent_id = "agent-1";
+  batch.seq = 1;
+  batch.records.push_back({"customer", "r-1", 1, R"({"email":"a@example.org"})"});
+  auto before = protocol::sealBatch(batch, {*agent, *old_pub});  // held by an agent, unsent
+  ASSERT_TRUE(before.isOk());
+
+  auto report = rotateSealKey(layout.dir);
+  ASSERT_TRUE(report.isOk()) << report.status().toString();
+  EXPECT_EQ(report->old_key_id, protocol::sealKeyId(*old_pub));
+  EXPECT_NE(report->new_key_id, report->old_key_id);
+  EXPECT_EQ(report->old_private_key, layout.sealPrivateKey(report->old_key_id));
+  EXPECT_TRUE(fs::exists(report->old_private_key)) << "kept for the grace period";
+  EXPECT_EQ(modeOf(report->new_private_key), 0600u);
+  auto new_pub = protocol::readSealPublicKey(layout.currentSealPublicKey());
+  ASSERT_TRUE(new_pub.isOk());
+  EXPECT_EQ(protocol::sealKeyId(*new_pub), report->new_key_id) << "seal.pub switched";
+  EXPECT_EQ(*currentSealPrivateKey(layout.dir), report->new_private_key);
+
+  // An agent restarted on the new seal.pub seals with the new key id.
+  batch.seq = 2;
+  auto sealer = protocol::BatchSealer::create({*agent, *new_pub});
+  ASSERT_TRUE(sealer.isOk());
+  EXPECT_EQ((*sealer)->keyId(), report->new_key_id);
+  auto after = (*sealer)->seal(batch);
+  ASSERT_TRUE(after.isOk());
+
+  // The aggregator config the command prints: new key current, old one retired.
+  const int64_t until = nowMicros() + 7LL * 86400 * 1000000;
+  protocol::AggregatorKeyRing ring;
+  ring.by_key_id[report->new_key_id].pair = *protocol::readSealPrivateKey(report->new_private_key);
+  ring.by_key_id[report->old_key_id] = {*protocol::readSealPrivateKey(report->old_private_key),
+                                        until};
+  protocol::OpenOptions open;
+  open.ring = &ring;
+  open.agent_public_key = [&](const std::string&) -> Result<protocol::X25519Key> {
+    return agent->public_key;
+  };
+  for (const auto* payload : {&*before, &*after}) {
+    auto opened = protocol::openBatch(*payload, protocol::DecodeLimits{}, open);
+    ASSERT_TRUE(opened.isOk()) << opened.status().toString();
+    EXPECT_EQ(opened->records.size(), 1u);
+  }
+  // Past `until` the old key's batches are refused, the new ones still open.
+  open.now_us = until + 1;
+  protocol::OpenFailure failure = protocol::OpenFailure::kNone;
+  EXPECT_FALSE(protocol::openBatch(*before, protocol::DecodeLimits{}, open, &failure).isOk());
+  EXPECT_EQ(failure, protocol::OpenFailure::kKeyRetired);
+  EXPECT_TRUE(protocol::openBatch(*after, protocol::DecodeLimits{}, open).isOk());
 }
 
 }  // namespace

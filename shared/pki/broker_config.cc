@@ -30,6 +30,7 @@ std::string mosquittoTlsSettings(const BrokerTlsFiles& files) {
 std::string mosquittoListenerTlsSettings(const BrokerTlsFiles& files) {
   std::string out;
   out += "cafile " + files.ca_file + "\n";
+  if (!files.crl_file.empty()) out += "crlfile " + files.crl_file + "\n";  // read at (re)load
   out += "certfile " + files.cert_file + "\n";
   out += "keyfile " + files.key_file + "\n";
   // Mosquitto 2.0 reads this as the lowest version it accepts (1.3 stays on).

@@ -29,6 +29,7 @@ struct BrokerTlsFiles {
   std::string cert_file;  // the broker's server certificate
   std::string key_file;   // its key; Mosquitto must be able to read it
   std::string acl_file;   // mosquittoAcl() text
+  std::string crl_file;   // the CA-signed revocation list (`crlfile`); "" for none
 };
 
 // mosquitto.conf lines that follow a `listener <port> <address>` line: the

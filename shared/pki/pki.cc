@@ -11,6 +11,7 @@
 #include <mbedtls/pk.h>
 #include <mbedtls/platform_util.h>
 #include <mbedtls/sha256.h>
+#include <mbedtls/x509_crl.h>
 #include <mbedtls/x509_crt.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -76,6 +77,7 @@ using Crt = Mbed<mbedtls_x509_crt, mbedtls_x509_crt_init, mbedtls_x509_crt_free>
 using CrtWriter =
     Mbed<mbedtls_x509write_cert, mbedtls_x509write_crt_init, mbedtls_x509write_crt_free>;
 using Mpi = Mbed<mbedtls_mpi, mbedtls_mpi_init, mbedtls_mpi_free>;
+using Crl = Mbed<mbedtls_x509_crl, mbedtls_x509_crl_init, mbedtls_x509_crl_free>;
 
 // A PEM buffer for mbedTLS: NUL-terminated, and the length counts the NUL.
 int parseCertificate(Crt& crt, std::string_view pem) {
@@ -479,15 +481,24 @@ Result<CertificateInfo> inspectCertificate(std::string_view certificate_pem) {
   return info;
 }
 
-Status verifyCertificate(std::string_view certificate_pem, std::string_view authority_pem) {
+Status verifyCertificate(std::string_view certificate_pem, std::string_view authority_pem,
+                         std::string_view crl_pem) {
   Crt crt;
   int rc = parseCertificate(crt, certificate_pem);
   if (rc != 0) return Status::invalid("not a PEM certificate: " + mbedtlsError(rc));
   Crt ca;
   rc = parseCertificate(ca, authority_pem);
   if (rc != 0) return Status::invalid("authority: not a PEM certificate: " + mbedtlsError(rc));
+  Crl crl;
+  if (!crl_pem.empty()) {
+    const std::string text(crl_pem);
+    rc = mbedtls_x509_crl_parse(&crl.ctx, reinterpret_cast<const unsigned char*>(text.c_str()),
+                                text.size() + 1);
+    if (rc != 0) return Status::invalid("not a PEM revocation list: " + mbedtlsError(rc));
+  }
   uint32_t flags = 0;
-  rc = mbedtls_x509_crt_verify(&crt.ctx, &ca.ctx, nullptr, nullptr, &flags, nullptr, nullptr);
+  rc = mbedtls_x509_crt_verify(&crt.ctx, &ca.ctx, crl_pem.empty() ? nullptr : &crl.ctx, nullptr,
+                               &flags, nullptr, nullptr);
   if (rc == 0) return Status::ok();
   std::string why;
   if (flags != 0) {

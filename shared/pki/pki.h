@@ -86,9 +86,11 @@ struct CertificateInfo {
 Result<CertificateInfo> inspectCertificate(std::string_view certificate_pem);
 
 // Checks that `certificate_pem` is signed by `authority_pem` and valid now, as
-// a TLS peer would. OK, or kPermissionDenied naming the certificate's CN and
-// every reason ("expired", "not signed by the trusted authority", ...).
-Status verifyCertificate(std::string_view certificate_pem, std::string_view authority_pem);
+// a TLS peer would, and, given a PEM `crl_pem` of that authority, not revoked.
+// OK, or kPermissionDenied naming the certificate's CN and every reason
+// ("expired", "not signed by the trusted authority", "revoked", ...).
+Status verifyCertificate(std::string_view certificate_pem, std::string_view authority_pem,
+                         std::string_view crl_pem = {});
 
 // ECDSA (the key's curve) over SHA-256 of `message`, with a PEM private key
 // (a Credential's). kInvalidArgument if the key does not parse.

@@ -9,6 +9,10 @@
 #include <ctime>
 #include <filesystem>
 
+#include "shared/core/metrics.h"
+#include "shared/pki/certificate_expiry.h"
+#include "shared/pki/crl.h"
+
 namespace branchline::pki {
 namespace {
 namespace fs = std::filesystem;
@@ -238,6 +242,97 @@ TEST(PkiTest, RejectsBadSpecs) {
   Status s = issueCertificate(mixed, clientSpec("agent-2")).status();
   EXPECT_EQ(s.code(), Code::kInvalidArgument);
   EXPECT_EQ(s.message().find("PRIVATE"), std::string::npos);
+}
+
+TEST(PkiTest, RevocationListIsSignedByTheAuthorityAndRevokesOnlyItsSerials) {
+  auto ca = createAuthority(authoritySpec());
+  ASSERT_TRUE(ca.isOk());
+  auto revoked = issueCertificate(*ca, clientSpec("agent-1"));
+  auto kept = issueCertificate(*ca, clientSpec("agent-2"));
+  ASSERT_TRUE(revoked.isOk() && kept.isOk());
+  const std::string serial = inspectCertificate(revoked->certificate_pem)->serial_hex;
+  EXPECT_NE(serial.find(':'), std::string::npos) << "mbedTLS spells serials with colons";
+  EXPECT_EQ(canonicalSerial(serial).find(':'), std::string::npos);
+  EXPECT_EQ(canonicalSerial("00:0a:ff"), "0AFF");
+
+  RevocationList list;
+  list.crl_number = 7;
+  list.this_update = ::time(nullptr);
+  list.revoked.push_back({serial, list.this_update - 60});
+  auto crl = writeRevocationList(*ca, list);
+  ASSERT_TRUE(crl.isOk()) << crl.status().toString();
+  EXPECT_EQ(crl->rfind("-----BEGIN X509 CRL-----", 0), 0u);
+
+  auto back = readRevocationList(*crl, ca->certificate_pem);
+  ASSERT_TRUE(back.isOk()) << back.status().toString();
+  EXPECT_EQ(back->crl_number, 7);
+  EXPECT_EQ(back->this_update, list.this_update);
+  ASSERT_EQ(back->revoked.size(), 1u);
+  EXPECT_EQ(back->revoked[0].serial_hex, canonicalSerial(serial));
+  EXPECT_EQ(back->revoked[0].revoked_at, list.this_update - 60);
+
+  // mbedTLS, which parses CRLs, agrees with what OpenSSL wrote.
+  Status s = verifyCertificate(revoked->certificate_pem, ca->certificate_pem, *crl);
+  EXPECT_EQ(s.code(), Code::kPermissionDenied);
+  EXPECT_NE(s.message().find("revoked"), std::string::npos) << s.message();
+  EXPECT_TRUE(verifyCertificate(kept->certificate_pem, ca->certificate_pem, *crl).isOk());
+
+  // Another authority's list is not ours, nor is garbage.
+  auto other = createAuthority(authoritySpec("Another CA"));
+  ASSERT_TRUE(other.isOk());
+  auto foreign = writeRevocationList(*other, list);
+  ASSERT_TRUE(foreign.isOk());
+  EXPECT_EQ(readRevocationList(*foreign, ca->certificate_pem).status().code(),
+            Code::kInvalidArgument);
+  EXPECT_EQ(readRevocationList("not a crl", ca->certificate_pem).status().code(),
+            Code::kInvalidArgument);
+  list.revoked.push_back({"xyz", 0});
+  EXPECT_EQ(writeRevocationList(*ca, list).status().code(), Code::kInvalidArgument);
+}
+
+// The value `name` has in `metrics`' Prometheus text.
+double gaugeValue(const MetricsRegistry& metrics, const std::string& name) {
+  const std::string text = metrics.renderPrometheus();
+  const size_t at = text.find("\n" + name + " ");
+  EXPECT_NE(at, std::string::npos) << text;
+  return at == std::string::npos ? -1e9 : std::stod(text.substr(at + name.size() + 2));
+}
+
+TEST(PkiTest, CertificateExpiryGaugeDropsAsTheCertificateAges) {
+  TempDir tmp;
+  auto ca = createAuthority(authoritySpec());
+  ASSERT_TRUE(ca.isOk());
+  // A short-lived certificate: two days left when the test starts.
+  const int64_t start = ::time(nullptr);
+  CertificateSpec spec = clientSpec("agent-1");
+  spec.not_before = start - 60;
+  spec.not_after = start + 2 * 86400;
+  auto cert = issueCertificate(*ca, spec);
+  ASSERT_TRUE(cert.isOk());
+  const fs::path file = tmp.path() / "agent-1.crt";
+  ASSERT_TRUE(writeFileAtomically(file, cert->certificate_pem, 0644, true).isOk());
+
+  int64_t clock = start;
+  MetricsRegistry metrics;
+  ASSERT_TRUE(addCertificateExpiryGauge(metrics, "bl_agent_certificate_expiry_days", file, [&] {
+                return clock;
+              }).isOk());
+  EXPECT_NEAR(gaugeValue(metrics, "bl_agent_certificate_expiry_days"), 2.0, 0.001);
+  clock = start + 86400 + 43200;
+  EXPECT_NEAR(gaugeValue(metrics, "bl_agent_certificate_expiry_days"), 0.5, 0.001);
+  clock = start + 3 * 86400;
+  EXPECT_NEAR(gaugeValue(metrics, "bl_agent_certificate_expiry_days"), -1.0, 0.001)
+      << "expired: negative";
+
+  // The real clock, read at render time.
+  MetricsRegistry real;
+  ASSERT_TRUE(
+      addCertificateExpiryGauge(real, "bl_aggregator_certificate_expiry_days", file).isOk());
+  const double now_left = gaugeValue(real, "bl_aggregator_certificate_expiry_days");
+  EXPECT_LE(now_left, 2.0);
+  EXPECT_GT(now_left, 1.9);
+  EXPECT_EQ(addCertificateExpiryGauge(real, "x", tmp.path() / "missing.crt").code(),
+            Code::kNotFound);
 }
 
 }  // namespace

@@ -45,6 +45,29 @@ double metricValue(const std::string& text, const std::string& name) {
 
 }  // namespace
 
+double scrapeMetric(const std::string& base_url, const std::string& name) {
+  auto m = cli::httpGet(base_url + "/metrics", std::chrono::milliseconds(5000));
+  if (!m.isOk() || m->status != 200) return -1;
+  return metricValue(m->body, name);
+}
+
+void postCustomerRecords(const std::string& agent_url, const std::string& prefix, int n) {
+  std::string body;
+  for (int i = 0; i < n; ++i) {
+    body += R"({"external_id":")" + prefix + "-" + std::to_string(i) +
+            R"(","name":"Ada","email":"ada@example.com","channel":"web",)"
+            R"("created_at":"2026-11-25T10:00:00Z"})"
+            "\n";
+  }
+  auto url = cli::parseUrl(agent_url);
+  ASSERT_TRUE(url.isOk()) << agent_url;
+  cli::HttpConnection conn(url->host, url->port);
+  auto r = conn.request("POST", "/v1/records/customer", "application/x-ndjson", body,
+                        std::chrono::seconds(30));
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  ASSERT_EQ(r->status, 200) << r->body;
+}
+
 bool isPostgres(const std::string& store) { return store.rfind("postgresql://", 0) == 0; }
 
 // Runs `sql` on PostgreSQL; each row's values as text. Empty on failure.

@@ -26,6 +26,15 @@ namespace branchline::testing {
 // `store` is a SQLite file path or a postgresql:// URL. -1 when it fails.
 int64_t queryInt(const std::string& store, const std::string& sql);
 
+// One metric's value from the process serving `base_url` ("http://127.0.0.1:P"),
+// GET /metrics; `name` may carry labels (`x_total{reason="revoked"}`). -1 when
+// absent or the process does not answer.
+double scrapeMetric(const std::string& base_url, const std::string& name);
+
+// POSTs `n` valid customer records (NDJSON, external ids <prefix>-0 ...) to
+// the agent at `agent_url`; a test failure unless all are accepted (200).
+void postCustomerRecords(const std::string& agent_url, const std::string& prefix, int n);
+
 struct StoredRecord {
   std::string payload;
   std::string agent_id;

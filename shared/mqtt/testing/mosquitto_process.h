@@ -87,6 +87,11 @@ class MosquittoProcess {
     return launch();
   }
 
+  // SIGHUP: Mosquitto 2.0 re-reads its config, certificates, ACL and CRL.
+  void reload() {
+    if (pid_ > 0) ::kill(pid_, SIGHUP);
+  }
+
   // Crashes the broker: no chance to save its state.
   void kill9() {
     if (pid_ <= 0) return;
@@ -110,10 +115,12 @@ class MosquittoProcess {
   }
 
   // Before start(): TLS with client certificates and this ACL (mosquittoAcl()
-  // text). The broker runs as the current user, so 0600 key files are fine.
+  // text), and a revocation list when `crl_file` is given. The broker runs as
+  // the current user, so 0600 key files are fine.
   void useTls(std::string ca_file, std::string cert_file, std::string key_file,
-              std::string acl_text) {
+              std::string acl_text, std::string crl_file = "") {
     tls_ = true;
+    tls_files_.crl_file = std::move(crl_file);
     tls_files_.ca_file = std::move(ca_file);
     tls_files_.cert_file = std::move(cert_file);
     tls_files_.key_file = std::move(key_file);
