@@ -122,9 +122,8 @@ void PipelineTest::TearDown() {
 
 void PipelineTest::startPipeline(int agents, int aggregators,
                                  std::map<std::string, std::string> agent_overrides) {
-  char tmpl[] = "/tmp/branchline-it.XXXXXX";
-  ASSERT_NE(mkdtemp(tmpl), nullptr);
-  dir_ = tmpl;
+  dir_ = cli::makePipelineTempDir("branchline-it");
+  ASSERT_FALSE(dir_.empty());
   cli::PipelineOptions options;
   options.dir = dir_ + "/pipeline";
   options.agents = agents;
