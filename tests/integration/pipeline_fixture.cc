@@ -29,7 +29,8 @@ struct Db {
   ~Db() { sqlite3_close(db); }
 };
 
-// Reads one metric's value from Prometheus text; -1 if absent.
+}  // namespace
+
 double metricValue(const std::string& text, const std::string& name) {
   size_t pos = 0;
   while ((pos = text.find(name, pos)) != std::string::npos) {
@@ -42,8 +43,6 @@ double metricValue(const std::string& text, const std::string& name) {
   }
   return -1;
 }
-
-}  // namespace
 
 bool isPostgres(const std::string& store) { return store.rfind("postgresql://", 0) == 0; }
 

@@ -26,6 +26,9 @@ namespace branchline::testing {
 // `store` is a SQLite file path or a postgresql:// URL. -1 when it fails.
 int64_t queryInt(const std::string& store, const std::string& sql);
 
+// One metric's value from Prometheus text (a /metrics body); -1 if absent.
+double metricValue(const std::string& text, const std::string& name);
+
 struct StoredRecord {
   std::string payload;
   std::string agent_id;
