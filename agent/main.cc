@@ -70,6 +70,9 @@ int run(const std::string& config_path, const sigset_t& stop_signals) {
   auto cfg = agent::loadAgentConfig(config_path);
   if (!cfg.isOk()) return fail(kExitBadConfig, cfg.status().message());
   log::init("agent");
+  if (Status s = agent::checkCertificateIdentity(*cfg); !s.isOk()) {
+    return fail(kExitBadConfig, s.message());
+  }
 
   auto engine = rules::RuleEngine::create(cfg->sources);
   if (!engine.isOk()) return fail(kExitBadConfig, engine.status().message());

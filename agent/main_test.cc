@@ -27,6 +27,7 @@
 #include "protocol/seal.h"
 #include "shared/mqtt/mqtt_client.h"
 #include "shared/mqtt/testing/mosquitto_process.h"
+#include "shared/pki/pki.h"
 
 namespace {
 
@@ -372,6 +373,43 @@ TEST_F(AgentMainTest, AcceptedRecordIsNotInTheBufferFilesInClear) {
   const fs::perms perms = fs::status(data / "buffer.key").permissions();
   EXPECT_EQ(perms & (fs::perms::group_all | fs::perms::others_all), fs::perms::none);
   EXPECT_EQ(fs::file_size(data / "buffer.key"), 32u);
+}
+
+// README "Broker access policy": the broker knows a TLS client only by its certificate's
+// CN, so an agent.id that is not that CN is refused before the agent accepts
+// anything, naming both and the fix; with the matching id the same files start.
+TEST_F(AgentMainTest, AgentIdThatIsNotTheCertificateCnIsRefused) {
+  namespace pki = branchline::pki;
+  auto ca = pki::createAuthority({.common_name = "test CA", .role = pki::CertRole::kAuthority});
+  ASSERT_TRUE(ca.isOk()) << ca.status().toString();
+  auto cert = pki::issueCertificate(*ca, {.common_name = "agent-1"});  // a client certificate
+  ASSERT_TRUE(cert.isOk()) << cert.status().toString();
+  ASSERT_TRUE(pki::writeFileAtomically(dir_ / "ca.crt", ca->certificate_pem, 0644, true).isOk());
+  ASSERT_TRUE(pki::writeFileAtomically(dir_ / "a.crt", cert->certificate_pem, 0644, true).isOk());
+  ASSERT_TRUE(pki::writeFileAtomically(dir_ / "a.key", cert->private_key_pem, 0600, true).isOk());
+  const std::string tls = "ca_file = \"ca.crt\"\ncert_file = \"a.crt\"\nkey_file = \"a.key\"\n";
+  const std::string body = baseConfig("127.0.0.1:0", "ssl://127.0.0.1:1") + tls;
+
+  EXPECT_EQ(runToExit(writeConfig(body)), 2);  // id "main-test", CN "agent-1"
+  const std::string err = stderrText();
+  EXPECT_NE(err.find("agent.id `main-test` is not the identity in mqtt.cert_file " +
+                     (dir_ / "a.crt").string() + " (CN `agent-1`)"),
+            std::string::npos)
+      << err;
+  EXPECT_NE(err.find("Set agent.id = \"agent-1\""), std::string::npos) << err;
+  EXPECT_FALSE(fs::exists(dir_ / "data" / "buffer.db")) << "started before checking its identity";
+
+  std::string fixed = body;
+  fixed.replace(fixed.find("main-test"), 9, "agent-1");
+  spawn(writeConfig(fixed));
+  std::string text;
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (std::chrono::steady_clock::now() < deadline &&
+         (text = stderrText()).find("\"event\":\"agent_started\"") == std::string::npos) {
+    ASSERT_EQ(::waitpid(pid_, nullptr, WNOHANG), 0) << "agent exited:\n" << text;
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_NE(text.find("\"event\":\"agent_started\""), std::string::npos) << text;
 }
 
 // README "Sealed batches": the key files are checked before the agent accepts

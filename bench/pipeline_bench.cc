@@ -338,9 +338,8 @@ int main(int argc, char** argv) {
   app.add_option("--dir", dir, "working directory (default: a temp dir)");
   CLI11_PARSE(app, argc, argv);
   if (dir.empty()) {
-    char tmpl[] = "/tmp/branchline-bench.XXXXXX";
-    if (!mkdtemp(tmpl)) return 1;
-    dir = tmpl;
+    dir = branchline::cli::makePipelineTempDir("branchline-bench");
+    if (dir.empty()) return 1;
   }
   std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe").parent_path();
 

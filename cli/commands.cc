@@ -149,12 +149,6 @@ DrainResult waitForDrain(LocalPipeline& pipeline, std::chrono::seconds bound,
   return {false, cancel.load() ? "interrupted" : "not drained after 120 s"};
 }
 
-std::string makeDemoDir() {
-  char tmpl[] = "/tmp/branchline-demo.XXXXXX";
-  const char* d = ::mkdtemp(tmpl);
-  return d == nullptr ? std::string() : std::string(d);
-}
-
 double percentile(std::vector<int64_t>& sorted, double q) {
   if (sorted.empty()) return 0;
   size_t i = static_cast<size_t>(std::ceil(q * static_cast<double>(sorted.size())));
@@ -206,7 +200,7 @@ int runDemo(const DemoOptions& options) {
   } finish{finished};
 
   PipelineOptions popts;
-  popts.dir = options.dir.empty() ? makeDemoDir() : options.dir;
+  popts.dir = options.dir.empty() ? makePipelineTempDir("branchline-demo") : options.dir;
   popts.agents = options.agents;
   popts.aggregators = options.aggregators;
   popts.base_port = options.base_port;
@@ -355,7 +349,7 @@ int runChaosCommand(ChaosOptions options) {
       if (waitForStopSignal(stop_set, std::chrono::milliseconds(200)) != 0) cancel = true;
     }
   });
-  if (options.pipeline.dir.empty()) options.pipeline.dir = makeDemoDir();
+  if (options.pipeline.dir.empty()) options.pipeline.dir = makePipelineTempDir("branchline-demo");
   options.cancel = &cancel;
   std::cerr << "branchline chaos: " << options.seconds << " s of faults under " << options.rate
             << " records/s in " << options.pipeline.dir << std::endl;
@@ -398,22 +392,27 @@ int runPkiEnroll(const std::string& dir, const std::string& name, IdentityRole r
                  const std::string& topic_prefix) {
   auto report = role == IdentityRole::kAggregator ? enrollAggregator(dir, name, days, topic_prefix)
                 : role == IdentityRole::kBridge   ? enrollBridge(dir, name, days, topic_prefix)
-                                                  : enrollAgent(dir, name, days);
+                                                : enrollAgent(dir, name, days, topic_prefix);
   if (!report.isOk()) {
     std::cerr << "branchline pki enroll: " << report.status().toString() << "\n";
     return 1;
   }
   printPkiReport("enroll", *report);
   const PkiLayout layout{std::filesystem::absolute(dir)};
+  // Mosquitto 2.0 reads the dynamic-security file only at start (SIGHUP does not reload plugins).
+  const std::string restart = "; restart Mosquitto (a SIGHUP does not reload it).\n";
   if (role == IdentityRole::kAggregator) {
-    std::cout << "Broker: " << layout.brokerAcl().string() << " now names aggregator." << name
-              << "; reload Mosquitto (SIGHUP).\n";
+    std::cout << "Broker: " << layout.brokerPolicy().string() << " now names aggregator." << name
+              << restart;
   } else if (role == IdentityRole::kBridge) {
     std::cout << "Broker " << name << ": bridge_certfile " << layout.bridgeCert(name).string()
               << ", bridge_keyfile " << layout.bridgeKey(name).string() << ", bridge_cafile "
-              << layout.caCert().string() << ".\nThe other broker: " << layout.brokerAcl().string()
-              << " now names bridge." << name << "; reload Mosquitto (SIGHUP).\n";
+              << layout.caCert().string()
+              << ".\nThe other broker: " << layout.brokerPolicy().string() << " now names bridge."
+              << name << restart;
   } else {
+    std::cout << "Broker: " << layout.brokerPolicy().string() << " now names agent " << name
+              << restart;
     std::cout << "Copy to the agent's host: " << layout.caCert().string() << ", "
               << (layout.agentsDir() / (name + ".{crt,key,seal.key}")).string() << " and "
               << layout.currentSealPublicKey().string() << ".\n"

@@ -87,7 +87,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 36500));
   pki_init_cmd->add_option("--ca-days", pki_init.ca_days, "Validity of the CA")
       ->check(CLI::Range(1, 36500));
-  pki_init_cmd->add_option("--topic-prefix", pki_init.topic_prefix, "For the broker ACL");
+  pki_init_cmd->add_option("--topic-prefix", pki_init.topic_prefix,
+                           "For the broker's access policy");
   std::string pki_dir, pki_name, pki_prefix = "branchline/v1";
   int pki_days = 825;
   bool pki_aggregator = false;
@@ -98,17 +99,17 @@ int main(int argc, char** argv) {
   pki_enroll_cmd->add_option("name", pki_name, "The agent id (or, with --aggregator, its name)")
       ->required();
   bool pki_bridge = false;
-  auto* aggregator_flag = pki_enroll_cmd->add_flag(
-      "--aggregator", pki_aggregator, "Enroll an aggregator instead (and rewrite broker/acl)");
+  auto* aggregator_flag =
+      pki_enroll_cmd->add_flag("--aggregator", pki_aggregator, "Enroll an aggregator instead");
   pki_enroll_cmd
       ->add_flag("--bridge", pki_bridge,
-                 "Enroll a second broker's bridge instead: name = that broker (rewrites "
-                 "broker/acl)")
+                 "Enroll a second broker's bridge instead: name = that broker")
       ->excludes(aggregator_flag);
   pki_enroll_cmd->add_option("--days", pki_days, "Certificate validity")
       ->check(CLI::Range(1, 36500));
   pki_enroll_cmd->add_option("--topic-prefix", pki_prefix,
-                             "For the broker ACL (--aggregator, --bridge)");
+                             "For the broker's access policy (broker/dynamic-security.json, "
+                             "rewritten by every enrollment)");
 
   // renew / revoke / rotate-seal-key / list: the lifecycle after enroll.
   std::string life_dir, life_name;

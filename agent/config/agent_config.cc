@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "shared/core/config_text.h"
+#include "shared/pki/pki.h"
 
 #if __has_include("shared/rules/schema_config.h")
 #include "shared/rules/schema_config.h"
@@ -405,6 +406,24 @@ Result<AgentConfig> loadAgentConfig(const std::filesystem::path& file, uint64_t 
   auto cfg = parseAgentConfig(*text, std::filesystem::absolute(file).parent_path(), max_bytes);
   if (!cfg.isOk()) return cfg.status().withContext(file.string());
   return cfg;
+}
+
+Status checkCertificateIdentity(const AgentConfig& cfg) {
+  if (cfg.mqtt.cert_file.empty()) return Status::ok();
+  const std::string file = cfg.mqtt.cert_file.string();
+  auto pem = pki::readFile(cfg.mqtt.cert_file);
+  if (!pem.isOk()) return Status::notFound("mqtt.cert_file " + file + ": cannot be read");
+  auto info = pki::inspectCertificate(*pem);
+  if (!info.isOk()) {
+    return Status::invalid("mqtt.cert_file " + file + ": " + info.status().message());
+  }
+  if (info->common_name == cfg.id) return Status::ok();
+  return Status::invalid("agent.id `" + cfg.id + "` is not the identity in mqtt.cert_file " + file +
+                         " (CN `" + info->common_name + "`): the broker knows this agent as `" +
+                         info->common_name + "` and would drop what it publishes as `" + cfg.id +
+                         "`. Set agent.id = \"" + info->common_name +
+                         "\", or point mqtt.cert_file and mqtt.key_file at agent `" + cfg.id +
+                         "`'s certificate (`branchline pki enroll --dir P " + cfg.id + "`)");
 }
 
 }  // namespace branchline::agent

@@ -101,4 +101,12 @@ Result<AgentConfig> parseAgentConfig(std::string_view toml_text,
                                      const std::filesystem::path& base_dir,
                                      uint64_t max_bytes = kMaxConfigFileBytes);
 
+// With mqtt.cert_file set: OK only when that certificate's CN is `agent.id`.
+// The broker knows a TLS client by its CN alone (user name and client id) and
+// its ACL grants the agent's topics to that name, so an agent whose id differs
+// would connect, report healthy and have every publish dropped. Otherwise
+// kInvalidArgument naming both and the fix; kNotFound / kInvalidArgument for a
+// certificate file that cannot be read or parsed. Reads the file; call at startup.
+Status checkCertificateIdentity(const AgentConfig& cfg);
+
 }  // namespace branchline::agent

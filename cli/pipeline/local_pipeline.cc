@@ -4,9 +4,11 @@
 #include <pwd.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -107,6 +109,19 @@ std::string effectiveTopicPrefix(const PipelineOptions& o) {
   return "branchline/v1";
 }
 
+// The aggregators' limits.max_message_bytes: an override's integer, or the default.
+uint64_t aggregatorMaxMessageBytes(const PipelineOptions& o) {
+  auto it = o.aggregator_overrides.find("limits.max_message_bytes");
+  if (it != o.aggregator_overrides.end()) {
+    try {
+      return std::stoull(it->second);
+    } catch (const std::exception&) {
+      // Not a number: the aggregator refuses its config and says why.
+    }
+  }
+  return pki::kDefaultMaxMessageBytes;
+}
+
 constexpr const char* kFirstBroker = "mosquitto";
 constexpr const char* kSecondBroker = "mosquitto-2";
 
@@ -120,12 +135,119 @@ uint64_t fileSize(const std::string& path) {
   return ec ? 0 : static_cast<uint64_t>(n);
 }
 
-std::string currentUserName() {
-  if (const passwd* pw = ::getpwuid(::geteuid()); pw != nullptr) return pw->pw_name;
-  return "root";
+// Who the brokers run as (Mosquitto's `user`): `mosquitto` when we are root,
+// as Mosquitto itself would, so that a broker never keeps root; else
+// ourselves, since only root can switch users.
+struct BrokerUser {
+  std::string name;
+  uid_t uid = 0;
+  gid_t gid = 0;
+  bool switched = false;  // not us: its files must be handed over
+};
+
+Result<BrokerUser> brokerUser() {
+  if (::geteuid() != 0) {
+    const passwd* pw = ::getpwuid(::geteuid());
+    if (pw == nullptr)
+      return Status::internal("pipeline: no user name for uid " + std::to_string(::geteuid()));
+    return BrokerUser{pw->pw_name, pw->pw_uid, pw->pw_gid, false};
+  }
+  const passwd* pw = ::getpwnam("mosquitto");
+  if (pw == nullptr) {
+    return Status::notFound(
+        "pipeline: running as root, so the brokers run as user `mosquitto`, which does not "
+        "exist: install Mosquitto's package (it creates the user) or run `branchline up` as "
+        "another user");
+  }
+  return BrokerUser{pw->pw_name, pw->pw_uid, pw->pw_gid, true};
+}
+
+// OK when `user` can reach `path` (search every folder above it) and read it,
+// or for a folder also write it; else why not, and what to do.
+Status checkBrokerUserReaches(const fs::path& path, const BrokerUser& user) {
+  auto allowed = [&user](const struct stat& st, mode_t owner, mode_t group, mode_t other) {
+    if (st.st_uid == user.uid) return (st.st_mode & owner) != 0;
+    if (st.st_gid == user.gid) return (st.st_mode & group) != 0;
+    return (st.st_mode & other) != 0;
+  };
+  std::vector<fs::path> above;
+  for (fs::path p = path.parent_path(); !p.empty(); p = p.parent_path()) {
+    above.push_back(p);
+    if (p == p.root_path()) break;
+  }
+  const std::string who =
+      "the brokers run as user `" + user.name + "` (branchline up runs as root; a broker must not)";
+  for (auto it = above.rbegin(); it != above.rend(); ++it) {
+    struct stat st {};
+    if (::stat(it->c_str(), &st) != 0)
+      return Status::internal("stat " + it->string() + ": " + strerror(errno));
+    if (!allowed(st, S_IXUSR, S_IXGRP, S_IXOTH)) {
+      char mode[8];
+      std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+      return Status(Code::kPermissionDenied, who + ", which cannot reach " + path.string() + ": " +
+                                                 it->string() + " is mode " + mode +
+                                                 ". Use a --dir that every user can traverse to "
+                                                 "(e.g. under /var/tmp), or `chmod o+x " +
+                                                 it->string() + "`");
+    }
+  }
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0)
+    return Status::internal("stat " + path.string() + ": " + strerror(errno));
+  const bool ok = S_ISDIR(st.st_mode) ? allowed(st, S_IWUSR, S_IWGRP, S_IWOTH) &&
+                                            allowed(st, S_IXUSR, S_IXGRP, S_IXOTH)
+                                      : allowed(st, S_IRUSR, S_IRGRP, S_IROTH);
+  if (!ok) return Status(Code::kPermissionDenied, who + ", which cannot use " + path.string());
+  return Status::ok();
+}
+
+// Everything a broker reads or writes after it has dropped root: its data dir
+// (config, policy, persistence, log) becomes its own, and so do its keys in
+// the PKI (0600 stays); the PKI's certificates are world-readable.
+Status handOverToBrokerUser(const Member& m, const std::vector<fs::path>& key_files,
+                            const std::vector<fs::path>& read_files, const BrokerUser& user) {
+  const std::string& data_dir = m.data_dir;
+  // Made here, not by the spawn (as root, for stdout), so the broker can append to it.
+  if (int fd = ::open(m.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+      fd < 0) {
+    return Status::internal("create " + m.log_path + ": " + strerror(errno));
+  } else {
+    ::close(fd);
+  }
+  auto own = [&user](const fs::path& p) -> Status {
+    if (::lchown(p.c_str(), user.uid, user.gid) != 0) {
+      return Status::internal("chown " + p.string() + " to " + user.name + ": " + strerror(errno));
+    }
+    return Status::ok();
+  };
+  BL_RETURN_IF_ERROR(own(data_dir));
+  if (::chmod(data_dir.c_str(), 0700) != 0) {
+    return Status::internal("chmod " + data_dir + ": " + strerror(errno));
+  }
+  std::error_code ec;
+  for (const auto& entry : fs::recursive_directory_iterator(data_dir, ec)) {
+    BL_RETURN_IF_ERROR(own(entry.path()));
+  }
+  if (ec) return Status::internal("list " + data_dir + ": " + ec.message());
+  BL_RETURN_IF_ERROR(checkBrokerUserReaches(data_dir, user));
+  for (const auto& f : key_files) BL_RETURN_IF_ERROR(own(f));
+  for (const auto* files : {&key_files, &read_files}) {
+    for (const auto& f : *files) BL_RETURN_IF_ERROR(checkBrokerUserReaches(f, user));
+  }
+  return Status::ok();
 }
 
 }  // namespace
+
+std::string makePipelineTempDir(const std::string& prefix) {
+  std::string path = "/tmp/" + prefix + ".XXXXXX";
+  if (::mkdtemp(path.data()) == nullptr) return "";
+  if (::chmod(path.c_str(), 0711) != 0) {
+    ::rmdir(path.c_str());
+    return "";
+  }
+  return path;
+}
 
 const char* roleName(Role role) {
   switch (role) {
@@ -417,6 +539,8 @@ Status LocalPipeline::writeConfigs() {
     if (b->role == Role::kBroker && b->name != kFirstBroker) bridges.push_back(b->name);
   }
   const Member* first = firstBroker();
+  auto broker_user = brokerUser();
+  if (!broker_user.isOk()) return broker_user.status();
   for (const auto& m : members_) {
     std::string text;
     if (m->role == Role::kBroker) {
@@ -426,14 +550,18 @@ Status LocalPipeline::writeConfigs() {
       for (const auto& ns : namespaces_) listen_on.push_back(ns->uplinkHostAddress());
       std::string tls, more_tls;
       if (options_.secure) {
-        std::vector<std::string> aggregators;
+        pki::BrokerIdentities ids;
+        ids.bridges = bridges;
         for (const auto& a : members_) {
-          if (a->role == Role::kAggregator) aggregators.push_back(a->name);
+          if (a->role == Role::kAggregator) ids.aggregators.push_back(a->name);
+          if (a->role == Role::kAgent) ids.agents.push_back(a->name);
         }
-        const std::string acl = m->data_dir + "/acl";
-        BL_RETURN_IF_ERROR(writeFile(acl, pki::mosquittoAcl(prefix, aggregators, bridges)));
+        auto plugin = pki::dynamicSecurityPlugin();
+        if (!plugin.isOk()) return plugin.status().withContext("pipeline broker " + m->name);
+        const std::string policy = m->data_dir + "/dynamic-security.json";
+        BL_RETURN_IF_ERROR(writeFile(policy, pki::mosquittoDynamicSecurity(prefix, ids)));
         const pki::BrokerTlsFiles files{layout.caCert().string(), layout.brokerCert().string(),
-                                        layout.brokerKey().string(), acl,
+                                        layout.brokerKey().string(), policy, *plugin,
                                         layout.revocationList().string()};
         tls = pki::mosquittoTlsSettings(files);
         more_tls = pki::mosquittoListenerTlsSettings(files);
@@ -447,17 +575,14 @@ Status LocalPipeline::writeConfigs() {
           text += i == 0 ? tls : more_tls;
         }
       }
-      // Queues must survive a broker restart and never drop silently: a PUBACK
-      // only means the broker has the batch, so nothing may be thrown away here.
+      // Queues survive a broker restart. They are bounded by bytes too: what
+      // overflows is resent by its agent, which holds every batch until acked.
       text += "persistence true\n";
       text += "persistence_location " + m->data_dir + "/\n";
       text += "autosave_interval 1\n";
-      text += "max_queued_messages 1000000\n";
-      text += "max_queued_bytes 0\n";
-      text += "max_inflight_messages 100\n";
+      text += pki::mosquittoLimits(aggregatorMaxMessageBytes(options_));
       text += "set_tcp_nodelay true\n";
-      // As root Mosquitto would switch to user `mosquitto`, who cannot write DIR.
-      text += "user " + currentUserName() + "\n";
+      text += "user " + broker_user->name + "\n";
       text += "log_dest file " + m->log_path + "\n";
       text += "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n";
       // Subscriptions are few (made on connect); the bridge's tells start() it is up.
@@ -534,6 +659,18 @@ Status LocalPipeline::writeConfigs() {
       text = doc.render();
     }
     BL_RETURN_IF_ERROR(writeFile(m->config_path, text));
+    if (m->role == Role::kBroker && broker_user->switched) {
+      std::vector<fs::path> keys, reads;
+      if (options_.secure) {
+        keys = {layout.brokerKey()};
+        reads = {layout.caCert(), layout.brokerCert()};
+        if (m->name != kFirstBroker) {
+          keys.push_back(layout.bridgeKey(m->name));
+          reads.push_back(layout.bridgeCert(m->name));
+        }
+      }
+      BL_RETURN_IF_ERROR(handOverToBrokerUser(*m, keys, reads, *broker_user));
+    }
   }
   return Status::ok();
 }

@@ -6,9 +6,12 @@
 //
 // Secured by default, as a real fleet is (README "Security"): a PKI in
 // DIR/pki (made by the same code as `branchline pki init|enroll` on the first
-// start, reused after), the broker on ssl:// with client certificates and the
-// per-agent ACL, every agent and aggregator with its own certificate and
-// sealing keys. `secure = false` (`branchline up --insecure`) runs the same
+// start, reused after), the broker on ssl:// with client certificates (the
+// CN is the user name and the client id), the access policy naming every
+// member and the broker limits (shared/pki/broker_config.h), every agent and
+// aggregator with its own certificate and sealing keys. Run as root, the
+// brokers run as user `mosquitto`, owning their data dirs and keys; start()
+// fails naming the folder when that user cannot reach DIR. `secure = false` (`branchline up --insecure`) runs the same
 // pipeline on plain TCP with an anonymous broker, for comparison.
 //
 // With `brokers = 2` a second Mosquitto, "mosquitto-2", bridges `<prefix>/#`
@@ -73,6 +76,12 @@ struct PipelineOptions {
   std::chrono::milliseconds ready_timeout{30000};  // per process
   std::chrono::milliseconds stop_grace{10000};     // SIGTERM to SIGKILL
 };
+
+// A new folder /tmp/<prefix>.XXXXXX for pipelines to live in (their DIR or its
+// parent), mode 0711: when we are root the brokers run as user `mosquitto`,
+// which must be able to traverse it; others still cannot list it. "" if it
+// cannot be made.
+std::string makePipelineTempDir(const std::string& prefix);
 
 enum class Role { kBroker, kAggregator, kAgent };
 const char* roleName(Role role);

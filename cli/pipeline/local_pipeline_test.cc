@@ -1,14 +1,17 @@
 #include "cli/pipeline/local_pipeline.h"
 
 #include <gtest/gtest.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
 #include <toml++/toml.h>
 #include <unistd.h>
 
 #include <boost/json/parse.hpp>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "cli/net/http_client.h"
@@ -20,10 +23,7 @@ using namespace std::chrono_literals;
 
 class TempDir {
  public:
-  TempDir() {
-    char tmpl[] = "/tmp/bl-pipeline-test.XXXXXX";
-    path_ = ::mkdtemp(tmpl);
-  }
+  TempDir() : path_(makePipelineTempDir("bl-pipeline-test")) {}
   ~TempDir() { fs::remove_all(path_); }
   const std::string& path() const { return path_; }
 
@@ -120,8 +120,17 @@ TEST(LocalPipelineTest, MissingBinaryFailsCleanlyAfterRealBrokerStart) {
   EXPECT_NE(conf.find("require_certificate true\n"), std::string::npos) << conf;
   EXPECT_NE(conf.find("allow_anonymous false\n"), std::string::npos) << conf;
   EXPECT_EQ(conf.find("allow_anonymous true"), std::string::npos) << conf;
-  EXPECT_NE(tmpFileContents(p.dir() + "/mosquitto/acl").find("user aggregator.agg-2\n"),
-            std::string::npos);
+  EXPECT_NE(conf.find("use_username_as_clientid true\n"), std::string::npos) << conf;
+  EXPECT_NE(conf.find("plugin_opt_config_file " + p.dir() + "/mosquitto/dynamic-security.json\n"),
+            std::string::npos)
+      << conf;
+  EXPECT_NE(conf.find("max_packet_size 16781312\n"), std::string::npos) << conf;
+  EXPECT_EQ(conf.find("max_queued_bytes 0\n"), std::string::npos) << conf;
+  // The access policy names every member: agents and aggregators.
+  const std::string policy = tmpFileContents(p.dir() + "/mosquitto/dynamic-security.json");
+  for (const char* who : {"\"aggregator.agg-2\"", "\"agent-1\"", "\"agent-2\""}) {
+    EXPECT_NE(policy.find(std::string("\"username\":") + who), std::string::npos) << who << policy;
+  }
 }
 
 // A second start in the same directory reuses its PKI (enrolling members added
@@ -247,11 +256,13 @@ TEST(LocalPipelineTest, SecondBrokerIsBridgedAndListedInEveryConfig) {
   EXPECT_EQ(tmpFileContents(p.dir() + "/mosquitto/mosquitto.conf").find("connection "),
             std::string::npos)
       << "only the second broker bridges";
-  for (const char* broker : {"/mosquitto/acl", "/mosquitto-2/acl"}) {
-    EXPECT_NE(tmpFileContents(p.dir() + broker)
-                  .find("user bridge.mosquitto-2\ntopic readwrite fleet/v9/#\n"),
+  for (const char* broker :
+       {"/mosquitto/dynamic-security.json", "/mosquitto-2/dynamic-security.json"}) {
+    const std::string policy = tmpFileContents(p.dir() + broker);
+    EXPECT_NE(policy.find("\"username\":\"bridge.mosquitto-2\""), std::string::npos) << policy;
+    EXPECT_NE(policy.find("\"acltype\":\"publishClientSend\",\"topic\":\"fleet/v9/#\""),
               std::string::npos)
-        << broker;
+        << policy;
   }
   // The first broker admitted the bridge under that identity, and its subscription.
   const std::string log = tmpFileContents(p.dir() + "/mosquitto/mosquitto.log");
@@ -310,6 +321,23 @@ TEST(LocalPipelineTest, StartsEverythingWritesTopologyAndSurvivesAKilledAgent) {
     }
   }
 
+  // As root, the broker does not keep root: it runs as `mosquitto` (README
+  // "Local pipeline"), which owns its data dir and its key.
+  if (::geteuid() == 0) {
+    const passwd* mosquitto = ::getpwnam("mosquitto");
+    ASSERT_NE(mosquitto, nullptr);
+    std::ifstream status("/proc/" + std::to_string(p.process("mosquitto")->pid()) + "/status");
+    std::string line;
+    while (std::getline(status, line) && line.rfind("Uid:", 0) != 0) {
+    }
+    ASSERT_EQ(line.rfind("Uid:", 0), 0u) << "no Uid line";
+    EXPECT_EQ(std::stoul(line.substr(4)), mosquitto->pw_uid) << line;
+    struct stat st {};
+    ASSERT_EQ(::stat((p.dir() + "/pki/broker/broker.key").c_str(), &st), 0);
+    EXPECT_EQ(st.st_uid, mosquitto->pw_uid);
+    EXPECT_EQ(st.st_mode & 0777, 0600u);
+  }
+
   ASSERT_TRUE(p.process("agent-1")->signal(SIGKILL).isOk());
   ASSERT_TRUE(p.process("agent-1")->waitFor(5s));
   auto exits = p.pollExits();
@@ -326,6 +354,12 @@ TEST(LocalPipelineTest, StartsEverythingWritesTopologyAndSurvivesAKilledAgent) {
   ASSERT_TRUE(p.brokerRestart().isOk());
   p.stop();
   for (const auto& m : p.members()) EXPECT_FALSE(m->process.isRunning()) << m->name;
+  if (::geteuid() == 0) {
+    struct stat st {};
+    ASSERT_EQ(::stat((p.dir() + "/mosquitto/mosquitto.db").c_str(), &st), 0)
+        << "the broker saves its state on a clean stop, as `mosquitto`";
+    EXPECT_EQ(st.st_uid, ::getpwnam("mosquitto")->pw_uid);
+  }
 }
 
 // With the real binaries: topology.json lists both brokers in the same format,

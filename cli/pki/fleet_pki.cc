@@ -146,28 +146,36 @@ Result<pki::RevocationList> readRevocations(const PkiLayout& layout, const std::
   return list;
 }
 
+// The access policy names every identity in the folder, so every enrollment
+// rewrites it (Mosquitto reads it at start: restart the broker after one).
 Status writeBrokerFiles(const PkiLayout& layout, const pki::Credential& ca,
                         const std::string& topic_prefix, PkiReport& report) {
   BL_RETURN_IF_ERROR(ensureRevocationFile(layout, ca, report.files));
+  pki::BrokerIdentities ids;
+  ids.agents = certifiedNamesIn(layout.agentsDir());
+  ids.aggregators = certifiedNamesIn(layout.aggregatorsDir());
+  ids.bridges = certifiedNamesIn(layout.bridgesDir());
   BL_RETURN_IF_ERROR(pki::writeFileAtomically(
-      layout.brokerAcl(),
-      pki::mosquittoAcl(topic_prefix, certifiedNamesIn(layout.aggregatorsDir()),
-                        certifiedNamesIn(layout.bridgesDir())),
-      0644, true));
-  report.files.push_back(layout.brokerAcl().string());
+      layout.brokerPolicy(), pki::mosquittoDynamicSecurity(topic_prefix, ids), 0644, true));
+  report.files.push_back(layout.brokerPolicy().string());
   pki::BrokerTlsFiles files;
   files.ca_file = fs::absolute(layout.caCert()).string();
   files.cert_file = fs::absolute(layout.brokerCert()).string();
   files.key_file = fs::absolute(layout.brokerKey()).string();
-  files.acl_file = fs::absolute(layout.brokerAcl()).string();
+  files.policy_file = fs::absolute(layout.brokerPolicy()).string();
   files.crl_file = fs::absolute(layout.revocationList()).string();
+  // This machine's plugin when it has one; else where Debian and Ubuntu put it.
+  auto plugin = pki::dynamicSecurityPlugin();
+  files.plugin_file = plugin.isOk() ? *plugin : pki::kDebianDynamicSecurityPlugin;
   const std::string conf =
-      "# Written by `branchline pki init`: include it from mosquitto.conf (Mosquitto 2.0).\n"
-      "# Mosquitto must be able to read broker.key (0600): run it as the key's owner, or\n"
-      "# copy the broker/ files and ca.crt where its user can read them and fix the paths.\n"
-      "# crl.pem changes with `branchline pki revoke`: reload Mosquitto (SIGHUP) after one.\n"
+      "# Written by `branchline pki`: include it from mosquitto.conf (Mosquitto 2.0).\n"
+      "# Mosquitto must be able to read broker.key (0600) and dynamic-security.json: run\n"
+      "# it as their owner, or copy the broker/ files and ca.crt where its user can read\n"
+      "# them and fix the paths. It reads the policy only at start: restart it after\n"
+      "# `branchline pki enroll`. crl.pem changes with `branchline pki revoke`: reload\n"
+      "# Mosquitto (SIGHUP) after one.\n"
       "listener 8883\n" +
-      pki::mosquittoTlsSettings(files);
+      pki::mosquittoTlsSettings(files) + pki::mosquittoLimits();
   BL_RETURN_IF_ERROR(pki::writeFileAtomically(layout.brokerConf(), conf, 0644, true));
   report.files.push_back(layout.brokerConf().string());
   return Status::ok();
@@ -350,9 +358,11 @@ Result<PkiReport> initPki(const PkiInitOptions& options) {
   return report;
 }
 
-Result<PkiReport> enrollAgent(const std::string& dir, const std::string& agent_id, int days) {
+Result<PkiReport> enrollAgent(const std::string& dir, const std::string& agent_id, int days,
+                              const std::string& topic_prefix) {
   BL_RETURN_IF_ERROR(checkName(agent_id, "agent id"));
   BL_RETURN_IF_ERROR(checkDays(days, "--days"));
+  if (topic_prefix.empty()) return Status::invalid("pki enroll: empty topic prefix");
   const PkiLayout layout{fs::absolute(dir)};
   auto ca = loadAuthority(layout);
   if (!ca.isOk()) return ca.status();
@@ -374,6 +384,8 @@ Result<PkiReport> enrollAgent(const std::string& dir, const std::string& agent_i
   auto id = writeSealPair(layout.agentSealKey(agent_id), layout.agentSealPublic(agent_id), report);
   if (!id.isOk()) return id.status();
   report.seal_key_id = *id;
+  BL_RETURN_IF_ERROR(makeDir(layout.brokerDir()));
+  BL_RETURN_IF_ERROR(writeBrokerFiles(layout, *ca, topic_prefix, report));
   return report;
 }
 

@@ -31,7 +31,8 @@ struct PkiLayout {
   std::filesystem::path brokerDir() const { return dir / "broker"; }
   std::filesystem::path brokerCert() const { return brokerDir() / "broker.crt"; }
   std::filesystem::path brokerKey() const { return brokerDir() / "broker.key"; }
-  std::filesystem::path brokerAcl() const { return brokerDir() / "acl"; }
+  // The broker's access policy: the dynamic-security plugin's config file.
+  std::filesystem::path brokerPolicy() const { return brokerDir() / "dynamic-security.json"; }
   std::filesystem::path brokerConf() const { return brokerDir() / "mosquitto-tls.conf"; }
   // The CA-signed revocation list the broker's `crlfile` names (empty after init).
   std::filesystem::path revocationList() const { return brokerDir() / "crl.pem"; }
@@ -89,7 +90,7 @@ struct PkiInitOptions {
   std::vector<std::string> broker_hosts;
   int days = 825;                              // broker, aggregator certificates
   int ca_days = 3650;                          // the authority
-  std::string topic_prefix = "branchline/v1";  // for broker/acl
+  std::string topic_prefix = "branchline/v1";  // for the broker's access policy
 };
 
 // What was written (paths, for the operator), and the sealing key's id.
@@ -102,18 +103,21 @@ struct PkiReport {
 // kInvalidArgument for a bad name or option.
 Result<PkiReport> initPki(const PkiInitOptions& options);
 
-// An agent's TLS client certificate (CN = agent id) and sealing key pair.
+// An agent's TLS client certificate (CN = agent id) and sealing key pair, then
+// broker/dynamic-security.json rewritten for every identity in the folder.
 // kNotFound without a CA in `dir`; kAlreadyExists if the agent is enrolled.
-Result<PkiReport> enrollAgent(const std::string& dir, const std::string& agent_id, int days = 825);
+Result<PkiReport> enrollAgent(const std::string& dir, const std::string& agent_id, int days = 825,
+                              const std::string& topic_prefix = "branchline/v1");
 
 // One more aggregator's client certificate (CN "aggregator.<name>"), then
-// broker/acl rewritten for every aggregator in the folder.
+// broker/dynamic-security.json rewritten for every identity in the folder.
 Result<PkiReport> enrollAggregator(const std::string& dir, const std::string& name, int days = 825,
                                    const std::string& topic_prefix = "branchline/v1");
 
 // The client certificate broker `broker_name` presents when it bridges to
 // another broker of the fleet (CN "bridge.<name>", bridges/<name>.crt/.key),
-// then broker/acl rewritten so that identity may carry `<prefix>/#` both ways.
+// then broker/dynamic-security.json rewritten so that identity may carry
+// `<prefix>/#` both ways.
 // kNotFound without a CA in `dir`; kAlreadyExists if that broker is enrolled.
 Result<PkiReport> enrollBridge(const std::string& dir, const std::string& broker_name,
                                int days = 825, const std::string& topic_prefix = "branchline/v1");

@@ -40,7 +40,7 @@ TEST(FleetPkiBrokerTest, RevokedCertificateIsRefusedAfterReloadAndRenewedOneConn
 
   mqtt::testing::MosquittoProcess broker;
   broker.useTls(layout.caCert().string(), layout.brokerCert().string(), layout.brokerKey().string(),
-                text(layout.brokerAcl()), layout.revocationList().string());
+                text(layout.brokerPolicy()), layout.revocationList().string());
   ASSERT_TRUE(broker.start()) << broker.error();
   const fs::path log = broker.dir() / "mosquitto.log";
   int clients = 0;

@@ -4,8 +4,10 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 
+#include <boost/json/parse.hpp>
 #include <ctime>
 #include <filesystem>
+#include <set>
 
 #include "protocol/seal.h"
 #include "shared/core/clock.h"
@@ -41,6 +43,28 @@ std::string text(const fs::path& p) {
   return r.isOk() ? *r : "";
 }
 
+// What the broker's access policy (dynamic-security JSON) lets `username` do:
+// "<acltype> <topic>" for every ACL of its roles; empty when it is not named.
+std::set<std::string> grants(const PkiLayout& layout, const std::string& username) {
+  const auto doc = boost::json::parse(text(layout.brokerPolicy())).as_object();
+  std::set<std::string> role_names, out;
+  for (const auto& c : doc.at("clients").as_array()) {
+    if (c.at("username").as_string() != username) continue;
+    for (const auto& r : c.at("roles").as_array()) {
+      role_names.insert(std::string(r.at("rolename").as_string()));
+    }
+  }
+  for (const auto& r : doc.at("roles").as_array()) {
+    if (role_names.count(std::string(r.at("rolename").as_string())) == 0) continue;
+    for (const auto& a : r.at("acls").as_array()) {
+      EXPECT_TRUE(a.at("allow").as_bool());
+      out.insert(std::string(a.at("acltype").as_string()) + " " +
+                 std::string(a.at("topic").as_string()));
+    }
+  }
+  return out;
+}
+
 // The certificate's CN, after checking that it chains to the folder's CA.
 std::string verifiedCommonName(const PkiLayout& layout, const fs::path& cert) {
   Status s = pki::verifyCertificate(text(cert), text(layout.caCert()));
@@ -65,7 +89,7 @@ TEST(FleetPkiTest, InitWritesTheDocumentedLayout) {
     EXPECT_EQ(modeOf(key), 0600u) << key;
   }
   for (const fs::path& pub : {layout.caCert(), layout.brokerCert(), layout.aggregatorCert("agg-1"),
-                              layout.currentSealPublicKey(), layout.brokerAcl()}) {
+                              layout.currentSealPublicKey(), layout.brokerPolicy()}) {
     EXPECT_EQ(modeOf(pub), 0644u) << pub;
   }
   EXPECT_TRUE(pki::inspectCertificate(text(layout.caCert()))->is_authority);
@@ -88,16 +112,27 @@ TEST(FleetPkiTest, InitWritesTheDocumentedLayout) {
   ASSERT_TRUE(key_file.isOk()) << key_file.status().toString();
   EXPECT_EQ(*key_file, layout.sealPrivateKey(report->seal_key_id));
 
-  const std::string acl = text(layout.brokerAcl());
-  EXPECT_NE(acl.find("pattern write branchline/v1/agents/%u/batch\n"), std::string::npos) << acl;
-  EXPECT_NE(acl.find("pattern read branchline/v1/agents/%u/ack\n"), std::string::npos) << acl;
-  EXPECT_NE(acl.find("user aggregator.agg-2\ntopic read branchline/v1/agents/+/batch\n"),
-            std::string::npos)
-      << acl;
+  // Only aggregators may subscribe to batches, through $share or not.
+  const std::set<std::string> aggregator = grants(layout, "aggregator.agg-2");
+  for (const char* g : {"subscribePattern $share/+/branchline/v1/agents/+/batch",
+                        "subscribePattern branchline/v1/agents/+/batch",
+                        "publishClientReceive branchline/v1/agents/+/batch",
+                        "publishClientSend branchline/v1/agents/+/ack",
+                        "publishClientSend branchline/v1/aggregators/agg-2/online"}) {
+    EXPECT_EQ(aggregator.count(g), 1u) << g;
+  }
+  EXPECT_EQ(aggregator.count("publishClientSend branchline/v1/aggregators/agg-1/online"), 0u);
+  EXPECT_TRUE(grants(layout, "agent-1").empty()) << "no agent is enrolled yet";
   const std::string conf = text(layout.brokerConf());
   EXPECT_NE(conf.find("require_certificate true"), std::string::npos);
   EXPECT_NE(conf.find("use_identity_as_username true"), std::string::npos);
+  EXPECT_NE(conf.find("use_username_as_clientid true"), std::string::npos);
   EXPECT_NE(conf.find("allow_anonymous false"), std::string::npos);
+  EXPECT_NE(conf.find("plugin_opt_config_file " + layout.brokerPolicy().string() + "\n"),
+            std::string::npos)
+      << conf;
+  EXPECT_NE(conf.find("max_packet_size 16781312\n"), std::string::npos) << conf;
+  EXPECT_EQ(conf.find("max_queued_bytes 0\n"), std::string::npos) << conf;
 
   for (const auto& f : report->files) EXPECT_TRUE(fs::exists(f)) << f;
 }
@@ -147,6 +182,16 @@ TEST(FleetPkiTest, EnrollIssuesAnAgentIdentityOnce) {
   EXPECT_EQ(pair->public_key, *pub);
   auto info = pki::inspectCertificate(text(layout.agentCert("agent-7")));
   EXPECT_NEAR(static_cast<double>(info->not_after - info->not_before), 30.0 * 86400 + 3600, 5.0);
+  // The broker's policy now names it, with its own topics only.
+  EXPECT_EQ(grants(layout, "agent-7"),
+            (std::set<std::string>{"publishClientSend branchline/v1/agents/agent-7/batch",
+                                   "publishClientSend branchline/v1/agents/agent-7/status",
+                                   "subscribePattern branchline/v1/agents/agent-7/ack",
+                                   "publishClientReceive branchline/v1/agents/agent-7/ack",
+                                   "subscribePattern branchline/v1/agents/agent-7/config",
+                                   "publishClientReceive branchline/v1/agents/agent-7/config",
+                                   "subscribePattern branchline/v1/aggregators/+/online",
+                                   "publishClientReceive branchline/v1/aggregators/+/online"}));
 
   Status again = enrollAgent(dir, "agent-7").status();
   EXPECT_EQ(again.code(), Code::kAlreadyExists);
@@ -162,24 +207,24 @@ TEST(FleetPkiTest, EnrollIssuesAnAgentIdentityOnce) {
   EXPECT_NE(open_key.message().find("chmod 600"), std::string::npos);
 }
 
-TEST(FleetPkiTest, EnrollingAnAggregatorExtendsTheBrokerAcl) {
+TEST(FleetPkiTest, EnrollingAnAggregatorExtendsTheBrokerPolicy) {
   TempDir tmp;
   PkiInitOptions o;
   o.dir = tmp.path();
   o.aggregators = {"agg-1"};
   ASSERT_TRUE(initPki(o).isOk());
   const PkiLayout layout{o.dir};
-  EXPECT_EQ(text(layout.brokerAcl()).find("aggregator.agg-3"), std::string::npos);
+  EXPECT_TRUE(grants(layout, "aggregator.agg-3").empty());
   auto report = enrollAggregator(o.dir, "agg-3");
   ASSERT_TRUE(report.isOk()) << report.status().toString();
   EXPECT_EQ(verifiedCommonName(layout, layout.aggregatorCert("agg-3")), "aggregator.agg-3");
-  const std::string acl = text(layout.brokerAcl());
-  EXPECT_NE(acl.find("user aggregator.agg-1\n"), std::string::npos) << acl;
-  EXPECT_NE(acl.find("user aggregator.agg-3\n"), std::string::npos) << acl;
+  EXPECT_FALSE(grants(layout, "aggregator.agg-1").empty());
+  EXPECT_EQ(
+      grants(layout, "aggregator.agg-3").count("publishClientSend branchline/v1/agents/+/ack"), 1u);
   EXPECT_EQ(enrollAggregator(o.dir, "agg-3").status().code(), Code::kAlreadyExists);
 }
 
-TEST(FleetPkiTest, EnrollingABridgeGivesItsOwnIdentityAndAclEntry) {
+TEST(FleetPkiTest, EnrollingABridgeGivesItsOwnIdentityAndPolicyEntry) {
   TempDir tmp;
   PkiInitOptions o;
   o.dir = tmp.path();
@@ -191,13 +236,16 @@ TEST(FleetPkiTest, EnrollingABridgeGivesItsOwnIdentityAndAclEntry) {
   ASSERT_TRUE(report.isOk()) << report.status().toString();
   EXPECT_EQ(verifiedCommonName(layout, layout.bridgeCert("mosquitto-2")), "bridge.mosquitto-2");
   EXPECT_EQ(modeOf(layout.bridgeKey("mosquitto-2")), 0600u);
-  const std::string acl = text(layout.brokerAcl());
-  EXPECT_NE(acl.find("user bridge.mosquitto-2\ntopic readwrite fleet/v2/#\n"), std::string::npos)
-      << acl;
-  EXPECT_NE(acl.find("user aggregator.agg-1\n"), std::string::npos) << acl;
-  // A later aggregator enrollment keeps the bridge in the ACL.
+  const std::set<std::string> bridge{"subscribePattern fleet/v2/#",
+                                     "publishClientReceive fleet/v2/#",
+                                     "publishClientSend fleet/v2/#"};
+  EXPECT_EQ(grants(layout, "bridge.mosquitto-2"), bridge);
+  EXPECT_FALSE(grants(layout, "aggregator.agg-1").empty());
+  // Later enrollments keep the bridge in the policy.
   ASSERT_TRUE(enrollAggregator(o.dir, "agg-2", 825, "fleet/v2").isOk());
-  EXPECT_NE(text(layout.brokerAcl()).find("user bridge.mosquitto-2\n"), std::string::npos);
+  ASSERT_TRUE(enrollAgent(o.dir, "agent-1", 825, "fleet/v2").isOk());
+  EXPECT_EQ(grants(layout, "bridge.mosquitto-2"), bridge);
+  EXPECT_EQ(grants(layout, "agent-1").count("publishClientSend fleet/v2/agents/agent-1/batch"), 1u);
   EXPECT_EQ(enrollBridge(o.dir, "mosquitto-2").status().code(), Code::kAlreadyExists);
   EXPECT_EQ(enrollBridge(o.dir, "a.b").status().code(), Code::kInvalidArgument);
 }

@@ -1,13 +1,16 @@
-// Mutual TLS and the per-identity ACL, end to end: a real Mosquitto in the TLS
-// + ACL mode `branchline pki` configures, real Paho clients with certificates
-// from shared/pki. What is refused must be refused by the broker itself.
+// Mutual TLS, the per-identity access policy and the broker limits, end to
+// end: a real Mosquitto in the mode `branchline pki` and `branchline up`
+// configure, real Paho clients with certificates from shared/pki. What is
+// refused must be refused by the broker itself.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
 #include <thread>
 
@@ -90,6 +93,8 @@ class MqttTlsTest : public ::testing::Test {
     issue(*ca, server, "broker");
     issue(*ca, client("agent-1"), "agent-1");
     issue(*ca, client("agent-2"), "agent-2");
+    issue(*ca, client("agent-4"), "agent-4");
+    issue(*ca, client("agent-5"), "agent-5");
     issue(*ca, client(pki::aggregatorIdentity("agg-1")), "agg-1");
     issue(*other_ca, client("agent-1"), "foreign-agent-1");
     pki::CertificateSpec expired = client("agent-3");
@@ -99,8 +104,11 @@ class MqttTlsTest : public ::testing::Test {
     issue(*ca, expired, "expired-agent-3");
 
     broker_ = new testing::MosquittoProcess();
-    broker_->useTls(file("ca.crt"), file("broker.crt"), file("broker.key"),
-                    pki::mosquittoAcl("branchline/v1", {"agg-1"}));
+    broker_->useTls(
+        file("ca.crt"), file("broker.crt"), file("broker.key"),
+        pki::mosquittoDynamicSecurity(
+            "branchline/v1", {.agents = {"agent-1", "agent-2", "agent-3", "agent-4", "agent-5"},
+                              .aggregators = {"agg-1"}}));
     ASSERT_TRUE(broker_->start()) << broker_->error();
   }
   static void TearDownTestSuite() {
@@ -200,10 +208,10 @@ TEST_F(MqttTlsTest, AclConfinesEachAgentToItsOwnTopics) {
   ASSERT_TRUE(aggregator.subscribe("$share/branchline-aggregators/" + kAgents + "+/batch").isOk());
   ASSERT_TRUE(agent1.subscribe(kAgents + "agent-1/ack").isOk());
   ASSERT_TRUE(agent2.subscribe(kAgents + "agent-2/ack").isOk());
-  // Not allowed: the broker may refuse the SUBACK or accept it and deliver
-  // nothing; either way nothing may arrive.
-  (void)agent1.subscribe(kAgents + "agent-2/ack");
-  (void)agent2.subscribe(kAgents + "+/batch");
+  // Not allowed: the broker refuses them in the SUBACK (and would deliver
+  // nothing on them anyway).
+  EXPECT_FALSE(agent1.subscribe(kAgents + "agent-2/ack").isOk());
+  EXPECT_FALSE(agent2.subscribe(kAgents + "+/batch").isOk());
 
   // One connection delivers in order: once "own-2" arrives, "forged" (sent
   // before it) would have arrived too had the broker let it through.
@@ -227,6 +235,168 @@ TEST_F(MqttTlsTest, AclConfinesEachAgentToItsOwnTopics) {
   for (const auto& m : agent2_inbox.all()) {
     EXPECT_EQ(m.topic, kAgents + "agent-2/ack") << "agent-2 read a batch: " << m.payload;
   }
+}
+
+// Batches reach only aggregators (README "Broker access policy"): three clients with
+// agent certificates asking to join the aggregators' shared subscription, or
+// to read every batch directly, are refused at SUBSCRIBE time by the broker;
+// so the aggregator gets every batch an agent publishes, at once, and no
+// attacker gets any.
+TEST_F(MqttTlsTest, OnlyAggregatorsMaySubscribeToBatches) {
+  const std::string shared = "$share/branchline-aggregators/" + kAgents + "+/batch";
+  Inbox aggregator_inbox, attackers_inbox;
+  Client aggregator(options("agg-1"), aggregator_inbox.handler(), nullptr);
+  Client agent2(options("agent-2"), nullptr, nullptr);
+  Client a1(options("agent-1"), attackers_inbox.handler(), nullptr);
+  Client a4(options("agent-4"), attackers_inbox.handler(), nullptr);
+  Client a5(options("agent-5"), attackers_inbox.handler(), nullptr);
+  std::vector<Client*> attackers{&a1, &a4, &a5};
+  for (Client* c : {&aggregator, &agent2, &a1, &a4, &a5}) ASSERT_TRUE(c->start().isOk());
+  for (Client* c : {&aggregator, &agent2, &a1, &a4, &a5}) ASSERT_TRUE(waitConnected(*c, 20s));
+  ASSERT_TRUE(aggregator.subscribe(shared).isOk());
+  for (Client* c : attackers) {
+    for (const std::string& filter : {shared, kAgents + "+/batch", kAgents + "agent-2/batch"}) {
+      Status s = c->subscribe(filter);
+      EXPECT_FALSE(s.isOk()) << filter << ": the broker granted it";
+      // The SUBACK's failure code: 0x80 (MQTT 3.1.1), 0x87 not authorized (MQTT 5).
+      EXPECT_TRUE(s.message().find("[128]") != std::string::npos ||
+                  s.message().find("[135]") != std::string::npos)
+          << s.toString();
+    }
+  }
+
+  const int kBatches = 200;
+  for (int i = 0; i < kBatches; ++i) {
+    // Paho refuses a publish past its in-flight window (64): try again shortly.
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    Status s;
+    while (!(s = agent2.publish(kAgents + "agent-2/batch", "b-" + std::to_string(i))).isOk() &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(5ms);
+    }
+    ASSERT_TRUE(s.isOk()) << s.toString();
+  }
+  // Round-robin with three intruders would leave the aggregator a quarter.
+  ASSERT_TRUE(aggregator_inbox.waitFor("b-" + std::to_string(kBatches - 1), 10s));
+  EXPECT_EQ(aggregator_inbox.all().size(), static_cast<size_t>(kBatches));
+  EXPECT_TRUE(attackers_inbox.all().empty()) << attackers_inbox.all().front().payload;
+}
+
+// One identity per connection (README "Broker access policy", `use_username_as_clientid`):
+// for 10 s a client with agent-1's certificate keeps connecting under agent-2's
+// client id and under the aggregator's. agent-2 is never disconnected and every
+// batch it publishes meanwhile arrives; the aggregator's last will (its
+// "offline" notice) never reaches the agents.
+TEST_F(MqttTlsTest, AnotherCertificateCannotTakeOverAClientId) {
+  const std::string will = "offline-will-of-agg-1";
+  const std::string agg_id = "agg-1-" + std::to_string(::getpid());
+  std::atomic<int> agent2_losses{0}, aggregator_losses{0};
+  Inbox aggregator_inbox, agent2_inbox;
+  ClientOptions agg_options = options("agg-1");
+  agg_options.client_id = agg_id;
+  agg_options.will_topic = "branchline/v1/aggregators/agg-1/online";
+  agg_options.will_payload = will;
+  Client aggregator(agg_options, aggregator_inbox.handler(), [&](bool up) {
+    if (!up) ++aggregator_losses;
+  });
+  ClientOptions agent2_options = options("agent-2");
+  agent2_options.client_id = "branchline-agent-agent-2";
+  agent2_options.clean_session = false;
+  Client agent2(agent2_options, agent2_inbox.handler(), [&](bool up) {
+    if (!up) ++agent2_losses;
+  });
+  for (Client* c : {&aggregator, &agent2}) ASSERT_TRUE(c->start().isOk());
+  for (Client* c : {&aggregator, &agent2}) ASSERT_TRUE(waitConnected(*c, 20s));
+  ASSERT_TRUE(aggregator.subscribe("$share/branchline-aggregators/" + kAgents + "+/batch").isOk());
+  ASSERT_TRUE(agent2.subscribe("branchline/v1/aggregators/+/online").isOk());
+
+  std::atomic<bool> attacking{true};
+  std::atomic<int> attacker_connects{0};
+  std::thread attacker([&] {
+    for (int round = 0; attacking.load(); ++round) {
+      ClientOptions o = options("agent-1");
+      o.client_id = round % 2 == 0 ? "branchline-agent-agent-2" : agg_id;
+      Client c(o, nullptr, nullptr);
+      if (!c.start().isOk()) continue;
+      if (waitConnected(c, 5s)) ++attacker_connects;
+    }
+  });
+  int published = 0, samples_disconnected = 0;
+  const auto until = std::chrono::steady_clock::now() + 10s;
+  while (std::chrono::steady_clock::now() < until) {
+    if (!agent2.connected()) ++samples_disconnected;
+    if (agent2.publish(kAgents + "agent-2/batch", "batch-" + std::to_string(published)).isOk()) {
+      ++published;
+    }
+    std::this_thread::sleep_for(100ms);
+  }
+  attacking = false;
+  attacker.join();
+
+  EXPECT_GE(attacker_connects.load(), 3) << "the attacker must really have connected";
+  EXPECT_EQ(samples_disconnected, 0);
+  EXPECT_EQ(agent2_losses.load(), 0) << "agent-2 was disconnected";
+  EXPECT_EQ(aggregator_losses.load(), 0) << "the aggregator was disconnected";
+  ASSERT_GT(published, 50);
+  ASSERT_TRUE(aggregator_inbox.waitFor("batch-" + std::to_string(published - 1), 10s));
+  EXPECT_EQ(aggregator_inbox.all().size(), static_cast<size_t>(published))
+      << "every batch agent-2 published arrived, once";
+  for (const auto& m : agent2_inbox.all()) {
+    EXPECT_NE(m.payload, will) << "the aggregator's will fired on " << m.topic;
+  }
+}
+
+// The broker's resident memory in KiB (VmRSS), or -1.
+long residentKib(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+  }
+  return -1;
+}
+
+// Broker limits (README "Broker limits", pki::mosquittoLimits()): publishes
+// past max_packet_size (the aggregators' 16 MiB payload limit plus headers)
+// are refused by the broker, which disconnects the client before reading the
+// payload: none is delivered and the broker's memory does not grow with them.
+// The client's next, normal publish goes through.
+TEST_F(MqttTlsTest, APublishPastTheSizeLimitIsRefusedAndTheBrokerStaysSmall) {
+  Inbox aggregator_inbox;
+  std::atomic<int> losses{0};
+  Client aggregator(options("agg-1"), aggregator_inbox.handler(), nullptr);
+  Client agent2(options("agent-2"), nullptr, [&](bool up) {
+    if (!up) ++losses;
+  });
+  for (Client* c : {&aggregator, &agent2}) ASSERT_TRUE(c->start().isOk());
+  for (Client* c : {&aggregator, &agent2}) ASSERT_TRUE(waitConnected(*c, 20s));
+  ASSERT_TRUE(aggregator.subscribe("$share/branchline-aggregators/" + kAgents + "+/batch").isOk());
+  ASSERT_TRUE(agent2.publish(kAgents + "agent-2/batch", "before").isOk());
+  ASSERT_TRUE(aggregator_inbox.waitFor("before", 10s));
+  const long rss_before = residentKib(broker_->pid());
+  ASSERT_GT(rss_before, 0);
+
+  const size_t kHuge = size_t{32} << 20;  // twice the limit
+  for (int i = 0; i < 4; ++i) {
+    const int lost = losses.load();
+    ASSERT_TRUE(waitConnected(agent2, 20s));
+    ASSERT_TRUE(agent2.publish(kAgents + "agent-2/batch", std::string(kHuge, 'x')).isOk());
+    // The broker drops the connection at the packet's length prefix.
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    while (losses.load() == lost && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(20ms);
+    }
+    ASSERT_GT(losses.load(), lost) << "publish " << i << " was not refused";
+  }
+  const long rss_after = residentKib(broker_->pid());
+  ASSERT_TRUE(waitConnected(agent2, 20s));
+  ASSERT_TRUE(agent2.publish(kAgents + "agent-2/batch", "after").isOk());
+  ASSERT_TRUE(aggregator_inbox.waitFor("after", 20s));
+  for (const auto& m : aggregator_inbox.all()) {
+    EXPECT_LT(m.payload.size(), size_t{1} << 20) << "an oversized publish was delivered";
+  }
+  // Holding even one of them would have cost 32 MiB.
+  EXPECT_LT(rss_after - rss_before, 8 * 1024) << rss_before << " KiB -> " << rss_after << " KiB";
 }
 
 // Unusable TLS options are one clear error at start(), not an endless retry loop.

@@ -19,9 +19,8 @@ namespace branchline::cli {
 namespace {
 
 TEST(ChaosTest, EveryComponentKilledTwiceUnderLoadLosesAndDoublesNothing) {
-  char tmpl[] = "/tmp/branchline-chaos.XXXXXX";
-  ASSERT_NE(::mkdtemp(tmpl), nullptr);
-  const std::string dir = tmpl;
+  const std::string dir = makePipelineTempDir("branchline-chaos");
+  ASSERT_FALSE(dir.empty());
   const char* bin = std::getenv("BRANCHLINE_BIN_DIR");
   ASSERT_NE(bin, nullptr) << "BRANCHLINE_BIN_DIR must point at build/bin";
 

@@ -45,9 +45,8 @@ std::string queryText(const std::string& db_path, const std::string& sql) {
 class BrokerFailoverTest : public PipelineTest {
  protected:
   void startTwoBrokers() {
-    char tmpl[] = "/tmp/branchline-failover.XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
+    dir_ = cli::makePipelineTempDir("branchline-failover");
+    ASSERT_FALSE(dir_.empty());
     const char* bin = std::getenv("BRANCHLINE_BIN_DIR");
     ASSERT_NE(bin, nullptr) << "BRANCHLINE_BIN_DIR must point at build/bin";
     cli::PipelineOptions o;

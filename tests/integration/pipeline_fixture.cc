@@ -29,7 +29,8 @@ struct Db {
   ~Db() { sqlite3_close(db); }
 };
 
-// Reads one metric's value from Prometheus text; -1 if absent.
+}  // namespace
+
 double metricValue(const std::string& text, const std::string& name) {
   size_t pos = 0;
   while ((pos = text.find(name, pos)) != std::string::npos) {
@@ -42,8 +43,6 @@ double metricValue(const std::string& text, const std::string& name) {
   }
   return -1;
 }
-
-}  // namespace
 
 double scrapeMetric(const std::string& base_url, const std::string& name) {
   auto m = cli::httpGet(base_url + "/metrics", std::chrono::milliseconds(5000));
@@ -145,9 +144,8 @@ void PipelineTest::TearDown() {
 
 void PipelineTest::startPipeline(int agents, int aggregators,
                                  std::map<std::string, std::string> agent_overrides) {
-  char tmpl[] = "/tmp/branchline-it.XXXXXX";
-  ASSERT_NE(mkdtemp(tmpl), nullptr);
-  dir_ = tmpl;
+  dir_ = cli::makePipelineTempDir("branchline-it");
+  ASSERT_FALSE(dir_.empty());
   cli::PipelineOptions options;
   options.dir = dir_ + "/pipeline";
   options.agents = agents;
@@ -211,10 +209,7 @@ int64_t PipelineTest::agentBufferRecords() const {
 
 double PipelineTest::agentMetric(size_t index, const std::string& series) const {
   const auto urls = pipeline_->agentUrls();
-  if (index >= urls.size()) return -1;
-  auto m = cli::httpGet(urls[index] + "/metrics", std::chrono::milliseconds(5000));
-  if (!m.isOk() || m->status != 200) return -1;
-  return metricValue(m->body, series);
+  return index < urls.size() ? scrapeMetric(urls[index], series) : -1;
 }
 
 loadgen::LoadOptions PipelineTest::loadOptions(uint64_t records,

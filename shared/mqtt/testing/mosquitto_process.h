@@ -8,10 +8,11 @@
 //   client_options.broker_uris = {broker.uri()};
 //   broker.kill9(); broker.restart();   // same port, same persistence dir
 //
-// TLS + ACL mode (README "Security"): call useTls() before start(); the
-// listener then demands a client certificate signed by `ca_file`, takes its CN
-// as the user name, refuses anonymous clients and enforces the ACL text, and
-// uri() is ssl://127.0.0.1:<port>.
+// TLS mode (README "Security"): call useTls() before start(); the listener
+// then demands a client certificate signed by `ca_file`, takes its CN as the
+// user name and client id, refuses anonymous clients and enforces the access
+// policy (pki::mosquittoDynamicSecurity()), and uri() is ssl://127.0.0.1:<port>.
+// The broker limits are those `branchline up` writes (pki::mosquittoLimits()).
 #pragma once
 
 #include <arpa/inet.h>
@@ -59,19 +60,21 @@ class MosquittoProcess {
     std::ofstream conf(dir_ / "mosquitto.conf", std::ios::trunc);
     conf << "listener " << port_ << " 127.0.0.1\n";
     if (tls_) {
-      std::ofstream acl(dir_ / "acl", std::ios::trunc);
-      acl << acl_text_;
-      acl.close();
-      if (!acl) return fail("cannot write the acl file");
-      tls_files_.acl_file = (dir_ / "acl").string();
+      std::ofstream policy(dir_ / "dynamic-security.json", std::ios::trunc);
+      policy << policy_text_;
+      policy.close();
+      if (!policy) return fail("cannot write the access policy file");
+      auto plugin = pki::dynamicSecurityPlugin();
+      if (!plugin.isOk()) return fail(plugin.status().message());
+      tls_files_.policy_file = (dir_ / "dynamic-security.json").string();
+      tls_files_.plugin_file = *plugin;
       conf << pki::mosquittoTlsSettings(tls_files_);
     } else {
       conf << "allow_anonymous true\n";
     }
     conf << "persistence true\n"
          << "persistence_location " << dir_.string() << "/\n"
-         << "max_queued_messages 100000\n"
-         << "log_dest file " << dir_.string() << "/mosquitto.log\n";
+         << pki::mosquittoLimits() << "log_dest file " << dir_.string() << "/mosquitto.log\n";
     // Run as whoever we are: as root Mosquitto would otherwise switch to the
     // `mosquitto` user, which cannot write our private dir.
     if (const passwd* pw = ::getpwuid(::geteuid()); pw != nullptr)
@@ -114,18 +117,20 @@ class MosquittoProcess {
     kill9();
   }
 
-  // Before start(): TLS with client certificates and this ACL (mosquittoAcl()
-  // text), and a revocation list when `crl_file` is given. The broker runs as
-  // the current user, so 0600 key files are fine.
+  // Before start(): TLS with client certificates and this access policy
+  // (mosquittoDynamicSecurity() text), and a revocation list when `crl_file`
+  // is given. The broker runs as the current user, so 0600 key files are fine.
   void useTls(std::string ca_file, std::string cert_file, std::string key_file,
-              std::string acl_text, std::string crl_file = "") {
+              std::string policy_text, std::string crl_file = "") {
     tls_ = true;
     tls_files_.crl_file = std::move(crl_file);
     tls_files_.ca_file = std::move(ca_file);
     tls_files_.cert_file = std::move(cert_file);
     tls_files_.key_file = std::move(key_file);
-    acl_text_ = std::move(acl_text);
+    policy_text_ = std::move(policy_text);
   }
+  // The broker's process id (0 when it is not running), e.g. for its memory use.
+  pid_t pid() const { return pid_ > 0 ? pid_ : 0; }
 
   // Before start(): listen on this port instead of a free one (e.g. a port a
   // client was told about before the broker existed).
@@ -206,7 +211,7 @@ class MosquittoProcess {
   std::filesystem::path dir_;
   bool tls_ = false;
   pki::BrokerTlsFiles tls_files_;
-  std::string acl_text_;
+  std::string policy_text_;
   uint16_t port_ = 0;
   pid_t pid_ = -1;
   std::string error_;
