@@ -192,7 +192,15 @@ TEST_F(MqttTlsTest, OnlyClientsWithAValidCertificateConnect) {
 TEST_F(MqttTlsTest, AclConfinesEachAgentToItsOwnTopics) {
   Inbox aggregator_inbox, agent1_inbox, agent2_inbox;
   Client aggregator(options("agg-1"), aggregator_inbox.handler(), nullptr);
-  Client agent1(options("agent-1"), agent1_inbox.handler(), nullptr);
+  // MQTT 5: the broker answers the forged publish with PUBACK 0x87.
+  std::mutex refused_mu;
+  std::vector<std::pair<std::string, int>> refused;
+  ClientOptions agent1_options = options("agent-1");
+  agent1_options.on_publish_refused = [&](const std::string& topic, int code, const std::string&) {
+    std::lock_guard lock(refused_mu);
+    refused.emplace_back(topic, code);
+  };
+  Client agent1(agent1_options, agent1_inbox.handler(), nullptr);
   Client agent2(options("agent-2"), agent2_inbox.handler(), nullptr);
   for (Client* c : {&aggregator, &agent1, &agent2}) ASSERT_TRUE(c->start().isOk());
   for (Client* c : {&aggregator, &agent1, &agent2}) ASSERT_TRUE(waitConnected(*c, 20s));
@@ -216,6 +224,18 @@ TEST_F(MqttTlsTest, AclConfinesEachAgentToItsOwnTopics) {
   EXPECT_EQ(seen, (std::vector<std::string>{kAgents + "agent-1/batch own-1",
                                             kAgents + "agent-1/batch own-2"}));
   EXPECT_TRUE(agent1.connected()) << "a refused publish is dropped, the client stays";
+  {
+    // The PUBACKs come in order: "own-2" was delivered, so the refusal is in.
+    const auto deadline = std::chrono::steady_clock::now() + 5s;
+    std::unique_lock lock(refused_mu);
+    while (refused.empty() && std::chrono::steady_clock::now() < deadline) {
+      lock.unlock();
+      std::this_thread::sleep_for(20ms);
+      lock.lock();
+    }
+    EXPECT_EQ(refused,
+              (std::vector<std::pair<std::string, int>>{{kAgents + "agent-2/batch", 0x87}}));
+  }
 
   ASSERT_TRUE(aggregator.publish(kAgents + "agent-2/ack", "ack-for-2").isOk());
   ASSERT_TRUE(aggregator.publish(kAgents + "agent-1/ack", "ack-for-1").isOk());

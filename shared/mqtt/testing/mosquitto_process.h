@@ -12,6 +12,11 @@
 // listener then demands a client certificate signed by `ca_file`, takes its CN
 // as the user name, refuses anonymous clients and enforces the ACL text, and
 // uri() is ssl://127.0.0.1:<port>.
+//
+// Anonymous + ACL mode: useAnonymousAcl(text) before start() keeps plain TCP and
+// anonymous clients but enforces the ACL text's anonymous rules (the `topic`
+// lines before any `user` line). addConfig(lines) appends broker settings
+// (e.g. "max_packet_size 10000\n").
 #pragma once
 
 #include <arpa/inet.h>
@@ -28,6 +33,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <thread>
 
@@ -67,7 +73,15 @@ class MosquittoProcess {
       conf << pki::mosquittoTlsSettings(tls_files_);
     } else {
       conf << "allow_anonymous true\n";
+      if (!anonymous_acl_.empty()) {
+        std::ofstream acl(dir_ / "acl", std::ios::trunc);
+        acl << anonymous_acl_;
+        acl.close();
+        if (!acl) return fail("cannot write the acl file");
+        conf << "acl_file " << (dir_ / "acl").string() << "\n";
+      }
     }
+    conf << extra_config_;
     conf << "persistence true\n"
          << "persistence_location " << dir_.string() << "/\n"
          << "max_queued_messages 100000\n"
@@ -118,6 +132,16 @@ class MosquittoProcess {
     tls_files_.cert_file = std::move(cert_file);
     tls_files_.key_file = std::move(key_file);
     acl_text_ = std::move(acl_text);
+  }
+
+  // Before start(): plain TCP, anonymous clients confined by this ACL text.
+  void useAnonymousAcl(std::string acl_text) { anonymous_acl_ = std::move(acl_text); }
+  // Before start(): more mosquitto.conf lines, each ending in a newline.
+  void addConfig(const std::string& lines) { extra_config_ += lines; }
+  // The broker's log so far (connects, refusals, disconnects).
+  std::string log() const {
+    std::ifstream in(dir_ / "mosquitto.log");
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
   }
 
   // Before start(): listen on this port instead of a free one (e.g. a port a
@@ -200,6 +224,8 @@ class MosquittoProcess {
   bool tls_ = false;
   pki::BrokerTlsFiles tls_files_;
   std::string acl_text_;
+  std::string anonymous_acl_;
+  std::string extra_config_;
   uint16_t port_ = 0;
   pid_t pid_ = -1;
   std::string error_;
