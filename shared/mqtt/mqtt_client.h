@@ -10,7 +10,8 @@
 // Protocol: MQTT 5 (README "MQTT 5"), so the broker says why it refuses: a
 // publish it will not take comes back as a PUBACK reason code
 // (ClientOptions::on_publish_refused), and a session another client took over
-// as a DISCONNECT reason (on_session_taken_over). `$share/<group>/...` filters
+// as a DISCONNECT reason or, where the broker says nothing, as repeated drops
+// (on_session_taken_over). `$share/<group>/...` filters
 // work as before. No client persistence (MQTTCLIENT_PERSISTENCE_NONE).
 // `ssl://` URIs use mutual TLS (ClientOptions::ca_file, cert_file, key_file).
 #pragma once
@@ -109,6 +110,9 @@ class Client {
   // Remembered and re-applied after every reconnect. `filter` may be `$share/g/...`.
   // While connected it waits (up to 5 s) for the SUBACK, so a publish right after
   // it is seen; called from a handler it only queues the request (never blocks Paho).
+  // A SUBACK refusal is kPermissionDenied for 0x87 Not authorized, else
+  // kUnavailable, naming the reason code (the filter is still remembered);
+  // on a reconnect it is logged as mqtt_subscribe_refused.
   Status subscribe(const std::string& filter, int qos = 1);
   // Queues a publish without blocking. kUnavailable while disconnected (nothing
   // queued); kInvalidArgument for a message past the broker's Maximum Packet
