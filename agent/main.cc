@@ -22,6 +22,7 @@
 #include "shared/core/metrics.h"
 #include "shared/http/http_server.h"
 #include "shared/pki/certificate_expiry.h"
+#include "shared/mqtt/broker_events.h"
 #include "shared/rules/rule_engine.h"
 
 namespace {
@@ -114,7 +115,15 @@ int run(const std::string& config_path, const sigset_t& stop_signals) {
       !cfg->mqtt.cert_file.empty() && !s) {
     log::warn("certificate_expiry_unknown", {{"error", s.message()}});
   }
+  const std::string client_id = "branchline-agent-" + cfg->id;
+  // What the broker refuses the forwarder (README "MQTT 5"): logged, counted
+  // and on /healthz. Declared before the stages that report into it.
+  mqtt::BrokerEvents broker_events(metrics, "bl_agent", client_id);
   agent::IngestOptions ingest_options;
+  ingest_options.health_fields = [&broker_events] {
+    auto h = broker_events.health();
+    return agent::HealthFields{h.degraded, std::move(h.json_fields)};
+  };
   ingest_options.max_depth = static_cast<size_t>(cfg->http.max_depth);
   ingest_options.max_records_per_request = cfg->http.max_records_per_request;
   ingest_options.max_record_bytes = cfg->http.max_record_bytes;
@@ -168,7 +177,8 @@ int run(const std::string& config_path, const sigset_t& stop_signals) {
   forward.mqtt.ca_file = cfg->mqtt.ca_file.string();
   forward.mqtt.cert_file = cfg->mqtt.cert_file.string();
   forward.mqtt.key_file = cfg->mqtt.key_file.string();
-  forward.mqtt.client_id = "branchline-agent-" + cfg->id;
+  forward.mqtt.client_id = client_id;
+  broker_events.attach(forward.mqtt);
   // A persistent session: acks sent while the link was briefly down still arrive.
   forward.mqtt.clean_session = false;
   forward.agent_id = cfg->id;

@@ -171,8 +171,14 @@ class AgentMainTest : public ::testing::Test {
     return 0;
   }
 
-  // POSTs `body` to the agent on 127.0.0.1:port; returns the whole answer.
+  // POSTs `body` (JSON) to the agent on 127.0.0.1:port; the whole answer.
   static std::string post(int port, const std::string& path, const std::string& body) {
+    return http(port, "POST", path, body);
+  }
+
+  // One request on its own connection; the whole answer (status line, headers, body).
+  static std::string http(int port, const std::string& method, const std::string& path,
+                          const std::string& body = "") {
     int fd = ::socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
@@ -180,12 +186,14 @@ class AgentMainTest : public ::testing::Test {
     addr.sin_port = htons(static_cast<uint16_t>(port));
     if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
       ::close(fd);
-      return "connect failed";
+      return "";
     }
-    const std::string req = "POST " + path +
-                            " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                            "Connection: close\r\nContent-Length: " +
-                            std::to_string(body.size()) + "\r\n\r\n" + body;
+    std::string req = method + " " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n";
+    if (!body.empty()) {
+      req += "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+             "\r\n";
+    }
+    req += "\r\n" + body;
     std::string answer;
     if (::write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
       char buf[4096];
@@ -225,6 +233,18 @@ class AgentMainTest : public ::testing::Test {
     }
     *output = readFile(out);
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+
+  // GET `path` until its answer contains `needle` (within 30 s); the last answer.
+  static std::string pollFor(int port, const std::string& path, const std::string& needle) {
+    std::string answer;
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    while (std::chrono::steady_clock::now() < deadline) {
+      answer = http(port, "GET", path);
+      if (answer.find(needle) != std::string::npos) break;
+      std::this_thread::sleep_for(100ms);
+    }
+    return answer;
   }
 
   fs::path binary_;
@@ -593,6 +613,84 @@ TEST_F(AgentMainTest, RotateDataKeyOfflineKeepsBufferedRecordsDeliverable) {
   }
   listener.stop();
   EXPECT_EQ(ids, (std::set<std::string>{"rot-1", "rot-2", "rot-3"}));
+  ::kill(pid_, SIGTERM);
+  EXPECT_EQ(waitExit(15s), 0) << stderrText();
+}
+
+// README "MQTT 5": the agent speaks MQTT 5, so a batch the broker's ACL will
+// not take comes back as PUBACK 0x87 and is logged, counted and on /healthz,
+// instead of being resent into silence forever.
+TEST_F(AgentMainTest, PublishRefusedByTheBrokerIsLoggedCountedAndOnHealthz) {
+  branchline::mqtt::testing::MosquittoProcess broker;
+  broker.useAnonymousAcl("topic read branchline/v1/#\n");  // no writes at all
+  ASSERT_TRUE(broker.start()) << broker.error();
+  spawn(writeConfig(baseConfig("127.0.0.1:0", broker.uri()) + "[batch]\nlinger_ms = 10\n"));
+  const int port = waitStartedPort();
+  ASSERT_GT(port, 0) << stderrText();
+  const std::string healthy = http(port, "GET", "/healthz");
+  EXPECT_NE(healthy.find(R"({"status":"ok",)"), std::string::npos) << healthy;
+  EXPECT_NE(healthy.find(R"("duplicate_identity":false)"), std::string::npos) << healthy;
+  EXPECT_EQ(healthy.find("last_publish_refused"), std::string::npos) << healthy;
+
+  const std::string answer =
+      http(port, "POST", "/v1/records/customer",
+           R"({"external_id":"refused-1","name":"Ada Refused","email":"ada@example.com",)"
+           R"("channel":"web","created_at":"2026-11-25T10:00:00Z"})");
+  ASSERT_NE(answer.find(R"("accepted":1)"), std::string::npos) << answer;
+
+  const std::string health = pollFor(port, "/healthz", "last_publish_refused");
+  EXPECT_NE(health.find(R"("status":"degraded")"), std::string::npos) << health;
+  EXPECT_NE(health.find(R"("last_publish_refused":{"reason":"Not authorized","code":135,)"
+                        R"("topic":"branchline/v1/agents/main-test/batch")"),
+            std::string::npos)
+      << health << "\n"
+      << stderrText();
+  const std::string metrics = http(port, "GET", "/metrics");
+  EXPECT_NE(metrics.find(R"(bl_agent_publish_refused_total{reason="not_authorized"} )"),
+            std::string::npos)
+      << metrics;
+  const std::string log = stderrText();
+  EXPECT_NE(log.find(R"("event":"publish_refused")"), std::string::npos) << log;
+  EXPECT_NE(log.find(R"("reason_code":135)"), std::string::npos) << log;
+  EXPECT_NE(broker.log().find("as branchline-agent-main-test (p5, c0"), std::string::npos)
+      << "not an MQTT 5 persistent session:\n"
+      << broker.log();
+  ::kill(pid_, SIGTERM);
+  EXPECT_EQ(waitExit(15s), 0) << stderrText();
+}
+
+// Two live copies of one agent (a cloned config): the broker hands the
+// session back and forth; the agent says duplicate_identity in its log, on
+// /healthz and in a counter. The second copy here is a client under the
+// agent's MQTT client id.
+TEST_F(AgentMainTest, SecondLiveCopyOfTheIdentityIsReported) {
+  branchline::mqtt::testing::MosquittoProcess broker;
+  ASSERT_TRUE(broker.start()) << broker.error();
+  spawn(writeConfig(baseConfig("127.0.0.1:0", broker.uri())));
+  const int port = waitStartedPort();
+  ASSERT_GT(port, 0) << stderrText();
+  ASSERT_NE(pollFor(port, "/metrics", "bl_agent_mqtt_connected 1").find("connected 1"),
+            std::string::npos)
+      << stderrText();
+  branchline::mqtt::ClientOptions o;
+  o.broker_uris = {broker.uri()};
+  o.client_id = "branchline-agent-main-test";
+  o.min_reconnect = 250ms;
+  branchline::mqtt::Client twin(o, nullptr, nullptr);
+  ASSERT_TRUE(twin.start().isOk());
+
+  const std::string health = pollFor(port, "/healthz", R"("duplicate_identity":true)");
+  twin.stop();
+  EXPECT_NE(health.find(R"("status":"degraded")"), std::string::npos) << health;
+  EXPECT_NE(health.find(R"("duplicate_identity":true)"), std::string::npos) << health << "\n"
+                                                                            << stderrText();
+  const std::string metrics = http(port, "GET", "/metrics");
+  EXPECT_EQ(metrics.find("bl_agent_duplicate_identity_total 0"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("bl_agent_duplicate_identity_total "), std::string::npos) << metrics;
+  const std::string log = stderrText();
+  EXPECT_NE(log.find(R"("event":"duplicate_identity","client_id":"branchline-agent-main-test")"),
+            std::string::npos)
+      << log;
   ::kill(pid_, SIGTERM);
   EXPECT_EQ(waitExit(15s), 0) << stderrText();
 }

@@ -134,9 +134,12 @@ void IngestService::handle(http::Request&& request, http::Respond respond) {
       return counted(std::move(r));
     }
     BufferStats stats = impl_->buffer.stats();
-    return counted(
-        jsonResponse(200, "{\"status\":\"ok\",\"buffer_records\":" + std::to_string(stats.records) +
-                              ",\"buffer_bytes\":" + std::to_string(stats.bytes) + "}"));
+    HealthFields more;
+    if (impl_->options.health_fields) more = impl_->options.health_fields();
+    return counted(jsonResponse(
+        200, std::string("{\"status\":\"") + (more.degraded ? "degraded" : "ok") +
+                 "\",\"buffer_records\":" + std::to_string(stats.records) +
+                 ",\"buffer_bytes\":" + std::to_string(stats.bytes) + more.json + "}"));
   }
   if (path.substr(0, kRecordsPrefix.size()) == kRecordsPrefix) {
     std::string_view source = path.substr(kRecordsPrefix.size());

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -19,11 +20,19 @@
 
 namespace branchline::agent {
 
+// More of the agent's state for GET /healthz (e.g. what the broker refused).
+struct HealthFields {
+  bool degraded = false;  // status "degraded" (still 200: records are still taken)
+  std::string json;       // `,"key":value` members appended to the body
+};
+
 struct IngestOptions {
   size_t max_depth = 32;                   // JSON nesting past it: 400
   size_t max_records_per_request = 10000;  // past it: 413
   size_t max_record_bytes = 256 << 10;     // past it: that record is rejected (200)
   size_t max_field_bytes = 64 << 10;       // a string value past it: its record is rejected
+  // Called for every GET /healthz, on the network thread; must not block. Optional.
+  std::function<HealthFields()> health_fields;
 };
 
 class IngestService {

@@ -38,8 +38,27 @@ std::string randomClientId() {
   return buf;
 }
 
+// "0x87 Not authorized": an MQTT 5 reason code as logs and errors show it.
+std::string reasonText(int code) {
+  char hex[8];
+  std::snprintf(hex, sizeof hex, "0x%02X", code & 0xff);
+  return std::string(hex) + " " + ::mqtt::exception::reason_code_str(code);
+}
+
+// A reason the broker gave (MQTT 5): a code of 0x80 or more; Paho C++ marks
+// results of MQTT 3.1.1 operations and local failures otherwise.
+bool isBrokerRefusal(int code) { return code >= 0x80 && code != ::mqtt::MQTTPP_V3_CODE; }
+
 Status fromPaho(const ::mqtt::exception& e, const std::string& what) {
   const int rc = e.get_return_code();
+  if (isBrokerRefusal(e.get_reason_code())) {
+    const std::string reason = reasonText(e.get_reason_code());
+    if (e.get_reason_code() == ::mqtt::ReasonCode::NOT_AUTHORIZED) {
+      return Status(Code::kPermissionDenied, what + ": the broker refused it (" + reason +
+                                                 "); check the broker's ACL for this identity");
+    }
+    return Status::unavailable(what + ": the broker refused it (" + reason + ")");
+  }
   if (rc == MQTTASYNC_DISCONNECTED)
     return Status::unavailable(what + ": not connected to a broker");
   if (rc == MQTTASYNC_MAX_BUFFERED_MESSAGES || rc == MQTTASYNC_MAX_MESSAGES_INFLIGHT) {
@@ -105,7 +124,36 @@ constexpr auto kSubscribeWait = std::chrono::seconds(5);
 // Nothing tells us when that thread has left, so stop() gives it this long.
 constexpr auto kTokenCallbackGrace = std::chrono::milliseconds(100);
 
+// Bytes of the MQTT 5 PUBLISH packet Paho sends for this message (no
+// properties): fixed header, remaining length, topic, packet id, property length.
+uint64_t publishPacketBytes(const std::string& topic, size_t payload, int qos) {
+  const uint64_t remaining = 2 + topic.size() + (qos > 0 ? 2 : 0) + 1 + payload;
+  uint64_t length_bytes = 1;
+  for (uint64_t v = remaining; v >= 128; v /= 128) ++length_bytes;
+  return 1 + length_bytes + remaining;
+}
+
+// Paho C frees its global state, its heap bookkeeping included, when its
+// last client is destroyed; after that its free() of memory it allocated
+// before (CONNACK properties in Paho C++ tokens, our connect properties) only
+// logs, and the memory leaks (seen under LeakSanitizer when every client of a
+// test had stopped). One client that is never destroyed keeps that state for
+// the life of the process, as a library's global init would.
+void keepPahoInitialized() {
+  static const MQTTAsync keeper = [] {
+    MQTTAsync handle = nullptr;
+    (void)::MQTTAsync_create(&handle, "tcp://127.0.0.1:1", "bl-paho-keeper",
+                             MQTTCLIENT_PERSISTENCE_NONE, nullptr);
+    return handle;
+  }();
+  (void)keeper;
+}
+
 }  // namespace
+
+const char* takeoverName(ClientOptions::Takeover how) {
+  return how == ClientOptions::Takeover::kBrokerSaidSo ? "session_taken_over" : "repeated_drops";
+}
 
 struct Client::Impl : public ::mqtt::iaction_listener {
   ClientOptions options;
@@ -113,11 +161,17 @@ struct Client::Impl : public ::mqtt::iaction_listener {
   ConnectionHandler on_connection;
 
   // Serializes user handlers against stop(): once `deliver` is false no handler
-  // runs again, and one running has returned.
-  std::mutex handler_mutex;
+  // runs again, and one running has returned. Recursive: a message handler may
+  // publish, and a publish refused on the spot reports from inside it.
+  std::recursive_mutex handler_mutex;
   bool deliver = true;
 
   std::atomic<bool> connected{false};
+  // From the CONNACK (MQTT 5 Maximum Packet Size); 0: the broker set none.
+  std::atomic<uint32_t> broker_max_packet{0};
+  // The reason of the broker's last DISCONNECT (0: none since the last
+  // connect), so the connection-lost log says why instead of `cause:""`.
+  std::atomic<int> broker_disconnect_reason{0};
 
   std::mutex state_mutex;  // subscriptions, stopping
   std::condition_variable state_cv;
@@ -125,7 +179,41 @@ struct Client::Impl : public ::mqtt::iaction_listener {
   bool stopping = false;
   bool started = false;
   bool connection_lost = false;  // the connector makes the next connect
+  // Takeover by a client that the broker does not name (ClientOptions::Takeover):
+  // set when the broker closed a working connection with no reason, cleared
+  // by a failed connect; the times such a drop was followed by a connect
+  // that worked at once.
+  bool unexplained_drop = false;
+  std::vector<std::chrono::steady_clock::time_point> quick_drops;
   std::thread connector;
+
+  // Delivery listener of every publish: the broker's PUBACK reason code.
+  struct PublishListener : ::mqtt::iaction_listener {
+    Impl& impl;
+    explicit PublishListener(Impl& i) : impl(i) {}
+    void on_success(const ::mqtt::token&) override {}
+    void on_failure(const ::mqtt::token& tok) override {
+      CallbackScope scope;
+      // A publish that failed here (the connection went while it was in
+      // flight) is no refusal: the caller's resend covers it.
+      const int code = tok.get_reason_code();
+      if (!isBrokerRefusal(code)) return;
+      const auto* delivery = dynamic_cast<const ::mqtt::delivery_token*>(&tok);
+      const auto msg = delivery != nullptr ? delivery->get_message() : nullptr;
+      impl.publishRefused(msg ? msg->get_topic() : std::string(), code);
+    }
+  };
+  PublishListener publish_listener{*this};
+
+  // Listener of every connect: it runs before Paho's connected handler, so the
+  // broker's limits are known before anyone is told the client is connected.
+  struct ConnectListener : ::mqtt::iaction_listener {
+    Impl& impl;
+    explicit ConnectListener(Impl& i) : impl(i) {}
+    void on_success(const ::mqtt::token& tok) override { impl.rememberBrokerLimits(tok); }
+    void on_failure(const ::mqtt::token&) override {}
+  };
+  ConnectListener connect_listener{*this};
 
   ::mqtt::connect_options connect_options;
   // Declared last: destroyed first, so Paho never calls into freed members.
@@ -136,15 +224,41 @@ struct Client::Impl : public ::mqtt::iaction_listener {
     if (deliver && on_connection) on_connection(up);
   }
 
+  void publishRefused(const std::string& topic, int code) {
+    std::lock_guard lock(handler_mutex);
+    if (deliver && options.on_publish_refused) {
+      options.on_publish_refused(topic, code, ::mqtt::exception::reason_code_str(code));
+    }
+  }
+
   // Resubscription listener (iaction_listener): SUBACK for the whole remembered set.
-  void on_success(const ::mqtt::token&) override {
+  void on_success(const ::mqtt::token& tok) override {
     CallbackScope scope;
+    // MQTT 5 answers several filters in one SUBACK, a code per filter. Paho
+    // throws instead when the first one is refused.
+    std::vector<::mqtt::ReasonCode> codes;
+    try {
+      codes = tok.get_subscribe_response().get_reason_codes();
+    } catch (const ::mqtt::exception& e) {
+      codes = {::mqtt::ReasonCode(e.get_reason_code())};
+    }
+    const auto filters = tok.get_topics();
+    for (size_t i = 0; i < codes.size(); ++i) {
+      if (!isBrokerRefusal(codes[i])) continue;
+      log::error("mqtt_subscribe_refused",
+                 {{"client_id", options.client_id},
+                  {"filter", filters && i < filters->size() ? (*filters)[i] : std::string()},
+                  {"reason", reasonText(codes[i])}});
+    }
     if (connected.load()) callHandler(true);
   }
   void on_failure(const ::mqtt::token& tok) override {
     CallbackScope scope;
-    log::error("mqtt_resubscribe_failed",
-               {{"client_id", options.client_id}, {"rc", tok.get_return_code()}});
+    log::error("mqtt_resubscribe_failed", {{"client_id", options.client_id},
+                                           {"rc", tok.get_return_code()},
+                                           {"reason", isBrokerRefusal(tok.get_reason_code())
+                                                          ? reasonText(tok.get_reason_code())
+                                                          : std::string()}});
     // Publishing still works; the caller's resend timers cover what is missed.
     if (connected.load()) callHandler(true);
   }
@@ -178,13 +292,58 @@ struct Client::Impl : public ::mqtt::iaction_listener {
     }
   }
 
-  void onConnectionLost(const std::string& cause) {
+  // The broker's DISCONNECT (MQTT 5), just before onConnectionLost().
+  void onDisconnected(const ::mqtt::properties& props, ::mqtt::ReasonCode code) {
+    CallbackScope scope;
+    broker_disconnect_reason.store(code);
+    std::string detail;
+    if (props.contains(::mqtt::property::REASON_STRING)) {
+      detail = ::mqtt::get<std::string>(props, ::mqtt::property::REASON_STRING);
+    }
+    log::warn("mqtt_disconnected_by_broker",
+              {{"client_id", options.client_id}, {"reason", reasonText(code)}, {"detail", detail}});
+    if (code == ::mqtt::ReasonCode::SESSION_TAKEN_OVER)
+      takenOver(ClientOptions::Takeover::kBrokerSaidSo);
+  }
+
+  void takenOver(ClientOptions::Takeover how) {
+    std::lock_guard lock(handler_mutex);
+    if (deliver && options.on_session_taken_over) options.on_session_taken_over(how);
+  }
+
+  // After each connect that worked (connector thread).
+  void noteReconnect() {
+    const auto now = std::chrono::steady_clock::now();
+    bool suspect = false;
+    {
+      std::lock_guard lock(state_mutex);
+      if (!unexplained_drop) return;
+      unexplained_drop = false;
+      std::erase_if(quick_drops, [&](auto t) { return now - t > kTakeoverWindow; });
+      quick_drops.push_back(now);
+      if (quick_drops.size() >= static_cast<size_t>(kTakeoverDrops)) {
+        quick_drops.clear();
+        suspect = true;
+      }
+    }
+    if (suspect) takenOver(ClientOptions::Takeover::kRepeatedDrops);
+  }
+
+  void onConnectionLost(const std::string& paho_cause) {
     CallbackScope scope;
     connected.store(false);
+    // Paho gives no cause for a DISCONNECT from the broker; its reason is the cause.
+    const int reason = broker_disconnect_reason.exchange(0);
+    const std::string cause = !paho_cause.empty() ? paho_cause
+                              : reason != 0       ? "broker sent DISCONNECT " + reasonText(reason)
+                                                  : std::string();
     log::warn("mqtt_connection_lost", {{"client_id", options.client_id}, {"cause", cause}});
     {
       std::lock_guard lock(state_mutex);
       connection_lost = true;
+      // A DISCONNECT with a reason explains itself (a takeover it names is
+      // reported already); only a silent close counts towards a suspicion.
+      unexplained_drop = paho_cause.empty() && reason == 0;
     }
     state_cv.notify_all();
     callHandler(false);
@@ -220,6 +379,19 @@ struct Client::Impl : public ::mqtt::iaction_listener {
     }
   }
 
+  void rememberBrokerLimits(const ::mqtt::token& tok) {
+    uint32_t max = 0;
+    try {
+      const auto response = tok.get_connect_response();
+      const auto& props = response.get_properties();
+      if (props.contains(::mqtt::property::MAXIMUM_PACKET_SIZE))
+        max = ::mqtt::get<uint32_t>(props, ::mqtt::property::MAXIMUM_PACKET_SIZE);
+    } catch (const ::mqtt::exception&) {
+      // No CONNACK properties: the broker then sets no limit.
+    }
+    broker_max_packet.store(max);
+  }
+
   // Until connected (or stop()): the URIs in order, then a backoff, then again.
   void connectOnce() {
     auto backoff = options.min_reconnect;
@@ -231,7 +403,12 @@ struct Client::Impl : public ::mqtt::iaction_listener {
           if (stopping) return;
           connection_lost = false;
         }
-        if (connectTo(uri, error)) return;
+        if (connectTo(uri, error)) {
+          noteReconnect();
+          return;
+        }
+        std::lock_guard lock(state_mutex);
+        unexplained_drop = false;  // the broker (or the way to it) was away
       }
       log::warn("mqtt_connect_failed",
                 {{"client_id", options.client_id},
@@ -249,7 +426,7 @@ struct Client::Impl : public ::mqtt::iaction_listener {
     std::string error;
     try {
       connect_options.set_servers(std::make_shared<::mqtt::string_collection>(uri));
-      auto tok = client->connect(connect_options);
+      auto tok = client->connect(connect_options, nullptr, connect_listener);
       const auto budget = kConnectTimeout + std::chrono::seconds(1);
       if (tok->wait_for(budget)) return true;
       error = "timed out";
@@ -273,16 +450,24 @@ Client::Client(ClientOptions options, MessageHandler on_message, ConnectionHandl
   impl_->on_connection = std::move(on_connection);
 
   const ClientOptions& o = impl_->options;
-  // MQTT 3.1.1: Mosquitto 2.0 honours `$share/<group>/...` for it too, and its
-  // clean-session flag is the persistent-session switch we need.
-  ::mqtt::create_options create(MQTTVERSION_3_1_1);
+  keepPahoInitialized();
+  // MQTT 5 on the client and on every connect (Paho refuses a mix).
+  ::mqtt::create_options create(MQTTVERSION_5);
   // nullptr persistence = MQTTCLIENT_PERSISTENCE_NONE: the caller's SQLite is the record of truth.
   impl_->client =
       std::make_unique<::mqtt::async_client>(o.broker_uris.front(), o.client_id, create, nullptr);
 
   auto& co = impl_->connect_options;
-  co.set_mqtt_version(MQTTVERSION_3_1_1);
-  co.set_clean_session(o.clean_session);
+  co.set_mqtt_version(MQTTVERSION_5);
+  // The MQTT 3.1.1 clean-session switch, as MQTT 5 says it: Clean Start, and
+  // how long the broker keeps the session once the connection ends.
+  co.set_clean_start(o.clean_session);
+  const uint32_t expiry = o.clean_session ? 0 : static_cast<uint32_t>(o.session_expiry.count());
+  co.set_properties(::mqtt::properties{
+      // Paho takes four-byte properties as int32_t; the bits are the uint32_t.
+      {::mqtt::property::SESSION_EXPIRY_INTERVAL, static_cast<int32_t>(expiry)},
+      {::mqtt::property::MAXIMUM_PACKET_SIZE, static_cast<int32_t>(o.max_packet_size)},
+  });
   co.set_keep_alive_interval(o.keepalive);
   co.set_connect_timeout(kConnectTimeout);
   // No set_automatic_reconnect: Impl::connectLoop() reconnects (see there).
@@ -316,6 +501,10 @@ Client::Client(ClientOptions options, MessageHandler on_message, ConnectionHandl
     co.set_ssl(std::move(ssl));
   }
   impl_->client->set_connected_handler([impl](const std::string&) { impl->onConnected(); });
+  impl_->client->set_disconnected_handler(
+      [impl](const ::mqtt::properties& props, ::mqtt::ReasonCode code) {
+        impl->onDisconnected(props, code);
+      });
   impl_->client->set_connection_lost_handler(
       [impl](const std::string& cause) { impl->onConnectionLost(cause); });
   impl_->client->set_message_callback(
@@ -365,9 +554,20 @@ Status Client::publish(const std::string& topic, std::string payload, int qos, b
   if (!impl_->connected.load()) {
     return Status::unavailable("publish to `" + topic + "`: not connected to a broker");
   }
+  // Sent, it would make the broker drop the connection (MQTT 5 forbids a
+  // packet past the receiver's Maximum Packet Size), and every resend again.
+  const uint32_t broker_max = impl_->broker_max_packet.load();
+  if (broker_max != 0 && publishPacketBytes(topic, payload.size(), qos) > broker_max) {
+    impl_->publishRefused(topic, ::mqtt::ReasonCode::PACKET_TOO_LARGE);
+    return Status::invalid("publish to `" + topic + "`: " + std::to_string(payload.size()) +
+                           " bytes is past the broker's maximum packet size (" +
+                           std::to_string(broker_max) +
+                           " bytes, its max_packet_size); raise it or lower the batch limits");
+  }
   try {
     auto msg = ::mqtt::make_message(topic, ::mqtt::binary_ref(std::move(payload)), qos, retain);
-    impl_->client->publish(std::move(msg));  // the delivery token is not waited on
+    // Not waited on: the listener hears the broker's PUBACK reason code.
+    impl_->client->publish(std::move(msg), nullptr, impl_->publish_listener);
   } catch (const ::mqtt::exception& e) {
     return fromPaho(e, "publish to `" + topic + "`");
   }

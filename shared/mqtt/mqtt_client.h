@@ -7,12 +7,17 @@
 // truth. Callers keep in flight only what they can re-drive from their own
 // durable state.
 //
-// Protocol: MQTT 3.1.1 (Mosquitto 2.0 honours `$share/<group>/...` with it), no
-// client persistence (MQTTCLIENT_PERSISTENCE_NONE). `ssl://` URIs use mutual TLS
-// (ClientOptions::ca_file, cert_file, key_file).
+// Protocol: MQTT 5 (README "MQTT 5"), so the broker says why it refuses: a
+// publish it will not take comes back as a PUBACK reason code
+// (ClientOptions::on_publish_refused), and a session another client took over
+// as a DISCONNECT reason or, where the broker says nothing, as repeated drops
+// (on_session_taken_over). `$share/<group>/...` filters
+// work as before. No client persistence (MQTTCLIENT_PERSISTENCE_NONE).
+// `ssl://` URIs use mutual TLS (ClientOptions::ca_file, cert_file, key_file).
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -26,7 +31,16 @@ struct ClientOptions {
   // "tcp://127.0.0.1:1883", tried in order, from the first on every (re)connect.
   std::vector<std::string> broker_uris;
   std::string client_id;
+  // true: Clean Start with a Session Expiry Interval of 0, the session ends
+  // with the connection. false: a persistent session (its subscriptions, and
+  // QoS 1 messages for it while away) that the broker keeps for
+  // `session_expiry` after the connection ends.
   bool clean_session = true;
+  std::chrono::seconds session_expiry{std::chrono::hours(24)};
+  // Maximum Packet Size sent on CONNECT: the broker sends this client nothing
+  // larger (it drops such a message for this client). The default carries the
+  // largest batch (limits.max_message_bytes, 16 MiB) with room for its topic.
+  uint32_t max_packet_size = (16u << 20) + (64u << 10);
   std::chrono::seconds keepalive{10};
   std::chrono::milliseconds min_reconnect{250};
   std::chrono::milliseconds max_reconnect{5000};
@@ -50,7 +64,31 @@ struct ClientOptions {
   std::string will_topic;
   std::string will_payload;
   bool will_retain = false;  // the broker keeps it as the topic's retained message
+
+  // What the broker refused. Both run on Paho's network thread (or, for a
+  // publish refused before it is sent, on the publishing thread): they must
+  // not block. Optional.
+  // A QoS 1 publish the broker refused: its PUBACK reason code (>= 0x80, e.g.
+  // 0x87 Not authorized for an ACL refusal) and that code's name. A publish
+  // larger than the broker's Maximum Packet Size is refused here, without
+  // sending it, as 0x95 Packet too large (the broker would drop the link).
+  std::function<void(const std::string& topic, int reason_code, const std::string& reason)>
+      on_publish_refused;
+  // Another client is connected under this client id and the broker keeps
+  // handing the session to whichever connected last (two live copies of one
+  // identity). kBrokerSaidSo: the broker's DISCONNECT said 0x8E Session taken
+  // over (Mosquitto 2.0.15 and later). kRepeatedDrops: brokers that close the
+  // old connection without a word (Mosquitto 2.0.11): the broker closed a
+  // working connection kTakeoverDrops times within kTakeoverWindow and took
+  // the client back at once every time, which a broker restart or a cut line
+  // does not do.
+  enum class Takeover { kBrokerSaidSo, kRepeatedDrops };
+  std::function<void(Takeover)> on_session_taken_over;
 };
+
+inline constexpr int kTakeoverDrops = 3;
+inline constexpr std::chrono::seconds kTakeoverWindow{60};
+const char* takeoverName(ClientOptions::Takeover how);  // "session_taken_over", "repeated_drops"
 
 struct Message {
   std::string topic;
@@ -73,9 +111,15 @@ class Client {
   // Remembered and re-applied after every reconnect. `filter` may be `$share/g/...`.
   // While connected it waits (up to 5 s) for the SUBACK, so a publish right after
   // it is seen; called from a handler it only queues the request (never blocks Paho).
+  // A SUBACK refusal is kPermissionDenied for 0x87 Not authorized, else
+  // kUnavailable, naming the reason code (the filter is still remembered);
+  // on a reconnect it is logged as mqtt_subscribe_refused.
   Status subscribe(const std::string& filter, int qos = 1);
-  // Queues a publish without blocking. kUnavailable while disconnected (nothing queued).
-  // `retain`: the broker keeps it and hands it to every later subscriber.
+  // Queues a publish without blocking. kUnavailable while disconnected (nothing
+  // queued); kInvalidArgument for a message past the broker's Maximum Packet
+  // Size (also reported to on_publish_refused). A refusal by the broker comes
+  // later, to on_publish_refused. `retain`: the broker keeps it and hands it to
+  // every later subscriber.
   Status publish(const std::string& topic, std::string payload, int qos = 1, bool retain = false);
   bool connected() const;
   void stop();

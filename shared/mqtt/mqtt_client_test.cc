@@ -274,5 +274,208 @@ TEST_F(MqttClientTest, StopIsPromptAndSilencesHandlers) {
   EXPECT_EQ(after_stop.load(), 0);
 }
 
+// What the broker refused or ended, as the client reports it (from Paho's thread).
+struct Refusals {
+  struct Refusal {
+    std::string topic;
+    int code;
+    std::string reason;
+  };
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<Refusal> refused;
+  int takeovers = 0;
+
+  void attach(ClientOptions& o) {
+    o.on_publish_refused = [this](const std::string& topic, int code, const std::string& reason) {
+      std::lock_guard lock(mu);
+      refused.push_back({topic, code, reason});
+      cv.notify_all();
+    };
+    o.on_session_taken_over = [this](ClientOptions::Takeover) {
+      std::lock_guard lock(mu);
+      ++takeovers;
+      cv.notify_all();
+    };
+  }
+  template <typename Pred>
+  bool waitFor(Pred pred, std::chrono::milliseconds timeout = 10s) {
+    std::unique_lock lock(mu);
+    return cv.wait_for(lock, timeout, [&] { return pred(); });
+  }
+};
+
+bool hasPayload(Inbox& box, const std::string& payload) {
+  for (auto& m : box.messages)
+    if (m.payload == payload) return true;
+  return false;
+}
+
+// The broker's own log says which protocol each client spoke: `p5` is MQTT 5
+// (`p2` would be 3.1.1), `c1`/`c0` its Clean Start flag.
+TEST_F(MqttClientTest, ConnectsWithMqtt5AndCleanStartFromCleanSession) {
+  Inbox clean_box, persistent_box;
+  auto clean = connectedClient("clean-one", clean_box);
+  ClientOptions o = options("persistent-one");
+  o.clean_session = false;
+  Client persistent(o, persistent_box.messageHandler(), persistent_box.connectionHandler());
+  ASSERT_TRUE(persistent.start().isOk());
+  ASSERT_TRUE(persistent_box.waitFor([&] { return persistent_box.ups >= 1; }));
+  const std::string log = broker_.log();
+  EXPECT_NE(log.find("as clean-one (p5, c1"), std::string::npos) << log;
+  EXPECT_NE(log.find("as persistent-one (p5, c0"), std::string::npos) << log;
+}
+
+// A persistent session keeps its subscription (and what arrives for it) while
+// the client is away, for session_expiry and no longer.
+TEST_F(MqttClientTest, PersistentSessionLastsForItsExpiry) {
+  Inbox pub_box;
+  auto pub = connectedClient("expiry-pub", pub_box);
+  auto away_and_back = [&](const std::string& id, std::chrono::seconds expiry,
+                           std::chrono::milliseconds away, const std::string& payload) {
+    ClientOptions o = options(id);
+    o.clean_session = false;
+    o.session_expiry = expiry;
+    {
+      Inbox first;
+      Client c(o, first.messageHandler(), first.connectionHandler());
+      EXPECT_TRUE(c.start().isOk());
+      EXPECT_TRUE(first.waitFor([&] { return first.ups >= 1; }));
+      EXPECT_TRUE(c.subscribe("expiry/" + id, 1).isOk());
+    }  // disconnects
+    std::this_thread::sleep_for(away);
+    EXPECT_TRUE(pub->publish("expiry/" + id, payload, 1).isOk());
+    auto second = std::make_unique<Inbox>();
+    Client c(o, second->messageHandler(), second->connectionHandler());
+    EXPECT_TRUE(c.start().isOk());  // no subscribe: only the kept session can deliver
+    const bool got = second->waitFor([&] { return hasPayload(*second, payload); }, 3s);
+    c.stop();
+    return got;
+  };
+  EXPECT_TRUE(away_and_back("kept", 60s, 0ms, "while away")) << "session not kept";
+  // Mosquitto expires sessions on a once-a-second sweep: 1 s of expiry is gone after 3.
+  EXPECT_FALSE(away_and_back("expired", 1s, 3000ms, "after expiry")) << "session outlived 1 s";
+}
+
+// A broker each test configures first, and one client of it whose refusals are recorded.
+class MqttBrokerRefusalTest : public ::testing::Test {
+ protected:
+  // Starts `broker` and connects `client` (reporting into `refusals` and `box`).
+  void connect(const std::string& id) {
+    ASSERT_TRUE(broker.start()) << broker.error();
+    ClientOptions o;
+    o.broker_uris = {broker.uri()};
+    o.client_id = id;
+    refusals.attach(o);
+    client = std::make_unique<Client>(o, box.messageHandler(), box.connectionHandler());
+    ASSERT_TRUE(client->start().isOk());
+    ASSERT_TRUE(box.waitFor([&] { return box.ups >= 1; }));
+  }
+
+  MosquittoProcess broker;
+  Refusals refusals;
+  Inbox box;
+  std::unique_ptr<Client> client;  // declared last: stopped before the rest goes
+};
+
+// Mosquitto 2.0 answers an MQTT 5 publish its ACL denies with PUBACK 0x87;
+// the client hands that to on_publish_refused and stays connected.
+TEST_F(MqttBrokerRefusalTest, PublishRefusedByTheAclIsReported) {
+  broker.useAnonymousAcl("topic readwrite allowed/#\n");
+  ASSERT_NO_FATAL_FAILURE(connect("acl-pub"));
+  Client& c = *client;
+  ASSERT_TRUE(c.subscribe("allowed/#", 1).isOk());
+  ASSERT_TRUE(c.publish("denied/x", "refused", 1).isOk()) << "publish itself never blocks";
+  ASSERT_TRUE(c.publish("allowed/y", "taken", 1).isOk());
+  ASSERT_TRUE(refusals.waitFor([&] { return !refusals.refused.empty(); }))
+      << "no refusal reported; broker log:\n"
+      << broker.log();
+  ASSERT_TRUE(box.waitFor([&] { return hasPayload(box, "taken"); }));
+  {
+    std::lock_guard lock(refusals.mu);
+    ASSERT_EQ(refusals.refused.size(), 1u) << "only the denied topic is refused";
+    EXPECT_EQ(refusals.refused[0].topic, "denied/x");
+    EXPECT_EQ(refusals.refused[0].code, 0x87);
+    EXPECT_EQ(refusals.refused[0].reason, "Not authorized");
+  }
+  EXPECT_TRUE(c.connected());
+}
+
+// Past the broker's max_packet_size (sent in its CONNACK) a publish is refused
+// at once, as 0x95, instead of making the broker drop the connection.
+TEST_F(MqttBrokerRefusalTest, PublishPastTheBrokersMaximumPacketSizeIsRefused) {
+  broker.addConfig("max_packet_size 10000\n");
+  ASSERT_NO_FATAL_FAILURE(connect("big-pub"));
+  Client& c = *client;
+  ASSERT_TRUE(c.subscribe("size/t", 1).isOk());
+  Status s = c.publish("size/t", std::string(20000, 'x'), 1);
+  EXPECT_EQ(s.code(), Code::kInvalidArgument) << s.toString();
+  EXPECT_NE(s.message().find("maximum packet size (10000"), std::string::npos) << s.message();
+  {
+    std::lock_guard lock(refusals.mu);
+    ASSERT_EQ(refusals.refused.size(), 1u);
+    EXPECT_EQ(refusals.refused[0].topic, "size/t");
+    EXPECT_EQ(refusals.refused[0].code, 0x95);
+  }
+  ASSERT_TRUE(c.publish("size/t", std::string(9000, 'y'), 1).isOk()) << "under the limit";
+  EXPECT_TRUE(box.waitFor([&] { return !box.messages.empty(); }));
+  EXPECT_EQ(box.ups, 1) << "the connection was never dropped";
+}
+
+// The client's own Maximum Packet Size: the broker sends it nothing larger.
+TEST_F(MqttClientTest, BrokerSendsNothingPastTheClientsMaximumPacketSize) {
+  ClientOptions o = options("small-sub");
+  o.max_packet_size = 2000;
+  Inbox sub_box, pub_box;
+  Client sub(o, sub_box.messageHandler(), sub_box.connectionHandler());
+  ASSERT_TRUE(sub.start().isOk());
+  ASSERT_TRUE(sub_box.waitFor([&] { return sub_box.ups >= 1; }));
+  ASSERT_TRUE(sub.subscribe("mps/t", 1).isOk());
+  auto pub = connectedClient("big-sender", pub_box);
+  ASSERT_TRUE(pub->publish("mps/t", std::string(5000, 'b'), 1).isOk());
+  ASSERT_TRUE(pub->publish("mps/t", "small", 1).isOk());
+  // In order on one connection: once "small" is in, the big one was dropped.
+  ASSERT_TRUE(sub_box.waitFor([&] { return hasPayload(sub_box, "small"); }));
+  std::lock_guard lock(sub_box.mu);
+  ASSERT_EQ(sub_box.messages.size(), 1u)
+      << "got " << sub_box.messages[0].payload.size() << " bytes";
+  EXPECT_EQ(sub_box.downs, 0);
+}
+
+// Two live clients under one client id (a cloned config): each connect takes
+// the session over. Mosquitto 2.0.11 closes the old connection without the
+// DISCONNECT 0x8E that 2.0.15 sends, so here both clients find out from the
+// broker dropping them again and again while it takes them back at once.
+TEST_F(MqttClientTest, SessionTakenOverByTheSameClientIdIsReported) {
+  ClientOptions o = options("twin");
+  Refusals first_events, second_events;
+  ClientOptions o1 = o, o2 = o;
+  first_events.attach(o1);
+  second_events.attach(o2);
+  Inbox first_box, second_box;
+  Client first(o1, first_box.messageHandler(), first_box.connectionHandler());
+  ASSERT_TRUE(first.start().isOk());
+  ASSERT_TRUE(first_box.waitFor([&] { return first_box.ups >= 1; }));
+  Client second(o2, second_box.messageHandler(), second_box.connectionHandler());
+  ASSERT_TRUE(second.start().isOk());
+  EXPECT_TRUE(first_events.waitFor([&] { return first_events.takeovers >= 1; }, 30s))
+      << "broker log:\n"
+      << broker_.log();
+  // The first reconnects and throws the second out in turn.
+  EXPECT_TRUE(second_events.waitFor([&] { return second_events.takeovers >= 1; }, 30s));
+  second.stop();
+  first.stop();
+  // A client alone under its id is never told its session was taken.
+  Refusals alone_events;
+  ClientOptions o3 = options("single");
+  alone_events.attach(o3);
+  Inbox alone_box;
+  Client alone(o3, alone_box.messageHandler(), alone_box.connectionHandler());
+  ASSERT_TRUE(alone.start().isOk());
+  ASSERT_TRUE(alone_box.waitFor([&] { return alone_box.ups >= 1; }));
+  alone.stop();
+  EXPECT_EQ(alone_events.takeovers, 0);
+}
+
 }  // namespace
 }  // namespace branchline::mqtt

@@ -13,6 +13,11 @@
 // user name and client id, refuses anonymous clients and enforces the access
 // policy (pki::mosquittoDynamicSecurity()), and uri() is ssl://127.0.0.1:<port>.
 // The broker limits are those `branchline up` writes (pki::mosquittoLimits()).
+//
+// Anonymous + ACL mode: useAnonymousAcl(text) before start() keeps plain TCP and
+// anonymous clients but enforces the ACL text's anonymous rules (the `topic`
+// lines before any `user` line). addConfig(lines) appends broker settings
+// (e.g. "max_packet_size 10000\n"), after the limits, so they override them.
 #pragma once
 
 #include <arpa/inet.h>
@@ -29,6 +34,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <thread>
 
@@ -71,10 +77,18 @@ class MosquittoProcess {
       conf << pki::mosquittoTlsSettings(tls_files_);
     } else {
       conf << "allow_anonymous true\n";
+      if (!anonymous_acl_.empty()) {
+        std::ofstream acl(dir_ / "acl", std::ios::trunc);
+        acl << anonymous_acl_;
+        acl.close();
+        if (!acl) return fail("cannot write the acl file");
+        conf << "acl_file " << (dir_ / "acl").string() << "\n";
+      }
     }
     conf << "persistence true\n"
          << "persistence_location " << dir_.string() << "/\n"
-         << pki::mosquittoLimits() << "log_dest file " << dir_.string() << "/mosquitto.log\n";
+         << pki::mosquittoLimits() << extra_config_ << "log_dest file " << dir_.string()
+         << "/mosquitto.log\n";
     // Run as whoever we are: as root Mosquitto would otherwise switch to the
     // `mosquitto` user, which cannot write our private dir.
     if (const passwd* pw = ::getpwuid(::geteuid()); pw != nullptr)
@@ -131,6 +145,16 @@ class MosquittoProcess {
   }
   // The broker's process id (0 when it is not running), e.g. for its memory use.
   pid_t pid() const { return pid_ > 0 ? pid_ : 0; }
+
+  // Before start(): plain TCP, anonymous clients confined by this ACL text.
+  void useAnonymousAcl(std::string acl_text) { anonymous_acl_ = std::move(acl_text); }
+  // Before start(): more mosquitto.conf lines, each ending in a newline.
+  void addConfig(const std::string& lines) { extra_config_ += lines; }
+  // The broker's log so far (connects, refusals, disconnects).
+  std::string log() const {
+    std::ifstream in(dir_ / "mosquitto.log");
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
 
   // Before start(): listen on this port instead of a free one (e.g. a port a
   // client was told about before the broker existed).
@@ -212,6 +236,8 @@ class MosquittoProcess {
   bool tls_ = false;
   pki::BrokerTlsFiles tls_files_;
   std::string policy_text_;
+  std::string anonymous_acl_;
+  std::string extra_config_;
   uint16_t port_ = 0;
   pid_t pid_ = -1;
   std::string error_;

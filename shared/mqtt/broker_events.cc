@@ -1,0 +1,93 @@
+#include "shared/mqtt/broker_events.h"
+
+#include <cctype>
+#include <cstdio>
+
+#include "shared/core/clock.h"
+#include "shared/core/log.h"
+
+namespace branchline::mqtt {
+
+std::string reasonLabel(const std::string& reason) {
+  std::string label;
+  for (char c : reason) {
+    const auto u = static_cast<unsigned char>(c);
+    label += std::isalnum(u) ? static_cast<char>(std::tolower(u)) : '_';
+  }
+  return label.empty() ? "unknown" : label;
+}
+
+BrokerEvents::BrokerEvents(MetricsRegistry& metrics, const std::string& metric_prefix,
+                           std::string client_id, std::chrono::seconds recent)
+    : refused_(metrics.labeledCounter(
+          metric_prefix + "_publish_refused_total",
+          "Publishes the broker refused (MQTT 5 PUBACK reason code), by reason", "reason")),
+      duplicate_identity_(metrics.counter(
+          metric_prefix + "_duplicate_identity_total",
+          "Times another live client under this client id took the broker session over")),
+      client_id_(std::move(client_id)),
+      recent_(recent) {}
+
+void BrokerEvents::attach(ClientOptions& options) {
+  options.on_publish_refused = [this, before = std::move(options.on_publish_refused)](
+                                   const std::string& topic, int code, const std::string& reason) {
+    if (before) before(topic, code, reason);
+    publishRefused(topic, code, reason);
+  };
+  options.on_session_taken_over =
+      [this, before = std::move(options.on_session_taken_over)](ClientOptions::Takeover how) {
+        if (before) before(how);
+        sessionTakenOver(how);
+      };
+}
+
+void BrokerEvents::publishRefused(const std::string& topic, int code, const std::string& reason) {
+  refused_.with(reasonLabel(reason)).inc();
+  log::warn(
+      "publish_refused",
+      {{"client_id", client_id_}, {"topic", topic}, {"reason_code", code}, {"reason", reason}});
+  std::lock_guard lock(mutex_);
+  last_refusal_ = Refusal{topic, code, reason, nowMicros()};
+}
+
+void BrokerEvents::sessionTakenOver(ClientOptions::Takeover how) {
+  duplicate_identity_.inc();
+  uint64_t n;
+  {
+    std::lock_guard lock(mutex_);
+    last_takeover_ = std::chrono::steady_clock::now();
+    n = ++takeovers_;
+  }
+  log::error("duplicate_identity",
+             {{"client_id", client_id_},
+              {"evidence", takeoverName(how)},
+              {"takeovers", n},
+              {"fix",
+               "another live process connects with this identity (a copied config or "
+               "VM?); stop it, or give it its own id and certificate"}});
+}
+
+BrokerEvents::Health BrokerEvents::health() const {
+  std::lock_guard lock(mutex_);
+  Health h;
+  const auto now = std::chrono::steady_clock::now();
+  const bool duplicate = last_takeover_ && now - *last_takeover_ <= recent_;
+  h.json_fields = std::string(",\"duplicate_identity\":") + (duplicate ? "true" : "false");
+  h.degraded = duplicate;
+  if (last_refusal_) {
+    const Refusal& r = *last_refusal_;
+    h.json_fields += ",\"last_publish_refused\":{\"reason\":";
+    log::appendJsonString(h.json_fields, r.reason);
+    h.json_fields += ",\"code\":" + std::to_string(r.code) + ",\"topic\":";
+    log::appendJsonString(h.json_fields, r.topic);
+    h.json_fields += ",\"at\":";
+    log::appendJsonString(h.json_fields, formatRfc3339Micros(r.at_us));
+    h.json_fields += "}";
+    h.degraded =
+        h.degraded || nowMicros() - r.at_us <=
+                          std::chrono::duration_cast<std::chrono::microseconds>(recent_).count();
+  }
+  return h;
+}
+
+}  // namespace branchline::mqtt
