@@ -95,6 +95,12 @@ TEST_F(BrokerTrustTest, AnotherCertificateCannotTakeOverAnAgentOrAggregatorClien
   ASSERT_TRUE(pipeline_->kill9("agent-2").isOk());
   const std::string agent1_metrics = pipeline_->member("agent-1")->url + "/metrics";
   const std::string aggregator_id = "agg-1-" + std::to_string(pipeline_->process("agg-1")->pid());
+  // Ready (/healthz) comes before the first MQTT connect: start from a connected agent.
+  const auto connect_deadline = std::chrono::steady_clock::now() + 20s;
+  while (scrapeMetric(pipeline_->member("agent-1")->url, "bl_agent_mqtt_connected") != 1 &&
+         std::chrono::steady_clock::now() < connect_deadline) {
+    std::this_thread::sleep_for(50ms);
+  }
   std::atomic<bool> attacking{true};
   std::atomic<int> takeovers{0};
   std::thread attacker([&] {
