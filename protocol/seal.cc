@@ -21,6 +21,7 @@
 #include "protocol/ack_auth.h"
 #include "protocol/envelope.h"
 #include "shared/core/clock.h"
+#include "shared/core/log.h"
 
 namespace branchline::protocol {
 namespace {
@@ -404,13 +405,6 @@ bool validAgentId(std::string_view id) {
   return true;
 }
 
-std::string printable(std::string_view s) {  // for hostile header text in messages
-  std::string out;
-  for (char c : s.substr(0, 80)) out.push_back(c >= 0x20 && c < 0x7f ? c : '?');
-  if (s.size() > 80) out += "...";
-  return out;
-}
-
 }  // namespace
 
 SealKeyPair::~SealKeyPair() { zeroize(private_key.data(), private_key.size()); }
@@ -618,9 +612,9 @@ Result<WireBatch> openClassified(std::string_view payload, const DecodeLimits& l
   if (parts.cipher == envelope::Cipher::kNone) {
     if (options.require_sealed) {
       failure = OpenFailure::kNotSealed;
-      return Status::invalid("batch is not sealed (agent `" + printable(parts.agent_id) +
-                             "` batch " + std::to_string(parts.batch_seq) +
-                             "), and this aggregator requires sealed batches");
+      return Status::invalid(
+          "batch is not sealed (agent `" + log::printableExcerpt(parts.agent_id) + "` batch " +
+          std::to_string(parts.batch_seq) + "), and this aggregator requires sealed batches");
     }
     auto raw = envelope::inflate(parts, parts.body, limits);
     if (!raw) return raw.status();
@@ -628,7 +622,7 @@ Result<WireBatch> openClassified(std::string_view payload, const DecodeLimits& l
   }
   BL_RETURN_IF_ERROR(envelope::checkDeclaredSize(parts, limits));
   if (!validAgentId(parts.agent_id)) {
-    return Status::invalid("envelope agent id `" + printable(parts.agent_id) +
+    return Status::invalid("envelope agent id `" + log::printableExcerpt(parts.agent_id) +
                            "` is not [A-Za-z0-9_-]{1,64}");
   }
   const std::string& agent = parts.agent_id;
@@ -639,7 +633,8 @@ Result<WireBatch> openClassified(std::string_view payload, const DecodeLimits& l
   auto entry = options.ring->by_key_id.find(parts.key_id);
   if (entry == options.ring->by_key_id.end()) {
     failure = OpenFailure::kUnknownKey;
-    return Status::invalid("unknown aggregator key id `" + printable(parts.key_id) + "`");
+    return Status::invalid("unknown aggregator key id `" + log::printableExcerpt(parts.key_id) +
+                           "`");
   }
   const int64_t now = options.now_us != 0 ? options.now_us : nowMicros();
   if (now >= entry->second.honoured_until_us) {

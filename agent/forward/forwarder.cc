@@ -41,14 +41,6 @@ constexpr int kMaxAnnouncementChecksPerSecond = 20;
 // one resend of everything in flight per this interval (later ones coalesce).
 constexpr milliseconds kAnnouncementResendInterval{1000};
 
-// Identifiers from an unauthenticated ack go into logs: keep them short and printable.
-std::string printable(std::string_view s) {
-  std::string out;
-  for (char c : s.substr(0, 64)) out.push_back(c >= 0x20 && c < 0x7f ? c : '?');
-  if (s.size() > 64) out += "...";
-  return out;
-}
-
 protocol::WireBatch toWire(const std::string& agent_id, PendingBatch&& batch) {
   protocol::WireBatch wire;
   wire.agent_id = agent_id;
@@ -301,7 +293,7 @@ struct Forwarder::Impl {
   // Unknown seqs are routine (the second ack of a resend): counted, logged quietly.
   void refuseAck(const char* reason, const protocol::WireAck& ack, bool loud = true) {
     acks_refused.with(reason).inc();
-    const std::string aggregator = printable(ack.aggregator);
+    const std::string aggregator = log::printableExcerpt(ack.aggregator, 64);
     log::write(loud ? log::Level::kWarn : log::Level::kDebug, "ack_refused",
                {{"seq", ack.batch_seq},
                 {"reason", reason},
@@ -330,7 +322,7 @@ struct Forwarder::Impl {
     if (ack->agent_id != options.agent_id) {
       acks_refused.with("forged").inc();
       log::warn("ack_for_other_agent",
-                {{"agent", printable(ack->agent_id)}, {"seq", ack->batch_seq}});
+                {{"agent", log::printableExcerpt(ack->agent_id, 64)}, {"seq", ack->batch_seq}});
       return;
     }
     // Sealing on: only an ack tagged with the key this agent shares with the
@@ -358,8 +350,8 @@ struct Forwarder::Impl {
     if (ack->status == protocol::AckStatus::kRefused) {
       refused.inc();
       log::warn("batch_refused", {{"seq", seq},
-                                  {"aggregator", printable(ack->aggregator)},
-                                  {"reason", printable(ack->message)}});
+                                  {"aggregator", log::printableExcerpt(ack->aggregator, 64)},
+                                  {"reason", log::printableExcerpt(ack->message, 64)}});
       if (it != in_flight.end()) {
         it->second.due = Clock::now() + options.ack_timeout;
         it->second.due_why = "refused";
@@ -387,7 +379,7 @@ struct Forwarder::Impl {
 
   void refuseAnnouncement(const char* reason, std::string_view aggregator, std::string_view why) {
     announcements_refused.with(reason).inc();
-    const std::string name = printable(aggregator);
+    const std::string name = log::printableExcerpt(aggregator, 64);
     log::warn("announcement_refused", {{"reason", reason}, {"aggregator", name}, {"why", why}});
   }
 

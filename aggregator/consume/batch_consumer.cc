@@ -30,19 +30,6 @@ bool validAgentId(std::string_view id) {
   });
 }
 
-// Identifiers from hostile input go into audit rows and logs: keep them short
-// and printable.
-std::string printable(std::string_view s, size_t max = 80) {
-  std::string out;
-  out.reserve(std::min(s.size(), max) + 3);
-  for (size_t i = 0; i < s.size() && i < max; ++i) {
-    unsigned char c = static_cast<unsigned char>(s[i]);
-    out.push_back(c >= 0x20 && c < 0x7f ? static_cast<char>(c) : '?');
-  }
-  if (s.size() > max) out += "...";
-  return out;
-}
-
 // The metric label of a refused batch: protocol's label, made finer for the
 // input limits (README "Input limits") so each bound shows under its own name.
 const char* refusalLabel(protocol::OpenFailure failure, std::string_view message) {
@@ -370,8 +357,8 @@ struct BatchConsumer::Impl {
     std::string agent = agentFromTopic(q.topic, options.topic_prefix);
     if (agent.empty()) {
       refusals.push_back({"", std::nullopt, "bad_topic",
-                          "topic `" + printable(q.topic) + "` is not " + options.topic_prefix +
-                              "/agents/<agent-id>/batch"});
+                          "topic `" + log::printableExcerpt(q.topic) + "` is not " +
+                              options.topic_prefix + "/agents/<agent-id>/batch"});
       return;
     }
     if (q.oversize) {
@@ -399,7 +386,7 @@ struct BatchConsumer::Impl {
       // claiming another agent is forged or misrouted and stored nowhere.
       refusals.push_back({agent, std::nullopt, "agent_mismatch",
                           "topic names agent `" + agent + "` but the batch claims `" +
-                              printable(decoded->agent_id, 64) + "` batch " +
+                              log::printableExcerpt(decoded->agent_id, 64) + "` batch " +
                               std::to_string(decoded->seq)});
       return;
     }

@@ -35,10 +35,23 @@ struct Field {
 void init(std::string_view component, Level min_level = Level::kInfo);
 
 void write(Level level, std::string_view event, std::initializer_list<Field> fields = {});
-inline void debug(std::string_view e, std::initializer_list<Field> f = {}) { write(Level::kDebug, e, f); }
-inline void info(std::string_view e, std::initializer_list<Field> f = {}) { write(Level::kInfo, e, f); }
-inline void warn(std::string_view e, std::initializer_list<Field> f = {}) { write(Level::kWarn, e, f); }
-inline void error(std::string_view e, std::initializer_list<Field> f = {}) { write(Level::kError, e, f); }
+inline void debug(std::string_view e, std::initializer_list<Field> f = {}) {
+  write(Level::kDebug, e, f);
+}
+inline void info(std::string_view e, std::initializer_list<Field> f = {}) {
+  write(Level::kInfo, e, f);
+}
+inline void warn(std::string_view e, std::initializer_list<Field> f = {}) {
+  write(Level::kWarn, e, f);
+}
+inline void error(std::string_view e, std::initializer_list<Field> f = {}) {
+  write(Level::kError, e, f);
+}
+
+// Text from hostile input (ids, topics, header fields) for a log line or an
+// error message: at most `max` bytes, anything but printable ASCII as `?`,
+// and "..." when it was cut.
+std::string printableExcerpt(std::string_view s, size_t max = 80);
 
 // Appends `s` to `out` as a JSON string literal (quotes and escapes included).
 void appendJsonString(std::string& out, std::string_view s);
