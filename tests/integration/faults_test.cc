@@ -1,5 +1,6 @@
 // Real faults under load: kill -9 of an agent (then restarted by hand), kill -9
-// of one aggregator (the other carries on alone), and a broker restart. In each
+// of one aggregator (the other carries on alone), a broker restart, and a
+// broker killed again and again. In each
 // case every record the agents accepted reaches the store exactly once.
 #include <gtest/gtest.h>
 
@@ -73,6 +74,21 @@ TEST_F(FaultsTest, BrokerRestartLosesNothing) {
     std::this_thread::sleep_for(milliseconds(1000));
     Status s = pipeline_->restart("mosquitto");
     ASSERT_TRUE(s.isOk()) << s.toString();
+  });
+}
+
+// A broker that dies again and again under load (kill -9 each time, restored
+// from its last autosave): sessions come back half-remembered each time.
+TEST_F(FaultsTest, BrokerKilledRepeatedlyLosesNothing) {
+  ASSERT_NO_FATAL_FAILURE(startPipeline(2, 2, {{"batch.ack_timeout_ms", "2000"}}));
+  runWithFault(60000, 8000, milliseconds(1000), [this] {
+    for (int i = 0; i < 4; ++i) {
+      ASSERT_TRUE(pipeline_->kill9("mosquitto").isOk());
+      std::this_thread::sleep_for(milliseconds(300 + 200 * i));
+      Status s = pipeline_->restart("mosquitto");
+      ASSERT_TRUE(s.isOk()) << s.toString();
+      std::this_thread::sleep_for(milliseconds(700));
+    }
   });
 }
 

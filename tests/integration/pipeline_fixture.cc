@@ -6,7 +6,11 @@
 
 #include <boost/json.hpp>
 #include <chrono>
+#include <deque>
 #include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
 #include <thread>
 
 #include "cli/loadgen/record_generator.h"
@@ -28,6 +32,40 @@ struct Db {
   }
   ~Db() { sqlite3_close(db); }
 };
+
+// CI keeps no pipeline directory: on a failure, each process log's warnings
+// and errors (counted by event, then the last few) go to stderr instead.
+void reportLogsOnFailure(const std::string& dir) {
+  std::error_code ec;
+  for (auto it = std::filesystem::recursive_directory_iterator(dir, ec);
+       it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+    if (ec) return;
+    if (!it->is_regular_file() || it->path().extension() != ".log") continue;
+    std::ifstream in(it->path());
+    std::map<std::string, int> by_event;
+    std::deque<std::string> last;
+    std::string line;
+    while (std::getline(in, line)) {
+      const bool notable = line.find("\"level\":\"warn") != std::string::npos ||
+                           line.find("\"level\":\"error") != std::string::npos ||
+                           line.find("Error") != std::string::npos ||
+                           line.find("Warning") != std::string::npos;
+      if (!notable) continue;
+      const size_t at = line.find("\"event\":\"");
+      const std::string event = at == std::string::npos
+                                    ? "(other)"
+                                    : line.substr(at + 9, line.find('"', at + 9) - (at + 9));
+      ++by_event[event];
+      last.push_back(line.substr(0, 400));
+      if (last.size() > 12) last.pop_front();
+    }
+    if (by_event.empty()) continue;
+    std::fprintf(stderr, "--- %s: warnings and errors by event:", it->path().filename().c_str());
+    for (const auto& [event, n] : by_event) std::fprintf(stderr, " %s=%d", event.c_str(), n);
+    std::fprintf(stderr, "\n");
+    for (const auto& l : last) std::fprintf(stderr, "    %s\n", l.c_str());
+  }
+}
 
 }  // namespace
 
@@ -134,12 +172,44 @@ std::map<std::string, StoredRecord> readRecords(const std::string& db_path) {
   return out;
 }
 
+// On a failure, what each live process says about itself: /healthz and the
+// metrics that tell a stall from a loss (connection, window, refusals).
+void PipelineTest::reportProcessStates() const {
+  if (!pipeline_) return;
+  auto urls = pipeline_->agentUrls();
+  for (const auto& u : pipeline_->aggregatorUrls()) urls.push_back(u);
+  for (const auto& url : urls) {
+    auto h = cli::httpGet(url + "/healthz", std::chrono::milliseconds(2000));
+    std::fprintf(stderr, "--- %s/healthz: %s\n", url.c_str(),
+                 h.isOk() ? h->body.substr(0, 600).c_str() : h.status().toString().c_str());
+    auto m = cli::httpGet(url + "/metrics", std::chrono::milliseconds(2000));
+    if (!m.isOk()) continue;
+    std::istringstream lines(m->body);
+    std::string line;
+    while (std::getline(lines, line)) {
+      if (line.empty() || line[0] == '#') continue;
+      for (const char* key : {"connected", "in_flight", "buffer_records", "refused", "dropped",
+                              "resent", "published", "acks", "stored_total", "queue_bytes"}) {
+        if (line.find(key) != std::string::npos) {
+          std::fprintf(stderr, "    %s\n", line.c_str());
+          break;
+        }
+      }
+    }
+  }
+}
+
 void PipelineTest::TearDown() {
+  if (HasFailure()) reportProcessStates();
   if (pipeline_) pipeline_->stop();
   pipeline_.reset();
   postgres_.reset();
-  if (!dir_.empty() && !HasFailure()) std::filesystem::remove_all(dir_);
-  if (HasFailure()) std::fprintf(stderr, "pipeline dir kept for inspection: %s\n", dir_.c_str());
+  const bool keep = HasFailure() || std::getenv("BRANCHLINE_KEEP_TEST_DIR") != nullptr;
+  if (!dir_.empty() && !keep) std::filesystem::remove_all(dir_);
+  if (HasFailure() && !dir_.empty()) {
+    reportLogsOnFailure(dir_);
+    std::fprintf(stderr, "pipeline dir kept for inspection: %s\n", dir_.c_str());
+  }
 }
 
 void PipelineTest::startPipeline(int agents, int aggregators,

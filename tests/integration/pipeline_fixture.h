@@ -47,6 +47,7 @@ std::map<std::string, StoredRecord> readRecords(const std::string& store);
 class PipelineTest : public ::testing::Test {
  protected:
   void TearDown() override;
+  void reportProcessStates() const;
 
   // Starts a pipeline with `agents` agents and `aggregators` aggregators.
   void startPipeline(int agents, int aggregators,
