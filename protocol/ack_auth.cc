@@ -11,6 +11,7 @@ namespace {
 
 constexpr std::string_view kKeyInfo = "branchline ack key v1";
 constexpr std::string_view kTagDomain = "branchline ack tag v1";
+constexpr std::string_view kStatusTagDomain = "branchline agent status tag v1";
 constexpr size_t kTagSize = 32;
 
 void putU64(std::string& s, uint64_t v) {
@@ -38,6 +39,35 @@ std::string tagInput(const WireAck& ack, std::string_view key_id) {
   putBytes(m, ack.message);
   putBytes(m, key_id);
   return m;
+}
+
+std::string statusTagInput(const WireAgentStatus& s, std::string_view key_id) {
+  std::string m;
+  putBytes(m, kStatusTagDomain);
+  putU64(m, s.format_version);
+  putBytes(m, s.agent_id);
+  putU64(m, static_cast<uint64_t>(s.sent_at_us));
+  putU64(m, s.events.size());
+  for (const WireAgentEvent& e : s.events) {
+    putBytes(m, e.kind);
+    putU64(m, static_cast<uint64_t>(e.at_us));
+    putBytes(m, e.detail);
+  }
+  putBytes(m, key_id);
+  return m;
+}
+
+std::string hmac(const AckKey& key, const std::string& input);
+
+AckCheck checkTag(const AckKey& key, std::string_view key_id, std::string_view tag,
+                  const std::string& input) {
+  if (tag.size() != kTagSize || key_id != key.key_id) return AckCheck::kUnauthenticated;
+  const std::string expected = hmac(key, input);
+  unsigned char diff = 0;
+  for (size_t i = 0; i < kTagSize; ++i) {
+    diff |= static_cast<unsigned char>(expected[i] ^ tag[i]);
+  }
+  return diff == 0 ? AckCheck::kAuthentic : AckCheck::kBadTag;
 }
 
 std::string hmac(const AckKey& key, const std::string& input) {
@@ -97,13 +127,16 @@ void signAck(const AckKey& key, WireAck& ack) {
 }
 
 AckCheck checkAck(const AckKey& key, const WireAck& ack) {
-  if (ack.tag.size() != kTagSize || ack.key_id != key.key_id) return AckCheck::kUnauthenticated;
-  const std::string expected = hmac(key, tagInput(ack, key.key_id));
-  unsigned char diff = 0;
-  for (size_t i = 0; i < kTagSize; ++i) {
-    diff |= static_cast<unsigned char>(expected[i] ^ ack.tag[i]);
-  }
-  return diff == 0 ? AckCheck::kAuthentic : AckCheck::kBadTag;
+  return checkTag(key, ack.key_id, ack.tag, tagInput(ack, key.key_id));
+}
+
+void signAgentStatus(const AckKey& key, WireAgentStatus& status) {
+  status.key_id = key.key_id;
+  status.tag = hmac(key, statusTagInput(status, key.key_id));
+}
+
+AckCheck checkAgentStatus(const AckKey& key, const WireAgentStatus& status) {
+  return checkTag(key, status.key_id, status.tag, statusTagInput(status, key.key_id));
 }
 
 }  // namespace branchline::protocol

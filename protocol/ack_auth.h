@@ -56,4 +56,10 @@ enum class AckCheck {
 // Constant-time in the tag comparison.
 AckCheck checkAck(const AckKey& key, const WireAck& ack);
 
+// An agent's status message (batch_codec.h) is tagged with the same key: only
+// that agent and the aggregators can make one. Sets status.key_id and
+// status.tag over every other field (domain-separated from acks).
+void signAgentStatus(const AckKey& key, WireAgentStatus& status);
+AckCheck checkAgentStatus(const AckKey& key, const WireAgentStatus& status);
+
 }  // namespace branchline::protocol

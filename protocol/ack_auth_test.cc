@@ -134,5 +134,65 @@ TEST(AckAuthTest, OpeningABatchYieldsTheKeyItsSealerVerifiesAcksWith) {
   EXPECT_TRUE(none.key_id.empty());
 }
 
+// Agent status messages share the agents' ack key, under their own domain: a
+// tagged status survives the wire, any changed field or a moved event fails,
+// and an ack's tag never passes as a status's.
+TEST(AckAuthTest, AgentStatusIsTaggedWithTheAckKeyAndAnyChangeFailsIt) {
+  Keys k;
+  auto agent_side = agentAckKey(k.agent, k.aggregator.public_key);
+  auto aggregator_side = aggregatorAckKey(k.aggregator, k.agent.public_key);
+  ASSERT_TRUE(agent_side.isOk() && aggregator_side.isOk());
+  WireAgentStatus status;
+  status.agent_id = "office-1";
+  status.sent_at_us = 1700000000000000;
+  status.events = {{"duplicate_identity", 1700000000000001, "seen twice"}};
+  signAgentStatus(*agent_side, status);
+  auto wire = decodeAgentStatus(encodeAgentStatus(status));
+  ASSERT_TRUE(wire.isOk()) << wire.status().toString();
+  EXPECT_EQ(*wire, status);
+  EXPECT_EQ(checkAgentStatus(*aggregator_side, *wire), AckCheck::kAuthentic);
+
+  std::vector<std::function<void(WireAgentStatus&)>> changes = {
+      [](WireAgentStatus& s) { s.agent_id = "office-2"; },
+      [](WireAgentStatus& s) { s.sent_at_us += 1; },
+      [](WireAgentStatus& s) { s.events[0].kind = "other"; },
+      [](WireAgentStatus& s) { s.events[0].at_us += 1; },
+      [](WireAgentStatus& s) { s.events[0].detail += "!"; },
+      [](WireAgentStatus& s) { s.events.push_back(s.events[0]); },
+      [](WireAgentStatus& s) { s.events.clear(); },
+      [](WireAgentStatus& s) { s.tag[0] = static_cast<char>(s.tag[0] ^ 1); },
+  };
+  for (size_t i = 0; i < changes.size(); ++i) {
+    WireAgentStatus changed = status;
+    changes[i](changed);
+    EXPECT_EQ(checkAgentStatus(*aggregator_side, changed), AckCheck::kBadTag) << "change " << i;
+  }
+  WireAgentStatus untagged = status;
+  untagged.tag.clear();
+  EXPECT_EQ(checkAgentStatus(*aggregator_side, untagged), AckCheck::kUnauthenticated);
+
+  // An ack's tag over the same key is no status tag.
+  WireAck ack = sampleAck(sampleBatch(1));
+  signAck(*agent_side, ack);
+  WireAgentStatus borrowed = status;
+  borrowed.tag = ack.tag;
+  EXPECT_EQ(checkAgentStatus(*aggregator_side, borrowed), AckCheck::kBadTag);
+}
+
+TEST(AckAuthTest, AgentStatusDecodingEnforcesItsBounds) {
+  WireAgentStatus s;
+  s.agent_id = "office-1";
+  s.events.assign(kMaxAgentEvents + 1, {"duplicate_identity", 1, "x"});
+  EXPECT_FALSE(decodeAgentStatus(encodeAgentStatus(s)).isOk());
+  s.events.assign(1, {"", 1, "x"});
+  EXPECT_FALSE(decodeAgentStatus(encodeAgentStatus(s)).isOk());
+  s.events.assign(1, {"duplicate_identity", 1, std::string(kMaxAgentEventDetail + 1, 'd')});
+  EXPECT_FALSE(decodeAgentStatus(encodeAgentStatus(s)).isOk());
+  EXPECT_FALSE(decodeAgentStatus("not capnp").isOk());
+  EXPECT_FALSE(decodeAgentStatus(std::string(kMaxAgentStatusBytes + 8, '\0')).isOk());
+  s.events.assign(1, {"duplicate_identity", 1, std::string(kMaxAgentEventDetail, 'd')});
+  EXPECT_TRUE(decodeAgentStatus(encodeAgentStatus(s)).isOk());
+}
+
 }  // namespace
 }  // namespace branchline::protocol

@@ -386,38 +386,102 @@ std::string encodeAnnouncement(const WireAnnouncement& a) {
   return flatten(msg);
 }
 
-Result<WireAnnouncement> decodeAnnouncement(std::string_view payload) {
-  if (payload.size() > kMaxAnnouncementBytes) {
-    return Status::invalid("announcement of " + std::to_string(payload.size()) +
-                           " bytes is over the limit of " + std::to_string(kMaxAnnouncementBytes));
+// A small message of its own (not in an Envelope), read under tight bounds:
+// checks size and framing, reads the root `Schema`, checks its format version,
+// then `read(root)` fills the result.
+template <typename Schema, typename Read>
+auto decodeStandalone(std::string_view payload, size_t max_bytes, const char* what, Read read)
+    -> decltype(read(std::declval<typename Schema::Reader>())) {
+  if (payload.size() > max_bytes) {
+    return Status::invalid(std::string(what) + " of " + std::to_string(payload.size()) +
+                           " bytes is over the limit of " + std::to_string(max_bytes));
   }
   if (payload.empty() || payload.size() % sizeof(capnp::word) != 0) {
-    return Status::invalid("announcement is not a Cap'n Proto message");
+    return Status::invalid(std::string(what) + " is not a Cap'n Proto message");
   }
   DecodeLimits limits;
-  limits.max_traversal_words = kMaxAnnouncementBytes / sizeof(capnp::word) * 2;
+  limits.max_traversal_words = max_bytes / sizeof(capnp::word) * 2;
   limits.max_nesting = 4;
   try {
     auto words = alignedCopy(payload);
     capnp::FlatArrayMessageReader reader(words, readerOptions(limits));
-    auto r = reader.getRoot<wire::Announcement>();
-    WireAnnouncement a;
-    a.format_version = r.getFormatVersion();
-    if (a.format_version != kFormatVersion) {
-      return Status::invalid("announcement format version " + std::to_string(a.format_version) +
-                             " is not " + std::to_string(kFormatVersion));
+    auto r = reader.getRoot<Schema>();
+    if (r.getFormatVersion() != kFormatVersion) {
+      return Status::invalid(std::string(what) + " format version " +
+                             std::to_string(r.getFormatVersion()) + " is not " +
+                             std::to_string(kFormatVersion));
     }
-    a.aggregator = str(r.getAggregator());
-    a.online = r.getOnline();
-    a.epoch = r.getEpoch();
-    a.issued_at_us = r.getIssuedAt();
-    a.certificate_pem = str(r.getCertificate());
-    auto sig = r.getSignature();
-    a.signature.assign(reinterpret_cast<const char*>(sig.begin()), sig.size());
-    return a;
+    return read(r);
   } catch (const kj::Exception& e) {
-    return Status::invalid(std::string("malformed announcement: ") + e.getDescription().cStr());
+    return Status::invalid(std::string("malformed ") + what + ": " + e.getDescription().cStr());
   }
+}
+
+Result<WireAnnouncement> decodeAnnouncement(std::string_view payload) {
+  return decodeStandalone<wire::Announcement>(
+      payload, kMaxAnnouncementBytes, "announcement",
+      [](wire::Announcement::Reader r) -> Result<WireAnnouncement> {
+        WireAnnouncement a;
+        a.format_version = r.getFormatVersion();
+        a.aggregator = str(r.getAggregator());
+        a.online = r.getOnline();
+        a.epoch = r.getEpoch();
+        a.issued_at_us = r.getIssuedAt();
+        a.certificate_pem = str(r.getCertificate());
+        auto sig = r.getSignature();
+        a.signature.assign(reinterpret_cast<const char*>(sig.begin()), sig.size());
+        return a;
+      });
+}
+
+std::string encodeAgentStatus(const WireAgentStatus& s) {
+  capnp::MallocMessageBuilder msg;
+  auto w = msg.initRoot<wire::AgentStatus>();
+  w.setFormatVersion(s.format_version);
+  w.setAgentId(text(s.agent_id));
+  w.setSentAt(s.sent_at_us);
+  auto events = w.initEvents(static_cast<unsigned>(s.events.size()));
+  for (size_t i = 0; i < s.events.size(); ++i) {
+    auto e = events[static_cast<unsigned>(i)];
+    e.setKind(text(s.events[i].kind));
+    e.setAt(s.events[i].at_us);
+    e.setDetail(text(s.events[i].detail));
+  }
+  w.setKeyId(text(s.key_id));
+  w.setTag(bytes(s.tag));
+  return flatten(msg);
+}
+
+Result<WireAgentStatus> decodeAgentStatus(std::string_view payload) {
+  return decodeStandalone<wire::AgentStatus>(
+      payload, kMaxAgentStatusBytes, "agent status",
+      [](wire::AgentStatus::Reader r) -> Result<WireAgentStatus> {
+        WireAgentStatus s;
+        s.format_version = r.getFormatVersion();
+        s.agent_id = str(r.getAgentId());
+        s.sent_at_us = r.getSentAt();
+        auto events = r.getEvents();
+        if (events.size() > kMaxAgentEvents) {
+          return Status::invalid("agent status carries " + std::to_string(events.size()) +
+                                 " events, more than " + std::to_string(kMaxAgentEvents));
+        }
+        for (auto e : events) {
+          WireAgentEvent out{str(e.getKind()), e.getAt(), str(e.getDetail())};
+          if (out.kind.empty() || out.kind.size() > kMaxAgentEventKind) {
+            return Status::invalid("agent event kind is empty or longer than " +
+                                   std::to_string(kMaxAgentEventKind) + " bytes");
+          }
+          if (out.detail.size() > kMaxAgentEventDetail) {
+            return Status::invalid("agent event detail is longer than " +
+                                   std::to_string(kMaxAgentEventDetail) + " bytes");
+          }
+          s.events.push_back(std::move(out));
+        }
+        s.key_id = str(r.getKeyId());
+        auto tag = r.getTag();
+        s.tag.assign(reinterpret_cast<const char*>(tag.begin()), tag.size());
+        return s;
+      });
 }
 
 std::string announcementSigningInput(const WireAnnouncement& a) {

@@ -72,6 +72,25 @@ struct WireAnnouncement {
   bool operator==(const WireAnnouncement&) const = default;
 };
 
+// One thing an agent reports to the central audit trail (schema `AgentEvent`).
+struct WireAgentEvent {
+  std::string kind;
+  int64_t at_us = 0;
+  std::string detail;
+  bool operator==(const WireAgentEvent&) const = default;
+};
+
+// An agent's status message (schema `AgentStatus`).
+struct WireAgentStatus {
+  uint16_t format_version = kFormatVersion;
+  std::string agent_id;
+  int64_t sent_at_us = 0;
+  std::vector<WireAgentEvent> events;
+  std::string key_id;  // authentication (ack_auth.h); empty when unsealed
+  std::string tag;
+  bool operator==(const WireAgentStatus&) const = default;
+};
+
 struct DecodeLimits {
   size_t max_message_bytes = 16 << 20;   // the MQTT payload as received
   size_t max_inflated_bytes = 64 << 20;  // the body after decompression
@@ -118,5 +137,16 @@ std::string encodeAnnouncement(const WireAnnouncement& announcement);
 Result<WireAnnouncement> decodeAnnouncement(std::string_view payload);
 // What the signature covers: every field but the signature, length-prefixed.
 std::string announcementSigningInput(const WireAnnouncement& announcement);
+
+// Status messages are small: a few events, each a kind and a short reason.
+inline constexpr size_t kMaxAgentStatusBytes = 16 << 10;
+inline constexpr size_t kMaxAgentEvents = 16;
+inline constexpr size_t kMaxAgentEventKind = 64;
+inline constexpr size_t kMaxAgentEventDetail = 1024;
+
+std::string encodeAgentStatus(const WireAgentStatus& status);
+// kInvalidArgument for anything but a well-formed version-1 status of at most
+// kMaxAgentStatusBytes, kMaxAgentEvents events and the field bounds above.
+Result<WireAgentStatus> decodeAgentStatus(std::string_view payload);
 
 }  // namespace branchline::protocol

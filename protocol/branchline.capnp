@@ -92,3 +92,22 @@ struct Announcement {
   certificate @5 :Text;       # the aggregator's client certificate (PEM), chained to the fleet CA
   signature @6 :Data;         # ECDSA-SHA256 by that certificate's key over announcementSigningInput()
 }
+
+# What an agent tells the central side about itself, on
+# `<prefix>/agents/<id>/status` (README "Agent status events"). Not in an
+# Envelope: one Cap'n Proto message of its own. Tagged like an ack, with the
+# agent's ack key (ack_auth.h), so the broker can neither forge nor alter one.
+struct AgentEvent {
+  kind @0 :Text;              # e.g. "duplicate_identity"
+  at @1 :Int64;               # Unix microseconds when the agent saw it
+  detail @2 :Text;            # a reason, never record contents
+}
+
+struct AgentStatus {
+  formatVersion @0 :UInt16;   # 1
+  agentId @1 :Text;
+  sentAt @2 :Int64;           # Unix microseconds
+  events @3 :List(AgentEvent);
+  keyId @4 :Text;             # the aggregator sealing key whose agreement keys the tag
+  tag @5 :Data;               # HMAC-SHA256 over every field above (ack_auth.h); "" when unsealed
+}

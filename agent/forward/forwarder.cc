@@ -1,9 +1,12 @@
 #include "agent/forward/forwarder.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cassert>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -40,6 +43,10 @@ constexpr int kMaxAnnouncementChecksPerSecond = 20;
 // What a genuine, forged or replayed announcement can cause is bounded: at most
 // one resend of everything in flight per this interval (later ones coalesce).
 constexpr milliseconds kAnnouncementResendInterval{1000};
+// Agent events for the central audit trail (README "Agent status events"): at
+// most one of a kind per this interval, and a bounded queue while disconnected.
+constexpr std::chrono::seconds kEventInterval{60};
+constexpr size_t kMaxQueuedEvents = 16;
 
 protocol::WireBatch toWire(const std::string& agent_id, PendingBatch&& batch) {
   protocol::WireBatch wire;
@@ -66,6 +73,7 @@ struct Forwarder::Impl {
         options(std::move(o)),
         batch_topic(batchTopic(options.topic_prefix, options.agent_id)),
         ack_topic(ackTopic(options.topic_prefix, options.agent_id)),
+        status_topic(statusTopic(options.topic_prefix, options.agent_id)),
         online_prefix(options.topic_prefix + "/aggregators/"),
         sent(m.counter("bl_agent_batches_sent_total", "Batches published for the first time")),
         acked(m.counter("bl_agent_batches_acked_total",
@@ -92,6 +100,10 @@ struct Forwarder::Impl {
         mqtt_connected(m.gauge("bl_agent_mqtt_connected", "1 while connected to a broker")),
         sealed(m.counter("bl_agent_batches_sealed_total",
                          "Batch publishes sealed to the aggregators' key (resends included)")),
+        events_reported(m.labeledCounter(
+            "bl_agent_events_reported_total",
+            "Events sent to the central audit trail on the status topic (duplicate_identity)",
+            "kind")),
         seal_micros(m.counter("bl_agent_seal_microseconds_total",
                               "Time spent encoding and sealing batches (divide by "
                               "bl_agent_batches_sealed_total for the cost per batch)")) {}
@@ -109,6 +121,7 @@ struct Forwarder::Impl {
   const ForwarderOptions options;
   const std::string batch_topic;
   const std::string ack_topic;
+  const std::string status_topic;
   const std::string online_prefix;  // `<prefix>/aggregators/<name>/online`
   Counter& sent;
   Counter& acked;
@@ -121,6 +134,7 @@ struct Forwarder::Impl {
   Gauge& oldest_unacked_age;
   Gauge& mqtt_connected;
   Counter& sealed;
+  LabeledCounter& events_reported;
   Counter& seal_micros;
 
   // Shared with Paho's thread: only the queue and the connection state.
@@ -134,6 +148,8 @@ struct Forwarder::Impl {
   uint64_t dropped_announcements = 0;
   bool stopping = false;
   bool wake = false;
+  std::deque<protocol::WireAgentEvent> event_queue;     // for the central audit trail
+  std::map<std::string, Clock::time_point> last_event;  // by kind: the rate limit
 
   // Forwarder thread only.
   std::map<uint64_t, InFlight> in_flight;  // by seq: oldest first
@@ -202,7 +218,48 @@ struct Forwarder::Impl {
     cv.notify_one();
   }
 
+  // Any thread: queued for the status topic, at most one of a kind per kEventInterval.
+  void reportEvent(std::string kind, std::string detail) {
+    const auto now = Clock::now();
+    {
+      std::lock_guard lock(mutex);
+      auto last = last_event.find(kind);
+      if (last != last_event.end() && now - last->second < kEventInterval) return;
+      if (event_queue.size() >= kMaxQueuedEvents) return;
+      last_event[kind] = now;
+      event_queue.push_back({std::move(kind), nowMicros(), std::move(detail)});
+      wake = true;
+    }
+    cv.notify_one();
+  }
+
   // --- Forwarder thread. ---
+  // Sends the queued events in one status message, tagged with the ack key
+  // when sealing is on; kept for the next try when the publish fails.
+  void sendEvents(std::deque<protocol::WireAgentEvent>& events) {
+    if (events.empty()) return;
+    protocol::WireAgentStatus status;
+    status.agent_id = options.agent_id;
+    status.sent_at_us = nowMicros();
+    status.events.assign(events.begin(), events.end());
+    if (sealer) protocol::signAgentStatus(sealer->ackKey(), status);
+    Status s = client->publish(status_topic, protocol::encodeAgentStatus(status), 1);
+    if (!s) {
+      log::warn("agent_events_unsent",
+                {{"count", static_cast<uint64_t>(events.size())}, {"error", s.toString()}});
+      std::lock_guard lock(mutex);
+      while (!events.empty() && event_queue.size() < kMaxQueuedEvents) {
+        event_queue.push_front(std::move(events.back()));
+        events.pop_back();
+      }
+      return;
+    }
+    for (const auto& e : events) {
+      events_reported.with(e.kind).inc();
+      log::info("agent_event_reported", {{"kind", e.kind}});
+    }
+  }
+
   bool windowAllows() const {
     if (in_flight.empty()) return true;
     return in_flight.size() < options.window_batches &&
@@ -543,6 +600,7 @@ struct Forwarder::Impl {
     for (;;) {
       std::deque<std::string> acks;
       std::deque<std::pair<std::string, std::string>> announcements;
+      std::deque<protocol::WireAgentEvent> events;
       bool is_up;
       uint64_t generation;
       uint64_t announcements_dropped;
@@ -552,6 +610,7 @@ struct Forwarder::Impl {
         acks.swap(ack_queue);
         announcements.swap(announcement_queue);
         is_up = up;
+        if (is_up) events.swap(event_queue);
         generation = up_generation;
         wake = false;
         if (dropped_acks > 0) {
@@ -582,6 +641,7 @@ struct Forwarder::Impl {
       // while none could take them are resent now, not after ack_timeout. Or
       // one went away with some of them: the others get them now.
       resendWave(now);
+      sendEvents(events);
       if (connected && now >= error_backoff_until) {
         resendDue(now);
         if (now >= error_backoff_until) sendStartupBacklog();
@@ -643,8 +703,17 @@ Result<std::unique_ptr<Forwarder>> Forwarder::start(DurableBuffer& buffer, Forwa
                                      {"oldest_seq", impl->startup_resend.front()}});
   }
 
+  // Another live client under this identity (a cloned config, a stolen
+  // certificate): reported to the central audit trail, not only logged here.
+  mqtt::ClientOptions mqtt_options = impl->options.mqtt;
+  mqtt_options.on_session_taken_over =
+      [impl,
+       before = std::move(mqtt_options.on_session_taken_over)](mqtt::ClientOptions::Takeover how) {
+        if (before) before(how);
+        impl->reportEvent("duplicate_identity", duplicateIdentityDetail(how));
+      };
   impl->client = std::make_unique<mqtt::Client>(
-      impl->options.mqtt, [impl](mqtt::Message&& m) { impl->onMessage(std::move(m)); },
+      std::move(mqtt_options), [impl](mqtt::Message&& m) { impl->onMessage(std::move(m)); },
       [impl](bool up) { impl->onConnection(up); });
   BL_RETURN_IF_ERROR(impl->client->subscribe(impl->ack_topic, 1));
   BL_RETURN_IF_ERROR(impl->client->subscribe(onlineTopicFilter(impl->options.topic_prefix), 1));
@@ -677,6 +746,22 @@ void Forwarder::stop() {
 
 size_t Forwarder::inFlight() const { return impl_->in_flight_count.load(); }
 bool Forwarder::connected() const { return impl_->connected_flag.load(); }
+
+std::string statusTopic(const std::string& prefix, const std::string& agent_id) {
+  return prefix + "/agents/" + agent_id + "/status";
+}
+
+std::string duplicateIdentityDetail(mqtt::ClientOptions::Takeover how) {
+  char host[256] = {};
+  if (::gethostname(host, sizeof host - 1) != 0) std::strcpy(host, "?");
+  const std::string why =
+      how == mqtt::ClientOptions::Takeover::kBrokerSaidSo
+          ? "the broker gave this agent's session to another connection with the same identity"
+          : "the broker cut this agent's connection " + std::to_string(mqtt::kTakeoverDrops) +
+                " times within " + std::to_string(mqtt::kTakeoverWindow.count()) +
+                " s without a reason: another live client with the same identity";
+  return why + " (reported by the copy on host `" + log::printableExcerpt(host, 64) + "`)";
+}
 
 std::string onlineTopicFilter(const std::string& prefix) {
   return prefix + "/aggregators/+/online";

@@ -74,5 +74,12 @@ std::string ackTopic(const std::string& prefix, const std::string& agent_id);
 // (re)connects and when its store comes back; agents then resend what is
 // unacked at once instead of waiting out ack_timeout.
 std::string onlineTopicFilter(const std::string& prefix);
+// `<prefix>/agents/<id>/status`: the agent's status messages (schema
+// `AgentStatus`), read by the aggregators. Today they carry events for the
+// central audit trail: `duplicate_identity` when another live client holds
+// this agent's identity (README "Agent status events").
+std::string statusTopic(const std::string& prefix, const std::string& agent_id);
+// The audit detail of a duplicate identity: how it was seen, and this host's name.
+std::string duplicateIdentityDetail(mqtt::ClientOptions::Takeover how);
 
 }  // namespace branchline::agent

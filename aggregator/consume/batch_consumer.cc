@@ -122,6 +122,14 @@ class RefusalAuditLimiter {
   std::map<std::string, Window> windows_;
 };
 
+// Agent status events (README "Agent status events") audited per agent per
+// window; agents send at most one of a kind a minute, so more is a flood.
+constexpr size_t kEventAuditsPerWindow = 10;
+constexpr int64_t kEventAuditWindowUs = 600LL * 1000000;
+constexpr size_t kMaxQueuedStatus = 256;
+// The event kinds the central side audits; anything else is refused.
+bool knownEventKind(std::string_view kind) { return kind == "duplicate_identity"; }
+
 // The keys to tag each opened batch's ack with, by (agent, seq).
 using AckKeys = std::map<std::pair<std::string, uint64_t>, protocol::AckKey>;
 
@@ -145,6 +153,8 @@ struct BatchConsumer::Impl {
   Gauge& queue_bytes_gauge;
   Gauge& store_ready_gauge;
   Gauge& broker_connected_gauge;
+  LabeledCounter& events_audited;
+  LabeledCounter& status_refused;
   std::atomic<uint64_t> commit_micros{0};
 
   std::unique_ptr<mqtt::Client> client;
@@ -159,7 +169,8 @@ struct BatchConsumer::Impl {
   std::mutex mutex;
   std::condition_variable cv;
   std::deque<Queued> queue;
-  size_t queue_bytes = 0;  // queued plus the group being written
+  std::deque<Queued> status_queue;  // agent status messages, small and few
+  size_t queue_bytes = 0;           // queued plus the group being written
   bool stopping = false;
   int64_t last_drop_log_us = 0;
   std::thread writer;
@@ -169,6 +180,9 @@ struct BatchConsumer::Impl {
       options.refusal_audits_per_window,
       std::chrono::duration_cast<std::chrono::microseconds>(options.refusal_audit_window).count()};
   std::vector<AuditEntry> pending_summaries;
+  // Writer thread only: status event audits per agent (window start, rows).
+  std::map<std::string, std::pair<int64_t, size_t>> event_windows;
+  int64_t last_status_log_us = 0;
 
   Impl(ConsumerOptions o, CentralStore& s, MetricsRegistry& m)
       : options(std::move(o)),
@@ -203,7 +217,15 @@ struct BatchConsumer::Impl {
         store_ready_gauge(m.gauge("bl_aggregator_store_ready",
                                   "1 when the last central store operation succeeded")),
         broker_connected_gauge(m.gauge("bl_aggregator_broker_connected",
-                                       "1 when connected and subscribed to the broker")) {
+                                       "1 when connected and subscribed to the broker")),
+        events_audited(m.labeledCounter(
+            "bl_aggregator_agent_events_audited_total",
+            "Agent status events written to the audit table (duplicate_identity)", "kind")),
+        status_refused(m.labeledCounter(
+            "bl_aggregator_agent_status_refused_total",
+            "Agent status messages ignored: malformed, agent_mismatch, unauthenticated, "
+            "unknown_key, not_enrolled, forged, unknown_kind, rate_limited, queue_full",
+            "reason")) {
     // MetricsRegistry has no float counter: a callback renders the seconds.
     m.callbackGauge("bl_aggregator_commit_seconds_total",
                     "Seconds spent in central store commits (monotonic)", [this] {
@@ -220,6 +242,24 @@ struct BatchConsumer::Impl {
 
   // Paho's network thread: never block beyond a short mutex hold.
   void onMessage(mqtt::Message&& m) {
+    if (m.topic.size() > 7 && m.topic.compare(m.topic.size() - 7, 7, "/status") == 0) {
+      {
+        std::lock_guard lock(mutex);
+        if (stopping) return;
+        if (status_queue.size() >= kMaxQueuedStatus ||
+            m.payload.size() > protocol::kMaxAgentStatusBytes) {
+          status_refused.with(status_queue.size() >= kMaxQueuedStatus ? "queue_full" : "malformed")
+              .inc();
+          return;
+        }
+        Queued q;
+        q.topic = std::move(m.topic);
+        q.payload = std::move(m.payload);
+        status_queue.push_back(std::move(q));
+      }
+      cv.notify_one();
+      return;
+    }
     Queued q;
     q.topic = std::move(m.topic);
     if (m.payload.size() > options.limits.max_message_bytes) {
@@ -317,20 +357,25 @@ struct BatchConsumer::Impl {
   void run() {
     for (;;) {
       std::vector<Queued> group;
+      std::deque<Queued> statuses;
       size_t group_bytes = 0;
       bool idle = false;
       {
         std::unique_lock lock(mutex);
         idle = !cv.wait_for(lock, std::chrono::seconds(1),
-                            [this] { return stopping || !queue.empty(); });
+                            [this] { return stopping || !queue.empty() || !status_queue.empty(); });
         // Queued, unstarted messages are left unacked on stop: their agents resend.
         if (stopping) break;
+        statuses.swap(status_queue);
+        if (!statuses.empty() && queue.empty()) idle = false;
         while (!queue.empty() && group.size() < options.max_batches_per_commit) {
           group_bytes += queue.front().bytes;
           group.push_back(std::move(queue.front()));
           queue.pop_front();
         }
       }
+      for (const Queued& q : statuses) handleStatus(q);
+      if (!statuses.empty() && group.empty()) continue;
       if (idle) {
         // No traffic: probe the store, so readiness (/healthz) follows an
         // outage, or a database that was away at startup, without a batch.
@@ -525,6 +570,82 @@ struct BatchConsumer::Impl {
     return Status::ok();
   }
 
+  void refuseStatus(const char* reason, const std::string& agent, const std::string& why) {
+    status_refused.with(reason).inc();
+    const int64_t now = steadyMicros();
+    if (now - last_status_log_us < 1000000) return;  // a flood logs once a second
+    last_status_log_us = now;
+    log::warn("agent_status_refused", {{"agent", agent}, {"reason", reason}, {"detail", why}});
+  }
+
+  // Writer thread: one agent status message, checked like a batch (the topic
+  // names the agent, the tag proves it), then its events go to the audit table.
+  void handleStatus(const Queued& q) {
+    const std::string agent = agentFromTopic(q.topic, options.topic_prefix, "/status");
+    if (agent.empty()) return refuseStatus("malformed", "", "not an agent status topic");
+    auto status = protocol::decodeAgentStatus(q.payload);
+    if (!status) return refuseStatus("malformed", agent, status.status().message());
+    if (status->agent_id != agent) {
+      return refuseStatus("agent_mismatch", agent,
+                          "topic names agent `" + agent + "` but the status claims `" +
+                              log::printableExcerpt(status->agent_id, 64) + "`");
+    }
+    if (status->tag.empty()) {
+      if (options.open.require_sealed) {
+        return refuseStatus("unauthenticated", agent, "status message carries no tag");
+      }
+    } else {
+      const protocol::AggregatorKeyRing::Entry* entry = nullptr;
+      if (const protocol::AggregatorKeyRing* ring = options.open.ring) {
+        auto it = ring->by_key_id.find(status->key_id);
+        if (it != ring->by_key_id.end() && it->second.honoured_until_us > nowMicros()) {
+          entry = &it->second;
+        }
+      }
+      if (entry == nullptr) {
+        return refuseStatus(
+            "unknown_key", agent,
+            "names unknown aggregator key `" + log::printableExcerpt(status->key_id, 32) + "`");
+      }
+      if (!options.open.agent_public_key) return refuseStatus("not_enrolled", agent, "no agents");
+      auto agent_public = options.open.agent_public_key(agent);
+      if (!agent_public)
+        return refuseStatus("not_enrolled", agent, agent_public.status().message());
+      auto key = protocol::aggregatorAckKey(entry->pair, *agent_public);
+      if (!key || protocol::checkAgentStatus(*key, *status) != protocol::AckCheck::kAuthentic) {
+        return refuseStatus("forged", agent, "tag does not match: not made by this agent");
+      }
+    }
+    const int64_t now = nowMicros();
+    // Agent ids come from topics; past this many at once they share one window.
+    auto& w = event_windows[event_windows.size() < 4096 ? agent : std::string("*")];
+    if (now - w.first >= kEventAuditWindowUs) w = {now, 0};
+    for (const protocol::WireAgentEvent& e : status->events) {
+      if (!knownEventKind(e.kind)) {
+        refuseStatus("unknown_kind", agent,
+                     "event kind `" + log::printableExcerpt(e.kind, 64) + "`");
+        continue;
+      }
+      if (w.second >= kEventAuditsPerWindow) {
+        refuseStatus(
+            "rate_limited", agent,
+            "more than " + std::to_string(kEventAuditsPerWindow) + " events in 10 minutes");
+        continue;
+      }
+      ++w.second;
+      const std::string detail = log::printableExcerpt(e.detail, protocol::kMaxAgentEventDetail) +
+                                 " (seen at " + formatRfc3339Micros(e.at_us) + ")";
+      Status s = store.audit({options.aggregator_name, e.kind, agent, std::nullopt, detail});
+      if (!s) {
+        log::warn("agent_event_not_audited",
+                  {{"agent", agent}, {"kind", e.kind}, {"error", s.toString()}});
+        continue;
+      }
+      events_audited.with(e.kind).inc();
+      log::warn("agent_event", {{"agent", agent}, {"kind", e.kind}, {"detail", detail}});
+    }
+  }
+
   void publishAck(const protocol::WireAck& ack) {
     Status s = client->publish(ackTopic(ack.agent_id), protocol::encodeAck(ack), 1);
     if (!s) {
@@ -574,6 +695,9 @@ Status BatchConsumer::start() {
   impl_->writer = std::thread([impl] { impl->run(); });
   const std::string filter = "$share/" + o.share_group + "/" + o.topic_prefix + "/agents/+/batch";
   BL_RETURN_IF_ERROR(impl_->client->subscribe(filter, 1));
+  const std::string status_filter =
+      "$share/" + o.share_group + "/" + o.topic_prefix + "/agents/+/status";
+  BL_RETURN_IF_ERROR(impl_->client->subscribe(status_filter, 1));
   BL_RETURN_IF_ERROR(impl_->client->start());
   log::info("consumer_started",
             {{"aggregator", o.aggregator_name},
@@ -605,9 +729,9 @@ void BatchConsumer::stop() {
 bool BatchConsumer::storeReady() const { return impl_->store_ready.load(); }
 bool BatchConsumer::brokerConnected() const { return impl_->connected.load(); }
 
-std::string BatchConsumer::agentFromTopic(const std::string& topic, const std::string& prefix) {
+std::string BatchConsumer::agentFromTopic(const std::string& topic, const std::string& prefix,
+                                          std::string_view kTail) {
   const std::string head = prefix + "/agents/";
-  static constexpr std::string_view kTail = "/batch";
   if (topic.size() <= head.size() + kTail.size() || topic.compare(0, head.size(), head) != 0 ||
       topic.compare(topic.size() - kTail.size(), kTail.size(), kTail) != 0) {
     return {};

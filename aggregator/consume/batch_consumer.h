@@ -85,7 +85,8 @@ class BatchConsumer {
 
   // `<prefix>/agents/<agent>/batch` -> agent; empty when the topic has another
   // shape or the agent id is not [A-Za-z0-9_-]{1,64}.
-  static std::string agentFromTopic(const std::string& topic, const std::string& prefix);
+  static std::string agentFromTopic(const std::string& topic, const std::string& prefix,
+                                    std::string_view tail = "/batch");
 
  private:
   struct Impl;

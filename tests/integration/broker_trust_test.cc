@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "cli/net/http_client.h"
+#include "protocol/batch_codec.h"
 #include "shared/mqtt/mqtt_client.h"
 #include "tests/integration/pipeline_fixture.h"
 
@@ -131,6 +132,61 @@ TEST_F(BrokerTrustTest, AnotherCertificateCannotTakeOverAnAgentOrAggregatorClien
   EXPECT_GE(takeovers.load(), 3) << "the intruder must really have connected";
   EXPECT_GE(samples, 20);
   EXPECT_EQ(disconnected, 0) << "of " << samples << " samples of bl_agent_mqtt_connected";
+}
+
+// Two live copies of agent-1 (here: a second client with agent-1's own
+// certificate, as a cloned config would run): the agent reports
+// `duplicate_identity` on its status topic, tagged with its ack key, and the
+// aggregator writes an audit row for it. A status that agent-1's certificate
+// alone can make (no seal key: a forged tag) is refused and audits nothing.
+TEST_F(BrokerTrustTest, TwoLiveCopiesOfAnAgentAreAuditedCentrally) {
+  ASSERT_NO_FATAL_FAILURE(startPipeline(1, 1));
+  const std::string agent1 = pipeline_->member("agent-1")->url;
+  const auto connect_deadline = std::chrono::steady_clock::now() + 20s;
+  while (scrapeMetric(agent1, "bl_agent_mqtt_connected") != 1 &&
+         std::chrono::steady_clock::now() < connect_deadline) {
+    std::this_thread::sleep_for(50ms);
+  }
+  // A forged status first: the certificate may publish there, but it has no tag key.
+  {
+    mqtt::Client forger(intruder("agent-1"), nullptr, nullptr);
+    ASSERT_TRUE(forger.start().isOk());
+    ASSERT_TRUE(waitConnected(forger, 5s));
+    protocol::WireAgentStatus forged;
+    forged.agent_id = "agent-1";
+    forged.events.push_back({"duplicate_identity", 1, "forged by the test"});
+    forged.key_id = "0000000000000000";
+    forged.tag = std::string(32, 'x');
+    ASSERT_TRUE(
+        forger
+            .publish("branchline/v1/agents/agent-1/status", protocol::encodeAgentStatus(forged), 1)
+            .isOk());
+    std::this_thread::sleep_for(300ms);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + 40s;
+  int64_t audited = 0;
+  while (std::chrono::steady_clock::now() < deadline) {
+    {
+      // Each twin connection takes agent-1's session; agent-1 takes it back.
+      mqtt::Client twin(intruder("agent-1"), nullptr, nullptr);
+      if (twin.start().isOk()) (void)waitConnected(twin, 3s);
+      std::this_thread::sleep_for(300ms);
+    }
+    audited = queryInt(store(),
+                       "SELECT COUNT(*) FROM audit WHERE action = 'duplicate_identity' AND "
+                       "agent_id = 'agent-1' AND detail LIKE '%reported by the copy on host%'");
+    if (audited > 0) break;
+  }
+  EXPECT_EQ(audited, 1) << "no duplicate_identity audit row for agent-1";
+  EXPECT_GE(scrapeMetric(agent1, "bl_agent_duplicate_identity_total"), 1);
+  EXPECT_EQ(
+      queryInt(store(), "SELECT COUNT(*) FROM audit WHERE detail LIKE '%forged by the test%'"), 0);
+  const std::string agg = pipeline_->member("agg-1")->url;
+  EXPECT_EQ(scrapeMetric(agg, "bl_aggregator_agent_status_refused_total{reason=\"unknown_key\"}"),
+            1);
+  EXPECT_EQ(
+      scrapeMetric(agg, "bl_aggregator_agent_events_audited_total{kind=\"duplicate_identity\"}"),
+      1);
 }
 
 }  // namespace
