@@ -21,6 +21,7 @@
 #include "shared/core/log.h"
 #include "shared/core/metrics.h"
 #include "shared/http/http_server.h"
+#include "shared/mqtt/broker_events.h"
 #include "shared/pki/certificate_expiry.h"
 
 namespace {
@@ -30,8 +31,9 @@ using namespace branchline;
 constexpr int kExitStartup = 1;
 constexpr int kExitConfig = 2;
 
-http::Handler makeHandler(aggregator::BatchConsumer& consumer, MetricsRegistry& metrics) {
-  return [&consumer, &metrics](http::Request&& req, http::Respond respond) {
+http::Handler makeHandler(aggregator::BatchConsumer& consumer, MetricsRegistry& metrics,
+                          const mqtt::BrokerEvents& broker_events) {
+  return [&consumer, &metrics, &broker_events](http::Request&& req, http::Respond respond) {
     std::string path = req.target.substr(0, req.target.find('?'));
     if (path != "/healthz" && path != "/metrics") {
       respond(http::jsonError(404, "no such path: " + path));
@@ -51,9 +53,12 @@ http::Handler makeHandler(aggregator::BatchConsumer& consumer, MetricsRegistry& 
       const bool store = consumer.storeReady();
       const bool broker = consumer.brokerConnected();
       r.status = store && broker ? 200 : 503;
-      r.body = std::string("{\"status\":\"") + (r.status == 200 ? "ok" : "unavailable") +
-               "\",\"store\":\"" + (store ? "ready" : "unavailable") + "\",\"broker\":\"" +
-               (broker ? "connected" : "disconnected") + "\"}";
+      // A publish refusal or a takeover lately: still serving (200), but degraded.
+      const mqtt::BrokerEvents::Health events = broker_events.health();
+      const char* status = r.status != 200 ? "unavailable" : events.degraded ? "degraded" : "ok";
+      r.body = std::string("{\"status\":\"") + status + "\",\"store\":\"" +
+               (store ? "ready" : "unavailable") + "\",\"broker\":\"" +
+               (broker ? "connected" : "disconnected") + "\"" + events.json_fields + "}";
     }
     respond(std::move(r));
   };
@@ -127,8 +132,12 @@ int run(const std::string& config_path) {
       !cfg.cert_file.empty() && !s) {
     log::warn("certificate_expiry_unknown", {{"error", s.message()}});
   }
+  // What the broker refuses or takes away (README "MQTT 5"): logged, counted
+  // and on /healthz, as at the agent.
+  mqtt::BrokerEvents broker_events(metrics, "bl_aggregator", "aggregator." + cfg.name);
   aggregator::ConsumerOptions co;
   co.aggregator_name = cfg.name;
+  co.broker_events = &broker_events;
   co.broker_uris = cfg.brokers;
   co.ca_file = cfg.ca_file;
   co.cert_file = cfg.cert_file;
@@ -155,7 +164,7 @@ int run(const std::string& config_path) {
   so.port = cfg.http_port;
   so.max_body_bytes = 64 << 10;  // only GETs are served
   so.threads = 1;
-  auto server = http::Server::start(so, makeHandler(consumer, metrics));
+  auto server = http::Server::start(so, makeHandler(consumer, metrics, broker_events));
   if (!server) {
     log::error("startup_failed", {{"error", server.status().toString()}});
     consumer.stop();

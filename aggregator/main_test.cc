@@ -53,6 +53,7 @@ class Process {
       _exit(127);
     }
   }
+  pid_t pid() const { return pid_; }
   ~Process() {
     if (pid_ > 0) {
       kill(pid_, SIGKILL);
@@ -384,6 +385,42 @@ struct OnlineWatcher {
     });
   }
 };
+
+// Two live processes under this aggregator's client id: it says
+// duplicate_identity on /healthz (degraded, still 200) and in its counter,
+// as an agent does (README "MQTT 5").
+TEST_F(AggregatorMainTest, SecondLiveCopyOfTheIdentityIsReported) {
+  MosquittoProcess broker;
+  ASSERT_TRUE(broker.start()) << broker.error();
+  const uint16_t http_port = MosquittoProcess::freePort();
+  Process agg({"--config", writeConfig(config(broker.uri(), http_port)).string()},
+              dir_ / "agg.log");
+  auto health = waitHealth(http_port, 200);
+  ASSERT_TRUE(health.has_value()) << agg.stderrText();
+  EXPECT_NE(health->body.find(R"("duplicate_identity":false)"), std::string::npos) << health->body;
+
+  branchline::mqtt::ClientOptions o;
+  o.broker_uris = {broker.uri()};
+  o.client_id = "agg-main-" + std::to_string(agg.pid());
+  o.min_reconnect = 250ms;
+  branchline::mqtt::Client twin(o, nullptr, nullptr);
+  ASSERT_TRUE(twin.start().isOk());
+  std::string body;
+  for (int i = 0; i < 400 && body.find(R"("duplicate_identity":true)") == std::string::npos; ++i) {
+    auto r = get(http_port, "/healthz");
+    if (r) body = r->body;
+    std::this_thread::sleep_for(50ms);
+  }
+  twin.stop();
+  EXPECT_NE(body.find(R"("status":"degraded")"), std::string::npos) << body;
+  EXPECT_NE(body.find(R"("duplicate_identity":true)"), std::string::npos) << body << "\n"
+                                                                          << agg.stderrText();
+  auto metrics = get(http_port, "/metrics");
+  ASSERT_TRUE(metrics.has_value());
+  EXPECT_EQ(metrics->body.find("bl_aggregator_duplicate_identity_total 0"), std::string::npos)
+      << metrics->body;
+  EXPECT_NE(metrics->body.find("bl_aggregator_duplicate_identity_total "), std::string::npos);
+}
 
 }  // namespace
 

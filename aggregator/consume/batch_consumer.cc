@@ -16,6 +16,7 @@
 #include "protocol/ack_auth.h"
 #include "shared/core/clock.h"
 #include "shared/core/log.h"
+#include "shared/mqtt/broker_events.h"
 #include "shared/mqtt/mqtt_client.h"
 #include "shared/pki/pki.h"
 
@@ -688,6 +689,7 @@ Status BatchConsumer::start() {
   co.will_topic = impl_->onlineTopic();
   co.will_payload = impl_->offline_payload;
   co.will_retain = true;
+  if (o.broker_events != nullptr) o.broker_events->attach(co);
   Impl* impl = impl_.get();
   impl_->client = std::make_unique<mqtt::Client>(
       co, [impl](mqtt::Message&& m) { impl->onMessage(std::move(m)); },

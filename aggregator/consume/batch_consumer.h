@@ -32,12 +32,18 @@
 #include "shared/core/metrics.h"
 #include "shared/core/status.h"
 
+namespace branchline::mqtt {
+class BrokerEvents;  // shared/mqtt/broker_events.h
+}  // namespace branchline::mqtt
+
 namespace branchline::aggregator {
 
 struct ConsumerOptions {
   std::string aggregator_name;  // stamped on acks, ledger rows, audit rows
   std::vector<std::string> broker_uris{"tcp://127.0.0.1:1883"};
   std::string client_id;  // default: "<aggregator_name>-<pid>"
+  // Set: reports what the broker refuses or takes away (must outlive the consumer).
+  mqtt::BrokerEvents* broker_events = nullptr;
   // Mutual TLS for ssl:// brokers (mqtt::ClientOptions): CA, this aggregator's
   // certificate (CN "aggregator.<name>") and its key.
   std::string ca_file;
