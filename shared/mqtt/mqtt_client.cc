@@ -12,6 +12,7 @@
 #include <ctime>
 #include <mutex>
 #include <random>
+#include <shared_mutex>
 #include <thread>
 
 #include "shared/core/clock.h"
@@ -187,13 +188,53 @@ struct Client::Impl : public ::mqtt::iaction_listener {
   std::vector<std::chrono::steady_clock::time_point> quick_drops;
   std::thread connector;
 
+  // Progress of the current Paho client (ClientOptions::stall_timeout), in
+  // steady-clock nanoseconds. Publishes handed to Paho and completed (PUBACK or
+  // failure); since when something is outstanding with no completion; since
+  // when the resubscription waits for its SUBACK (0: not waiting).
+  std::atomic<uint64_t> publishes_started{0};
+  std::atomic<uint64_t> publishes_done{0};
+  std::atomic<int64_t> progress_at_ns{0};
+  std::atomic<int64_t> suback_wait_since_ns{0};
+  // Held shared by publish()/subscribe() outside Paho callbacks, exclusively
+  // while the Paho client is replaced.
+  std::shared_mutex client_mutex;
+
+  static int64_t steadyNanos() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+  void publishStarted() {
+    if (publishes_started.load() <= publishes_done.load()) progress_at_ns.store(steadyNanos());
+    publishes_started.fetch_add(1);
+  }
+  void publishDone() {
+    publishes_done.fetch_add(1);
+    progress_at_ns.store(steadyNanos());
+  }
+  // Why the current client looks wedged, or nullptr.
+  const char* stalled() const {
+    if (options.stall_timeout.count() <= 0 || !connected.load()) return nullptr;
+    const int64_t limit =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(options.stall_timeout).count();
+    const int64_t now = steadyNanos();
+    const int64_t suback_since = suback_wait_since_ns.load();
+    if (suback_since != 0 && now - suback_since > limit) return "no SUBACK for the resubscription";
+    if (publishes_started.load() > publishes_done.load() && now - progress_at_ns.load() > limit) {
+      return "publishes outstanding and none completed";
+    }
+    return nullptr;
+  }
+
   // Delivery listener of every publish: the broker's PUBACK reason code.
   struct PublishListener : ::mqtt::iaction_listener {
     Impl& impl;
     explicit PublishListener(Impl& i) : impl(i) {}
-    void on_success(const ::mqtt::token&) override {}
+    void on_success(const ::mqtt::token&) override { impl.publishDone(); }
     void on_failure(const ::mqtt::token& tok) override {
       CallbackScope scope;
+      impl.publishDone();
       // A publish that failed here (the connection went while it was in
       // flight) is no refusal: the caller's resend covers it.
       const int code = tok.get_reason_code();
@@ -234,6 +275,7 @@ struct Client::Impl : public ::mqtt::iaction_listener {
   // Resubscription listener (iaction_listener): SUBACK for the whole remembered set.
   void on_success(const ::mqtt::token& tok) override {
     CallbackScope scope;
+    suback_wait_since_ns.store(0);
     // MQTT 5 answers several filters in one SUBACK, a code per filter. Paho
     // throws instead when the first one is refused.
     std::vector<::mqtt::ReasonCode> codes;
@@ -254,6 +296,7 @@ struct Client::Impl : public ::mqtt::iaction_listener {
   }
   void on_failure(const ::mqtt::token& tok) override {
     CallbackScope scope;
+    suback_wait_since_ns.store(0);
     log::error("mqtt_resubscribe_failed", {{"client_id", options.client_id},
                                            {"rc", tok.get_return_code()},
                                            {"reason", isBrokerRefusal(tok.get_reason_code())
@@ -265,6 +308,12 @@ struct Client::Impl : public ::mqtt::iaction_listener {
 
   void onConnected() {
     CallbackScope scope;
+    // Publishes of the last connection may never complete (a session the
+    // broker no longer had): only this connection's count. One of them that
+    // completes after all merely hides a new one for a while.
+    publishes_started.store(0);
+    publishes_done.store(0);
+    progress_at_ns.store(steadyNanos());
     connected.store(true);
     log::info("mqtt_connected", {{"client_id", options.client_id}});
     std::vector<std::pair<std::string, int>> subs;
@@ -283,9 +332,11 @@ struct Client::Impl : public ::mqtt::iaction_listener {
       qos.push_back(q);
     }
     try {
+      suback_wait_since_ns.store(steadyNanos());
       // Never wait here: this is Paho's network thread. The listener reports.
       client->subscribe(filters, qos, nullptr, *this);
     } catch (const ::mqtt::exception& e) {
+      suback_wait_since_ns.store(0);
       log::error("mqtt_resubscribe_failed",
                  {{"client_id", options.client_id}, {"error", e.what()}});
       callHandler(true);
@@ -367,7 +418,16 @@ struct Client::Impl : public ::mqtt::iaction_listener {
     for (;;) {
       connectOnce();
       std::unique_lock lock(state_mutex);
-      state_cv.wait(lock, [&] { return stopping || connection_lost; });
+      const char* stall = nullptr;
+      while (!stopping && !connection_lost && stall == nullptr) {
+        state_cv.wait_for(lock, std::chrono::seconds(1));
+        stall = stalled();
+      }
+      if (stall != nullptr && !stopping && !connection_lost) {
+        lock.unlock();
+        replaceStalledClient(stall);
+        lock.lock();
+      }
       // A pause before the first attempt, as Paho's own reconnect made.
       if (state_cv.wait_for(lock, options.min_reconnect, [&] { return stopping; })) return;
       lock.unlock();
@@ -377,6 +437,51 @@ struct Client::Impl : public ::mqtt::iaction_listener {
       // that mutex: once it returns, Paho is done with the lost connection.
       (void)client->is_connected();
     }
+  }
+
+  // Connector thread: the wedged Paho client goes (its queued publishes with
+  // it) and a new one, with the same options and callbacks, connects next.
+  void replaceStalledClient(const char* why) {
+    log::error("mqtt_client_stalled",
+               {{"client_id", options.client_id},
+                {"why", why},
+                {"stall_timeout_ms", static_cast<int64_t>(options.stall_timeout.count())},
+                {"outstanding_publishes", publishes_started.load() - publishes_done.load()},
+                {"action", "replacing the MQTT client; unacked batches are resent"}});
+    connected.store(false);
+    try {
+      client->disable_callbacks();
+    } catch (const ::mqtt::exception&) {
+      // Only fails while a connect is in progress; destroying the client stops it too.
+    }
+    std::this_thread::sleep_for(kTokenCallbackGrace);
+    callHandler(false);
+    {
+      std::unique_lock exclusive(client_mutex);
+      client.reset();
+      client = makePahoClient();
+      publishes_started.store(0);
+      publishes_done.store(0);
+      suback_wait_since_ns.store(0);
+    }
+    std::lock_guard lock(state_mutex);
+    connection_lost = true;  // the loop connects the new client
+  }
+
+  std::unique_ptr<::mqtt::async_client> makePahoClient() {
+    // MQTT 5 on the client and on every connect (Paho refuses a mix).
+    ::mqtt::create_options create(MQTTVERSION_5);
+    // nullptr persistence = MQTTCLIENT_PERSISTENCE_NONE: the caller's SQLite is the record of
+    // truth.
+    auto c = std::make_unique<::mqtt::async_client>(options.broker_uris.front(), options.client_id,
+                                                    create, nullptr);
+    c->set_connected_handler([this](const std::string&) { onConnected(); });
+    c->set_disconnected_handler([this](const ::mqtt::properties& props, ::mqtt::ReasonCode code) {
+      onDisconnected(props, code);
+    });
+    c->set_connection_lost_handler([this](const std::string& cause) { onConnectionLost(cause); });
+    c->set_message_callback([this](::mqtt::const_message_ptr msg) { onMessage(std::move(msg)); });
+    return c;
   }
 
   void rememberBrokerLimits(const ::mqtt::token& tok) {
@@ -451,11 +556,7 @@ Client::Client(ClientOptions options, MessageHandler on_message, ConnectionHandl
 
   const ClientOptions& o = impl_->options;
   keepPahoInitialized();
-  // MQTT 5 on the client and on every connect (Paho refuses a mix).
-  ::mqtt::create_options create(MQTTVERSION_5);
-  // nullptr persistence = MQTTCLIENT_PERSISTENCE_NONE: the caller's SQLite is the record of truth.
-  impl_->client =
-      std::make_unique<::mqtt::async_client>(o.broker_uris.front(), o.client_id, create, nullptr);
+  impl_->client = impl_->makePahoClient();
 
   auto& co = impl_->connect_options;
   co.set_mqtt_version(MQTTVERSION_5);
@@ -479,7 +580,6 @@ Client::Client(ClientOptions options, MessageHandler on_message, ConnectionHandl
   if (!o.username.empty()) co.set_user_name(o.username);
   if (!o.password.empty()) co.set_password(o.password);
 
-  Impl* impl = impl_.get();
   if (anyTls(o.broker_uris)) {
     ::mqtt::ssl_options ssl;
     if (!o.ca_file.empty()) ssl.set_trust_store(o.ca_file);
@@ -500,15 +600,6 @@ Client::Client(ClientOptions options, MessageHandler on_message, ConnectionHandl
     // start() checks our own files, the broker's log has its reason.
     co.set_ssl(std::move(ssl));
   }
-  impl_->client->set_connected_handler([impl](const std::string&) { impl->onConnected(); });
-  impl_->client->set_disconnected_handler(
-      [impl](const ::mqtt::properties& props, ::mqtt::ReasonCode code) {
-        impl->onDisconnected(props, code);
-      });
-  impl_->client->set_connection_lost_handler(
-      [impl](const std::string& cause) { impl->onConnectionLost(cause); });
-  impl_->client->set_message_callback(
-      [impl](::mqtt::const_message_ptr msg) { impl->onMessage(std::move(msg)); });
 }
 
 Client::~Client() { stop(); }
@@ -535,6 +626,8 @@ Status Client::subscribe(const std::string& filter, int qos) {
     impl_->subscriptions.emplace_back(filter, qos);
   }
   if (!impl_->connected.load()) return Status::ok();  // made on the next connect
+  std::shared_lock client_lock(impl_->client_mutex, std::defer_lock);
+  if (!t_in_paho_callback) client_lock.lock();
   try {
     auto tok = impl_->client->subscribe(filter, qos);
     // Waiting lets a caller publish right after subscribe() and see the reply;
@@ -564,11 +657,17 @@ Status Client::publish(const std::string& topic, std::string payload, int qos, b
                            std::to_string(broker_max) +
                            " bytes, its max_packet_size); raise it or lower the batch limits");
   }
+  // A Paho callback runs on the current client, which is only replaced once
+  // callbacks are off; any other caller holds it while it uses it.
+  std::shared_lock client_lock(impl_->client_mutex, std::defer_lock);
+  if (!t_in_paho_callback) client_lock.lock();
   try {
     auto msg = ::mqtt::make_message(topic, ::mqtt::binary_ref(std::move(payload)), qos, retain);
+    impl_->publishStarted();
     // Not waited on: the listener hears the broker's PUBACK reason code.
     impl_->client->publish(std::move(msg), nullptr, impl_->publish_listener);
   } catch (const ::mqtt::exception& e) {
+    impl_->publishDone();  // never handed over
     return fromPaho(e, "publish to `" + topic + "`");
   }
   return Status::ok();

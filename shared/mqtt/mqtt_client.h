@@ -44,6 +44,13 @@ struct ClientOptions {
   std::chrono::seconds keepalive{10};
   std::chrono::milliseconds min_reconnect{250};
   std::chrono::milliseconds max_reconnect{5000};
+  // Connected, yet the resubscription has had no SUBACK, or publishes are
+  // outstanding and none has completed, for this long: the Paho client is
+  // taken to be wedged (seen once after a broker restart: connected and
+  // pinging, never sending again). It is then replaced by a new one that
+  // connects afresh (`mqtt_client_stalled`); callers resend as after any
+  // reconnect. 0 turns the check off.
+  std::chrono::milliseconds stall_timeout{30000};
   int max_inflight = 64;  // Paho's own in-flight window (messages)
   std::string username;   // optional
   std::string password;   // optional; never logged

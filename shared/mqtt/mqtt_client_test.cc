@@ -1,6 +1,11 @@
 #include "shared/mqtt/mqtt_client.h"
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -475,6 +480,126 @@ TEST_F(MqttClientTest, SessionTakenOverByTheSameClientIdIsReported) {
   ASSERT_TRUE(alone_box.waitFor([&] { return alone_box.ups >= 1; }));
   alone.stop();
   EXPECT_EQ(alone_events.takeovers, 0);
+}
+
+// A peer that accepts MQTT connections, answers each CONNECT with a CONNACK
+// (MQTT 5, session not present) and then never answers anything again: the
+// state of a client whose packets no longer get through. Counts connections.
+class SilentBroker {
+ public:
+  SilentBroker() {
+    listener_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    if (::bind(listener_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+        ::listen(listener_, 8) != 0 ||
+        ::getsockname(listener_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      return;
+    }
+    port_ = ntohs(addr.sin_port);
+    thread_ = std::thread([this] { serve(); });
+  }
+  ~SilentBroker() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+    for (int fd : peers_) ::close(fd);
+    ::close(listener_);
+  }
+  std::string uri() const { return "tcp://127.0.0.1:" + std::to_string(port_); }
+  int connections() const { return connections_.load(); }
+
+ private:
+  void serve() {
+    while (!stop_) {
+      std::vector<pollfd> fds{{listener_, POLLIN, 0}};
+      for (int fd : peers_) fds.push_back({fd, POLLIN, 0});
+      if (::poll(fds.data(), fds.size(), 50) <= 0) continue;
+      if (fds[0].revents & POLLIN) {
+        int fd = ::accept4(listener_, nullptr, nullptr, SOCK_CLOEXEC);
+        if (fd >= 0) {
+          peers_.push_back(fd);
+          answered_.push_back(false);
+        }
+      }
+      for (size_t i = 1; i < fds.size(); ++i) {
+        if (!(fds[i].revents & (POLLIN | POLLHUP))) continue;
+        char buf[4096];
+        if (::read(fds[i].fd, buf, sizeof buf) <= 0) continue;
+        if (!answered_[i - 1]) {  // the CONNECT: CONNACK, no flags, success, no properties
+          static const unsigned char kConnack[] = {0x20, 0x03, 0x00, 0x00, 0x00};
+          (void)!::write(fds[i].fd, kConnack, sizeof kConnack);
+          answered_[i - 1] = true;
+          connections_.fetch_add(1);
+        }
+      }
+    }
+  }
+  int listener_ = -1;
+  uint16_t port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> connections_{0};
+  std::vector<int> peers_;
+  std::vector<bool> answered_;
+  std::thread thread_;
+};
+
+// ClientOptions::stall_timeout: connected, but the resubscription never gets
+// its SUBACK: the client is replaced and connects again by itself.
+TEST(MqttClientStallTest, NoSubackForTheResubscriptionReplacesTheClient) {
+  SilentBroker broker;
+  ClientOptions o;
+  o.broker_uris = {broker.uri()};
+  o.client_id = "stall-suback";
+  o.stall_timeout = 1000ms;
+  o.min_reconnect = 100ms;
+  Client c(o, nullptr, nullptr);
+  ASSERT_TRUE(c.subscribe("t/#", 1).isOk());
+  ASSERT_TRUE(c.start().isOk());
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (broker.connections() < 2 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_GE(broker.connections(), 2) << "the stalled client was not replaced";
+  c.stop();
+}
+
+// Connected, publishes handed over, and none ever completes (no PUBACK): the
+// client is replaced; the caller hears down, then up again.
+TEST(MqttClientStallTest, PublishesThatNeverCompleteReplaceTheClient) {
+  SilentBroker broker;
+  Inbox inbox;
+  ClientOptions o;
+  o.broker_uris = {broker.uri()};
+  o.client_id = "stall-publish";
+  o.stall_timeout = 1000ms;
+  o.min_reconnect = 100ms;
+  Client c(o, nullptr, inbox.connectionHandler());
+  ASSERT_TRUE(c.start().isOk());
+  ASSERT_TRUE(inbox.waitFor([&] { return inbox.ups >= 1; }, 5s));
+  ASSERT_TRUE(c.publish("t/1", "x", 1).isOk());
+  ASSERT_TRUE(inbox.waitFor([&] { return inbox.downs >= 1 && inbox.ups >= 2; }, 10s))
+      << "ups " << inbox.ups << " downs " << inbox.downs;
+  EXPECT_GE(broker.connections(), 2);
+  // The new client works: a publish is accepted again.
+  EXPECT_TRUE(c.publish("t/2", "y", 1).isOk());
+  c.stop();
+}
+
+// With the check off, the same silence changes nothing.
+TEST(MqttClientStallTest, ZeroStallTimeoutNeverReplaces) {
+  SilentBroker broker;
+  ClientOptions o;
+  o.broker_uris = {broker.uri()};
+  o.client_id = "stall-off";
+  o.stall_timeout = 0ms;
+  Client c(o, nullptr, nullptr);
+  ASSERT_TRUE(c.subscribe("t/#", 1).isOk());
+  ASSERT_TRUE(c.start().isOk());
+  std::this_thread::sleep_for(2500ms);
+  EXPECT_EQ(broker.connections(), 1);
+  c.stop();
 }
 
 }  // namespace
