@@ -24,10 +24,11 @@
 
 #include "protocol/batch_codec.h"
 #include "shared/core/status.h"
+#include "shared/crypto/x25519.h"
 
 namespace branchline::protocol {
 
-using X25519Key = std::array<uint8_t, 32>;
+using X25519Key = crypto::X25519Key;
 struct AckKey;  // protocol/ack_auth.h
 
 struct SealKeyPair {
