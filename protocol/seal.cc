@@ -58,17 +58,11 @@ constexpr crypto::KeyFileRules kPrivateKeyFile{
     .label = "seal private key file",
     .exposure = "group/other may read the private sealing key",
     .advice = "(and consider the key exposed: rotate it)",
-    .check_mode = true,
     .max_bytes = kMaxKeyFileBytes,
 };
 // Not secret, but read the same way: a private key given by mistake would be.
 constexpr crypto::KeyFileRules kPublicKeyFile{
-    .label = "seal public key file",
-    .exposure = {},
-    .advice = {},
-    .check_mode = false,
-    .max_bytes = kMaxKeyFileBytes,
-};
+    .label = "seal public key file", .check_mode = false, .max_bytes = kMaxKeyFileBytes};
 
 Status writeKeyFile(const std::filesystem::path& file, std::string_view line, mode_t mode) {
   Status s = crypto::writeFileAtomically(file, line, mode, /*replace=*/true);

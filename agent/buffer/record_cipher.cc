@@ -27,7 +27,6 @@ constexpr crypto::KeyFileRules kKeyFileRules{
     .label = "key file",
     .exposure = "group/other may access the buffer's data key",
     .advice = "(and check who has read it)",
-    .check_mode = true,
     .max_bytes = 4096,
 };
 

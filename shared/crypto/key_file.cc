@@ -11,33 +11,14 @@
 #include <cstring>
 #include <string>
 
+#include "shared/core/unique_fd.h"
+
 namespace branchline::crypto {
 namespace {
 
 namespace fs = std::filesystem;
 
 std::string errnoText(int err) { return std::strerror(err); }
-
-// Closes a descriptor on scope exit; close() errors on a read-only fd carry no data.
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-  // Closes now and reports the result (a write's late error shows up here).
-  int release() {
-    int rc = ::close(fd_);
-    fd_ = -1;
-    return rc;
-  }
-
- private:
-  int fd_;
-};
 
 fs::path folderOf(const fs::path& file) {
   fs::path dir = file.parent_path();
@@ -46,7 +27,7 @@ fs::path folderOf(const fs::path& file) {
 
 Status fsyncFolder(const fs::path& file) {
   const fs::path dir = folderOf(file);
-  Fd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  UniqueFd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (d.get() < 0 || ::fsync(d.get()) != 0) {
     return Status::internal(file.string() + ": fsync folder " + dir.string() + ": " +
                             errnoText(errno));
@@ -59,7 +40,7 @@ Status fsyncFolder(const fs::path& file) {
 Result<SecretString> readKeyFile(const fs::path& file, const KeyFileRules& rules) {
   const std::string name = file.string();
   const std::string what = std::string(rules.label) + " " + name;
-  Fd fd(::open(name.c_str(), O_RDONLY | O_CLOEXEC));
+  UniqueFd fd(::open(name.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) {
     const int err = errno;
     if (err == ENOENT) return Status::notFound(what + " does not exist");
@@ -113,7 +94,7 @@ Status writeFileAtomically(const fs::path& file, std::string_view contents, mode
   if (ec) return Status::internal(name + ": create folder " + dir.string() + ": " + ec.message());
   std::string tmp = (dir / ("." + file.filename().string() + ".XXXXXX")).string();
   // mkstemp creates the file 0600, so a key is never readable by others even briefly.
-  Fd fd(::mkostemp(tmp.data(), O_CLOEXEC));
+  UniqueFd fd(::mkostemp(tmp.data(), O_CLOEXEC));
   if (fd.get() < 0) {
     return Status::internal(name + ": create a temp file in " + dir.string() + ": " +
                             errnoText(errno));
@@ -157,7 +138,7 @@ Status replaceFile(const fs::path& from, const fs::path& to) {
 
 Status overwriteWithZeros(const fs::path& file) {
   const std::string name = file.string();
-  Fd fd(::open(name.c_str(), O_WRONLY | O_CLOEXEC | O_NOFOLLOW));
+  UniqueFd fd(::open(name.c_str(), O_WRONLY | O_CLOEXEC | O_NOFOLLOW));
   if (fd.get() < 0) return Status::internal(name + ": open: " + errnoText(errno));
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) return Status::internal(name + ": stat: " + errnoText(errno));
