@@ -26,10 +26,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string mbedtlsError(int rc) { return crypto::mbedtlsErrorText(rc); }
-
 Status mbedFail(const std::string& what, int rc) {
-  return Status::internal(what + ": " + mbedtlsError(rc));
+  return Status::internal(what + ": " + crypto::mbedtlsErrorText(rc));
 }
 
 // One mbedTLS context with its init/free pair: `.ctx` is the raw context.
@@ -338,7 +336,8 @@ Result<Credential> issueCertificate(const Credential& authority, const Certifica
   BL_RETURN_IF_ERROR(checkSpec(spec));
   Crt ca;
   int rc = parseCertificate(ca, authority.certificate_pem);
-  if (rc != 0) return Status::invalid("authority certificate does not parse: " + mbedtlsError(rc));
+  if (rc != 0)
+    return Status::invalid("authority certificate does not parse: " + crypto::mbedtlsErrorText(rc));
   if (!ca.ctx.ca_istrue) {
     return Status::invalid("certificate `" + commonNameOf(&ca.ctx.subject) +
                            "` is not a certificate authority (basicConstraints CA:FALSE)");
@@ -346,7 +345,8 @@ Result<Credential> issueCertificate(const Credential& authority, const Certifica
   PkKey ca_key;
   rc = parseKey(ca_key, authority.private_key_pem);
   // The mbedTLS message never quotes key material, only what was wrong.
-  if (rc != 0) return Status::invalid("authority private key does not parse: " + mbedtlsError(rc));
+  if (rc != 0)
+    return Status::invalid("authority private key does not parse: " + crypto::mbedtlsErrorText(rc));
   if (mbedtls_pk_check_pair(&ca.ctx.pk, &ca_key.ctx) != 0) {
     return Status::invalid("authority private key is not the key of certificate `" +
                            commonNameOf(&ca.ctx.subject) + "`");
@@ -392,12 +392,13 @@ Result<Credential> loadCredential(const fs::path& certificate_file, const fs::pa
   int rc = parseCertificate(crt, out.certificate_pem);
   if (rc != 0) {
     return Status::invalid(certificate_file.string() +
-                           ": not a PEM certificate: " + mbedtlsError(rc));
+                           ": not a PEM certificate: " + crypto::mbedtlsErrorText(rc));
   }
   PkKey pk;
   rc = parseKey(pk, out.private_key_pem);
   if (rc != 0) {
-    return Status::invalid(key_file.string() + ": not a PEM private key: " + mbedtlsError(rc));
+    return Status::invalid(key_file.string() +
+                           ": not a PEM private key: " + crypto::mbedtlsErrorText(rc));
   }
   if (mbedtls_pk_check_pair(&crt.ctx.pk, &pk.ctx) != 0) {
     return Status::invalid(key_file.string() + " is not the private key of " +
@@ -409,7 +410,7 @@ Result<Credential> loadCredential(const fs::path& certificate_file, const fs::pa
 Result<CertificateInfo> inspectCertificate(std::string_view certificate_pem) {
   Crt crt;
   int rc = parseCertificate(crt, certificate_pem);
-  if (rc != 0) return Status::invalid("not a PEM certificate: " + mbedtlsError(rc));
+  if (rc != 0) return Status::invalid("not a PEM certificate: " + crypto::mbedtlsErrorText(rc));
   CertificateInfo info;
   info.subject = dnString(&crt.ctx.subject);
   info.common_name = commonNameOf(&crt.ctx.subject);
@@ -440,16 +441,18 @@ Status verifyCertificate(std::string_view certificate_pem, std::string_view auth
                          std::string_view crl_pem) {
   Crt crt;
   int rc = parseCertificate(crt, certificate_pem);
-  if (rc != 0) return Status::invalid("not a PEM certificate: " + mbedtlsError(rc));
+  if (rc != 0) return Status::invalid("not a PEM certificate: " + crypto::mbedtlsErrorText(rc));
   Crt ca;
   rc = parseCertificate(ca, authority_pem);
-  if (rc != 0) return Status::invalid("authority: not a PEM certificate: " + mbedtlsError(rc));
+  if (rc != 0)
+    return Status::invalid("authority: not a PEM certificate: " + crypto::mbedtlsErrorText(rc));
   Crl crl;
   if (!crl_pem.empty()) {
     const std::string text(crl_pem);
     rc = mbedtls_x509_crl_parse(&crl.ctx, reinterpret_cast<const unsigned char*>(text.c_str()),
                                 text.size() + 1);
-    if (rc != 0) return Status::invalid("not a PEM revocation list: " + mbedtlsError(rc));
+    if (rc != 0)
+      return Status::invalid("not a PEM revocation list: " + crypto::mbedtlsErrorText(rc));
   }
   uint32_t flags = 0;
   rc = mbedtls_x509_crt_verify(&crt.ctx, &ca.ctx, crl_pem.empty() ? nullptr : &crl.ctx, nullptr,
@@ -462,7 +465,7 @@ Status verifyCertificate(std::string_view certificate_pem, std::string_view auth
     while (!why.empty() && why.back() == '\n') why.pop_back();
     for (size_t at; (at = why.find('\n')) != std::string::npos;) why.replace(at, 1, "; ");
   }
-  if (why.empty()) why = mbedtlsError(rc);
+  if (why.empty()) why = crypto::mbedtlsErrorText(rc);
   return Status(Code::kPermissionDenied,
                 "certificate `" + commonNameOf(&crt.ctx.subject) + "` does not verify: " + why);
 }
@@ -479,7 +482,7 @@ Status verifyMessageSignature(std::string_view certificate_pem, std::string_view
                               std::string_view signature) {
   Crt crt;
   int rc = parseCertificate(crt, certificate_pem);
-  if (rc != 0) return Status::invalid("not a PEM certificate: " + mbedtlsError(rc));
+  if (rc != 0) return Status::invalid("not a PEM certificate: " + crypto::mbedtlsErrorText(rc));
   std::array<unsigned char, 512> public_pem{};
   rc = mbedtls_pk_write_pubkey_pem(&crt.ctx.pk, public_pem.data(), public_pem.size());
   if (rc != 0) return mbedFail("reading the certificate's public key", rc);
