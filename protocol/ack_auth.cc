@@ -1,10 +1,9 @@
 #include "protocol/ack_auth.h"
 
-#include <mbedtls/hkdf.h>
-#include <mbedtls/md.h>
-#include <mbedtls/platform_util.h>
-
 #include <cstring>
+
+#include "shared/crypto/hash.h"
+#include "shared/crypto/secret.h"
 
 namespace branchline::protocol {
 namespace {
@@ -57,33 +56,28 @@ std::string statusTagInput(const WireAgentStatus& s, std::string_view key_id) {
   return m;
 }
 
-std::string hmac(const AckKey& key, const std::string& input);
+static_assert(kTagSize == crypto::Sha256Digest().size());
 
+crypto::Sha256Digest hmac(const AckKey& key, const std::string& input) {
+  return crypto::hmacSha256(key.secret, crypto::bytesOf(input));
+}
+
+std::string tagText(const crypto::Sha256Digest& tag) {
+  return std::string(reinterpret_cast<const char*>(tag.data()), tag.size());
+}
+
+// Constant-time in the tag comparison.
 AckCheck checkTag(const AckKey& key, std::string_view key_id, std::string_view tag,
                   const std::string& input) {
   if (tag.size() != kTagSize || key_id != key.key_id) return AckCheck::kUnauthenticated;
-  const std::string expected = hmac(key, input);
-  unsigned char diff = 0;
-  for (size_t i = 0; i < kTagSize; ++i) {
-    diff |= static_cast<unsigned char>(expected[i] ^ tag[i]);
-  }
-  return diff == 0 ? AckCheck::kAuthentic : AckCheck::kBadTag;
-}
-
-std::string hmac(const AckKey& key, const std::string& input) {
-  std::string out(kTagSize, '\0');
-  [[maybe_unused]] int rc =
-      mbedtls_md_hmac(mbedtls_md_info_from_type(MBEDTLS_MD_SHA256), key.secret.data(),
-                      key.secret.size(), reinterpret_cast<const unsigned char*>(input.data()),
-                      input.size(), reinterpret_cast<unsigned char*>(out.data()));
-  // Fails only for a missing digest (SHA-256 is always built in) or bad arguments.
-  if (rc != 0) out.assign(kTagSize, '\0');
-  return out;
+  const crypto::Sha256Digest expected = hmac(key, input);
+  return crypto::equalConstantTime(expected, crypto::bytesOf(tag)) ? AckCheck::kAuthentic
+                                                                   : AckCheck::kBadTag;
 }
 
 }  // namespace
 
-AckKey::~AckKey() { mbedtls_platform_zeroize(secret.data(), secret.size()); }
+AckKey::~AckKey() { crypto::zeroize(secret.data(), secret.size()); }
 
 Result<AckKey> deriveAckKey(const X25519Key& static_agreement, const X25519Key& agent_public,
                             const X25519Key& aggregator_public) {
@@ -95,35 +89,28 @@ Result<AckKey> deriveAckKey(const X25519Key& static_agreement, const X25519Key& 
   std::string info(kKeyInfo);
   info.push_back('\0');
   info += key.key_id;
-  int rc = mbedtls_hkdf(mbedtls_md_info_from_type(MBEDTLS_MD_SHA256), salt.data(), salt.size(),
-                        static_agreement.data(), static_agreement.size(),
-                        reinterpret_cast<const unsigned char*>(info.data()), info.size(),
-                        key.secret.data(), key.secret.size());
-  if (rc != 0) return Status::internal("deriving the ack key failed (HKDF-SHA256)");
+  Status derived = crypto::hkdfSha256(salt, static_agreement, crypto::bytesOf(info), key.secret);
+  if (!derived.isOk()) return derived.withContext("deriving the ack key");
   return key;
 }
 
 Result<AckKey> agentAckKey(const SealKeyPair& agent, const X25519Key& aggregator_public) {
-  auto agreed = x25519(agent.private_key, aggregator_public);
-  if (!agreed) return agreed.status().withContext("ack key");
-  X25519Key secret = *agreed;
-  auto key = deriveAckKey(secret, agent.public_key, aggregator_public);
-  mbedtls_platform_zeroize(secret.data(), secret.size());
-  return key;
+  crypto::SecretBytes<32> secret;
+  Status agreed = crypto::x25519(agent.private_key, aggregator_public, secret.array());
+  if (!agreed.isOk()) return agreed.withContext("ack key");
+  return deriveAckKey(secret.array(), agent.public_key, aggregator_public);
 }
 
 Result<AckKey> aggregatorAckKey(const SealKeyPair& aggregator, const X25519Key& agent_public) {
-  auto agreed = x25519(aggregator.private_key, agent_public);
-  if (!agreed) return agreed.status().withContext("ack key");
-  X25519Key secret = *agreed;
-  auto key = deriveAckKey(secret, agent_public, aggregator.public_key);
-  mbedtls_platform_zeroize(secret.data(), secret.size());
-  return key;
+  crypto::SecretBytes<32> secret;
+  Status agreed = crypto::x25519(aggregator.private_key, agent_public, secret.array());
+  if (!agreed.isOk()) return agreed.withContext("ack key");
+  return deriveAckKey(secret.array(), agent_public, aggregator.public_key);
 }
 
 void signAck(const AckKey& key, WireAck& ack) {
   ack.key_id = key.key_id;
-  ack.tag = hmac(key, tagInput(ack, key.key_id));
+  ack.tag = tagText(hmac(key, tagInput(ack, key.key_id)));
 }
 
 AckCheck checkAck(const AckKey& key, const WireAck& ack) {
@@ -132,7 +119,7 @@ AckCheck checkAck(const AckKey& key, const WireAck& ack) {
 
 void signAgentStatus(const AckKey& key, WireAgentStatus& status) {
   status.key_id = key.key_id;
-  status.tag = hmac(key, statusTagInput(status, key.key_id));
+  status.tag = tagText(hmac(key, statusTagInput(status, key.key_id)));
 }
 
 AckCheck checkAgentStatus(const AckKey& key, const WireAgentStatus& status) {

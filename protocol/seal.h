@@ -24,10 +24,11 @@
 
 #include "protocol/batch_codec.h"
 #include "shared/core/status.h"
+#include "shared/crypto/x25519.h"
 
 namespace branchline::protocol {
 
-using X25519Key = std::array<uint8_t, 32>;
+using X25519Key = crypto::X25519Key;
 struct AckKey;  // protocol/ack_auth.h
 
 struct SealKeyPair {
@@ -65,15 +66,15 @@ struct SealerKeys {
 };
 
 // encodeBatch, then sealed: the envelope carries cipher x25519Aes256Gcm, the
-// key id of `aggregator_public` and the ephemeral public key. One-shot: seeds a
-// random generator per call; a forwarder seals through a BatchSealer.
+// key id of `aggregator_public` and the ephemeral public key. One-shot: agrees the
+// static secret per call; a forwarder seals through a BatchSealer.
 Result<std::string> sealBatch(const WireBatch& batch, const SealerKeys& keys, int zstd_level = 1);
 
-// Seals every batch of one agent. Holds one random generator (seeded once, fed
-// fresh system entropy on every request) and the agent/aggregator static shared
-// secret (zeroed on destruction), so a batch costs two X25519 (the ephemeral key
-// and its agreement) and one AES-GCM pass over the compressed body. Not
-// thread-safe: one per forwarder thread.
+// Seals every batch of one agent. Draws from its thread's random generator
+// (crypto::threadDrbg: seeded once, fed fresh system entropy on every request)
+// and holds the agent/aggregator static shared secret (zeroed on destruction),
+// so a batch costs two X25519 (the ephemeral key and its agreement) and one
+// AES-GCM pass over the compressed body. Not thread-safe: one per forwarder thread.
 class BatchSealer {
  public:
   // kInvalidArgument when the keys cannot agree (a low-order aggregator key).

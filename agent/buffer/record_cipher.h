@@ -33,26 +33,12 @@
 #include <string_view>
 
 #include "shared/core/status.h"
+#include "shared/crypto/secret.h"
 
 namespace branchline::agent {
 
 // 32 key bytes, zeroed when destroyed. Never logged, never in an error message.
-class DataKey {
- public:
-  static constexpr size_t kSize = 32;
-  DataKey() = default;
-  ~DataKey();
-  DataKey(const DataKey&) = delete;
-  DataKey& operator=(const DataKey&) = delete;
-  DataKey(DataKey&& other) noexcept;
-  DataKey& operator=(DataKey&& other) noexcept;
-
-  const unsigned char* data() const { return bytes_.data(); }
-  unsigned char* data() { return bytes_.data(); }
-
- private:
-  std::array<unsigned char, kSize> bytes_{};
-};
+using DataKey = crypto::SecretBytes<32>;
 
 // Reads the key file, or creates it (random bytes, 0600, temp + fsync + rename +
 // fsync of the folder) when it does not exist. kPermissionDenied when the file

@@ -18,6 +18,7 @@
 #include "agent/spool/csv_reader.h"
 #include "shared/core/clock.h"
 #include "shared/core/log.h"
+#include "shared/core/unique_fd.h"
 
 namespace branchline::agent {
 namespace {
@@ -26,33 +27,12 @@ namespace fs = std::filesystem;
 
 constexpr size_t kMaxErrorsInFile = 100000;  // errors.json stays readable
 
-// An open file descriptor, closed on destruction.
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-  // Closes now and reports the result (close can report a write-back error).
-  int release() {
-    int r = ::close(fd_);
-    fd_ = -1;
-    return r;
-  }
-
- private:
-  int fd_;
-};
-
 std::string errnoText(const std::string& what, const fs::path& path) {
   return what + " " + path.string() + ": " + std::strerror(errno);
 }
 
 Status fsyncDir(const fs::path& dir) {
-  Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (fd.get() < 0) return Status::internal(errnoText("open directory", dir));
   if (::fsync(fd.get()) != 0) return Status::internal(errnoText("fsync directory", dir));
   return Status::ok();
@@ -63,7 +43,7 @@ Status fsyncDir(const fs::path& dir) {
 Status writeFileDurably(const fs::path& path, const std::string& content) {
   fs::path tmp = path;
   tmp += ".tmp";
-  Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
   if (fd.get() < 0) return Status::internal(errnoText("create", tmp));
   size_t off = 0;
   while (off < content.size()) {
@@ -81,7 +61,7 @@ Status writeFileDurably(const fs::path& path, const std::string& content) {
 }
 
 Status readWholeFile(const fs::path& path, uint64_t expected_size, std::string& out) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return Status::internal(errnoText("open", path));
   out.resize(expected_size);
   size_t off = 0;

@@ -3,14 +3,8 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <mbedtls/asn1write.h>
-#include <mbedtls/ctr_drbg.h>
-#include <mbedtls/ecp.h>
-#include <mbedtls/entropy.h>
-#include <mbedtls/error.h>
 #include <mbedtls/oid.h>
 #include <mbedtls/pk.h>
-#include <mbedtls/platform_util.h>
-#include <mbedtls/sha256.h>
 #include <mbedtls/x509_crl.h>
 #include <mbedtls/x509_crt.h>
 #include <sys/stat.h>
@@ -21,47 +15,20 @@
 #include <cstring>
 #include <ctime>
 
+#include "shared/crypto/ecdsa.h"
+#include "shared/crypto/key_file.h"
+#include "shared/crypto/mbedtls_error.h"
+#include "shared/crypto/random.h"
+#include "shared/crypto/secret.h"
+
 namespace branchline::pki {
 namespace {
 
 namespace fs = std::filesystem;
 
-std::string mbedtlsError(int rc) {
-  char buf[160];
-  mbedtls_strerror(rc, buf, sizeof buf);
-  char code[24];
-  std::snprintf(code, sizeof code, " (-0x%04x)", static_cast<unsigned>(-rc));
-  return std::string(buf) + code;
-}
-
 Status mbedFail(const std::string& what, int rc) {
-  return Status::internal(what + ": " + mbedtlsError(rc));
+  return Status::internal(what + ": " + crypto::mbedtlsErrorText(rc));
 }
-
-void wipe(std::string& s) {
-  if (!s.empty()) mbedtls_platform_zeroize(s.data(), s.size());
-  s.clear();
-}
-
-// RAII over the mbedTLS contexts used here.
-struct Rng {
-  mbedtls_entropy_context entropy;
-  mbedtls_ctr_drbg_context drbg;
-  Rng() {
-    mbedtls_entropy_init(&entropy);
-    mbedtls_ctr_drbg_init(&drbg);
-  }
-  ~Rng() {
-    mbedtls_ctr_drbg_free(&drbg);
-    mbedtls_entropy_free(&entropy);
-  }
-  Status seed() {
-    static constexpr unsigned char kPersonal[] = "branchline-pki";
-    int rc = mbedtls_ctr_drbg_seed(&drbg, mbedtls_entropy_func, &entropy, kPersonal,
-                                   sizeof kPersonal - 1);
-    return rc == 0 ? Status::ok() : mbedFail("seeding the random generator", rc);
-  }
-};
 
 // One mbedTLS context with its init/free pair: `.ctx` is the raw context.
 template <typename T, void (*Init)(T*), void (*Free)(T*)>
@@ -217,30 +184,19 @@ Result<Der> extendedKeyUsageDer(const char* oid, size_t oid_len) {
   return Der(p, p + len);
 }
 
-Status generateKey(PkKey& key, Rng& rng) {
-  int rc = mbedtls_pk_setup(&key.ctx, mbedtls_pk_info_from_type(MBEDTLS_PK_ECKEY));
-  if (rc != 0) return mbedFail("creating a key", rc);
-  rc = mbedtls_ecp_gen_key(MBEDTLS_ECP_DP_SECP256R1, mbedtls_pk_ec(key.ctx),
-                           mbedtls_ctr_drbg_random, &rng.drbg);
-  if (rc != 0) return mbedFail("generating an ECDSA P-256 key", rc);
-  return Status::ok();
-}
-
-Result<std::string> keyPem(PkKey& key) {
-  std::array<unsigned char, 1024> buf{};
-  int rc = mbedtls_pk_write_key_pem(&key.ctx, buf.data(), buf.size());
-  if (rc != 0) {
-    mbedtls_platform_zeroize(buf.data(), buf.size());
-    return mbedFail("encoding a private key", rc);
-  }
-  std::string pem(reinterpret_cast<const char*>(buf.data()));
-  mbedtls_platform_zeroize(buf.data(), buf.size());
+// A new P-256 key (shared/crypto), as PEM and parsed for the certificate writer.
+Result<crypto::SecretString> generateKey(PkKey& key) {
+  auto pem = crypto::generateEcdsaP256Key();
+  if (!pem.isOk()) return pem.status();
+  int rc = parseKey(key, pem->str());
+  if (rc != 0) return mbedFail("reading the new key", rc);
   return pem;
 }
 
 // Everything but the issuer: subject, key, validity, serial and extensions.
 Result<std::string> writeCertificate(const CertificateSpec& spec, PkKey& subject_key,
-                                     PkKey& issuer_key, const std::string& issuer_name, Rng& rng) {
+                                     PkKey& issuer_key, const std::string& issuer_name,
+                                     crypto::Drbg& rng) {
   CrtWriter w;
   mbedtls_x509write_crt_set_version(&w.ctx, MBEDTLS_X509_CRT_VERSION_3);
   mbedtls_x509write_crt_set_md_alg(&w.ctx, MBEDTLS_MD_SHA256);
@@ -255,8 +211,8 @@ Result<std::string> writeCertificate(const CertificateSpec& spec, PkKey& subject
 
   // A random positive 128-bit serial: unique without a serial database.
   std::array<unsigned char, 16> serial{};
-  rc = mbedtls_ctr_drbg_random(&rng.drbg, serial.data(), serial.size());
-  if (rc != 0) return mbedFail("drawing a serial number", rc);
+  Status drawn = rng.fill(serial);
+  if (!drawn.isOk()) return drawn.withContext("drawing a serial number");
   serial[0] = static_cast<unsigned char>((serial[0] & 0x7f) | 0x40);
   Mpi mpi;
   rc = mbedtls_mpi_read_binary(&mpi.ctx, serial.data(), serial.size());
@@ -312,8 +268,7 @@ Result<std::string> writeCertificate(const CertificateSpec& spec, PkKey& subject
   }
 
   std::vector<unsigned char> pem(8192);
-  rc =
-      mbedtls_x509write_crt_pem(&w.ctx, pem.data(), pem.size(), mbedtls_ctr_drbg_random, &rng.drbg);
+  rc = mbedtls_x509write_crt_pem(&w.ctx, pem.data(), pem.size(), &crypto::Drbg::callback, &rng);
   if (rc != 0) return mbedFail("signing the certificate", rc);
   return std::string(reinterpret_cast<const char*>(pem.data()));
 }
@@ -338,7 +293,7 @@ std::string dnString(const mbedtls_x509_name* name) {
 Credential& Credential::operator=(const Credential& other) {
   if (this != &other) {
     certificate_pem = other.certificate_pem;
-    wipe(private_key_pem);
+    crypto::zeroize(private_key_pem);
     private_key_pem = other.private_key_pem;
   }
   return *this;
@@ -347,31 +302,30 @@ Credential& Credential::operator=(const Credential& other) {
 Credential& Credential::operator=(Credential&& other) noexcept {
   if (this != &other) {
     certificate_pem = std::move(other.certificate_pem);
-    wipe(private_key_pem);
+    crypto::zeroize(private_key_pem);
     private_key_pem = std::move(other.private_key_pem);
   }
   return *this;
 }
 
-Credential::~Credential() { wipe(private_key_pem); }
+Credential::~Credential() { crypto::zeroize(private_key_pem); }
 
 Result<Credential> createAuthority(const CertificateSpec& spec) {
   if (spec.role != CertRole::kAuthority) {
     return Status::invalid("createAuthority: the spec's role must be kAuthority");
   }
   BL_RETURN_IF_ERROR(checkSpec(spec));
-  Rng rng;
-  BL_RETURN_IF_ERROR(rng.seed());
+  auto rng = crypto::threadDrbg();
+  if (!rng.isOk()) return rng.status();
   PkKey key;
-  BL_RETURN_IF_ERROR(generateKey(key, rng));
-  const std::string name = "CN=" + spec.common_name + ",O=Branchline";
-  auto cert = writeCertificate(spec, key, key, name, rng);
-  if (!cert.isOk()) return cert.status();
-  auto pem = keyPem(key);
+  auto pem = generateKey(key);
   if (!pem.isOk()) return pem.status();
+  const std::string name = "CN=" + spec.common_name + ",O=Branchline";
+  auto cert = writeCertificate(spec, key, key, name, **rng);
+  if (!cert.isOk()) return cert.status();
   Credential out;
   out.certificate_pem = std::move(cert).value();
-  out.private_key_pem = std::move(pem).value();
+  out.private_key_pem = pem->release();
   return out;
 }
 
@@ -382,7 +336,8 @@ Result<Credential> issueCertificate(const Credential& authority, const Certifica
   BL_RETURN_IF_ERROR(checkSpec(spec));
   Crt ca;
   int rc = parseCertificate(ca, authority.certificate_pem);
-  if (rc != 0) return Status::invalid("authority certificate does not parse: " + mbedtlsError(rc));
+  if (rc != 0)
+    return Status::invalid("authority certificate does not parse: " + crypto::mbedtlsErrorText(rc));
   if (!ca.ctx.ca_istrue) {
     return Status::invalid("certificate `" + commonNameOf(&ca.ctx.subject) +
                            "` is not a certificate authority (basicConstraints CA:FALSE)");
@@ -390,7 +345,8 @@ Result<Credential> issueCertificate(const Credential& authority, const Certifica
   PkKey ca_key;
   rc = parseKey(ca_key, authority.private_key_pem);
   // The mbedTLS message never quotes key material, only what was wrong.
-  if (rc != 0) return Status::invalid("authority private key does not parse: " + mbedtlsError(rc));
+  if (rc != 0)
+    return Status::invalid("authority private key does not parse: " + crypto::mbedtlsErrorText(rc));
   if (mbedtls_pk_check_pair(&ca.ctx.pk, &ca_key.ctx) != 0) {
     return Status::invalid("authority private key is not the key of certificate `" +
                            commonNameOf(&ca.ctx.subject) + "`");
@@ -400,11 +356,12 @@ Result<Credential> issueCertificate(const Credential& authority, const Certifica
   std::string issuer = dnString(&ca.ctx.subject);
   for (size_t at; (at = issuer.find(", ")) != std::string::npos;) issuer.erase(at + 1, 1);
 
-  Rng rng;
-  BL_RETURN_IF_ERROR(rng.seed());
+  auto rng = crypto::threadDrbg();
+  if (!rng.isOk()) return rng.status();
   PkKey key;
-  BL_RETURN_IF_ERROR(generateKey(key, rng));
-  auto cert = writeCertificate(spec, key, ca_key, issuer, rng);
+  auto pem = generateKey(key);
+  if (!pem.isOk()) return pem.status();
+  auto cert = writeCertificate(spec, key, ca_key, issuer, **rng);
   if (!cert.isOk()) return cert.status();
 
   Crt issued;
@@ -415,34 +372,33 @@ Result<Credential> issueCertificate(const Credential& authority, const Certifica
     return Status::invalid("authority subject `" + dnString(&ca.ctx.subject) +
                            "` cannot be reproduced as an issuer name (not written by branchline?)");
   }
-  auto pem = keyPem(key);
-  if (!pem.isOk()) return pem.status();
   Credential out;
   out.certificate_pem = std::move(cert).value();
-  out.private_key_pem = std::move(pem).value();
+  out.private_key_pem = pem->release();
   return out;
 }
 
 Result<Credential> loadCredential(const fs::path& certificate_file, const fs::path& key_file) {
-  BL_RETURN_IF_ERROR(checkPrivateFileMode(key_file));
+  // The key first: a key file open to group/other is refused whatever else is wrong.
+  auto key = crypto::readKeyFile(key_file, {});
+  if (!key.isOk()) return key.status();
   auto cert = readFile(certificate_file);
   if (!cert.isOk()) return cert.status();
-  auto key = readFile(key_file);
-  if (!key.isOk()) return key.status();
   Credential out;
   out.certificate_pem = std::move(cert).value();
-  out.private_key_pem = std::move(key).value();
+  out.private_key_pem = key->release();
 
   Crt crt;
   int rc = parseCertificate(crt, out.certificate_pem);
   if (rc != 0) {
     return Status::invalid(certificate_file.string() +
-                           ": not a PEM certificate: " + mbedtlsError(rc));
+                           ": not a PEM certificate: " + crypto::mbedtlsErrorText(rc));
   }
   PkKey pk;
   rc = parseKey(pk, out.private_key_pem);
   if (rc != 0) {
-    return Status::invalid(key_file.string() + ": not a PEM private key: " + mbedtlsError(rc));
+    return Status::invalid(key_file.string() +
+                           ": not a PEM private key: " + crypto::mbedtlsErrorText(rc));
   }
   if (mbedtls_pk_check_pair(&crt.ctx.pk, &pk.ctx) != 0) {
     return Status::invalid(key_file.string() + " is not the private key of " +
@@ -454,7 +410,7 @@ Result<Credential> loadCredential(const fs::path& certificate_file, const fs::pa
 Result<CertificateInfo> inspectCertificate(std::string_view certificate_pem) {
   Crt crt;
   int rc = parseCertificate(crt, certificate_pem);
-  if (rc != 0) return Status::invalid("not a PEM certificate: " + mbedtlsError(rc));
+  if (rc != 0) return Status::invalid("not a PEM certificate: " + crypto::mbedtlsErrorText(rc));
   CertificateInfo info;
   info.subject = dnString(&crt.ctx.subject);
   info.common_name = commonNameOf(&crt.ctx.subject);
@@ -485,16 +441,18 @@ Status verifyCertificate(std::string_view certificate_pem, std::string_view auth
                          std::string_view crl_pem) {
   Crt crt;
   int rc = parseCertificate(crt, certificate_pem);
-  if (rc != 0) return Status::invalid("not a PEM certificate: " + mbedtlsError(rc));
+  if (rc != 0) return Status::invalid("not a PEM certificate: " + crypto::mbedtlsErrorText(rc));
   Crt ca;
   rc = parseCertificate(ca, authority_pem);
-  if (rc != 0) return Status::invalid("authority: not a PEM certificate: " + mbedtlsError(rc));
+  if (rc != 0)
+    return Status::invalid("authority: not a PEM certificate: " + crypto::mbedtlsErrorText(rc));
   Crl crl;
   if (!crl_pem.empty()) {
     const std::string text(crl_pem);
     rc = mbedtls_x509_crl_parse(&crl.ctx, reinterpret_cast<const unsigned char*>(text.c_str()),
                                 text.size() + 1);
-    if (rc != 0) return Status::invalid("not a PEM revocation list: " + mbedtlsError(rc));
+    if (rc != 0)
+      return Status::invalid("not a PEM revocation list: " + crypto::mbedtlsErrorText(rc));
   }
   uint32_t flags = 0;
   rc = mbedtls_x509_crt_verify(&crt.ctx, &ca.ctx, crl_pem.empty() ? nullptr : &crl.ctx, nullptr,
@@ -507,34 +465,16 @@ Status verifyCertificate(std::string_view certificate_pem, std::string_view auth
     while (!why.empty() && why.back() == '\n') why.pop_back();
     for (size_t at; (at = why.find('\n')) != std::string::npos;) why.replace(at, 1, "; ");
   }
-  if (why.empty()) why = mbedtlsError(rc);
+  if (why.empty()) why = crypto::mbedtlsErrorText(rc);
   return Status(Code::kPermissionDenied,
                 "certificate `" + commonNameOf(&crt.ctx.subject) + "` does not verify: " + why);
 }
 
-namespace {
-std::array<unsigned char, 32> sha256Of(std::string_view message) {
-  std::array<unsigned char, 32> hash{};
-  mbedtls_sha256_ret(reinterpret_cast<const unsigned char*>(message.data()), message.size(),
-                     hash.data(), /*is224=*/0);
-  return hash;
-}
-}  // namespace
-
 Result<std::string> signMessage(const std::string& private_key_pem, std::string_view message) {
-  PkKey key;
-  int rc = parseKey(key, private_key_pem);
-  if (rc != 0) return Status::invalid("signing key: not a PEM private key: " + mbedtlsError(rc));
-  Rng rng;
-  BL_RETURN_IF_ERROR(rng.seed());
-  const auto hash = sha256Of(message);
-  std::string sig(MBEDTLS_PK_SIGNATURE_MAX_SIZE, '\0');
-  size_t len = 0;
-  rc = mbedtls_pk_sign(&key.ctx, MBEDTLS_MD_SHA256, hash.data(), hash.size(),
-                       reinterpret_cast<unsigned char*>(sig.data()), &len, mbedtls_ctr_drbg_random,
-                       &rng.drbg);
-  if (rc != 0) return mbedFail("signing", rc);
-  sig.resize(len);
+  auto sig = crypto::ecdsaSign(private_key_pem, message);
+  if (!sig.isOk() && sig.status().code() == Code::kInvalidArgument) {
+    return sig.status().withContext("signing key");
+  }
   return sig;
 }
 
@@ -542,71 +482,22 @@ Status verifyMessageSignature(std::string_view certificate_pem, std::string_view
                               std::string_view signature) {
   Crt crt;
   int rc = parseCertificate(crt, certificate_pem);
-  if (rc != 0) return Status::invalid("not a PEM certificate: " + mbedtlsError(rc));
-  const auto hash = sha256Of(message);
-  rc =
-      mbedtls_pk_verify(&crt.ctx.pk, MBEDTLS_MD_SHA256, hash.data(), hash.size(),
-                        reinterpret_cast<const unsigned char*>(signature.data()), signature.size());
-  if (rc != 0) {
+  if (rc != 0) return Status::invalid("not a PEM certificate: " + crypto::mbedtlsErrorText(rc));
+  std::array<unsigned char, 512> public_pem{};
+  rc = mbedtls_pk_write_pubkey_pem(&crt.ctx.pk, public_pem.data(), public_pem.size());
+  if (rc != 0) return mbedFail("reading the certificate's public key", rc);
+  Status verified =
+      crypto::ecdsaVerify(reinterpret_cast<const char*>(public_pem.data()), message, signature);
+  if (verified.code() == Code::kPermissionDenied) {
     return Status(Code::kPermissionDenied, "signature is not by the key of certificate `" +
                                                commonNameOf(&crt.ctx.subject) + "`");
   }
-  return Status::ok();
+  return verified;
 }
 
 Status writeFileAtomically(const fs::path& file, std::string_view contents, mode_t mode,
                            bool replace) {
-  const fs::path dir = file.parent_path().empty() ? fs::path(".") : file.parent_path();
-  std::string tmp = (dir / ("." + file.filename().string() + ".XXXXXX")).string();
-  // mkstemp creates the file 0600, so a key is never readable by others even briefly.
-  const int fd = ::mkostemp(tmp.data(), O_CLOEXEC);
-  if (fd < 0)
-    return Status::internal("create a temp file in " + dir.string() + ": " + strerror(errno));
-  auto fail = [&](const std::string& what) {
-    const int err = errno;
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    return Status::internal(what + " " + tmp + ": " + strerror(err));
-  };
-  if (::fchmod(fd, mode) != 0) return fail("chmod");
-  const char* p = contents.data();
-  size_t left = contents.size();
-  while (left > 0) {
-    const ssize_t n = ::write(fd, p, left);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return fail("write");
-    p += n;
-    left -= static_cast<size_t>(n);
-  }
-  if (::fsync(fd) != 0) return fail("fsync");
-  if (::close(fd) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    return Status::internal("close " + tmp + ": " + strerror(err));
-  }
-  if (replace) {
-    if (::rename(tmp.c_str(), file.c_str()) != 0) {
-      const int err = errno;
-      ::unlink(tmp.c_str());
-      return Status::internal("rename to " + file.string() + ": " + strerror(err));
-    }
-  } else {
-    // link() refuses an existing name, so a key is never silently replaced.
-    const int rc = ::link(tmp.c_str(), file.c_str());
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    if (rc != 0 && err == EEXIST) {
-      return Status(Code::kAlreadyExists, file.string() + " already exists; not overwritten");
-    }
-    if (rc != 0) return Status::internal("create " + file.string() + ": " + strerror(err));
-  }
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0) return Status::internal("open " + dir.string() + ": " + strerror(errno));
-  const int rc = ::fsync(dfd);
-  const int err = errno;
-  ::close(dfd);
-  if (rc != 0) return Status::internal("fsync " + dir.string() + ": " + strerror(err));
-  return Status::ok();
+  return crypto::writeFileAtomically(file, contents, mode, replace);
 }
 
 Result<std::string> readFile(const fs::path& file) {
@@ -623,32 +514,16 @@ Result<std::string> readFile(const fs::path& file) {
     if (n < 0) {
       const int err = errno;
       ::close(fd);
-      mbedtls_platform_zeroize(chunk, sizeof chunk);
-      wipe(out);
+      crypto::zeroize(chunk, sizeof chunk);
+      crypto::zeroize(out);
       return Status::notFound("cannot read " + file.string() + ": " + strerror(err));
     }
     if (n == 0) break;
     out.append(chunk, static_cast<size_t>(n));
   }
   ::close(fd);
-  mbedtls_platform_zeroize(chunk, sizeof chunk);
+  crypto::zeroize(chunk, sizeof chunk);
   return out;
-}
-
-Status checkPrivateFileMode(const fs::path& file) {
-  struct stat st {};
-  if (::stat(file.c_str(), &st) != 0) {
-    return errno == ENOENT ? Status::notFound(file.string() + " does not exist")
-                           : Status::internal("stat " + file.string() + ": " + strerror(errno));
-  }
-  if ((st.st_mode & 077) != 0) {
-    char mode[8];
-    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
-    return Status(Code::kPermissionDenied, file.string() + " is a private key but has mode " +
-                                               mode + " (group/other access); run `chmod 600 " +
-                                               file.string() + "`");
-  }
-  return Status::ok();
 }
 
 }  // namespace branchline::pki

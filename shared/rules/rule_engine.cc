@@ -1,6 +1,5 @@
 #include "shared/rules/rule_engine.h"
 
-#include <mbedtls/sha256.h>
 #include <phonenumbers/phonenumberutil.h>
 #include <unicode/bytestream.h>
 #include <unicode/casemap.h>
@@ -33,6 +32,7 @@
 #include <utility>
 
 #include "shared/core/clock.h"
+#include "shared/crypto/hash.h"
 
 namespace branchline::rules {
 namespace {
@@ -539,16 +539,6 @@ bool equalsIgnoreCase(std::string_view a, std::string_view b) {
   return true;
 }
 
-std::string lowerHex(const unsigned char* p, size_t n) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string s(2 * n, '0');
-  for (size_t i = 0; i < n; ++i) {
-    s[2 * i] = kHex[p[i] >> 4];
-    s[2 * i + 1] = kHex[p[i] & 0xF];
-  }
-  return s;
-}
-
 struct StringHash {
   using is_transparent = void;
   size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
@@ -1039,12 +1029,7 @@ Outcome RuleEngine::apply(const CompiledSchema& cs, const json::object& record) 
     }
     n.key.push_back(']');
   } else {
-    unsigned char digest[32];
-    const int rc = mbedtls_sha256_ret(reinterpret_cast<const unsigned char*>(payload.data()),
-                                      payload.size(), digest, /*is224=*/0);
-    assert(rc == 0 && "SHA-256 over memory cannot fail");
-    (void)rc;
-    n.key = "sha256:" + lowerHex(digest, sizeof digest);
+    n.key = "sha256:" + crypto::toHex(crypto::sha256(payload));
   }
   n.payload = std::move(payload);
   return outcome;
