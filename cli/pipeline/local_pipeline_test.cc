@@ -126,6 +126,7 @@ TEST(LocalPipelineTest, MissingBinaryFailsCleanlyAfterRealBrokerStart) {
       << conf;
   EXPECT_NE(conf.find("max_packet_size 16781312\n"), std::string::npos) << conf;
   EXPECT_EQ(conf.find("max_queued_bytes 0\n"), std::string::npos) << conf;
+  EXPECT_NE(conf.find("persistent_client_expiration 7d\n"), std::string::npos) << conf;
   // The access policy names every member: agents and aggregators.
   const std::string policy = tmpFileContents(p.dir() + "/mosquitto/dynamic-security.json");
   for (const char* who : {"\"aggregator.agg-2\"", "\"agent-1\"", "\"agent-2\""}) {

@@ -133,6 +133,7 @@ TEST(FleetPkiTest, InitWritesTheDocumentedLayout) {
       << conf;
   EXPECT_NE(conf.find("max_packet_size 16781312\n"), std::string::npos) << conf;
   EXPECT_EQ(conf.find("max_queued_bytes 0\n"), std::string::npos) << conf;
+  EXPECT_NE(conf.find("persistent_client_expiration 7d\n"), std::string::npos) << conf;
 
   for (const auto& f : report->files) EXPECT_TRUE(fs::exists(f)) << f;
 }

@@ -166,6 +166,12 @@ std::string mosquittoLimits(uint64_t max_message_bytes) {
   out += "max_queued_messages 1000000\n";
   out += "max_queued_bytes " + std::to_string(uint64_t{128} << 20) + "\n";
   out += "max_inflight_messages 100\n";
+  // A session nobody resumes is dropped after this, with what was queued for
+  // it: the sessions left under client ids no longer used (before the client
+  // id was the certificate's CN, or of an agent retired without a revoke)
+  // would otherwise hold up to max_queued_bytes each for good. MQTT 5 clients
+  // set their own Session Expiry (an agent's: 24 h), which is shorter.
+  out += "persistent_client_expiration 7d\n";
   return out;
 }
 
