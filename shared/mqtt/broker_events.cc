@@ -55,8 +55,13 @@ void BrokerEvents::sessionTakenOver(ClientOptions::Takeover how) {
   uint64_t n;
   {
     std::lock_guard lock(mutex_);
-    last_takeover_ = std::chrono::steady_clock::now();
+    const auto now = std::chrono::steady_clock::now();
+    last_takeover_ = now;
     n = ++takeovers_;
+    // Two copies flapping take over each other every second or so: the
+    // first takeover is logged, then at most one line a minute with the count.
+    if (last_logged_ && now - *last_logged_ < kTakeoverLogInterval) return;
+    last_logged_ = now;
   }
   log::error("duplicate_identity",
              {{"client_id", client_id_},

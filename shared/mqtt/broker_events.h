@@ -59,7 +59,9 @@ class BrokerEvents {
   mutable std::mutex mutex_;
   std::optional<Refusal> last_refusal_;
   std::optional<std::chrono::steady_clock::time_point> last_takeover_;
+  std::optional<std::chrono::steady_clock::time_point> last_logged_;  // duplicate_identity
   uint64_t takeovers_ = 0;
+  static constexpr std::chrono::seconds kTakeoverLogInterval{60};
 };
 
 // "Not authorized" -> "not_authorized": a reason code's name as a metric label.

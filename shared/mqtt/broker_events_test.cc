@@ -65,4 +65,23 @@ TEST(BrokerEventsTest, ReasonLabels) {
 }
 
 }  // namespace
+// Two copies flapping take over each other every second: each takeover is
+// counted, the log says it once (then at most once a minute, with the count).
+TEST(BrokerEventsTest, RepeatedTakeoversAreCountedEachAndLoggedOnce) {
+  MetricsRegistry metrics;
+  BrokerEvents events(metrics, "bl_test", "client-1");
+  ::testing::internal::CaptureStderr();
+  for (int i = 0; i < 5; ++i) events.sessionTakenOver(ClientOptions::Takeover::kBrokerSaidSo);
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(metrics.renderPrometheus().find("bl_test_duplicate_identity_total 5"),
+            std::string::npos);
+  size_t lines = 0;
+  for (size_t at = log.find(R"("event":"duplicate_identity")"); at != std::string::npos;
+       at = log.find(R"("event":"duplicate_identity")", at + 1)) {
+    ++lines;
+  }
+  EXPECT_EQ(lines, 1u) << log;
+  EXPECT_NE(log.find(R"("takeovers":1)"), std::string::npos) << log;
+}
+
 }  // namespace branchline::mqtt
