@@ -20,9 +20,10 @@
 #include "protocol/seal.h"
 #include "shared/core/log.h"
 #include "shared/core/metrics.h"
+#include "shared/core/private_path.h"
 #include "shared/http/http_server.h"
-#include "shared/pki/certificate_expiry.h"
 #include "shared/mqtt/broker_events.h"
+#include "shared/pki/certificate_expiry.h"
 #include "shared/rules/rule_engine.h"
 
 namespace {
@@ -94,11 +95,15 @@ int run(const std::string& config_path, const sigset_t& stop_signals) {
     seal = protocol::SealerKeys{*own, *aggregators};
   }
 
-  std::error_code ec;
-  std::filesystem::create_directories(cfg->data_dir, ec);
-  if (ec) {
+  // Customer data at rest: the data directory is 0700, a wider one narrowed
+  // (README "Private files"); one owned by another user is refused.
+  auto private_dir = makePrivateDirectory(cfg->data_dir);
+  if (!private_dir.isOk()) {
     return fail(kExitStartupFailed,
-                "agent.data_dir " + cfg->data_dir.string() + ": cannot create: " + ec.message());
+                "agent.data_dir " + cfg->data_dir.string() + ": " + private_dir.status().message());
+  }
+  if (*private_dir) {
+    log::warn("data_dir_mode_narrowed", {{"path", cfg->data_dir.string()}, {"mode", "0700"}});
   }
   agent::BufferOptions buffer_options = bufferOptions(*cfg);
   auto opened = agent::DurableBuffer::open(buffer_options);
@@ -163,6 +168,8 @@ int run(const std::string& config_path, const sigset_t& stop_signals) {
     spool_options.max_file_bytes = cfg->spool.max_file_bytes;
     spool_options.max_line_bytes = cfg->spool.max_line_bytes;
     spool_options.max_records_per_file = cfg->spool.max_records_per_file;
+    spool_options.owner = cfg->spool.owner;
+    spool_options.keep_done = cfg->spool.keep_done;
     auto created = agent::SpoolIngester::create(spool_options, *engine, *buffer, metrics);
     if (!created.isOk()) {
       return fail(kExitStartupFailed,

@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "agent/spool/testing/name_swapper.h"
 #include "protocol/batch_codec.h"
 #include "protocol/seal.h"
 #include "shared/mqtt/mqtt_client.h"
@@ -696,3 +697,79 @@ TEST_F(AgentMainTest, SecondLiveCopyOfTheIdentityIsReported) {
 }
 
 }  // namespace
+
+// Issue 14: an attacker with write access to the spool folder swaps the name
+// the spool saw as a regular file for a symlink to a private file or for a
+// FIFO. The spool reads nothing through either, never blocks, and SIGTERM
+// still stops the agent within its grace time. A file in an undeclared folder
+// is logged once and counted. The data directory ends up 0700.
+TEST_F(AgentMainTest, SpoolSwapsReadNothingBlockNothingAndSigtermStillStops) {
+  const fs::path data = dir_ / "data";
+  const fs::path spool = data / "spool" / "customer";
+  fs::create_directories(spool);
+  fs::create_directories(data / "spool" / "orders");
+  fs::permissions(data, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                            fs::perms::others_read | fs::perms::others_exec);
+  std::ofstream(data / "spool" / "orders" / "o1.ndjson") << "{}\n";
+  const std::string marker = "secret-marker-91c2@example.com";
+  const fs::path secret = dir_ / "secret.ndjson";
+  std::ofstream(secret) << R"({"external_id":"s-1","name":"Secret","email":")" << marker
+                        << R"(","channel":"web","created_at":"2026-11-25T10:00:00Z"})"
+                        << "\n";
+  const fs::path decoy = dir_ / "decoy.ndjson";
+  std::ofstream(decoy) << R"({"external_id":"d-1","name":"Decoy","email":"d@example.com",)"
+                       << R"("channel":"web","created_at":"2026-11-25T10:00:00Z"})"
+                       << "\n";
+
+  spawn(writeConfig(baseConfig("127.0.0.1:0", "tcp://127.0.0.1:1") + "[spool]\npoll_ms = 10\n"));
+  const int port = waitStartedPort();
+  ASSERT_GT(port, 0);
+  EXPECT_EQ(fs::status(data).permissions() & fs::perms::mask, fs::perms::owner_all);
+  EXPECT_NE(stderrText().find("\"event\":\"data_dir_mode_narrowed\""), std::string::npos);
+
+  const fs::path target = spool / "x.ndjson";
+  for (int i = 0; i < 6000; ++i) branchline::agent::testing::swapName(target, decoy, secret, i);
+  // The decoy left in place is taken; the secret never was (it would count
+  // as a second accepted record).
+  ::unlink(target.c_str());
+  ASSERT_EQ(::link(decoy.c_str(), target.c_str()), 0);
+  const std::string taken =
+      pollFor(port, "/metrics", "bl_agent_spool_records_total{result=\"accepted\"} 1\n");
+  EXPECT_NE(taken.find("bl_agent_spool_records_total{result=\"accepted\"} 1\n"), std::string::npos)
+      << taken;
+  const bool none_rejected =
+      taken.find("bl_agent_spool_records_total{result=\"rejected\"}") == std::string::npos ||
+      taken.find("bl_agent_spool_records_total{result=\"rejected\"} 0\n") != std::string::npos;
+  EXPECT_TRUE(none_rejected) << taken;
+  // A FIFO left in place, stable: the spool must not wait for a writer.
+  for (int i = 0; i < 100 && fs::exists(target); ++i) std::this_thread::sleep_for(20ms);
+  ::unlink(target.c_str());
+  ASSERT_EQ(::mkfifo(target.c_str(), 0600), 0);
+  std::this_thread::sleep_for(300ms);
+
+  const std::string metrics = pollFor(port, "/metrics", "bl_agent_spool_undeclared_files_total 1");
+  EXPECT_NE(metrics.find("bl_agent_spool_undeclared_files_total 1\n"), std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("bl_agent_spool_refused_total{reason=\"not_regular_file\"}"),
+            std::string::npos)
+      << metrics;
+
+  ::kill(pid_, SIGTERM);
+  EXPECT_EQ(waitExit(15s), 0) << "SIGTERM did not stop the agent\n" << stderrText();
+  const std::string log = stderrText();
+  EXPECT_NE(log.find("\"event\":\"agent_stopped\""), std::string::npos);
+  // Logged once, not at every poll.
+  size_t reports = 0;
+  for (size_t at = log.find("spool_undeclared_source"); at != std::string::npos;
+       at = log.find("spool_undeclared_source", at + 1)) {
+    ++reports;
+  }
+  EXPECT_EQ(reports, 1u) << log;
+  EXPECT_EQ(log.find(marker), std::string::npos) << "the secret reached the log";
+  for (const fs::path& d : {spool / "done", spool / "failed"}) {
+    for (const auto& e : fs::directory_iterator(d)) {
+      if (!fs::is_regular_file(e.symlink_status())) continue;
+      EXPECT_EQ(readFile(e.path()).find(marker), std::string::npos) << e.path();
+    }
+  }
+}

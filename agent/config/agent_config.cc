@@ -340,6 +340,8 @@ Status parseRoot(const toml::table& root, const std::filesystem::path& base_dir,
         t.integerAs("max_line_bytes", 64, int64_t{1} << 30, cfg.spool.max_line_bytes));
     BL_RETURN_IF_ERROR(
         t.integerAs("max_records_per_file", 1, 100000000, cfg.spool.max_records_per_file));
+    BL_RETURN_IF_ERROR(t.string("owner", cfg.spool.owner));
+    BL_RETURN_IF_ERROR(t.boolean("keep_done", cfg.spool.keep_done));
     BL_RETURN_IF_ERROR(t.rejectUnknown());
   }
   cfg.spool.dir =

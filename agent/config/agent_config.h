@@ -65,6 +65,8 @@ struct AgentConfig {
     uint64_t max_file_bytes = 64ull << 20;
     uint64_t max_line_bytes = 1 << 20;
     uint64_t max_records_per_file = 200000;
+    std::string owner;       // user name or uid a spool file must have; empty: the agent's user
+    bool keep_done = false;  // keep committed files in done/ (0600) instead of deleting them
   };
 
   struct Security {

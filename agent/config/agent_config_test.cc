@@ -55,6 +55,8 @@ poll_ms = 500
 max_file_bytes = 67108864    # a file past any of these three goes to failed/
 max_line_bytes = 1048576
 max_records_per_file = 200000
+owner = ""                   # user name or uid spool files must be owned by; default: the agent's user
+keep_done = false            # true: keep committed files in done/ (mode 0600); default: delete them
 
 # Sources. Without any [sources.*] table the built-in `customer` source is used.
 [sources.customer]
@@ -128,10 +130,24 @@ TEST(AgentConfigTest, DefaultsForEverythingButTheRequiredKeys) {
   EXPECT_TRUE(c.spool.enabled);
   EXPECT_EQ(c.spool.poll, 500ms);
   EXPECT_EQ(c.spool.dir, "/d/spool");
+  EXPECT_EQ(c.spool.owner, "");
+  EXPECT_FALSE(c.spool.keep_done);
   // No [sources.*]: the built-in customer source.
   ASSERT_EQ(c.sources.size(), 1u);
   EXPECT_EQ(c.sources[0].name, "customer");
   EXPECT_FALSE(c.sources[0].fields.empty());
+}
+
+TEST(AgentConfigTest, SpoolOwnerAndKeepDone) {
+  auto r = parseAgentConfig(withMinimal("[spool]\nowner = \"partner\"\nkeep_done = true\n"),
+                            "/etc/branchline");
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  EXPECT_EQ(r->spool.owner, "partner");
+  EXPECT_TRUE(r->spool.keep_done);
+  EXPECT_EQ(parseError(withMinimal("[spool]\nkeep_done = \"yes\"\n")).message(),
+            "spool.keep_done: must be true or false");
+  EXPECT_EQ(parseError(withMinimal("[spool]\nowner = 1000\n")).message(),
+            "spool.owner: must be a string");
 }
 
 TEST(AgentConfigTest, RelativePathsResolveAgainstTheConfigFolder) {

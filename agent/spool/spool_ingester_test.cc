@@ -1,12 +1,19 @@
 #include "agent/spool/spool_ingester.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <boost/json.hpp>
 #include <fstream>
+#include <future>
 #include <sstream>
 #include <thread>
+
+#include "agent/spool/testing/name_swapper.h"
 
 namespace branchline::agent {
 namespace {
@@ -31,6 +38,20 @@ std::string readFile(const fs::path& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+mode_t modeOf(const fs::path& p) {
+  struct stat st {};
+  EXPECT_EQ(::lstat(p.c_str(), &st), 0) << p;
+  return st.st_mode & 07777;
+}
+
+// The names in `dir` (not recursing), sorted.
+std::vector<std::string> namesIn(const fs::path& dir) {
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
 }
 
 class SpoolIngesterTest : public ::testing::Test {
@@ -98,10 +119,12 @@ TEST_F(SpoolIngesterTest, NdjsonAndCsvFilesAreIngestedAndMoved) {
   auto report = pollTwice(*s);
   EXPECT_EQ(report.done, 2u);
   EXPECT_EQ(report.failed, 0u);
-  EXPECT_TRUE(fs::exists(dir() / "done" / "a.ndjson"));
-  EXPECT_TRUE(fs::exists(dir() / "done" / "b.csv"));
+  // Committed files are deleted: no plaintext copy stays behind.
+  EXPECT_EQ(namesIn(dir() / "done"), std::vector<std::string>{});
   EXPECT_FALSE(fs::exists(dir() / "a.ndjson"));
-  EXPECT_FALSE(fs::exists(dir() / "done" / "a.ndjson.errors.json"));
+  EXPECT_FALSE(fs::exists(dir() / "b.csv"));
+  EXPECT_EQ(modeOf(dir() / "done"), 0700u);
+  EXPECT_EQ(modeOf(dir() / "failed"), 0700u);
   EXPECT_EQ(buffer_->stats().records, 5u);
   EXPECT_EQ(buffer_->stats().rejects, 0u);
 
@@ -138,6 +161,16 @@ TEST_F(SpoolIngesterTest, RejectedRecordsAreListedInErrorsJson) {
   EXPECT_EQ(buffer_->stats().records, 3u);
   EXPECT_EQ(buffer_->stats().rejects, 4u);
 
+  // Only the errors files stay, 0600, and they hold no value from the input.
+  EXPECT_EQ(namesIn(dir() / "done"),
+            (std::vector<std::string>{"mixed.ndjson.errors.json", "rows.csv.errors.json"}));
+  EXPECT_EQ(modeOf(dir() / "done" / "mixed.ndjson.errors.json"), 0600u);
+  EXPECT_EQ(modeOf(dir() / "done" / "rows.csv.errors.json"), 0600u);
+  const std::string text = readFile(dir() / "done" / "mixed.ndjson.errors.json") +
+                           readFile(dir() / "done" / "rows.csv.errors.json");
+  for (const char* value : {"nope", "Grace Hopper", "bob@example.com", "fax", "broken"}) {
+    EXPECT_EQ(text.find(value), std::string::npos) << value << " in " << text;
+  }
   json::value e = json::parse(readFile(dir() / "done" / "mixed.ndjson.errors.json"));
   EXPECT_EQ(e.at("file").as_string(), "mixed.ndjson");
   EXPECT_EQ(e.at("accepted").as_int64(), 2);
@@ -205,7 +238,8 @@ TEST_F(SpoolIngesterTest, CrashBetweenCommitAndMoveDoesNotIngestTwice) {
   ASSERT_TRUE(restarted);
   auto r = pollTwice(*restarted);
   EXPECT_EQ(r.done, 1u);
-  EXPECT_TRUE(fs::exists(dir() / "done" / "once.ndjson"));
+  EXPECT_FALSE(fs::exists(dir() / "once.ndjson"));
+  EXPECT_FALSE(fs::exists(dir() / "done" / "once.ndjson"));
   EXPECT_EQ(buffer_->stats().records, 2u);  // not appended again
   EXPECT_EQ(buffer_->stats().rejects, 1u);
   // The errors file is still written from the (deterministic) re-read.
@@ -270,8 +304,8 @@ TEST_F(SpoolIngesterTest, AFilePastALimitGoesToFailedWithItsReasonAndTheOthersCo
   auto r = pollTwice(*s);
   EXPECT_EQ(r.done, 2u);
   EXPECT_EQ(r.failed, 4u);
-  EXPECT_TRUE(fs::exists(dir() / "done" / "a-good.ndjson"));
-  EXPECT_TRUE(fs::exists(dir() / "done" / "f-good.csv"));
+  EXPECT_FALSE(fs::exists(dir() / "a-good.ndjson"));  // committed, then deleted
+  EXPECT_FALSE(fs::exists(dir() / "f-good.csv"));
   EXPECT_EQ(buffer_->stats().records, 5u);  // 2 + 3 from the good files, nothing from the rest
   EXPECT_EQ(buffer_->stats().rejects, 0u);
   auto reason = [&](const std::string& name) {
@@ -316,12 +350,156 @@ TEST_F(SpoolIngesterTest, PollingThreadPicksUpFiles) {
   s->start();
   writeFile(dir() / "bg.ndjson", customer(1) + "\n");
   auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (!fs::exists(dir() / "done" / "bg.ndjson") && std::chrono::steady_clock::now() < deadline) {
+  while (fs::exists(dir() / "bg.ndjson") && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(10ms);
   }
   s->stop();
-  EXPECT_TRUE(fs::exists(dir() / "done" / "bg.ndjson"));
+  EXPECT_FALSE(fs::exists(dir() / "bg.ndjson"));
   EXPECT_EQ(buffer_->stats().records, 1u);
+}
+
+TEST_F(SpoolIngesterTest, KeepDoneKeepsCommittedFilesPrivate) {
+  SpoolOptions options;
+  options.keep_done = true;
+  auto s = ingester(options);
+  ASSERT_TRUE(s);
+  writeFile(dir() / "kept.ndjson", customer(1) + "\n" + customer(2, "nope") + "\n");
+  ASSERT_EQ(::chmod((dir() / "kept.ndjson").c_str(), 0644), 0);
+  auto r = pollTwice(*s);
+  EXPECT_EQ(r.done, 1u);
+  EXPECT_EQ(modeOf(dir() / "done" / "kept.ndjson"), 0600u);
+  EXPECT_EQ(modeOf(dir() / "done" / "kept.ndjson.errors.json"), 0600u);
+}
+
+TEST_F(SpoolIngesterTest, AFileOfAnotherOwnerIsNotRead) {
+  SpoolOptions options;
+  options.owner = std::to_string(::geteuid() + 1);  // our own files are then "someone else's"
+  auto s = ingester(options);
+  ASSERT_TRUE(s);
+  writeFile(dir() / "theirs.ndjson", customer(1) + "\n");
+  auto r = pollTwice(*s);
+  EXPECT_EQ(r.failed, 1u);
+  EXPECT_EQ(buffer_->stats().records, 0u);
+  json::value e = json::parse(readFile(dir() / "failed" / "theirs.ndjson.errors.json"));
+  EXPECT_NE(std::string(e.at("error").as_string()).find("owned by uid"), std::string::npos);
+  EXPECT_NE(
+      metrics_.renderPrometheus().find("bl_agent_spool_refused_total{reason=\"wrong_owner\"} 1"),
+      std::string::npos);
+
+  SpoolOptions unknown;
+  unknown.owner = "no-such-user-for-branchline";
+  unknown.dir = root_ / "spool";
+  unknown.sources = {"customer"};
+  auto refused = SpoolIngester::create(unknown, engine_, *buffer_, metrics_);
+  ASSERT_FALSE(refused.isOk());
+  EXPECT_EQ(refused.status().code(), Code::kInvalidArgument);
+}
+
+// Opens every FIFO in `dirs` for writing, without blocking: a reader stuck in
+// open() on one is released (the test's way out should the spool block).
+void releaseFifoReaders(const std::vector<fs::path>& dirs) {
+  for (const fs::path& d : dirs) {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(d, ec)) {
+      if (!fs::is_fifo(e.symlink_status())) continue;
+      int fd = ::open(e.path().c_str(), O_WRONLY | O_NONBLOCK);
+      if (fd >= 0) ::close(fd);
+    }
+  }
+}
+
+// The attack of issue 14: the name the spool saw as a regular file is swapped
+// for a symlink to a private file, or for a FIFO, between the poll's look and
+// the open. Raced in a loop, and then each left in place: nothing of the
+// target is ever read, and no poll blocks.
+TEST_F(SpoolIngesterTest, SymlinkAndFifoSwappedInAreNeverReadAndNeverBlock) {
+  auto s = ingester();
+  ASSERT_TRUE(s);
+  const std::string marker = "secret-marker-7f3a@example.com";
+  const fs::path secret = root_ / "secret.ndjson";
+  writeFile(secret, customer(777, marker) + "\n" + customer(778, "not-an-email-" + marker) + "\n");
+  ASSERT_EQ(::chmod(secret.c_str(), 0600), 0);
+  // The decoy is hard-linked in each time: same inode, same size and mtime,
+  // so the poll finds the name stable and goes on to open it.
+  const fs::path decoy = root_ / "decoy.ndjson";
+  writeFile(decoy, customer(1) + "\n");
+  const fs::path target = dir() / "x.ndjson";
+
+  std::atomic<bool> racing{true};
+  std::thread attacker([&] {
+    for (int i = 0; racing; ++i) testing::swapName(target, decoy, secret, i);
+  });
+  auto polls = std::async(std::launch::async, [&] {
+    int n = 0;
+    for (auto end = std::chrono::steady_clock::now() + 2s; std::chrono::steady_clock::now() < end;
+         ++n) {
+      EXPECT_TRUE(s->pollOnce("customer").isOk());
+    }
+    return n;
+  });
+  const bool finished = polls.wait_for(20s) == std::future_status::ready;
+  racing = false;
+  attacker.join();
+  if (!finished) {
+    releaseFifoReaders({dir(), dir() / "failed"});
+    ADD_FAILURE() << "a spool poll blocked on a FIFO";
+  }
+  EXPECT_GT(polls.get(), 10);
+
+  // Each left in place long enough to be stable: refused, moved to failed/, unread.
+  for (int kind = 1; kind <= 2; ++kind) {
+    ::unlink(target.c_str());
+    const int made =
+        kind == 1 ? ::symlink(secret.c_str(), target.c_str()) : ::mkfifo(target.c_str(), 0600);
+    ASSERT_EQ(made, 0);
+    auto stable = std::async(std::launch::async, [&] { return pollTwice(*s); });
+    if (stable.wait_for(20s) != std::future_status::ready) {
+      releaseFifoReaders({dir(), dir() / "failed"});
+      FAIL() << "a spool poll blocked on a FIFO left in place";
+    }
+    EXPECT_EQ(stable.get().failed, 1u) << kind;
+  }
+  EXPECT_NE(
+      metrics_.renderPrometheus().find("bl_agent_spool_refused_total{reason=\"not_regular_file\"}"),
+      std::string::npos);
+
+  // What the spool took is the decoy only: nothing of the secret in records,
+  // rejects or any file the spool wrote.
+  auto batch = buffer_->formBatch({}, 0);
+  ASSERT_TRUE(batch.isOk());
+  if (batch->has_value()) {
+    for (const auto& r : (*batch)->records) {
+      EXPECT_EQ(r.payload.find(marker), std::string::npos);
+    }
+    for (const auto& r : (*batch)->rejects) {
+      EXPECT_EQ(r.raw.find(marker), std::string::npos);
+    }
+    EXPECT_EQ((*batch)->rejects.size(), 0u);
+  }
+  for (const fs::path& d : {dir() / "done", dir() / "failed"}) {
+    for (const auto& e : fs::directory_iterator(d)) {
+      if (!fs::is_regular_file(e.symlink_status())) continue;
+      EXPECT_EQ(readFile(e.path()).find(marker), std::string::npos) << e.path();
+    }
+  }
+  EXPECT_EQ(readFile(secret).find(marker) != std::string::npos, true);  // untouched
+}
+
+TEST_F(SpoolIngesterTest, AFileInAnUndeclaredFolderIsReportedOnceAndCounted) {
+  auto s = ingester();
+  ASSERT_TRUE(s);
+  fs::create_directories(root_ / "spool" / "orders");
+  writeFile(root_ / "spool" / "orders" / "o1.ndjson", customer(1) + "\n");
+  writeFile(root_ / "spool" / "orders" / "upload.part", "x");  // ignored, as in a source
+  EXPECT_EQ(s->pollUndeclaredOnce(), 1u);
+  EXPECT_EQ(s->pollUndeclaredOnce(), 0u);  // once per file, not every poll
+  writeFile(root_ / "spool" / "orders" / "o2.ndjson", customer(2) + "\n");
+  EXPECT_EQ(s->pollUndeclaredOnce(), 1u);
+  EXPECT_NE(metrics_.renderPrometheus().find("bl_agent_spool_undeclared_files_total 2\n"),
+            std::string::npos)
+      << metrics_.renderPrometheus();
+  EXPECT_EQ(buffer_->stats().records, 0u);
+  EXPECT_TRUE(fs::exists(root_ / "spool" / "orders" / "o1.ndjson"));  // left alone
 }
 
 TEST_F(SpoolIngesterTest, UnknownSourceIsRefused) {

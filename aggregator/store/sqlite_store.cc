@@ -1,9 +1,13 @@
 #include "aggregator/store/sqlite_store.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cassert>
+#include <cstring>
 #include <mutex>
 #include <random>
 #include <string_view>
@@ -14,6 +18,7 @@
 #include "protocol/batch_digest.h"
 #include "shared/core/clock.h"
 #include "shared/core/log.h"
+#include "shared/core/private_path.h"
 
 namespace branchline::aggregator {
 namespace {
@@ -155,6 +160,23 @@ class Statement {
 };
 
 int64_t toSqlInt(uint64_t v) { return static_cast<int64_t>(v); }
+
+// Creates `path` empty at 0600 when missing (SQLite takes an empty file as a
+// new database) and narrows it and its -wal and -shm to 0600 when wider.
+Status makeStoreFilesPrivate(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd >= 0) {
+    ::close(fd);
+  } else if (errno != EEXIST) {
+    return Status::unavailable("cannot create: " + std::string(std::strerror(errno)));
+  }
+  for (const std::string& file : {path, path + "-wal", path + "-shm"}) {
+    auto narrowed = narrowToPrivateFile(file);
+    if (!narrowed.isOk()) return narrowed.status();
+    if (*narrowed) log::warn("central_store_mode_narrowed", {{"path", file}, {"mode", "0600"}});
+  }
+  return Status::ok();
+}
 
 }  // namespace
 
@@ -478,6 +500,11 @@ Result<std::unique_ptr<SqliteCentralStore>> SqliteCentralStore::open(SqliteStore
   impl->options = std::move(options);
   const std::string path = impl->options.path.string();
   const std::string ctx = "central store " + path;
+  // Customer data at rest (README "Private files"): the file is created 0600
+  // before SQLite sees it, so SQLite creates -wal and -shm with that mode too
+  // (it copies the database file's mode); files left wider by an older
+  // version are narrowed, with a warning.
+  if (Status s = makeStoreFilesPrivate(path); !s) return s.withContext(ctx);
   int rc =
       sqlite3_open_v2(path.c_str(), &impl->db,
                       SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
@@ -509,6 +536,9 @@ Result<std::unique_ptr<SqliteCentralStore>> SqliteCentralStore::open(SqliteStore
   if (!s) return s.withContext(ctx);
   s = impl->createSchema();
   if (!s) return s.withContext(ctx);
+  // -wal and -shm exist now (WAL mode opened them); check them again in case
+  // another process created them.
+  if (Status s = makeStoreFilesPrivate(path); !s) return s.withContext(ctx);
   impl->last_checkpoint_us = steadyMicros();
   log::info("central_store_open", {{"path", path}, {"schema_version", kSchemaVersion}});
   return std::unique_ptr<SqliteCentralStore>(new SqliteCentralStore(std::move(impl)));

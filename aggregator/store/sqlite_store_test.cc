@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -331,6 +332,43 @@ TEST(SqliteCentralStore, ReopenKeepsDataAndSchema) {
   Query q(dir.path() / "central.db");
   EXPECT_EQ(q.count("SELECT count(*) FROM records"), 4);
   EXPECT_EQ(q.count("SELECT count(*) FROM schema_version"), 1);
+}
+
+mode_t modeOf(const fs::path& p) {
+  struct stat st {};
+  EXPECT_EQ(::stat(p.c_str(), &st), 0) << p;
+  return st.st_mode & 07777;
+}
+
+// README "Private files": customer data is readable by the service user only,
+// whatever the umask; files an older version left wider are narrowed.
+TEST(SqliteCentralStore, StoreWalAndShmAreCreatedPrivateAndWiderOnesNarrowed) {
+  TempDir dir;
+  const fs::path db = dir.path() / "central.db";
+  const mode_t old_umask = ::umask(0);  // the most permissive a service could run with
+  {
+    auto store = openStore(db);
+    ::umask(old_umask);
+    ASSERT_TRUE(store);
+    ASSERT_TRUE(store->commit({makeBatch("office-1", 1, 4, "a", 1)}, "agg-a").isOk());
+    for (const char* suffix : {"", "-wal", "-shm"}) {
+      const fs::path f = db.string() + suffix;
+      ASSERT_TRUE(fs::exists(f)) << f;
+      EXPECT_EQ(modeOf(f), 0600u) << f;
+    }
+  }
+  ::umask(old_umask);
+  ASSERT_EQ(::chmod(db.c_str(), 0644), 0);
+  auto store = openStore(db);
+  ASSERT_TRUE(store);
+  for (const char* suffix : {"", "-wal", "-shm"}) {
+    const fs::path f = db.string() + suffix;
+    if (fs::exists(f)) {
+      EXPECT_EQ(modeOf(f), 0600u) << f;
+    }
+  }
+  Query q(db);
+  EXPECT_EQ(q.count("SELECT count(*) FROM records"), 4);
 }
 
 // An agent restored from an old disk image sends batch seqs it already used,

@@ -1,7 +1,13 @@
 #include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
 
 #include "shared/core/clock.h"
 #include "shared/core/metrics.h"
+#include "shared/core/private_path.h"
 #include "shared/core/status.h"
 
 namespace branchline {
@@ -18,6 +24,37 @@ TEST(StatusTest, CarriesCodeMessageAndContext) {
   Result<int> v = 5;
   ASSERT_TRUE(v.isOk());
   EXPECT_EQ(*v, 5);
+}
+
+mode_t modeOf(const std::filesystem::path& p) {
+  struct stat st {};
+  EXPECT_EQ(::stat(p.c_str(), &st), 0) << p;
+  return st.st_mode & 07777;
+}
+
+TEST(PrivatePathTest, CreatesPrivateAndNarrowsWiderModes) {
+  char tmpl[] = "/tmp/bl-private-path-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::filesystem::path root = tmpl;
+  auto created = makePrivateDirectory(root / "a" / "data");
+  ASSERT_TRUE(created.isOk()) << created.status().toString();
+  EXPECT_FALSE(*created);
+  EXPECT_EQ(modeOf(root / "a" / "data"), 0700u);
+  ASSERT_EQ(::chmod((root / "a" / "data").c_str(), 0755), 0);
+  auto narrowed = makePrivateDirectory(root / "a" / "data");
+  ASSERT_TRUE(narrowed.isOk());
+  EXPECT_TRUE(*narrowed);
+  EXPECT_EQ(modeOf(root / "a" / "data"), 0700u);
+
+  const std::filesystem::path file = root / "store.db";
+  EXPECT_FALSE(*narrowToPrivateFile(file));  // absent
+  std::ofstream(file) << "x";
+  ASSERT_EQ(::chmod(file.c_str(), 0644), 0);
+  EXPECT_TRUE(*narrowToPrivateFile(file));
+  EXPECT_EQ(modeOf(file), 0600u);
+  EXPECT_FALSE(*narrowToPrivateFile(file));
+  EXPECT_EQ(makePrivateDirectory(file).status().code(), Code::kInvalidArgument);
+  std::filesystem::remove_all(root);
 }
 
 TEST(ClockTest, FormatsAndParsesRfc3339) {

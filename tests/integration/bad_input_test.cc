@@ -1,7 +1,10 @@
 // Hostile and malformed input against a real agent process: each gets its
 // documented status and error, nothing is half-accepted, and the agent stays up.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
+#include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -64,6 +67,50 @@ TEST_F(PipelineTest, BadInputGetsItsDocumentedAnswerAndTheAgentStaysUp) {
   EXPECT_EQ(queryInt(store(), "SELECT COUNT(*) FROM records"), 1);
   EXPECT_EQ(queryInt(store(), "SELECT COUNT(*) FROM rejects"), 1);
   EXPECT_TRUE(pipeline_->process("agent-1")->isRunning());
+}
+
+mode_t modeOf(const std::string& path) {
+  struct stat st {};
+  EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
+  return st.st_mode & 07777;
+}
+
+// README "Private files" on a fresh `branchline up` pipeline: a spool file with
+// one bad record is committed, deleted from the spool, and leaves only its
+// errors file (0600); the agent's data directory is 0700; the SQLite central
+// store and its -wal and -shm are 0600.
+TEST_F(PipelineTest, SpoolAndStoreFilesArePrivateOnAFreshPipeline) {
+  ASSERT_NO_FATAL_FAILURE(startPipeline(1, 1));
+  const std::string agent_dir = dir_ + "/pipeline/agent-1";
+  const std::string spool = agent_dir + "/spool/customer";
+  {
+    std::ofstream out(spool + "/.drop.part");
+    out << R"({"external_id":"sp-1","name":"Ada","email":"ada@example.com","channel":"web",)"
+        << R"("created_at":"2026-11-25T10:00:00Z"})"
+        << "\n"
+        << R"({"external_id":"sp-2","name":"Bob","email":"bob-not-an-email","channel":"web",)"
+        << R"("created_at":"2026-11-25T10:00:00Z"})"
+        << "\n";
+  }
+  std::filesystem::rename(spool + "/.drop.part", spool + "/drop.ndjson");
+  ASSERT_TRUE(waitForDrain(1, 1, 60));
+
+  EXPECT_FALSE(std::filesystem::exists(spool + "/drop.ndjson"));
+  std::vector<std::string> done;
+  for (const auto& e : std::filesystem::directory_iterator(spool + "/done")) {
+    done.push_back(e.path().filename().string());
+  }
+  EXPECT_EQ(done, std::vector<std::string>{"drop.ndjson.errors.json"});
+  EXPECT_EQ(modeOf(spool + "/done/drop.ndjson.errors.json"), 0600u);
+  EXPECT_EQ(modeOf(spool + "/done"), 0700u);
+  EXPECT_EQ(modeOf(agent_dir), 0700u);
+  if (store().rfind("postgres", 0) != 0) {
+    for (const char* suffix : {"", "-wal", "-shm"}) {
+      const std::string f = store() + suffix;
+      ASSERT_TRUE(std::filesystem::exists(f)) << f;
+      EXPECT_EQ(modeOf(f), 0600u) << f;
+    }
+  }
 }
 
 }  // namespace
