@@ -71,10 +71,12 @@ struct Core {
     std::lock_guard lock(mutex);
     if (stopped) return "too_many_connections";
     reserved = sessions.size() - reserved_open >= options.max_connections;
-    if (reserved && (reserved_open >= options.reserved_connections ||
-                     reserved_per_client[peer] >= kMaxReservedPerClient)) {
-      if (reserved_per_client[peer] == 0) reserved_per_client.erase(peer);
-      return "too_many_connections";
+    if (reserved) {
+      auto r = reserved_per_client.find(peer);
+      size_t peer_reserved = r == reserved_per_client.end() ? 0 : r->second;
+      if (reserved_open >= options.reserved_connections || peer_reserved >= kMaxReservedPerClient) {
+        return "too_many_connections";
+      }
     }
     size_t& mine = per_client[peer];
     if (options.max_connections_per_client != 0 && mine >= options.max_connections_per_client) {

@@ -227,9 +227,10 @@ size_t RequestFramer::feedChunkLine(std::string_view bytes) {
   if (pending_.empty()) {
     parseChunkLine(bytes.substr(0, take));  // the common case: no copy
   } else {
-    pending_.append(bytes.data(), take);
-    parseChunkLine(pending_);
+    std::string line = std::move(pending_);  // parseChunkLine may start the trailers in pending_
     pending_.clear();
+    line.append(bytes.data(), take);
+    parseChunkLine(line);
   }
   return take;
 }
