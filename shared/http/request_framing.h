@@ -21,9 +21,10 @@
 
 namespace branchline::http {
 
+// The Server fills the first two from its ServerOptions, which own their defaults.
 struct FramingLimits {
-  size_t max_header_bytes = 16 << 10;  // request line and fields, with the blank line
-  size_t max_body_bytes = 8 << 20;     // decoded body
+  size_t max_header_bytes = 0;  // request line and fields, with the blank line
+  size_t max_body_bytes = 0;    // decoded body
   // One chunk-size line with its extensions, CRLF included (RFC 9112 §7.1.1
   // lets a recipient bound extensions; real clients send none).
   size_t max_chunk_line_bytes = 1024;

@@ -7,8 +7,10 @@
 namespace branchline::http {
 namespace {
 
+const FramingLimits kLimits{.max_header_bytes = 16 << 10, .max_body_bytes = 1 << 20};
+
 // Feeds all of `bytes` (one request) and returns the framer, done or failed.
-RequestFramer frameOne(std::string_view bytes, FramingLimits limits = {}) {
+RequestFramer frameOne(std::string_view bytes, FramingLimits limits = kLimits) {
   RequestFramer framer(limits);
   while (!bytes.empty() && !framer.done() && !framer.failed()) {
     bytes.remove_prefix(framer.feed(bytes));
@@ -18,7 +20,7 @@ RequestFramer frameOne(std::string_view bytes, FramingLimits limits = {}) {
 
 TEST(RequestFramerTest, StopsAfterTheHeadThenAfterTheBodyLeavingTheNextRequest) {
   std::string bytes = "POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /b HTTP/1.1\r\n\r\n";
-  RequestFramer framer(FramingLimits{});
+  RequestFramer framer(kLimits);
   size_t used = framer.feed(bytes);
   EXPECT_TRUE(framer.headDone());
   EXPECT_FALSE(framer.done());
@@ -34,7 +36,7 @@ TEST(RequestFramerTest, ChunkedBodyIsDecodedAcrossAnySplit) {
       "POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;x=\"y\"\r\nabc\r\n"
       "10\r\n0123456789abcdef\r\n0\r\nT: v\r\n\r\n";
   for (size_t piece = 1; piece <= bytes.size(); ++piece) {
-    RequestFramer framer(FramingLimits{});
+    RequestFramer framer(kLimits);
     for (size_t at = 0; at < bytes.size() && !framer.done() && !framer.failed();) {
       std::string_view part = std::string_view(bytes).substr(at, piece);
       size_t used = 0;
@@ -65,7 +67,7 @@ TEST(RequestFramerTest, LimitsAreKindsOfError) {
 }
 
 TEST(RequestFramerTest, TheLargestChunkSizeIsSixteenHexDigits) {
-  FramingLimits limits;
+  FramingLimits limits = kLimits;
   limits.max_body_bytes = 16;
   auto ok = frameOne(
       "POST / HTTP/1.1\r\nTransfer-Encoding: "

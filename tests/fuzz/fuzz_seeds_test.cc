@@ -18,6 +18,7 @@
 #include "aggregator/config/aggregator_config.h"
 #include "protocol/batch_codec.h"
 #include "protocol/seal.h"
+#include "shared/http/http_server.h"
 #include "shared/http/request_framing.h"
 #include "shared/rules/rule_engine.h"
 #include "tests/fuzz/seal_test_keys.h"
@@ -146,7 +147,9 @@ TEST(FuzzSeeds, HttpSeedsFrameAsNamed) {
   auto frameAll = [](const std::string& bytes) {
     std::string_view rest = bytes;
     while (!rest.empty()) {
-      branchline::http::RequestFramer framer(branchline::http::FramingLimits{});
+      const branchline::http::ServerOptions server;  // its defaults
+      branchline::http::RequestFramer framer(
+          {.max_header_bytes = server.max_header_bytes, .max_body_bytes = server.max_body_bytes});
       while (!rest.empty() && !framer.done() && !framer.failed()) {
         rest.remove_prefix(framer.feed(rest));
       }
