@@ -1,5 +1,6 @@
 #include "shared/http/http_server.h"
 
+#include <algorithm>
 #include <atomic>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/executor_work_guard.hpp>
@@ -18,6 +19,7 @@
 #include <unordered_map>
 
 #include "shared/core/log.h"
+#include "shared/http/request_framing.h"
 
 namespace branchline::http {
 namespace {
@@ -32,6 +34,9 @@ using tcp = asio::ip::tcp;
 // shut down our side and discard what arrives for at most this long.
 constexpr std::chrono::milliseconds kMaxLingerDrain{2000};
 constexpr size_t kDrainChunk = 64 << 10;
+// Of ServerOptions::reserved_connections, what one peer address may hold: a
+// few slow connections from each of a few addresses cannot take them all.
+constexpr size_t kMaxReservedPerClient = 4;
 
 std::string lowerMediaType(std::string_view value) {
   size_t end = value.find(';');
@@ -43,10 +48,6 @@ std::string lowerMediaType(std::string_view value) {
     if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
   }
   return out;
-}
-
-bool isParseError(const beast::error_code& ec) {
-  return &ec.category() == &bhttp::make_error_code(bhttp::error::bad_method).category();
 }
 
 class Session;
@@ -61,22 +62,37 @@ struct Core {
   bool stopped = false;
   std::unordered_map<Session*, std::shared_ptr<Session>> sessions;  // owns live connections
   std::unordered_map<std::string, size_t> per_client;               // open connections by peer
+  std::unordered_map<std::string, size_t> reserved_per_client;      // reserved slots by peer
+  size_t reserved_open = 0;
 
-  // Why a connection was not admitted; nullptr when it was.
-  const char* admit(const std::shared_ptr<Session>& s, const std::string& peer) {
+  // Why a connection was not admitted; nullptr when it was, with `reserved`
+  // telling whether it took one of the reserved slots past max_connections.
+  const char* admit(const std::shared_ptr<Session>& s, const std::string& peer, bool& reserved) {
     std::lock_guard lock(mutex);
-    if (stopped || sessions.size() >= options.max_connections) return "too_many_connections";
+    if (stopped) return "too_many_connections";
+    reserved = sessions.size() - reserved_open >= options.max_connections;
+    if (reserved) {
+      auto r = reserved_per_client.find(peer);
+      size_t peer_reserved = r == reserved_per_client.end() ? 0 : r->second;
+      if (reserved_open >= options.reserved_connections || peer_reserved >= kMaxReservedPerClient) {
+        return "too_many_connections";
+      }
+    }
     size_t& mine = per_client[peer];
     if (options.max_connections_per_client != 0 && mine >= options.max_connections_per_client) {
       if (mine == 0) per_client.erase(peer);
       return "too_many_client_connections";
     }
     ++mine;
+    if (reserved) {
+      ++reserved_open;
+      ++reserved_per_client[peer];
+    }
     sessions.emplace(s.get(), s);
     if (options.connections) options.connections->set(static_cast<int64_t>(sessions.size()));
     return nullptr;
   }
-  void remove(Session* s, const std::string& peer) {
+  void remove(Session* s, const std::string& peer, bool reserved) {
     std::shared_ptr<Session> keep;  // destroyed outside the lock
     {
       std::lock_guard lock(mutex);
@@ -86,6 +102,10 @@ struct Core {
       sessions.erase(it);
       auto c = per_client.find(peer);
       if (c != per_client.end() && --c->second == 0) per_client.erase(c);
+      if (reserved) {
+        --reserved_open;
+        if (auto r = reserved_per_client.find(peer); --r->second == 0) reserved_per_client.erase(r);
+      }
       if (options.connections) options.connections->set(static_cast<int64_t>(sessions.size()));
     }
   }
@@ -104,6 +124,8 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   const std::string& peer() const { return peer_; }
+  // Before start(): this connection holds a reserved slot (ServerOptions::reserved_paths only).
+  void markReserved() { reserved_ = true; }
 
   void start() {
     asio::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->readHeader(); });
@@ -199,22 +221,82 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void readHeader() {
     if (closed_) return;
-    parser_.emplace();
-    parser_->header_limit(static_cast<uint32_t>(
-        std::min<size_t>(core_->options.max_header_bytes, std::numeric_limits<uint32_t>::max())));
-    parser_->body_limit(core_->options.max_body_bytes);
-    arm(Clock::now() + core_->options.header_timeout, Phase::kHeader);
-    stream_.expires_never();
-    bhttp::async_read_header(
-        stream_, buffer_, *parser_,
-        [self = shared_from_this()](beast::error_code ec, size_t) { self->onHeader(ec); });
+    const auto& o = core_->options;
+    framer_.emplace(FramingLimits{.max_header_bytes = o.max_header_bytes,
+                                  .max_body_bytes = o.max_body_bytes,
+                                  .max_trailer_bytes = o.max_header_bytes});
+    arm(Clock::now() + o.header_timeout, Phase::kHeader);
+    pumpHeader();
   }
 
-  void onHeader(beast::error_code ec) {
-    // A deadline that fired just as the read finished still counts.
-    if (ec || timed_out_ != Phase::kNone) return onReadError(ec);
+  void pumpHeader() {
+    if (!feedFramer()) return;
+    if (framer_->headDone()) return onHeader();
+    readMore([](Session& self) { self.pumpHeader(); });
+  }
+
+  // Reads what the peer sends next into buffer_, then runs `next`.
+  template <class Next>
+  void readMore(Next next) {
+    stream_.expires_never();
+    stream_.async_read_some(buffer_.prepare(kReadSize),
+                            [self = shared_from_this(), next](beast::error_code ec, size_t n) {
+                              self->buffer_.commit(n);
+                              self->body_received_ += n;
+                              // A deadline that fired just as the read finished still counts.
+                              if (ec || self->closed_ || self->timed_out_ != Phase::kNone) {
+                                return self->onReadError(ec);
+                              }
+                              next(*self);
+                            });
+  }
+
+  // Hands the buffered bytes to the framer, which keeps what it needs (bounded
+  // by its limits) and leaves a pipelined next request in buffer_. False when
+  // it refused them: answered, and the connection is closing.
+  bool feedFramer() {
+    if (buffer_.size() == 0) return true;
+    auto data = buffer_.data();
+    buffer_.consume(
+        framer_->feed(std::string_view(static_cast<const char*>(data.data()), data.size())));
+    if (!framer_->failed()) return true;
     disarm();
-    const auto& req = parser_->get();
+    const auto& o = core_->options;
+    switch (framer_->error()) {
+      case FramingError::kHeaderTooLarge:
+        rejectAndClose(
+            431, "header_too_large",
+            "request header is larger than " + std::to_string(o.max_header_bytes) + " bytes");
+        break;
+      case FramingError::kBodyTooLarge:
+        rejectAndClose(
+            413, "body_too_large",
+            "request body is larger than " + std::to_string(o.max_body_bytes) + " bytes");
+        break;
+      case FramingError::kMalformed:
+      case FramingError::kNone:
+        rejectAndClose(400, "malformed_http", "malformed HTTP request: " + framer_->errorMessage());
+        break;
+    }
+    return false;
+  }
+
+  // A reserved slot serves one bodiless GET of a reserved path.
+  bool allowedOnReservedSlot() const {
+    const auto& head = framer_->head();
+    if (head.method() != bhttp::verb::get || framer_->hasBody()) return false;
+    std::string_view target = head.target();
+    target = target.substr(0, target.find('?'));
+    const auto& paths = core_->options.reserved_paths;
+    return std::find(paths.begin(), paths.end(), target) != paths.end();
+  }
+
+  void onHeader() {
+    disarm();
+    if (reserved_ && !allowedOnReservedSlot()) {
+      return rejectAndClose(503, "too_many_connections", "too many connections; retry later");
+    }
+    const auto& req = framer_->head();
     if (auto it = req.find(bhttp::field::expect);
         it != req.end() && beast::iequals(it->value(), "100-continue")) {
       // The header passed every limit, so tell the client to send the body
@@ -241,7 +323,8 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // Reads the body piece by piece so the deadline can follow the rate floor.
   void readBody() {
-    if (parser_->is_done()) return onBody();
+    if (!feedFramer()) return;
+    if (framer_->done()) return onBody();
     const auto& o = core_->options;
     Clock::time_point deadline = body_cap_;
     if (o.min_body_bytes_per_second > 0) {
@@ -250,55 +333,30 @@ class Session : public std::enable_shared_from_this<Session> {
       deadline = std::min(deadline, body_start_ + kRateGrace + earned);
     }
     if (deadline != deadline_ || phase_ != Phase::kBody) arm(deadline, Phase::kBody);
-    stream_.expires_never();
-    bhttp::async_read_some(stream_, buffer_, *parser_,
-                           [self = shared_from_this()](beast::error_code ec, size_t n) {
-                             self->body_received_ += n;
-                             if (ec || self->timed_out_ != Phase::kNone) {
-                               return self->onReadError(ec);
-                             }
-                             self->readBody();
-                           });
+    readMore([](Session& self) { self.readBody(); });
   }
 
   void onReadError(beast::error_code ec) {
     if (closed_) return;
     if (timed_out_ != Phase::kNone && timed_out_ != Phase::kIdle) return onTimedOut();
     disarm();
-    if (ec == bhttp::error::end_of_stream || ec == asio::error::eof ||
-        ec == beast::error::timeout || ec == asio::error::operation_aborted ||
-        ec == bhttp::error::partial_message) {
-      return close();
-    }
-    if (ec == bhttp::error::header_limit) {
-      return rejectAndClose(431, "header_too_large",
-                            "request header is larger than " +
-                                std::to_string(core_->options.max_header_bytes) + " bytes");
-    }
-    if (ec == bhttp::error::body_limit) {
-      return rejectAndClose(413, "body_too_large",
-                            "request body is larger than " +
-                                std::to_string(core_->options.max_body_bytes) + " bytes");
-    }
-    if (isParseError(ec)) {
-      return rejectAndClose(400, "malformed_http", "malformed HTTP request: " + ec.message());
-    }
-    close();  // connection reset and other transport errors: nobody to answer
+    (void)ec;  // end of stream, reset or cancelled: nobody to answer
+    close();
   }
 
   void onBody() {
     disarm();
-    auto msg = parser_->release();
-    parser_.reset();
-    keep_alive_ = msg.keep_alive();
-    version_ = msg.version();
+    const auto& head = framer_->head();
+    keep_alive_ = head.keep_alive() && !reserved_;  // a reserved slot answers once
+    version_ = head.version();
     Request request;
-    request.method = std::string(msg.method_string());
-    request.target = std::string(msg.target());
-    if (auto it = msg.find(bhttp::field::content_type); it != msg.end()) {
+    request.method = std::string(head.method_string());
+    request.target = std::string(head.target());
+    if (auto it = head.find(bhttp::field::content_type); it != head.end()) {
       request.content_type = lowerMediaType(it->value());
     }
-    request.body = std::move(msg.body());
+    request.body = framer_->takeBody();
+    framer_.reset();
     awaiting_id_ = ++next_id_;
     Respond respond = makeRespond(awaiting_id_);
     // No deadline while the handler works (group commit); the answer's write has one.
@@ -361,10 +419,11 @@ class Session : public std::enable_shared_from_this<Session> {
     beast::error_code ignored;
     stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
     stream_.close();
-    core_->remove(this, peer_);  // our caller's handler still holds a shared_ptr to us
+    core_->remove(this, peer_, reserved_);  // our caller's handler still holds a shared_ptr to us
   }
 
   static constexpr size_t kFirstRead = 4096;
+  static constexpr size_t kReadSize = 64 << 10;  // what one read may add to buffer_
   // The body's rate floor starts counting after this much time.
   static constexpr std::chrono::seconds kRateGrace{1};
 
@@ -373,7 +432,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::shared_ptr<Core> core_;
   std::string peer_;
   beast::flat_buffer buffer_;
-  std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
+  std::optional<RequestFramer> framer_;  // the request being read
   std::vector<char> drain_;
   Phase phase_ = Phase::kNone;
   Phase timed_out_ = Phase::kNone;
@@ -385,6 +444,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool keep_alive_ = true;
   unsigned version_ = 11;
   bool closed_ = false;
+  bool reserved_ = false;
   uint64_t next_id_ = 0;
   uint64_t awaiting_id_ = 0;  // the request whose answer we wait for; 0: none
 };
@@ -445,7 +505,8 @@ struct Server::Impl {
       if (ec == asio::error::operation_aborted || !acceptor->is_open()) return;
       if (!ec) {
         auto session = std::make_shared<Session>(std::move(s), core);
-        if (const char* refused = core->admit(session, session->peer())) {
+        bool reserved = false;
+        if (const char* refused = core->admit(session, session->peer(), reserved)) {
           // Over a connection cap (or stopping): answer 503 politely on a
           // connection we do not keep; it closes itself after the write.
           session->rejectAndClose(503, refused,
@@ -453,6 +514,7 @@ struct Server::Impl {
                                       ? "too many connections; retry later"
                                       : "too many connections from this client; retry later");
         } else {
+          if (reserved) session->markReserved();
           session->start();
         }
       } else {

@@ -42,7 +42,9 @@ using Handler = std::function<void(Request&&, Respond)>;
 // `refused` under its reason label and, where an answer is possible, answered
 // with a JSON error: body_too_large (413), header_too_large (431),
 // malformed_http (400), header_timeout / body_timeout / body_too_slow (408),
-// too_many_connections / too_many_client_connections (503).
+// too_many_connections / too_many_client_connections (503). Framing is strict
+// (request_framing.h); after any refusal the connection is closed, never read
+// for another request.
 struct ServerOptions {
   std::string listen_address = "127.0.0.1";
   uint16_t port = 0;                   // 0: pick a free port (see Server::port())
@@ -61,6 +63,12 @@ struct ServerOptions {
   std::chrono::milliseconds write_timeout{30000};  // sending one answer
   size_t max_connections = 256;                    // open connections; past it: 503
   size_t max_connections_per_client = 128;         // from one peer address; 0: no cap
+  // Beyond max_connections, up to this many more connections (at most 4 from
+  // one peer address) are admitted for a single GET of one of reserved_paths,
+  // so health checks and scrapes get through while ingest holds every slot.
+  // Anything else on such a connection: 503 too_many_connections, closed.
+  size_t reserved_connections = 16;
+  std::vector<std::string> reserved_paths = {"/healthz", "/metrics"};  // query ignored
   int threads = 2;
   // Optional metrics, owned by the caller and outliving the server.
   LabeledCounter* refused = nullptr;  // refusals by reason (see above)

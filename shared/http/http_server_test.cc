@@ -10,6 +10,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <fstream>
 #include <mutex>
 #include <thread>
 
@@ -42,8 +43,15 @@ std::unique_ptr<Server> startServer(ServerOptions options, Handler handler = ech
 // A raw socket for byte-at-a-time clients: TestClient cannot read while it writes.
 class RawSocket {
  public:
-  explicit RawSocket(uint16_t port) {
+  // `from`: the local address to connect from (127.0.0.2 ... are loopback on Linux).
+  explicit RawSocket(uint16_t port, const char* from = nullptr) {
     fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (from != nullptr) {
+      sockaddr_in local{};
+      local.sin_family = AF_INET;
+      ::inet_pton(AF_INET, from, &local.sin_addr);
+      if (::bind(fd_, reinterpret_cast<sockaddr*>(&local), sizeof local) != 0) return;
+    }
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
     addr.sin_port = htons(port);
@@ -69,6 +77,27 @@ class RawSocket {
       if (n <= 0) return true;
       received.append(buf, static_cast<size_t>(n));
     }
+  }
+  // Sends `head`, then `filler` over and over up to `total` bytes, until the
+  // server answers or closes; what it sent is appended to `received`. The
+  // filler is never held whole, like an attacker's endless stream.
+  void streamUntilAnswered(std::string_view head, std::string_view filler, size_t total,
+                           std::string& received) {
+    if (!send(head)) return;
+    size_t sent = 0;
+    while (sent < total) {
+      pollfd p{fd_, POLLIN | POLLOUT, 0};
+      if (::poll(&p, 1, 10000) <= 0) return;
+      if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
+        awaitServer(0ms, received);
+        return;
+      }
+      ssize_t n = ::send(fd_, filler.data(), std::min(filler.size(), total - sent),
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n < 0 && errno != EAGAIN) return;
+      if (n > 0) sent += static_cast<size_t>(n);
+    }
+    awaitServer(10s, received);
   }
 
  private:
@@ -243,6 +272,19 @@ TEST(HttpServerTest, ChunkedBodyWithinTheLimitReachesTheHandlerWhole) {
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 200);
   EXPECT_EQ(r->body, "POST /c [application/x-ndjson] hello world");
+
+  // Strict framing still takes what clients send: upper-case hex, extensions,
+  // a trailer, `Chunked` in any case, then a pipelined Content-Length request.
+  client.writeRaw(
+      "POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n"
+      "A;name=\"quoted \\\" value\";flag\r\n0123456789\r\n2\r\nab\r\n0\r\nX-Sum: 1\r\n\r\n"
+      "POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nxyz");
+  for (const char* expected : {"POST /c [] 0123456789ab", "POST /d [] xyz"}) {
+    r = client.read();
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
+    EXPECT_EQ(r->body, expected);
+  }
 }
 
 TEST(HttpServerTest, ExpectContinueIsHonoured) {
@@ -562,6 +604,7 @@ TEST(HttpServerTest, ManyConcurrentConnections) {
 TEST(HttpServerTest, ConnectionsPastTheLimitGet503) {
   ServerOptions options;
   options.max_connections = 4;
+  options.reserved_connections = 0;  // see HealthzAnswersWhileSlowClientsHoldEveryIngestSlot
   auto server = startServer(options);
   ASSERT_TRUE(server);
   std::vector<std::unique_ptr<TestClient>> held;
@@ -589,6 +632,151 @@ TEST(HttpServerTest, ConnectionsPastTheLimitGet503) {
     if (!served) std::this_thread::sleep_for(20ms);
   }
   EXPECT_TRUE(served);
+}
+
+// The resident set of this process (the server runs in it), from /proc/self/status.
+size_t residentBytes() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoul(line.substr(6)) * 1024;
+  }
+  ADD_FAILURE() << "no VmRSS in /proc/self/status";
+  return 0;
+}
+
+// A handler that counts what reaches it and echoes it.
+struct CountingHandler {
+  std::atomic<int> calls{0};
+  Handler handler() {
+    return [this](Request&& req, Respond respond) {
+      ++calls;
+      echoHandler(std::move(req), std::move(respond));
+    };
+  }
+};
+
+TEST(HttpServerTest, AnEndlessChunkExtensionIsRefusedWithinBoundedMemory) {
+  CountingHandler counting;
+  auto server = startServer({}, counting.handler());
+  ASSERT_TRUE(server);
+  size_t before = residentBytes();
+  RawSocket attacker(server->port());
+  ASSERT_TRUE(attacker.connected());
+  std::string received;
+  attacker.streamUntilAnswered(
+      "POST /v1/records/customer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1;ext=",
+      std::string(64 << 10, 'a'), size_t{256} << 20, received);
+  size_t after = residentBytes();
+  EXPECT_EQ(received.rfind("HTTP/1.1 400", 0), 0u) << received.substr(0, 200);
+  EXPECT_NE(received.find("chunk size line longer than"), std::string::npos) << received;
+  EXPECT_LT(after, before + (64 << 20)) << "RSS grew from " << before << " to " << after;
+  EXPECT_EQ(counting.calls.load(), 0);
+}
+
+// Each of these frames its body ambiguously (RFC 9112 §6.3) and is followed by
+// a second request: the server answers 400, closes, and never runs the second.
+TEST(HttpServerTest, AmbiguousFramingGets400AndCloseWithoutRunningWhatFollows) {
+  CountingHandler counting;
+  LabeledCounter& refused = testMetrics().labeledCounter("t_framing_refused_total", "", "reason");
+  ServerOptions options;
+  options.refused = &refused;
+  auto server = startServer(options, counting.handler());
+  ASSERT_TRUE(server);
+  const std::string smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+  const std::string post = "POST /v1/records/customer HTTP/1.1\r\nHost: x\r\n";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"identity TE", post + "Transfer-Encoding: identity\r\n\r\n" + smuggled},
+      {"gzip, chunked", post + "Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n" + smuggled},
+      {"chunked, identity", post + "Transfer-Encoding: chunked, identity\r\n\r\n" + smuggled},
+      {"TE twice", post +
+                       "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" +
+                       smuggled},
+      {"CL then TE",
+       post + "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + smuggled},
+      {"TE then CL",
+       post + "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n" + smuggled},
+      {"CL twice, same", post + "Content-Length: 2\r\nContent-Length: 2\r\n\r\nhi" + smuggled},
+      {"CL twice, different",
+       post + "Content-Length: 2\r\nContent-Length: 60\r\n\r\nhi" + smuggled},
+      {"CL list", post + "Content-Length: 2, 2\r\n\r\nhi" + smuggled},
+      {"CL signed", post + "Content-Length: +2\r\n\r\nhi" + smuggled},
+      {"TE in HTTP/1.0",
+       "POST /a HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + smuggled},
+      {"obs-fold", post + "X-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n" + smuggled},
+      {"obs-fold tab", post + "Content-Length: 0\r\nX-Folded: a\r\n\tb\r\n\r\n" + smuggled},
+      {"bare LF", post + "X-A: a\nContent-Length: 0\r\n\r\n" + smuggled},
+      {"0x10",
+       post + "Transfer-Encoding: chunked\r\n\r\n0x10\r\n0123456789abcdef\r\n0\r\n\r\n" + smuggled},
+      {"+10",
+       post + "Transfer-Encoding: chunked\r\n\r\n+10\r\n0123456789abcdef\r\n0\r\n\r\n" + smuggled},
+      {"-0", post + "Transfer-Encoding: chunked\r\n\r\n-0\r\n\r\n" + smuggled},
+      {"space before size",
+       post + "Transfer-Encoding: chunked\r\n\r\n 2\r\nhi\r\n0\r\n\r\n" + smuggled},
+      {"space after size",
+       post + "Transfer-Encoding: chunked\r\n\r\n2 \r\nhi\r\n0\r\n\r\n" + smuggled},
+      {"size overflow",
+       post + "Transfer-Encoding: chunked\r\n\r\n10000000000000002\r\nhi\r\n0\r\n\r\n" + smuggled},
+      {"17 digits",
+       post + "Transfer-Encoding: chunked\r\n\r\n00000000000000002\r\nhi\r\n0\r\n\r\n" + smuggled},
+      {"chunk without CRLF",
+       post + "Transfer-Encoding: chunked\r\n\r\n2\r\nhiX\r\n0\r\n\r\n" + smuggled},
+      {"bare LF chunk line",
+       post + "Transfer-Encoding: chunked\r\n\r\n2\nhi\r\n0\r\n\r\n" + smuggled},
+      {"bad extension",
+       post + "Transfer-Encoding: chunked\r\n\r\n2;a b\r\nhi\r\n0\r\n\r\n" + smuggled},
+      {"folded trailer",
+       post + "Transfer-Encoding: chunked\r\n\r\n0\r\nX: a\r\n b\r\n\r\n" + smuggled},
+  };
+  for (const auto& [name, bytes] : cases) {
+    SCOPED_TRACE(name);
+    TestClient client;
+    ASSERT_FALSE(client.connect(server->port()));
+    client.writeRaw(bytes);
+    auto r = client.read();
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 400) << r->body;
+    EXPECT_NE(r->body.find("malformed HTTP request"), std::string::npos) << r->body;
+    EXPECT_FALSE(r->keep_alive);
+    EXPECT_TRUE(client.waitClosed());
+  }
+  EXPECT_EQ(counting.calls.load(), 0);
+  EXPECT_EQ(refused.snapshot()["malformed_http"], cases.size());
+}
+
+TEST(HttpServerTest, HealthzAnswersWhileSlowClientsHoldEveryIngestSlot) {
+  ServerOptions options;         // defaults: 256 connections, 128 per client, 16 reserved
+  options.header_timeout = 60s;  // the slow clients outlast the test
+  auto server = startServer(options, [](Request&& req, Respond respond) {
+    Response r;
+    r.body = req.target == "/healthz" ? "{\"ok\":true}" : "{}";
+    respond(std::move(r));
+  });
+  ASSERT_TRUE(server);
+  std::vector<std::unique_ptr<RawSocket>> slow;
+  for (const char* from : {"127.0.0.2", "127.0.0.3", "127.0.0.4"}) {
+    for (int i = 0; i < 100; ++i) {
+      slow.push_back(std::make_unique<RawSocket>(server->port(), from));
+      ASSERT_TRUE(slow.back()->connected()) << from;
+      slow.back()->send("POST /v1/records/customer HTTP/1.1\r\nHost: x\r\n");  // and no more
+    }
+  }
+  std::this_thread::sleep_for(200ms);  // every one accepted (or refused)
+  for (int probe = 0; probe < 31; ++probe) {
+    SCOPED_TRACE(probe);
+    TestClient health;
+    ASSERT_FALSE(health.connect(server->port()));
+    auto r = health.request("GET", probe % 2 == 0 ? "/healthz" : "/metrics?probe=1");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
+  }
+  // Only health and metrics: ingest from the reserve is refused.
+  TestClient ingest;
+  ASSERT_FALSE(ingest.connect(server->port()));
+  auto r = ingest.request("POST", "/v1/records/customer", "{}", "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 503);
+  EXPECT_TRUE(ingest.waitClosed());
 }
 
 }  // namespace

@@ -18,6 +18,8 @@
 #include "aggregator/config/aggregator_config.h"
 #include "protocol/batch_codec.h"
 #include "protocol/seal.h"
+#include "shared/http/http_server.h"
+#include "shared/http/request_framing.h"
 #include "shared/rules/rule_engine.h"
 #include "tests/fuzz/seal_test_keys.h"
 
@@ -133,6 +135,30 @@ TEST(FuzzSeeds, ValidConfigsLoad) {
     auto cfg = branchline::aggregator::parseAggregatorConfig(readFile(file), file.string());
     EXPECT_TRUE(cfg.isOk()) << file << ": " << cfg.status().toString();
   }
+}
+
+// Each valid-* HTTP seed frames every request it holds, to the last byte;
+// each invalid-* one is refused.
+TEST(FuzzSeeds, HttpSeedsFrameAsNamed) {
+  auto valid = seeds("fuzz_http_framing", "valid-");
+  auto invalid = seeds("fuzz_http_framing", "invalid-");
+  ASSERT_GE(valid.size(), 3u);
+  ASSERT_GE(invalid.size(), 3u);
+  auto frameAll = [](const std::string& bytes) {
+    std::string_view rest = bytes;
+    while (!rest.empty()) {
+      const branchline::http::ServerOptions server;  // its defaults
+      branchline::http::RequestFramer framer(
+          {.max_header_bytes = server.max_header_bytes, .max_body_bytes = server.max_body_bytes});
+      while (!rest.empty() && !framer.done() && !framer.failed()) {
+        rest.remove_prefix(framer.feed(rest));
+      }
+      if (!framer.done()) return false;
+    }
+    return true;
+  };
+  for (const auto& file : valid) EXPECT_TRUE(frameAll(readFile(file))) << file;
+  for (const auto& file : invalid) EXPECT_FALSE(frameAll(readFile(file))) << file;
 }
 
 }  // namespace
