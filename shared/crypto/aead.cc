@@ -40,27 +40,38 @@ Result<Aes256Gcm> Aes256Gcm::create(std::span<const uint8_t, kKeySize> key) {
   return c;
 }
 
+namespace {
+
+// One pass of either direction (the context was keyed for it): nonce, the
+// associated data, then `in` into `out`. GCM needs no padding, so the update
+// writes every byte and the final call none.
+bool gcmPass(EVP_CIPHER_CTX* ctx, std::span<const uint8_t> nonce, std::span<const uint8_t> ad,
+             std::span<const uint8_t> in, std::span<uint8_t> out) {
+  if (in.size() > INT_MAX || ad.size() > INT_MAX) return false;
+  int len = 0;
+  bool ok = EVP_CipherInit_ex(ctx, nullptr, nullptr, nullptr, nonce.data(), -1) == 1;
+  if (ok && !ad.empty()) {
+    ok = EVP_CipherUpdate(ctx, nullptr, &len, ad.data(), static_cast<int>(ad.size())) == 1;
+  }
+  if (ok && !in.empty()) {
+    ok = EVP_CipherUpdate(ctx, out.data(), &len, in.data(), static_cast<int>(in.size())) == 1 &&
+         static_cast<size_t>(len) == in.size();
+  }
+  return ok;
+}
+
+}  // namespace
+
 Status Aes256Gcm::seal(std::span<const uint8_t, kNonceSize> nonce, std::span<const uint8_t> ad,
                        std::span<const uint8_t> plain, std::span<uint8_t> out,
                        std::span<uint8_t, kTagSize> tag) {
   assert(out.size() == plain.size());
-  if (plain.size() > INT_MAX || ad.size() > INT_MAX) {
-    return Status::internal("AES-256-GCM: message over 2 GiB");
-  }
   EVP_CIPHER_CTX* ctx = state_->enc;
   int len = 0;
-  bool ok = EVP_EncryptInit_ex(ctx, nullptr, nullptr, nullptr, nonce.data()) == 1;
-  if (ok && !ad.empty()) {
-    ok = EVP_EncryptUpdate(ctx, nullptr, &len, ad.data(), static_cast<int>(ad.size())) == 1;
-  }
-  if (ok && !plain.empty()) {
-    ok = EVP_EncryptUpdate(ctx, out.data(), &len, plain.data(), static_cast<int>(plain.size())) ==
-             1 &&
-         static_cast<size_t>(len) == plain.size();
-  }
-  ok = ok && EVP_EncryptFinal_ex(ctx, out.data() + plain.size(), &len) == 1 &&
-       EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, kTagSize, tag.data()) == 1;
-  if (!ok) return Status::internal("AES-256-GCM encrypt failed (OpenSSL)");
+  const bool ok = gcmPass(ctx, nonce, ad, plain, out) &&
+                  EVP_EncryptFinal_ex(ctx, out.data() + plain.size(), &len) == 1 &&
+                  EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, kTagSize, tag.data()) == 1;
+  if (!ok) return Status::internal("AES-256-GCM encrypt failed (OpenSSL, or over 2 GiB)");
   return Status::ok();
 }
 
@@ -68,24 +79,13 @@ Status Aes256Gcm::open(std::span<const uint8_t, kNonceSize> nonce, std::span<con
                        std::span<const uint8_t> cipher, std::span<const uint8_t, kTagSize> tag,
                        std::span<uint8_t> out) {
   assert(out.size() == cipher.size());
-  if (cipher.size() > INT_MAX || ad.size() > INT_MAX) {
-    return Status::internal("AES-256-GCM: message over 2 GiB");
-  }
   EVP_CIPHER_CTX* ctx = state_->dec;
-  int len = 0;
-  bool ok = EVP_DecryptInit_ex(ctx, nullptr, nullptr, nullptr, nonce.data()) == 1;
-  if (ok && !ad.empty()) {
-    ok = EVP_DecryptUpdate(ctx, nullptr, &len, ad.data(), static_cast<int>(ad.size())) == 1;
-  }
-  if (ok && !cipher.empty()) {
-    ok = EVP_DecryptUpdate(ctx, out.data(), &len, cipher.data(), static_cast<int>(cipher.size())) ==
-             1 &&
-         static_cast<size_t>(len) == cipher.size();
-  }
   // OpenSSL takes the expected tag through a non-const pointer; it only reads it.
-  ok = ok && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, kTagSize,
-                                 const_cast<uint8_t*>(tag.data())) == 1;
-  if (!ok) return Status::internal("AES-256-GCM decrypt failed (OpenSSL)");
+  const bool ok = gcmPass(ctx, nonce, ad, cipher, out) &&
+                  EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, kTagSize,
+                                      const_cast<uint8_t*>(tag.data())) == 1;
+  if (!ok) return Status::internal("AES-256-GCM decrypt failed (OpenSSL, or over 2 GiB)");
+  int len = 0;
   if (EVP_DecryptFinal_ex(ctx, out.data() + cipher.size(), &len) != 1) {
     zeroize(out.data(), out.size());  // never hand back unauthentic bytes
     return Status::dataLoss("AES-256-GCM: authentication failed");
