@@ -90,6 +90,7 @@ Status waitForTcp(uint16_t port, std::chrono::milliseconds timeout) {
 struct HttpConnection::Impl {
   std::string host;
   uint16_t port;
+  std::string authorization;  // "Bearer <token>", or "" for none
   asio::io_context ioc;
   std::optional<beast::tcp_stream> stream;
   beast::flat_buffer buffer;
@@ -124,6 +125,7 @@ struct HttpConnection::Impl {
     req.version(11);
     req.set(http::field::host, host);
     req.keep_alive(true);
+    if (!authorization.empty()) req.set(http::field::authorization, authorization);
     if (!content_type.empty()) {
       req.set(http::field::content_type,
               beast::string_view(content_type.data(), content_type.size()));
@@ -173,9 +175,11 @@ struct HttpConnection::Impl {
   }
 };
 
-HttpConnection::HttpConnection(std::string host, uint16_t port) : impl_(std::make_unique<Impl>()) {
+HttpConnection::HttpConnection(std::string host, uint16_t port, HttpClientOptions options)
+    : impl_(std::make_unique<Impl>()) {
   impl_->host = std::move(host);
   impl_->port = port;
+  if (!options.bearer_token.empty()) impl_->authorization = "Bearer " + options.bearer_token;
 }
 
 HttpConnection::~HttpConnection() { close(); }

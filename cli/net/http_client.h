@@ -37,11 +37,18 @@ struct HttpResponse {
   std::string retry_after;  // the Retry-After header, if any
 };
 
+// How a connection presents itself to the server.
+struct HttpClientOptions {
+  // Sent as `Authorization: Bearer <token>` on every request when not empty
+  // (an agent's ingest token: topology.json's "ingest_token").
+  std::string bearer_token;
+};
+
 // One keep-alive connection to one server. Reconnects transparently when the
 // server closed an idle connection. Not thread-safe: one per thread.
 class HttpConnection {
  public:
-  HttpConnection(std::string host, uint16_t port);
+  HttpConnection(std::string host, uint16_t port, HttpClientOptions options = {});
   ~HttpConnection();
   HttpConnection(const HttpConnection&) = delete;
   HttpConnection& operator=(const HttpConnection&) = delete;

@@ -354,7 +354,21 @@ class Session : public std::enable_shared_from_this<Session> {
     request.target = std::string(head.target());
     if (auto it = head.find(bhttp::field::content_type); it != head.end()) {
       request.content_type = lowerMediaType(it->value());
+      request.content_type_header = std::string(it->value());
     }
+    if (auto it = head.find(bhttp::field::authorization); it != head.end()) {
+      request.authorization = std::string(it->value());
+    }
+    if (auto it = head.find(bhttp::field::origin); it != head.end()) {
+      request.origin = std::string(it->value());
+    }
+    if (auto it = head.find(bhttp::field::access_control_request_method); it != head.end()) {
+      request.access_control_request_method = std::string(it->value());
+    }
+    if (auto it = head.find(bhttp::field::access_control_request_headers); it != head.end()) {
+      request.access_control_request_headers = std::string(it->value());
+    }
+    request.peer = peer_;
     request.body = framer_->takeBody();
     framer_.reset();
     awaiting_id_ = ++next_id_;

@@ -24,6 +24,13 @@ struct Request {
   std::string method;        // "GET", "POST", ...
   std::string target;        // path and query, as sent: "/v1/records/customer"
   std::string content_type;  // media type only, lower-cased, parameters stripped
+  std::string content_type_header;  // the Content-Type value as sent (multipart's boundary)
+  std::string authorization;        // the Authorization value as sent; "" when absent
+  std::string origin;               // the Origin value (browsers, CORS); "" when absent
+  // A CORS preflight's Access-Control-Request-Method / -Headers; "" when absent.
+  std::string access_control_request_method;
+  std::string access_control_request_headers;
+  std::string peer;  // the client's IP address ("127.0.0.1"), for rate limits and logs
   std::string body;
 };
 
