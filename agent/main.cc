@@ -6,6 +6,7 @@
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -16,11 +17,14 @@
 #include "agent/config/agent_config.h"
 #include "agent/forward/forwarder.h"
 #include "agent/ingest/ingest_service.h"
+#include "agent/ingest/ingest_tokens.h"
 #include "agent/spool/spool_ingester.h"
 #include "protocol/seal.h"
+#include "shared/core/clock.h"
 #include "shared/core/log.h"
 #include "shared/core/metrics.h"
 #include "shared/core/private_path.h"
+#include "shared/crypto/key_file.h"
 #include "shared/http/http_server.h"
 #include "shared/mqtt/broker_events.h"
 #include "shared/pki/certificate_expiry.h"
@@ -65,6 +69,116 @@ int rotateDataKey(const std::string& config_path) {
       "re-sealed; the old key is destroyed\n",
       cfg->buffer.key_file.c_str(), static_cast<unsigned long long>(rotated->records),
       static_cast<unsigned long long>(rotated->rejects));
+  return 0;
+}
+
+struct TokenCommand {
+  std::string config_path;
+  std::vector<std::string> sources;
+  std::string id;  // revoke
+};
+
+// `token add|list|revoke`: the hashes live in <data_dir>/ingest_tokens; a
+// running agent rereads the file within a second. Every change is logged (the
+// token's id and sources, never the token).
+int manageTokens(const std::string& action, const TokenCommand& cmd) {
+  auto cfg = agent::loadAgentConfig(cmd.config_path);
+  if (!cfg.isOk()) return fail(kExitBadConfig, cfg.status().message());
+  log::init("agent");
+  for (const auto& source : cmd.sources) {
+    auto it = std::find_if(cfg->access.begin(), cfg->access.end(),
+                           [&](const auto& a) { return a.source == source; });
+    if (it == cfg->access.end()) {
+      return fail(kExitBadConfig, "token " + action + ": --source `" + source +
+                                      "` is not a source of " + cmd.config_path);
+    }
+    if (it->open && action == "add") {
+      std::fprintf(stderr,
+                   "branchline-agent: note: source `%s` has auth = \"none\"; it takes posts "
+                   "without a token\n",
+                   source.c_str());
+    }
+  }
+  const std::filesystem::path file = cfg->tokenFile();
+  if (action == "list") {
+    auto tokens = agent::readIngestTokens(file);
+    if (!tokens.isOk()) return fail(kExitStartupFailed, tokens.status().message());
+    std::printf("%-8s  %-20s  %s\n", "ID", "CREATED", "SOURCES");
+    for (const auto& t : tokens->tokens()) {
+      bool shown = cmd.sources.empty();
+      for (const auto& s : cmd.sources) {
+        shown = shown || std::find(t.sources.begin(), t.sources.end(), s) != t.sources.end();
+      }
+      if (!shown) continue;
+      std::string sources;
+      for (const auto& s : t.sources) sources += (sources.empty() ? "" : ",") + s;
+      std::printf("%-8s  %-20s  %s\n", t.id.c_str(),
+                  formatRfc3339Micros(t.created_unix * 1000000).substr(0, 19).append("Z").c_str(),
+                  sources.c_str());
+    }
+    return 0;
+  }
+  if (auto made = makePrivateDirectory(cfg->data_dir); !made.isOk()) {
+    return fail(kExitStartupFailed,
+                "agent.data_dir " + cfg->data_dir.string() + ": " + made.status().message());
+  }
+  std::string token;
+  std::string changed_id;
+  std::string left;  // revoke: the sources the token keeps
+  Status s = agent::updateIngestTokens(file, [&](agent::IngestTokens& tokens) -> Status {
+    if (action == "add") {
+      auto added = tokens.add(cmd.sources, nowMicros() / 1000000);
+      if (!added.isOk()) return added.status();
+      token = std::move(added).value();
+      changed_id = std::string(agent::tokenId(token));
+      return Status::ok();
+    }
+    for (const agent::IngestToken& entry : tokens.tokens()) {
+      if (entry.id != cmd.id) continue;
+      const agent::IngestToken t = entry;  // a copy: revoke() erases the entry
+      std::vector<std::string> keep;
+      for (const auto& src : t.sources) {
+        if (std::find(cmd.sources.begin(), cmd.sources.end(), src) == cmd.sources.end()) {
+          keep.push_back(src);
+        }
+      }
+      if (keep.size() == t.sources.size()) {
+        return Status::notFound("token " + cmd.id + " is not a token of the given --source");
+      }
+      changed_id = t.id;
+      tokens.revoke(cmd.id);
+      if (!keep.empty()) {
+        for (const auto& src : keep) left += (left.empty() ? "" : ",") + src;
+        return tokens.restore(t.id, t.created_unix, keep, t.hash);
+      }
+      return Status::ok();
+    }
+    return Status::notFound("no token with id `" + cmd.id + "` in " + file.string());
+  });
+  if (!s.isOk()) {
+    return fail(s.code() == Code::kNotFound || s.code() == Code::kInvalidArgument
+                    ? kExitBadConfig
+                    : kExitStartupFailed,
+                "token " + action + ": " + s.message());
+  }
+  std::string sources;
+  for (const auto& src : cmd.sources) sources += (sources.empty() ? "" : ",") + src;
+  if (action == "add") {
+    log::info("ingest_token_added",
+              {{"token_id", changed_id}, {"sources", sources}, {"file", file.string()}});
+    std::printf("%s\n", token.c_str());
+    std::fprintf(stderr,
+                 "branchline-agent: token %s may post to %s; it is shown only now: store it "
+                 "(clients send `Authorization: Bearer <token>`)\n",
+                 changed_id.c_str(), sources.c_str());
+  } else {
+    log::info("ingest_token_revoked", {{"token_id", changed_id},
+                                       {"sources", sources},
+                                       {"sources_left", left},
+                                       {"file", file.string()}});
+    std::fprintf(stderr, "branchline-agent: token %s revoked for %s%s\n", changed_id.c_str(),
+                 sources.c_str(), left.empty() ? "" : ("; it still may post to " + left).c_str());
+  }
   return 0;
 }
 
@@ -133,6 +247,54 @@ int run(const std::string& config_path, const sigset_t& stop_signals) {
   ingest_options.max_records_per_request = cfg->http.max_records_per_request;
   ingest_options.max_record_bytes = cfg->http.max_record_bytes;
   ingest_options.max_field_bytes = cfg->http.max_field_bytes;
+  // Who may post (README "Authenticated ingest"): tokens by default; a public
+  // source says so and is rate limited, and we say so at every start.
+  agent::IngestTokenFile tokens(cfg->tokenFile());
+  if (auto narrowed = narrowToPrivateFile(cfg->tokenFile()); !narrowed.isOk()) {
+    return fail(kExitStartupFailed, "ingest token file: " + narrowed.status().message());
+  } else if (*narrowed) {
+    log::warn("ingest_tokens_mode_narrowed",
+              {{"path", cfg->tokenFile().string()}, {"mode", "0600"}});
+  }
+  if (Status s = tokens.loadNow(); !s.isOk()) return fail(kExitStartupFailed, s.message());
+  for (const auto& a : cfg->access) {
+    agent::SourcePolicy p;
+    p.open = a.open;
+    p.rate_limit_per_minute = a.rate_limit_per_minute;
+    p.cors_origins = a.cors_origins;
+    p.form_redirect = a.form_redirect;
+    ingest_options.sources.emplace(a.source, std::move(p));
+    if (a.open) {
+      log::warn("ingest_source_public",
+                {{"source", a.source},
+                 {"rate_limit_per_minute", a.rate_limit_per_minute},
+                 {"why", "auth = \"none\": anyone who reaches the port may post to it"}});
+    }
+  }
+  ingest_options.tokens = &tokens;
+  if (tokens.count() == 0 &&
+      std::any_of(cfg->access.begin(), cfg->access.end(), [](const auto& a) { return !a.open; })) {
+    log::warn("ingest_no_tokens",
+              {{"file", cfg->tokenFile().string()},
+               {"why",
+                "no ingest token yet: every post answers 401; run `branchline-agent token "
+                "add --config FILE --source S`"}});
+  }
+  if (!cfg->http.metrics_token_file.empty()) {
+    crypto::KeyFileRules rules;
+    rules.label = "http.metrics_token_file";
+    auto token = crypto::readKeyFile(cfg->http.metrics_token_file, rules);
+    if (!token.isOk()) return fail(kExitBadConfig, token.status().message());
+    std::string_view t = token->view();
+    while (!t.empty() && (t.back() == '\n' || t.back() == '\r' || t.back() == ' '))
+      t.remove_suffix(1);
+    if (t.empty() || t.find_first_of(" \t\r\n") != std::string_view::npos) {
+      return fail(kExitBadConfig, "http.metrics_token_file " +
+                                      cfg->http.metrics_token_file.string() +
+                                      ": must hold one token (no spaces), as one line");
+    }
+    ingest_options.metrics_token = std::string(t);
+  }
   // Declared before the stages that call into it, so it is destroyed after them.
   agent::IngestService ingest(*engine, *buffer, metrics, ingest_options);
 
@@ -238,12 +400,37 @@ int main(int argc, char** argv) {
       "Re-seal the buffer under a new data key and destroy the old key (README [buffer] "
       "key_file). Offline: stop the agent first; refused while an agent has the buffer open");
   rotate->add_option("--config", rotate_config, "agent configuration (TOML)")->required();
+  auto* token = app.add_subcommand(
+      "token",
+      "Manage ingest tokens (README \"Authenticated ingest\"); a running agent picks up "
+      "changes within a second");
+  token->require_subcommand(1);
+  TokenCommand add_cmd, list_cmd, revoke_cmd;
+  auto* token_add = token->add_subcommand(
+      "add", "Make a new token for the sources and print it (once; only its hash is kept)");
+  token_add->add_option("--config", add_cmd.config_path, "agent configuration (TOML)")->required();
+  token_add->add_option("--source", add_cmd.sources, "a source it may post to (repeatable)")
+      ->required();
+  auto* token_list =
+      token->add_subcommand("list", "Show every token's id, creation time and sources");
+  token_list->add_option("--config", list_cmd.config_path, "agent configuration (TOML)")
+      ->required();
+  token_list->add_option("--source", list_cmd.sources, "only tokens of these sources");
+  auto* token_revoke = token->add_subcommand(
+      "revoke", "Withdraw a token from the sources (all of its sources: it is deleted)");
+  token_revoke->add_option("--config", revoke_cmd.config_path, "agent configuration (TOML)")
+      ->required();
+  token_revoke->add_option("--source", revoke_cmd.sources, "the sources (repeatable)")->required();
+  token_revoke->add_option("id", revoke_cmd.id, "the token's id (`token list`)")->required();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : kExitBadConfig;
   }
   if (*rotate) return rotateDataKey(rotate_config);
+  if (*token_add) return manageTokens("add", add_cmd);
+  if (*token_list) return manageTokens("list", list_cmd);
+  if (*token_revoke) return manageTokens("revoke", revoke_cmd);
   if (config_path.empty())
     return app.exit(CLI::RequiredError("--config")) == 0 ? 0 : kExitBadConfig;
 

@@ -173,13 +173,14 @@ class AgentMainTest : public ::testing::Test {
   }
 
   // POSTs `body` (JSON) to the agent on 127.0.0.1:port; the whole answer.
-  static std::string post(int port, const std::string& path, const std::string& body) {
-    return http(port, "POST", path, body);
+  static std::string post(int port, const std::string& path, const std::string& body,
+                          const std::string& token = "") {
+    return http(port, "POST", path, body, token);
   }
 
   // One request on its own connection; the whole answer (status line, headers, body).
   static std::string http(int port, const std::string& method, const std::string& path,
-                          const std::string& body = "") {
+                          const std::string& body = "", const std::string& token = "") {
     int fd = ::socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
@@ -190,6 +191,7 @@ class AgentMainTest : public ::testing::Test {
       return "";
     }
     std::string req = method + " " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n";
+    if (!token.empty()) req += "Authorization: Bearer " + token + "\r\n";
     if (!body.empty()) {
       req += "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
              "\r\n";
@@ -207,14 +209,20 @@ class AgentMainTest : public ::testing::Test {
 
   // Runs the binary with `args` to completion (20 s at most); its stdout and stderr
   // go to *output. Returns the exit code, or -1 when it did not exit in time.
-  int runCommand(const std::vector<std::string>& args, std::string* output) {
+  int runCommand(const std::vector<std::string>& args, std::string* output,
+                 std::string* stdout_only = nullptr) {
     const fs::path out = dir_ / "command.out";
+    const fs::path out_only = dir_ / "command.stdout";
     const pid_t pid = ::fork();
     if (pid < 0) return -1;
     if (pid == 0) {
       const int fd = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-      ::dup2(fd, STDOUT_FILENO);
       ::dup2(fd, STDERR_FILENO);
+      if (stdout_only != nullptr) {
+        ::dup2(::open(out_only.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600), STDOUT_FILENO);
+      } else {
+        ::dup2(fd, STDOUT_FILENO);
+      }
       std::vector<char*> argv = {const_cast<char*>("branchline-agent")};
       for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
       argv.push_back(nullptr);
@@ -233,7 +241,24 @@ class AgentMainTest : public ::testing::Test {
       std::this_thread::sleep_for(20ms);
     }
     *output = readFile(out);
+    if (stdout_only != nullptr) *stdout_only = readFile(out_only);
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+
+  // `token add` for the sources; the printed token ("" on failure, reported).
+  std::string addToken(const fs::path& config,
+                       const std::vector<std::string>& sources = {"customer"}) {
+    std::vector<std::string> args = {"token", "add", "--config", config.string()};
+    for (const auto& s : sources) {
+      args.push_back("--source");
+      args.push_back(s);
+    }
+    std::string err, out;
+    const int code = runCommand(args, &err, &out);
+    EXPECT_EQ(code, 0) << err;
+    while (!out.empty() && out.back() == '\n') out.pop_back();
+    EXPECT_EQ(out.rfind("blt_", 0), 0u) << out;
+    return out;
   }
 
   // GET `path` until its answer contains `needle` (within 30 s); the last answer.
@@ -342,7 +367,9 @@ TEST_F(AgentMainTest, StartsServesAndStopsCleanlyOnSigterm) {
 // WAL holds the record's email, name or phone in clear; the key file is 0600.
 TEST_F(AgentMainTest, AcceptedRecordIsNotInTheBufferFilesInClear) {
   // No broker answers: the record stays in the buffer.
-  spawn(writeConfig(baseConfig("127.0.0.1:0", "tcp://127.0.0.1:1")));
+  const fs::path config = writeConfig(baseConfig("127.0.0.1:0", "tcp://127.0.0.1:1"));
+  const std::string token = addToken(config);
+  spawn(config);
   const int port = waitStartedPort();
   ASSERT_GT(port, 0);
 
@@ -354,7 +381,7 @@ TEST_F(AgentMainTest, AcceptedRecordIsNotInTheBufferFilesInClear) {
                            R"(","channel":"web",)"
                            R"("created_at":"2026-11-25T10:00:00Z","phone":")" +
                            phone + R"("})";
-  const std::string answer = post(port, "/v1/records/customer", body);
+  const std::string answer = post(port, "/v1/records/customer", body, token);
   ASSERT_EQ(answer.rfind("HTTP/1.1 200", 0), 0u) << answer;
   ASSERT_NE(answer.find(R"("accepted":1)"), std::string::npos) << answer;
 
@@ -476,9 +503,12 @@ TEST_F(AgentMainTest, SealedAgentPublishesOnlySealedBatches) {
   BatchListener listener(broker.uri(), "sealed-main-test-listener");
   ASSERT_TRUE(listener.start());
 
-  spawn(writeConfig(baseConfig("127.0.0.1:0", broker.uri()) +
-                    "[batch]\nlinger_ms = 10\n[security]\nseal_key_file = \"agent.seal.key\"\n"
-                    "aggregator_key_file = \"seal.pub\"\n"));
+  const fs::path config =
+      writeConfig(baseConfig("127.0.0.1:0", broker.uri()) +
+                  "[batch]\nlinger_ms = 10\n[security]\nseal_key_file = \"agent.seal.key\"\n"
+                  "aggregator_key_file = \"seal.pub\"\n");
+  const std::string token = addToken(config);
+  spawn(config);
   const std::regex started(R"re("event":"agent_started".*"http_port":(\d+).*"sealed":true)re");
   std::smatch m;
   std::string text;
@@ -504,6 +534,9 @@ TEST_F(AgentMainTest, SealedAgentPublishesOnlySealedBatches) {
   const std::string req =
       "POST /v1/records/customer HTTP/1.1\r\nHost: x\r\n"
       "Content-Type: application/json\r\nConnection: close\r\n"
+      "Authorization: Bearer " +
+      token +
+      "\r\n"
       "Content-Length: " +
       std::to_string(body.size()) + "\r\n\r\n" + body;
   ASSERT_EQ(::write(fd, req.data(), req.size()), static_cast<ssize_t>(req.size()));
@@ -547,6 +580,7 @@ TEST_F(AgentMainTest, RotateDataKeyOfflineKeepsBufferedRecordsDeliverable) {
   const fs::path key = dir_ / "data" / "buffer.key";
   // No broker answers: the records stay in the buffer.
   const fs::path config = writeConfig(baseConfig("127.0.0.1:0", "tcp://127.0.0.1:1"));
+  const std::string token = addToken(config);
   spawn(config);
   const int port = waitStartedPort();
   ASSERT_GT(port, 0);
@@ -558,7 +592,7 @@ TEST_F(AgentMainTest, RotateDataKeyOfflineKeepsBufferedRecordsDeliverable) {
   }
   body += R"({"external_id":"rot-bad","name":"Bad","email":"not-an-email","channel":"web",)"
           R"("created_at":"2026-11-25T10:00:00Z"}])";
-  const std::string answer = post(port, "/v1/records/customer", body);
+  const std::string answer = post(port, "/v1/records/customer", body, token);
   ASSERT_NE(answer.find(R"("accepted":3,"rejected":1)"), std::string::npos) << answer;
 
   const std::string old_key = readFile(key);
@@ -625,7 +659,10 @@ TEST_F(AgentMainTest, PublishRefusedByTheBrokerIsLoggedCountedAndOnHealthz) {
   branchline::mqtt::testing::MosquittoProcess broker;
   broker.useAnonymousAcl("topic read branchline/v1/#\n");  // no writes at all
   ASSERT_TRUE(broker.start()) << broker.error();
-  spawn(writeConfig(baseConfig("127.0.0.1:0", broker.uri()) + "[batch]\nlinger_ms = 10\n"));
+  const fs::path config =
+      writeConfig(baseConfig("127.0.0.1:0", broker.uri()) + "[batch]\nlinger_ms = 10\n");
+  const std::string token = addToken(config);
+  spawn(config);
   const int port = waitStartedPort();
   ASSERT_GT(port, 0) << stderrText();
   const std::string healthy = http(port, "GET", "/healthz");
@@ -636,7 +673,8 @@ TEST_F(AgentMainTest, PublishRefusedByTheBrokerIsLoggedCountedAndOnHealthz) {
   const std::string answer =
       http(port, "POST", "/v1/records/customer",
            R"({"external_id":"refused-1","name":"Ada Refused","email":"ada@example.com",)"
-           R"("channel":"web","created_at":"2026-11-25T10:00:00Z"})");
+           R"("channel":"web","created_at":"2026-11-25T10:00:00Z"})",
+           token);
   ASSERT_NE(answer.find(R"("accepted":1)"), std::string::npos) << answer;
 
   const std::string health = pollFor(port, "/healthz", "last_publish_refused");
@@ -697,6 +735,126 @@ TEST_F(AgentMainTest, SecondLiveCopyOfTheIdentityIsReported) {
 }
 
 }  // namespace
+
+// README "Authenticated ingest", with the real binary: `token add|list|revoke`
+// change the hash file (0600, never the token), every change is logged with the
+// id only, the running agent follows them within a second, and refused posts
+// store nothing and log the client address, never the token.
+TEST_F(AgentMainTest, TokenCommandsAuthenticateIngestAndAreLogged) {
+  const std::string sources = R"(
+[sources.customer]
+key = ["external_id"]
+[sources.customer.fields.external_id]
+type = "string"
+required = true
+[sources.lead]
+key = ["external_id"]
+[sources.lead.fields.external_id]
+type = "string"
+required = true
+[sources.webform]
+auth = "none"
+rate_limit_per_minute = 2
+key = ["external_id"]
+[sources.webform.fields.external_id]
+type = "string"
+required = true
+)";
+  const fs::path config = writeConfig(baseConfig("127.0.0.1:0", "tcp://127.0.0.1:1") + sources);
+  const std::string customer = addToken(config, {"customer"});
+  const std::string lead = addToken(config, {"lead"});
+  ASSERT_FALSE(customer.empty());
+  const fs::path file = dir_ / "data" / "ingest_tokens";
+  EXPECT_EQ(fs::status(file).permissions() & fs::perms::all,
+            fs::perms::owner_read | fs::perms::owner_write);
+  EXPECT_EQ(readFile(file).find(customer), std::string::npos) << "a token in clear on disk";
+  std::string out, listed;
+  ASSERT_EQ(runCommand({"token", "list", "--config", config.string()}, &out, &listed), 0) << out;
+  const std::string customer_id = customer.substr(4, 8);
+  EXPECT_NE(listed.find(customer_id), std::string::npos) << listed;
+  EXPECT_NE(listed.find("lead"), std::string::npos) << listed;
+  EXPECT_EQ(listed.find(customer), std::string::npos) << "list shows a token";
+  EXPECT_EQ(runCommand({"token", "add", "--config", config.string(), "--source", "nope"}, &out), 2)
+      << out;
+
+  spawn(config);
+  const int port = waitStartedPort();
+  ASSERT_GT(port, 0);
+  const std::string log_before = stderrText();
+  EXPECT_NE(log_before.find(R"("event":"ingest_source_public")"), std::string::npos) << log_before;
+  EXPECT_NE(log_before.find(R"("source":"webform")"), std::string::npos);
+
+  const std::string body = R"({"external_id":"tok-1"})";
+  EXPECT_EQ(post(port, "/v1/records/customer", body).rfind("HTTP/1.1 401", 0), 0u);
+  EXPECT_NE(post(port, "/v1/records/customer", body).find("WWW-Authenticate: Bearer"),
+            std::string::npos);
+  EXPECT_EQ(post(port, "/v1/records/customer", body, lead).rfind("HTTP/1.1 403", 0), 0u);
+  EXPECT_EQ(post(port, "/v1/records/customer", body, customer).rfind("HTTP/1.1 200", 0), 0u);
+  EXPECT_EQ(post(port, "/v1/records/webform", body).rfind("HTTP/1.1 200", 0), 0u);
+  EXPECT_EQ(post(port, "/v1/records/webform", body).rfind("HTTP/1.1 200", 0), 0u);
+  EXPECT_EQ(post(port, "/v1/records/webform", body).rfind("HTTP/1.1 429", 0), 0u);
+  EXPECT_EQ(http(port, "GET", "/healthz").rfind("HTTP/1.1 200", 0), 0u);
+
+  ASSERT_EQ(runCommand({"token", "revoke", "--config", config.string(), "--source", "customer",
+                        customer_id},
+                       &out),
+            0)
+      << out;
+  EXPECT_NE(out.find(R"("event":"ingest_token_revoked")"), std::string::npos) << out;
+  EXPECT_NE(out.find(customer_id), std::string::npos);
+  std::string answer;
+  for (int i = 0; i < 60; ++i) {  // the agent rereads the file at most once a second
+    answer = post(port, "/v1/records/customer", body, customer);
+    if (answer.rfind("HTTP/1.1 401", 0) == 0) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_EQ(answer.rfind("HTTP/1.1 401", 0), 0u) << "revoked token still works: " << answer;
+  EXPECT_EQ(post(port, "/v1/records/lead", body, lead).rfind("HTTP/1.1 200", 0), 0u);
+
+  const std::string metrics = http(port, "GET", "/metrics");
+  EXPECT_NE(metrics.find("bl_agent_http_refused_total{reason=\"forbidden\"} 1\n"),
+            std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("bl_agent_http_refused_total{reason=\"rate_limited\"} 1\n"),
+            std::string::npos);
+  ::kill(pid_, SIGTERM);
+  EXPECT_EQ(waitExit(15s), 0);
+  const std::string log = stderrText();
+  EXPECT_NE(log.find(R"("event":"ingest_refused","reason":"unauthenticated","client":"127.0.0.1")"),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find(R"("reason":"forbidden")"), std::string::npos);
+  EXPECT_NE(log.find(R"("reason":"rate_limited")"), std::string::npos);
+  EXPECT_NE(log.find(R"("event":"ingest_tokens_reloaded")"), std::string::npos);
+  for (const std::string& t : {customer, lead}) {
+    EXPECT_EQ(log.find(t.substr(13)), std::string::npos) << "a token secret in the log";
+  }
+}
+
+TEST_F(AgentMainTest, MetricsTokenFileGuardsMetrics) {
+  const fs::path token_file = dir_ / "metrics.token";
+  std::ofstream(token_file) << "scrape-me-9f2c\n";
+  fs::permissions(token_file, fs::perms::owner_read | fs::perms::owner_write);
+  const fs::path config = writeConfig(baseConfig("127.0.0.1:0", "tcp://127.0.0.1:1") +
+                                      "metrics_token_file = \"" + token_file.string() + "\"\n");
+  std::string text = readFile(config);
+  // The key belongs to [http]: move it there.
+  text.erase(text.find("metrics_token_file"));
+  const size_t http_at = text.find("[http]\n") + 7;
+  text.insert(http_at, "metrics_token_file = \"" + token_file.string() + "\"\n");
+  std::ofstream(config) << text;
+  spawn(config);
+  const int port = waitStartedPort();
+  ASSERT_GT(port, 0) << stderrText();
+  EXPECT_EQ(http(port, "GET", "/metrics").rfind("HTTP/1.1 401", 0), 0u);
+  EXPECT_EQ(http(port, "GET", "/metrics", "", "wrong").rfind("HTTP/1.1 401", 0), 0u);
+  const std::string ok = http(port, "GET", "/metrics", "", "scrape-me-9f2c");
+  EXPECT_EQ(ok.rfind("HTTP/1.1 200", 0), 0u) << ok;
+  EXPECT_NE(ok.find("bl_agent_"), std::string::npos);
+  EXPECT_EQ(http(port, "GET", "/healthz").rfind("HTTP/1.1 200", 0), 0u);
+  ::kill(pid_, SIGTERM);
+  EXPECT_EQ(waitExit(15s), 0);
+}
 
 // Issue 14: an attacker with write access to the spool folder swaps the name
 // the spool saw as a regular file for a symlink to a private file or for a

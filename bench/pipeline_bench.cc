@@ -168,6 +168,7 @@ E2e e2eRun(const std::string& dir, const std::string& bin, bool secure, uint64_t
   }
   loadgen::LoadOptions load;
   load.urls = p.agentUrls();
+  load.tokens = p.agentTokens();
   load.records = records;
   load.concurrency = concurrency;
   load.batch = batch;
@@ -259,6 +260,7 @@ void failover(const std::string& dir, const std::string& bin, double rate) {
   }
   loadgen::LoadOptions load;
   load.urls = p.agentUrls();
+  load.tokens = p.agentTokens();
   load.seconds = 40;
   load.rate = rate;
   load.concurrency = 4;
@@ -300,6 +302,7 @@ void backlogDrain(const std::string& dir, const std::string& bin, uint64_t backl
   (void)p.kill9("agg-2");
   loadgen::LoadOptions load;
   load.urls = p.agentUrls();
+  load.tokens = p.agentTokens();
   load.records = backlog;
   load.concurrency = concurrency;
   load.batch = batch;
@@ -367,6 +370,7 @@ int main(int argc, char** argv) {
     (void)p.kill9("agg-1");  // no draining: measure the agent's durable ingest alone
     loadgen::LoadOptions load;
     load.urls = p.agentUrls();
+    load.tokens = p.agentTokens();
     load.records = records / 2;
     load.concurrency = concurrency;
     load.batch = batch;

@@ -219,6 +219,7 @@ int runDemo(const DemoOptions& options) {
 
   loadgen::LoadOptions load;
   load.urls = pipeline.agentUrls();
+  load.tokens = pipeline.agentTokens();
   load.seconds = options.seconds;
   load.concurrency = 4 * options.agents;
   load.batch = 100;
@@ -392,7 +393,7 @@ int runPkiEnroll(const std::string& dir, const std::string& name, IdentityRole r
                  const std::string& topic_prefix) {
   auto report = role == IdentityRole::kAggregator ? enrollAggregator(dir, name, days, topic_prefix)
                 : role == IdentityRole::kBridge   ? enrollBridge(dir, name, days, topic_prefix)
-                                                : enrollAgent(dir, name, days, topic_prefix);
+                                                  : enrollAgent(dir, name, days, topic_prefix);
   if (!report.isOk()) {
     std::cerr << "branchline pki enroll: " << report.status().toString() << "\n";
     return 1;

@@ -41,6 +41,9 @@ int main(int argc, char** argv) {
   loadgen::LoadOptions load;
   auto* load_cmd = app.add_subcommand("loadgen", "Send synthetic customer records to agents");
   load_cmd->add_option("--url", load.urls, "Agent base URL (repeatable)")->required();
+  load_cmd->add_option("--token", load.tokens,
+                       "Ingest token (Authorization: Bearer): one per --url in order, or one for "
+                       "all (topology.json's \"ingest_token\")");
   auto* records_opt = load_cmd->add_option("--records", load.records, "Records to send");
   load_cmd->add_option("--seconds", load.seconds, "Send for this long")->excludes(records_opt);
   load_cmd->add_option("--rate", load.rate, "Records per second (0: as fast as possible)");

@@ -2,9 +2,11 @@
 
 #include <toml++/toml.h>
 
+#include <algorithm>
 #include <fstream>
 #include <initializer_list>
 #include <limits>
+#include <optional>
 #include <sstream>
 
 #include "shared/core/config_text.h"
@@ -223,6 +225,75 @@ Status validateTopicPrefix(const std::string& prefix) {
 
 constexpr int64_t kMaxInt = std::numeric_limits<int64_t>::max();
 
+// An origin as browsers send it: scheme "://" host [":" port], nothing after.
+bool validOrigin(std::string_view origin) {
+  size_t scheme_end = origin.find("://");
+  if (scheme_end == std::string_view::npos) return false;
+  std::string_view scheme = origin.substr(0, scheme_end);
+  if (scheme != "http" && scheme != "https") return false;
+  std::string_view rest = origin.substr(scheme_end + 3);
+  if (rest.empty()) return false;
+  return std::all_of(rest.begin(), rest.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '-' || c == ':' ||
+           c == '[' || c == ']';
+  });
+}
+
+// Takes the agent's own keys out of a [sources.<name>] table (README
+// "Authenticated ingest"), leaving the rules for the rule engine.
+Result<AgentConfig::SourceAccess> takeSourceAccess(toml::table& t, const std::string& path) {
+  AgentConfig::SourceAccess a;
+  auto take = [&](std::string_view key) -> std::optional<toml::node_view<toml::node>> {
+    if (!t.contains(key)) return std::nullopt;
+    return t[key];
+  };
+  if (auto n = take("auth")) {
+    auto v = n->value<std::string>();
+    if (v == "none") {
+      a.open = true;
+    } else if (v != "token") {
+      return Status::invalid(path + ".auth: expected \"token\" (the default) or \"none\"");
+    }
+  }
+  if (auto n = take("rate_limit_per_minute")) {
+    auto v = n->value<int64_t>();
+    if (!v || *v < 1 || *v > 1000000) {
+      return Status::invalid(path + ".rate_limit_per_minute: must be between 1 and 1000000");
+    }
+    a.rate_limit_per_minute = static_cast<uint64_t>(*v);
+  }
+  if (auto n = take("cors_origins")) {
+    const toml::array* arr = n->as_array();
+    if (arr == nullptr) return Status::invalid(path + ".cors_origins: must be an array of strings");
+    for (size_t i = 0; i < arr->size(); ++i) {
+      auto v = arr->get(i)->value<std::string>();
+      const std::string at = path + ".cors_origins[" + std::to_string(i) + "]";
+      if (!v) return Status::invalid(at + ": must be a string");
+      if (!validOrigin(*v)) {
+        return Status::invalid(at + ": `" + *v +
+                               "` is not an origin (scheme://host[:port], lower case, no path)");
+      }
+      a.cors_origins.push_back(*v);
+    }
+  }
+  if (auto n = take("form_redirect")) {
+    auto v = n->value<std::string>();
+    if (!v || (v->rfind("https://", 0) != 0 && v->rfind("http://", 0) != 0) ||
+        v->find_first_of("\r\n \t") != std::string::npos) {
+      return Status::invalid(path + ".form_redirect: must be an http:// or https:// URL");
+    }
+    a.form_redirect = *v;
+  }
+  if (t.contains("rate_limit_per_minute") && !a.open) {
+    return Status::invalid(path +
+                           ".rate_limit_per_minute: applies only to a source with auth = \"none\"");
+  }
+  for (std::string_view key : {"auth", "rate_limit_per_minute", "cors_origins", "form_redirect"}) {
+    t.erase(key);
+  }
+  return a;
+}
+
 Status parseRoot(const toml::table& root, const std::filesystem::path& base_dir, AgentConfig& cfg) {
   TableReader top(root, "");
   // Table order matches the README; each section is optional except [agent].
@@ -270,7 +341,30 @@ Status parseRoot(const toml::table& root, const std::filesystem::path& base_dir,
     BL_RETURN_IF_ERROR(t.integerAs("max_connections", 1, 65536, cfg.http.max_connections));
     BL_RETURN_IF_ERROR(
         t.integerAs("max_connections_per_client", 0, 65536, cfg.http.max_connections_per_client));
+    std::string cert, key, client_ca, metrics_token;
+    BL_RETURN_IF_ERROR(t.string("tls_cert_file", cert));
+    BL_RETURN_IF_ERROR(t.string("tls_key_file", key));
+    BL_RETURN_IF_ERROR(t.string("client_ca_file", client_ca));
+    BL_RETURN_IF_ERROR(t.string("metrics_token_file", metrics_token));
     BL_RETURN_IF_ERROR(t.rejectUnknown());
+    if (cert.empty() != key.empty()) {
+      return Status::invalid(
+          std::string(cert.empty() ? "http.tls_cert_file" : "http.tls_key_file") +
+          ": required when " + (cert.empty() ? "http.tls_key_file" : "http.tls_cert_file") +
+          " is set (HTTPS needs both)");
+    }
+    if (!client_ca.empty() && cert.empty()) {
+      return Status::invalid(
+          "http.client_ca_file: client certificates need HTTPS (set http.tls_cert_file and "
+          "http.tls_key_file)");
+    }
+    auto resolve = [&](const std::string& f) {
+      return f.empty() ? std::filesystem::path() : (base_dir / f).lexically_normal();
+    };
+    cfg.http.tls_cert_file = resolve(cert);
+    cfg.http.tls_key_file = resolve(key);
+    cfg.http.client_ca_file = resolve(client_ca);
+    cfg.http.metrics_token_file = resolve(metrics_token);
   }
   BL_RETURN_IF_ERROR(parseListen(cfg.http.listen, cfg.http));
 
@@ -373,17 +467,36 @@ Status parseRoot(const toml::table& root, const std::filesystem::path& base_dir,
   auto sources = top.table("sources");
   if (!sources.isOk()) return sources.status();
   if (*sources != nullptr && !(*sources)->empty()) {
-    auto parsed = rules::parseSources(**sources);
+    // The access keys are the agent's; the rule engine sees the rest.
+    toml::table rules_view = **sources;
+    std::vector<AgentConfig::SourceAccess> access;
+    for (auto&& [name, node] : rules_view) {
+      toml::table* t = node.as_table();
+      if (t == nullptr) continue;  // parseSources names the error
+      auto parsed = takeSourceAccess(*t, "sources." + std::string(name.str()));
+      if (!parsed.isOk()) return parsed.status();
+      access.push_back(std::move(parsed).value());
+      access.back().source = std::string(name.str());
+    }
+    auto parsed = rules::parseSources(rules_view);
     if (!parsed.isOk()) return parsed.status();
     cfg.sources = std::move(parsed).value();
+    for (const auto& schema : cfg.sources) {
+      auto it = std::find_if(access.begin(), access.end(),
+                             [&](const auto& a) { return a.source == schema.name; });
+      cfg.access.push_back(std::move(*it));
+    }
   } else {
     cfg.sources = {rules::defaultCustomerSchema()};
+    cfg.access.push_back({.source = cfg.sources.front().name});
   }
 
   return top.rejectUnknown();
 }
 
 }  // namespace
+
+std::filesystem::path AgentConfig::tokenFile() const { return data_dir / "ingest_tokens"; }
 
 Result<AgentConfig> parseAgentConfig(std::string_view toml_text,
                                      const std::filesystem::path& base_dir, uint64_t max_bytes) {

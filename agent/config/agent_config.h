@@ -35,6 +35,13 @@ struct AgentConfig {
     std::chrono::milliseconds idle_timeout{30000};
     uint64_t max_connections = 256;
     uint64_t max_connections_per_client = 128;  // 0: no per-client cap
+    // HTTPS (both set) and, optionally, client certificates (README
+    // "Authenticated ingest"). Made absolute.
+    std::filesystem::path tls_cert_file;
+    std::filesystem::path tls_key_file;
+    std::filesystem::path client_ca_file;
+    // When set, GET /metrics needs `Authorization: Bearer <the file's token>`.
+    std::filesystem::path metrics_token_file;
   };
   struct Mqtt {
     std::vector<std::string> brokers{"tcp://127.0.0.1:1883"};
@@ -76,6 +83,17 @@ struct AgentConfig {
     std::filesystem::path aggregator_key_file;  // the aggregators' current public key
   };
 
+  // Who may post to a source and from where (README "Authenticated ingest",
+  // "Web forms and browsers"): the agent's keys of a [sources.<name>] table,
+  // which the rule engine does not see.
+  struct SourceAccess {
+    std::string source;
+    bool open = false;                      // auth = "none" (default "token")
+    uint64_t rate_limit_per_minute = 60;    // per client address, for open sources
+    std::vector<std::string> cors_origins;  // exact origins ("https://forms.example.com")
+    std::string form_redirect;              // "": answer form posts with JSON
+  };
+
   std::string id;                  // required; [A-Za-z0-9_-]{1,64}
   std::filesystem::path data_dir;  // required; made absolute against the config's folder
   Http http;
@@ -85,6 +103,10 @@ struct AgentConfig {
   Spool spool;
   Security security;
   std::vector<rules::SourceSchema> sources;  // built-in `customer` when none are declared
+  std::vector<SourceAccess> access;          // one per source, in the same order
+
+  // The ingest token file: <data_dir>/ingest_tokens.
+  std::filesystem::path tokenFile() const;
 };
 
 // A config file larger than this is refused before it is parsed.

@@ -430,5 +430,72 @@ TEST(AgentConfigTest, SecuritySealKeysComeInPairs) {
             std::string::npos);
 }
 
+// README "Authenticated ingest": the access keys of a source, and HTTPS.
+TEST(AgentConfigTest, SourceAccessKeysAndIngestTls) {
+  auto plain = parseAgentConfig(kMinimal, "/etc/branchline");
+  ASSERT_TRUE(plain.isOk());
+  ASSERT_EQ(plain->access.size(), 1u);
+  EXPECT_EQ(plain->access[0].source, "customer");
+  EXPECT_FALSE(plain->access[0].open) << "a token is needed by default";
+  EXPECT_EQ(plain->tokenFile(), plain->data_dir / "ingest_tokens");
+
+  const std::string form = R"(
+[sources.intake]
+auth = "none"
+rate_limit_per_minute = 30
+cors_origins = ["https://forms.example.com", "http://localhost:8000"]
+form_redirect = "https://example.com/thanks"
+key = ["ref"]
+[sources.intake.fields.ref]
+type = "string"
+required = true
+[sources.partner]
+key = ["ref"]
+[sources.partner.fields.ref]
+type = "string"
+required = true
+)";
+  auto r = parseAgentConfig(withMinimal(form), "/etc/branchline");
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  ASSERT_EQ(r->access.size(), 2u);
+  ASSERT_EQ(r->sources.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) EXPECT_EQ(r->access[i].source, r->sources[i].name);
+  const auto& intake = r->access[0].source == "intake" ? r->access[0] : r->access[1];
+  const auto& partner = r->access[0].source == "intake" ? r->access[1] : r->access[0];
+  EXPECT_TRUE(intake.open);
+  EXPECT_EQ(intake.rate_limit_per_minute, 30u);
+  EXPECT_EQ(intake.cors_origins.size(), 2u);
+  EXPECT_EQ(intake.form_redirect, "https://example.com/thanks");
+  EXPECT_FALSE(partner.open);
+
+  auto error = [](const std::string& body) { return parseError(withMinimal(body)).message(); };
+  const std::string fields =
+      "key = [\"ref\"]\n[sources.s.fields.ref]\ntype = \"string\"\nrequired = true\n";
+  EXPECT_NE(error("[sources.s]\nauth = \"open\"\n" + fields).find("sources.s.auth"),
+            std::string::npos);
+  EXPECT_NE(error("[sources.s]\nrate_limit_per_minute = 5\n" + fields)
+                .find("applies only to a source with auth = \"none\""),
+            std::string::npos);
+  EXPECT_NE(error("[sources.s]\ncors_origins = [\"https://x.example/form\"]\n" + fields)
+                .find("sources.s.cors_origins[0]"),
+            std::string::npos);
+  EXPECT_NE(error("[sources.s]\nform_redirect = \"javascript:alert(1)\"\n" + fields)
+                .find("sources.s.form_redirect"),
+            std::string::npos);
+  EXPECT_NE(error("[sources.s]\nauth_typo = 1\n" + fields).find("unknown key"), std::string::npos);
+
+  auto tls = parseAgentConfig(
+      withMinimal("[http]\ntls_cert_file = \"tls/agent.crt\"\ntls_key_file = \"tls/agent.key\"\n"
+                  "client_ca_file = \"tls/clients.pem\"\nmetrics_token_file = \"metrics.token\"\n"),
+      "/etc/branchline");
+  ASSERT_TRUE(tls.isOk()) << tls.status().toString();
+  EXPECT_EQ(tls->http.tls_cert_file, "/etc/branchline/tls/agent.crt");
+  EXPECT_EQ(tls->http.client_ca_file, "/etc/branchline/tls/clients.pem");
+  EXPECT_EQ(tls->http.metrics_token_file, "/etc/branchline/metrics.token");
+  EXPECT_NE(error("[http]\ntls_cert_file = \"a.crt\"\n").find("http.tls_key_file: required"),
+            std::string::npos);
+  EXPECT_NE(error("[http]\nclient_ca_file = \"ca.pem\"\n").find("need HTTPS"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace branchline::agent

@@ -1,13 +1,18 @@
 #include "agent/ingest/ingest_service.h"
 
+#include <algorithm>
+#include <atomic>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string_view>
 #include <unordered_map>
 
 #include "agent/ingest/record_intake.h"
 #include "shared/core/clock.h"
 #include "shared/core/log.h"
+#include "shared/crypto/hash.h"
+#include "shared/crypto/secret.h"
 
 namespace branchline::agent {
 namespace {
@@ -17,7 +22,13 @@ constexpr size_t kMaxErrorsListed = 1000;
 // Distinct reject codes past this share one label, so a schema with many
 // fields (or a rule engine bug) cannot blow up the metric's cardinality.
 constexpr size_t kMaxReasonLabels = 64;
-constexpr int kStatuses[] = {200, 400, 404, 405, 413, 415, 500, 503};
+constexpr int kStatuses[] = {200, 204, 303, 400, 401, 403, 404, 405, 413, 415, 429, 500, 503};
+// Client addresses an open source's rate limiter remembers; past it, the
+// addresses whose allowance is full again are forgotten (they owe nothing).
+constexpr size_t kMaxRateLimitedClients = 100000;
+// Refusal log lines per second; the rest are counted in the next line that is
+// written, so a flood of bad requests cannot fill the disk with logs.
+constexpr int64_t kMaxRefusalLogsPerSecond = 20;
 
 enum class BodyFormat { kJson, kNdjson };
 
@@ -31,6 +42,69 @@ http::Response jsonResponse(int status, std::string body) {
 // A short printable rendering of a client-supplied name for error messages.
 std::string backquoted(std::string_view name) {
   return "`" + sanitizeUtf8(name.substr(0, 64), 256) + "`";
+}
+
+http::Response unauthorized(bool offered) {
+  http::Response r = http::jsonError(
+      401, offered ? "the ingest token is not valid (unknown, revoked or malformed); nothing was "
+                     "accepted"
+                   : "this source needs a credential: send `Authorization: Bearer <ingest token>` "
+                     "(see `branchline-agent token add`); nothing was accepted");
+  r.headers.emplace_back("WWW-Authenticate", offered ? "Bearer realm=\"branchline\", "
+                                                       "error=\"invalid_token\""
+                                                     : "Bearer realm=\"branchline\"");
+  return r;
+}
+
+// Token buckets per client address for the open (auth = "none") sources.
+class RateLimiter {
+ public:
+  explicit RateLimiter(uint64_t per_minute) : per_minute_(static_cast<double>(per_minute)) {}
+
+  // False when `peer` has used up its allowance; *retry_after_s says when one
+  // more request will be allowed.
+  bool allow(const std::string& peer, int64_t now_us, int64_t* retry_after_s) {
+    std::lock_guard lock(mutex_);
+    if (buckets_.size() >= kMaxRateLimitedClients && buckets_.find(peer) == buckets_.end()) {
+      forgetRefilled(now_us);
+    }
+    Bucket& b = buckets_.try_emplace(peer, Bucket{per_minute_, now_us}).first->second;
+    refill(b, now_us);
+    if (b.tokens >= 1) {
+      b.tokens -= 1;
+      return true;
+    }
+    const double seconds = (1 - b.tokens) * 60.0 / per_minute_;
+    *retry_after_s = std::max<int64_t>(1, static_cast<int64_t>(seconds + 0.999));
+    return false;
+  }
+
+ private:
+  struct Bucket {
+    double tokens;
+    int64_t at_us;
+  };
+  void refill(Bucket& b, int64_t now_us) {
+    const double earned = static_cast<double>(now_us - b.at_us) / 60e6 * per_minute_;
+    b.tokens = std::min(per_minute_, b.tokens + std::max(0.0, earned));
+    b.at_us = now_us;
+  }
+  void forgetRefilled(int64_t now_us) {
+    for (auto it = buckets_.begin(); it != buckets_.end();) {
+      refill(it->second, now_us);
+      it = it->second.tokens >= per_minute_ ? buckets_.erase(it) : std::next(it);
+    }
+  }
+
+  double per_minute_;
+  std::mutex mutex_;
+  std::unordered_map<std::string, Bucket> buckets_;
+};
+
+bool hasOrigin(const SourcePolicy* policy, std::string_view origin) {
+  if (policy == nullptr) return false;
+  return std::find(policy->cors_origins.begin(), policy->cors_origins.end(), origin) !=
+         policy->cors_origins.end();
 }
 
 }  // namespace
@@ -50,6 +124,11 @@ struct IngestService::Impl {
   std::map<int, Counter*> status_counters;  // fixed after construction: read without a lock
   std::mutex reason_mutex;
   std::unordered_map<std::string, Counter*> reason_counters;
+  std::map<std::string, std::unique_ptr<RateLimiter>, std::less<>> limiters;  // open sources
+  std::optional<crypto::Sha256Digest> metrics_token_hash;
+  std::atomic<int64_t> log_second{0};
+  std::atomic<int64_t> logs_this_second{0};
+  std::atomic<uint64_t> logs_suppressed{0};
 
   Impl(std::shared_ptr<const rules::RuleEngine> e, DurableBuffer& b, MetricsRegistry& m,
        IngestOptions o)
@@ -73,6 +152,115 @@ struct IngestService::Impl {
       if (!source_list.empty()) source_list += ", ";
       source_list += name;
     }
+    for (const auto& [name, policy] : options.sources) {
+      if (policy.open) {
+        limiters.emplace(name, std::make_unique<RateLimiter>(policy.rate_limit_per_minute));
+      }
+    }
+    if (!options.metrics_token.empty()) metrics_token_hash = crypto::sha256(options.metrics_token);
+  }
+
+  const SourcePolicy* policy(std::string_view source) const {
+    auto it = options.sources.find(source);
+    return it == options.sources.end() ? nullptr : &it->second;
+  }
+
+  // Counts a refused request and logs who sent it (the address, the token's
+  // id when it had a well-formed one; never the credential or the body).
+  void refuse(const char* reason, const http::Request& request, std::string_view source,
+              const std::string& token_id = {}) {
+    refused.with(reason).inc();
+    const int64_t second = steadyMicros() / 1000000;
+    int64_t seen = log_second.load(std::memory_order_relaxed);
+    if (seen != second && log_second.compare_exchange_strong(seen, second)) {
+      logs_this_second.store(0, std::memory_order_relaxed);
+    }
+    if (logs_this_second.fetch_add(1, std::memory_order_relaxed) >= kMaxRefusalLogsPerSecond) {
+      logs_suppressed.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    const std::string source_text = log::printableExcerpt(source, 64);
+    const std::string path_text = log::printableExcerpt(request.target, 128);
+    log::warn("ingest_refused", {{"reason", reason},
+                                 {"client", request.peer},
+                                 {"source", source_text},
+                                 {"path", path_text},
+                                 {"token_id", token_id},
+                                 {"suppressed", logs_suppressed.exchange(0)}});
+  }
+
+  // The source's access rule for this request; nullopt when it may go on.
+  std::optional<http::Response> authorize(const http::Request& request, std::string_view source,
+                                          const SourcePolicy* p) {
+    if (!request.origin.empty() && !hasOrigin(p, request.origin)) {
+      refuse("origin_not_allowed", request, source);
+      return http::jsonError(403, "origin " + backquoted(request.origin) +
+                                      " may not post to this source (sources." +
+                                      std::string(source) + ".cors_origins)");
+    }
+    if (p != nullptr && p->open) {
+      int64_t retry_after = 1;
+      auto it = limiters.find(source);
+      if (it != limiters.end() && !it->second->allow(request.peer, steadyMicros(), &retry_after)) {
+        refuse("rate_limited", request, source);
+        http::Response r = http::jsonError(
+            429, "more than " + std::to_string(p->rate_limit_per_minute) +
+                     " requests per minute from this address; nothing was accepted; retry later");
+        r.headers.emplace_back("Retry-After", std::to_string(retry_after));
+        return r;
+      }
+      return std::nullopt;
+    }
+    std::string token_id;
+    IngestTokens::Verdict verdict =
+        options.tokens == nullptr
+            ? (request.authorization.empty() ? IngestTokens::Verdict::kMissing
+                                             : IngestTokens::Verdict::kUnknown)
+            : options.tokens->check(request.authorization, source, &token_id);
+    switch (verdict) {
+      case IngestTokens::Verdict::kOk:
+        return std::nullopt;
+      case IngestTokens::Verdict::kMissing:
+        refuse("unauthenticated", request, source);
+        return unauthorized(false);
+      case IngestTokens::Verdict::kUnknown:
+        refuse("unauthenticated", request, source, token_id);
+        return unauthorized(true);
+      case IngestTokens::Verdict::kWrongSource:
+        refuse("forbidden", request, source, token_id);
+        return http::jsonError(403, "this ingest token may not post to source " +
+                                        backquoted(source) + "; nothing was accepted");
+    }
+    return unauthorized(true);
+  }
+
+  bool metricsAllowed(const http::Request& request) {
+    if (!metrics_token_hash) return true;
+    std::string_view token = bearerCredential(request.authorization);
+    return !token.empty() && crypto::equalConstantTime(crypto::sha256(token), *metrics_token_hash);
+  }
+
+  // OPTIONS /v1/records/<source>: a browser asking whether it may post.
+  http::Response preflight(const http::Request& request, std::string_view source,
+                           const SourcePolicy* p) {
+    const bool method_ok = request.access_control_request_method == "POST";
+    if (request.origin.empty() || !hasOrigin(p, request.origin) || !method_ok) {
+      refuse("origin_not_allowed", request, source);
+      return http::jsonError(403, request.origin.empty()
+                                      ? "a CORS preflight needs an Origin header"
+                                      : (method_ok ? "origin " + backquoted(request.origin) +
+                                                         " may not post to this source"
+                                                   : "only POST may be requested"));
+    }
+    http::Response r;
+    r.status = 204;
+    r.content_type.clear();
+    r.headers = {{"Access-Control-Allow-Origin", request.origin},
+                 {"Access-Control-Allow-Methods", "POST"},
+                 {"Access-Control-Allow-Headers", "Authorization, Content-Type"},
+                 {"Access-Control-Max-Age", "600"},
+                 {"Vary", "Origin"}};
+    return r;
   }
 
   void countStatus(int status) {
@@ -128,6 +316,13 @@ void IngestService::handle(http::Request&& request, http::Respond respond) {
       return counted(std::move(r));
     }
     if (path == "/metrics") {
+      if (!impl_->metricsAllowed(request)) {
+        impl_->refuse("unauthenticated", request, "");
+        http::Response r = http::jsonError(
+            401, "GET /metrics needs `Authorization: Bearer <token>` (http.metrics_token_file)");
+        r.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"branchline-metrics\"");
+        return counted(std::move(r));
+      }
       http::Response r;
       r.content_type = "text/plain; version=0.0.4";
       r.body = impl_->metrics.renderPrometheus();
@@ -144,12 +339,26 @@ void IngestService::handle(http::Request&& request, http::Respond respond) {
   if (path.substr(0, kRecordsPrefix.size()) == kRecordsPrefix) {
     std::string_view source = path.substr(kRecordsPrefix.size());
     if (!source.empty() && source.find('/') == std::string_view::npos) {
+      if (impl_->engine->find(source) == nullptr) {
+        return counted(http::jsonError(404, "unknown source " + backquoted(source) +
+                                                "; configured sources: " + impl_->source_list));
+      }
+      const SourcePolicy* p = impl_->policy(source);
+      if (request.method == "OPTIONS") return counted(impl_->preflight(request, source, p));
       if (request.method != "POST") {
         http::Response r = http::jsonError(405, "use POST to send records");
-        r.headers.emplace_back("Allow", "POST");
+        r.headers.emplace_back("Allow", "POST, OPTIONS");
         return counted(std::move(r));
       }
-      return impl_->ingest(source, request, counted, impl_);
+      if (auto refusal = impl_->authorize(request, source, p)) return counted(std::move(*refusal));
+      if (request.origin.empty()) return impl_->ingest(source, request, counted, impl_);
+      // An allowed origin: the browser may read the answer.
+      http::Respond with_cors = [counted, origin = request.origin](http::Response r) {
+        r.headers.emplace_back("Access-Control-Allow-Origin", origin);
+        r.headers.emplace_back("Vary", "Origin");
+        counted(std::move(r));
+      };
+      return impl_->ingest(source, request, with_cors, impl_);
     }
   }
   counted(

@@ -47,8 +47,18 @@ class TempDir {
 
 // A real agent front end: rule engine, buffer on disk, service, server on port 0.
 struct Agent {
-  explicit Agent(uint64_t max_buffer_bytes = 1ull << 30, IngestOptions options = {}) {
-    auto engine = rules::RuleEngine::create({rules::defaultCustomerSchema()});
+  // The ingest tests below the auth ones post without credentials: unless a
+  // test says otherwise, `customer` is an open source with no practical limit.
+  static IngestOptions openByDefault(IngestOptions o) {
+    if (o.sources.empty() && o.tokens == nullptr) {
+      o.sources["customer"] = SourcePolicy{.open = true, .rate_limit_per_minute = 1000000};
+    }
+    return o;
+  }
+  explicit Agent(uint64_t max_buffer_bytes = 1ull << 30, IngestOptions options = {},
+                 std::vector<rules::SourceSchema> schemas = {rules::defaultCustomerSchema()}) {
+    options = openByDefault(std::move(options));
+    auto engine = rules::RuleEngine::create(std::move(schemas));
     EXPECT_TRUE(engine.isOk()) << engine.status().toString();
     BufferOptions bo;
     bo.path = dir.path() / "buffer.db";
@@ -473,7 +483,230 @@ TEST(IngestServiceTest, WrongMethodIs405) {
   auto r = client.request("GET", "/v1/records/customer");
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 405);
-  EXPECT_EQ(r->header("Allow"), "POST");
+  EXPECT_EQ(r->header("Allow"), "POST, OPTIONS");
+}
+
+// --- Authenticated ingest (README "Authenticated ingest") -------------------
+
+// One raw request with extra header lines; the answer (nullopt: connection failed).
+std::optional<http::testing::ClientResponse> rawPost(Agent& agent, const std::string& target,
+                                                     const std::string& headers,
+                                                     const std::string& body,
+                                                     const std::string& method = "POST") {
+  TestClient client;
+  if (client.connect(agent.server->port())) return std::nullopt;
+  std::string req = method + " " + target + " HTTP/1.1\r\nHost: x\r\n" + headers;
+  if (!body.empty()) {
+    req +=
+        "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n";
+  }
+  req += "\r\n" + body;
+  if (client.writeRaw(req)) return std::nullopt;
+  return client.read();
+}
+
+std::string bearer(const std::string& token) { return "Authorization: Bearer " + token + "\r\n"; }
+
+// Two token sources, customer and lead (the same rules), checked against a real token file.
+struct AuthAgent {
+  AuthAgent() : tokens(dir.path() / "ingest_tokens", std::chrono::milliseconds(0)) {
+    std::string made;
+    EXPECT_TRUE(updateIngestTokens(dir.path() / "ingest_tokens", [&](IngestTokens& t) {
+                  auto a = t.add({"customer"}, 1700000000);
+                  auto b = t.add({"lead"}, 1700000001);
+                  if (!a.isOk() || !b.isOk()) return Status::internal("add");
+                  customer_token = *a;
+                  lead_token = *b;
+                  return Status::ok();
+                }).isOk());
+    EXPECT_TRUE(tokens.loadNow().isOk());
+  }
+  TempDir dir;
+  std::string customer_token, lead_token;
+  IngestTokenFile tokens;
+};
+
+std::vector<rules::SourceSchema> customerAndLead() {
+  rules::SourceSchema lead = rules::defaultCustomerSchema();
+  lead.name = "lead";
+  return {rules::defaultCustomerSchema(), lead};
+}
+
+TEST(IngestAuthTest, NoWrongOtherSourceOrRevokedTokenIsRefusedAndNothingIsStored) {
+  AuthAgent auth;
+  IngestOptions options;
+  options.tokens = &auth.tokens;
+  Agent agent(1ull << 30, options, customerAndLead());
+  auto at = [&](const std::string& headers, const std::string& source = "customer") {
+    TestClient client;
+    EXPECT_FALSE(client.connect(agent.server->port()));
+    const std::string body = customer(1);
+    client.writeRaw("POST /v1/records/" + source + " HTTP/1.1\r\nHost: x\r\n" + headers +
+                    "Content-Type: application/json\r\nContent-Length: " +
+                    std::to_string(body.size()) + "\r\n\r\n" + body);
+    auto r = client.read();
+    EXPECT_TRUE(r);
+    return r ? *r : http::testing::ClientResponse{};
+  };
+  auto none = at("");
+  EXPECT_EQ(none.status, 401);
+  EXPECT_EQ(none.header("WWW-Authenticate"), "Bearer realm=\"branchline\"");
+  auto wrong_secret = auth.customer_token;
+  wrong_secret.back() = wrong_secret.back() == '0' ? '1' : '0';
+  auto wrong = at(bearer(wrong_secret));
+  EXPECT_EQ(wrong.status, 401);
+  EXPECT_NE(wrong.header("WWW-Authenticate").find("invalid_token"), std::string::npos);
+  EXPECT_EQ(at(bearer("not-a-token")).status, 401);
+  EXPECT_EQ(at("Authorization: Basic dXNlcjpwYXNz\r\n").status, 401);
+  auto other = at(bearer(auth.lead_token));
+  EXPECT_EQ(other.status, 403) << other.body;
+  EXPECT_EQ(agent.buffer->stats().records, 0u) << "a refused request stored something";
+
+  EXPECT_EQ(at(bearer(auth.customer_token)).status, 200);
+  EXPECT_EQ(at(bearer(auth.lead_token), "lead").status, 200);
+  EXPECT_EQ(at("authorization: bearer   " + auth.customer_token + "\r\n").status, 200)
+      << "the scheme is case-insensitive";
+  EXPECT_EQ(agent.buffer->stats().records, 3u);
+
+  // Revoked: the file changes under the running service, which rereads it.
+  ASSERT_TRUE(updateIngestTokens(auth.dir.path() / "ingest_tokens", [&](IngestTokens& t) {
+                return t.revoke(tokenId(auth.customer_token)) ? Status::ok()
+                                                              : Status::notFound("id");
+              }).isOk());
+  EXPECT_EQ(at(bearer(auth.customer_token)).status, 401);
+  EXPECT_EQ(at(bearer(auth.lead_token), "lead").status, 200) << "the other token still works";
+  EXPECT_EQ(agent.buffer->stats().records, 4u);
+
+  TestClient client;
+  ASSERT_FALSE(client.connect(agent.server->port()));
+  auto m = client.request("GET", "/metrics");
+  ASSERT_TRUE(m);
+  EXPECT_NE(m->body.find("bl_agent_http_refused_total{reason=\"unauthenticated\"} 5\n"),
+            std::string::npos)
+      << m->body;
+  EXPECT_NE(m->body.find("bl_agent_http_refused_total{reason=\"forbidden\"} 1\n"),
+            std::string::npos);
+}
+
+TEST(IngestAuthTest, WithoutATokenFileEveryTokenSourceAnswers401) {
+  IngestOptions options;
+  options.sources["customer"] = SourcePolicy{};  // the default: auth = "token"
+  Agent agent(1ull << 30, options);
+  auto r = rawPost(agent, "/v1/records/customer", "", customer(1));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 401);
+  EXPECT_EQ(agent.buffer->stats().records, 0u);
+}
+
+TEST(IngestAuthTest, OpenSourceIsRateLimitedPerClientAddress) {
+  IngestOptions options;
+  options.sources["customer"] = SourcePolicy{.open = true, .rate_limit_per_minute = 3};
+  Agent agent(1ull << 30, options);
+  for (int i = 0; i < 3; ++i) {
+    auto r = rawPost(agent, "/v1/records/customer", "", customer(i));
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200) << i << r->body;
+  }
+  auto limited = rawPost(agent, "/v1/records/customer", "", customer(9));
+  ASSERT_TRUE(limited);
+  EXPECT_EQ(limited->status, 429) << limited->body;
+  EXPECT_GE(std::stoi(limited->header("Retry-After")), 1);
+  EXPECT_EQ(agent.buffer->stats().records, 3u);
+  EXPECT_NE(metricsText(agent).find("bl_agent_http_refused_total{reason=\"rate_limited\"} 1\n"),
+            std::string::npos);
+}
+
+TEST(IngestAuthTest, MetricsNeedTheMetricsTokenWhenOneIsSetAndHealthNeverDoes) {
+  IngestOptions options;
+  options.metrics_token = "scrape-secret-123";
+  Agent agent(1ull << 30, options);
+  auto bare = rawPost(agent, "/metrics", "", "", "GET");
+  ASSERT_TRUE(bare);
+  EXPECT_EQ(bare->status, 401);
+  EXPECT_EQ(bare->body.find("bl_agent_"), std::string::npos) << "metrics leaked";
+  auto wrong = rawPost(agent, "/metrics", bearer("scrape-secret-124"), "", "GET");
+  ASSERT_TRUE(wrong);
+  EXPECT_EQ(wrong->status, 401);
+  auto right = rawPost(agent, "/metrics", bearer("scrape-secret-123"), "", "GET");
+  ASSERT_TRUE(right);
+  EXPECT_EQ(right->status, 200);
+  EXPECT_NE(right->body.find("bl_agent_http_refused_total"), std::string::npos);
+  auto health = rawPost(agent, "/healthz", "", "", "GET");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+}
+
+TEST(IngestAuthTest, CorsPreflightAndOriginsAreCheckedPerSource) {
+  IngestOptions options;
+  options.sources["customer"] = SourcePolicy{
+      .open = true, .rate_limit_per_minute = 1000, .cors_origins = {"https://forms.example.com"}};
+  Agent agent(1ull << 30, options);
+  auto pre = rawPost(agent, "/v1/records/customer",
+                     "Origin: https://forms.example.com\r\nAccess-Control-Request-Method: "
+                     "POST\r\nAccess-Control-Request-Headers: content-type\r\n",
+                     "", "OPTIONS");
+  ASSERT_TRUE(pre);
+  EXPECT_EQ(pre->status, 204);
+  EXPECT_EQ(pre->header("Access-Control-Allow-Origin"), "https://forms.example.com");
+  EXPECT_EQ(pre->header("Access-Control-Allow-Methods"), "POST");
+  EXPECT_NE(pre->header("Access-Control-Allow-Headers").find("Content-Type"), std::string::npos);
+
+  auto evil = rawPost(agent, "/v1/records/customer",
+                      "Origin: https://evil.example.net\r\nAccess-Control-Request-Method: POST\r\n",
+                      "", "OPTIONS");
+  ASSERT_TRUE(evil);
+  EXPECT_EQ(evil->status, 403);
+  EXPECT_EQ(evil->header("Access-Control-Allow-Origin"), "");
+
+  auto allowed =
+      rawPost(agent, "/v1/records/customer", "Origin: https://forms.example.com\r\n", customer(1));
+  ASSERT_TRUE(allowed);
+  EXPECT_EQ(allowed->status, 200);
+  EXPECT_EQ(allowed->header("Access-Control-Allow-Origin"), "https://forms.example.com");
+  auto refused =
+      rawPost(agent, "/v1/records/customer", "Origin: https://evil.example.net\r\n", customer(2));
+  ASSERT_TRUE(refused);
+  EXPECT_EQ(refused->status, 403);
+  EXPECT_EQ(agent.buffer->stats().records, 1u) << "a post from a foreign origin was stored";
+}
+
+TEST(IngestTokensTest, ParseRenderAndCheck) {
+  IngestTokens tokens;
+  auto a = tokens.add({"customer", "lead"}, 1700000000);
+  ASSERT_TRUE(a.isOk());
+  EXPECT_EQ(a->size(), 77u);
+  EXPECT_EQ(tokenId(*a).size(), 8u);
+  const std::string text = tokens.render();
+  EXPECT_EQ(text.find(*a), std::string::npos) << "the file must never hold the token";
+  EXPECT_EQ(text.find(a->substr(14)), std::string::npos);
+  auto back = IngestTokens::parse(text);
+  ASSERT_TRUE(back.isOk()) << back.status().toString();
+  EXPECT_EQ(back->check("Bearer " + *a, "lead"), IngestTokens::Verdict::kOk);
+  EXPECT_EQ(back->check("Bearer " + *a, "other"), IngestTokens::Verdict::kWrongSource);
+  EXPECT_EQ(back->check("", "lead"), IngestTokens::Verdict::kMissing);
+  EXPECT_EQ(back->check("Bearer " + *a + " x", "lead"), IngestTokens::Verdict::kUnknown);
+  EXPECT_EQ(back->check("Bearer " + a->substr(0, 76), "lead"), IngestTokens::Verdict::kUnknown);
+  std::string upper = *a;
+  for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  EXPECT_EQ(back->check("Bearer " + upper, "lead"), IngestTokens::Verdict::kUnknown);
+  EXPECT_FALSE(IngestTokens::parse("abcd1234 1 customer " + std::string(64, 'g')).isOk());
+  EXPECT_FALSE(IngestTokens::parse("abcd1234 1  " + std::string(64, 'a')).isOk());
+  const std::string line = "abcd1234 1 customer " + std::string(64, 'a') + "\n";
+  EXPECT_TRUE(IngestTokens::parse(line).isOk());
+  EXPECT_FALSE(IngestTokens::parse(line + line).isOk()) << "duplicate id";
+}
+
+TEST(IngestTokensTest, TheFileIsPrivateAndAWiderModeIsRefused) {
+  TempDir dir;
+  const fs::path file = dir.path() / "ingest_tokens";
+  ASSERT_TRUE(updateIngestTokens(file, [](IngestTokens& t) {
+                return t.add({"customer"}, 1).status();
+              }).isOk());
+  EXPECT_EQ(fs::status(file).permissions() & fs::perms::all,
+            fs::perms::owner_read | fs::perms::owner_write);
+  fs::permissions(file, fs::perms::group_read, fs::perm_options::add);
+  auto read = readIngestTokens(file);
+  EXPECT_EQ(read.status().code(), Code::kPermissionDenied) << read.status().toString();
 }
 
 }  // namespace

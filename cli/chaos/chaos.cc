@@ -288,6 +288,7 @@ Result<ChaosVerdict> runChaos(const ChaosOptions& options) {
   std::atomic<bool> stop_load{false};
   loadgen::LoadOptions load;
   load.urls = pipeline.agentUrls();
+  load.tokens = pipeline.agentTokens();
   load.seconds = options.seconds;
   load.rate = options.rate;
   load.concurrency = 2 * static_cast<int>(load.urls.size());

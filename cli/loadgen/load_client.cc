@@ -112,8 +112,8 @@ void account(const std::string& body, const std::vector<GeneratedRecord>& batch,
 }
 
 void runWorker(const LoadOptions& options, Dispatcher& d, const CustomerGenerator& gen,
-               const cli::Url& url, WorkerStats& w) {
-  cli::HttpConnection conn(url.host, url.port);
+               const cli::Url& url, const std::string& token, WorkerStats& w) {
+  cli::HttpConnection conn(url.host, url.port, cli::HttpClientOptions{.bearer_token = token});
   std::string target = url.target;
   if (target.empty() || target.back() != '/') target.push_back('/');
   target += "v1/records/" + options.source;
@@ -260,6 +260,10 @@ std::string LoadStats::toJson() const {
 
 Result<LoadStats> runLoad(const LoadOptions& options) {
   if (options.urls.empty()) return Status::invalid("loadgen: no --url given");
+  if (options.tokens.size() > 1 && options.tokens.size() != options.urls.size()) {
+    return Status::invalid("loadgen: give one --token for every --url, or one for all");
+  }
+  const std::string empty;
   if (options.records == 0 && options.seconds <= 0) {
     return Status::invalid("loadgen: give --records N or --seconds S");
   }
@@ -293,8 +297,11 @@ Result<LoadStats> runLoad(const LoadOptions& options) {
     std::vector<std::jthread> threads;
     for (int i = 0; i < options.concurrency; ++i) {
       threads.emplace_back([&, i] {
-        runWorker(options, d, gen, urls[static_cast<size_t>(i) % urls.size()],
-                  workers[static_cast<size_t>(i)]);
+        const size_t u = static_cast<size_t>(i) % urls.size();
+        const std::string& token = options.tokens.empty()       ? empty
+                                   : options.tokens.size() == 1 ? options.tokens[0]
+                                                                : options.tokens[u];
+        runWorker(options, d, gen, urls[u], token, workers[static_cast<size_t>(i)]);
       });
     }
   }

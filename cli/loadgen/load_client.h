@@ -23,6 +23,9 @@ namespace branchline::loadgen {
 
 struct LoadOptions {
   std::vector<std::string> urls;  // agent base URLs, "http://127.0.0.1:8080"
+  // Ingest tokens (Authorization: Bearer): one per URL, in the same order, or
+  // one for all; empty: none sent.
+  std::vector<std::string> tokens;
   std::string source = "customer";
   uint64_t records = 0;  // stop after this many records (0: no count limit)
   double seconds = 0;    // stop after this long (0: no time limit); one must be set

@@ -16,10 +16,14 @@
 #include <sstream>
 #include <thread>
 
+#include "agent/config/agent_config.h"
+#include "agent/ingest/ingest_tokens.h"
 #include "cli/net/http_client.h"
 #include "cli/pki/fleet_pki.h"
 #include "shared/core/clock.h"
 #include "shared/core/log.h"
+#include "shared/core/private_path.h"
+#include "shared/crypto/key_file.h"
 #include "shared/pki/broker_config.h"
 
 namespace branchline::cli {
@@ -335,6 +339,43 @@ Member* LocalPipeline::firstBroker() { return member(kFirstBroker); }
 
 bool LocalPipeline::sealsBatches() const { return options_.secure; }
 
+// One token per agent for all of its sources, kept (0600, in a 0700 folder) so
+// a later start in the same DIR reuses it while its hash is still in the file.
+Status LocalPipeline::ensureIngestToken(Member& m) {
+  auto cfg = agent::loadAgentConfig(m.config_path);
+  if (!cfg.isOk()) return cfg.status().withContext(m.name);
+  // Outside the agent's data dir, which holds only the hashes.
+  const std::filesystem::path saved = options_.dir + "/.ingest-tokens/" + m.name;
+  BL_RETURN_IF_ERROR(makePrivateDirectory(saved.parent_path()).status());
+  std::string token;
+  if (std::ifstream in(saved); in) std::getline(in, token);
+  std::vector<std::string> sources;
+  for (const auto& a : cfg->access) sources.push_back(a.source);
+  Status s = agent::updateIngestTokens(cfg->tokenFile(), [&](agent::IngestTokens& tokens) {
+    const std::string authorization = "Bearer " + token;
+    bool covers = !token.empty();
+    for (const auto& src : sources) {
+      covers = covers && tokens.check(authorization, src) == agent::IngestTokens::Verdict::kOk;
+    }
+    if (covers) return Status::ok();
+    auto added = tokens.add(sources, nowMicros() / 1000000);
+    if (!added.isOk()) return added.status();
+    token = std::move(added).value();
+    return crypto::writeFileAtomically(saved, token + "\n", 0600);
+  });
+  if (!s.isOk()) return s.withContext(m.name + " ingest token");
+  m.ingest_token = token;
+  return Status::ok();
+}
+
+std::vector<std::string> LocalPipeline::agentTokens() const {
+  std::vector<std::string> out;
+  for (const auto& m : members_) {
+    if (m->role == Role::kAgent) out.push_back(m->ingest_token);
+  }
+  return out;
+}
+
 std::vector<std::string> LocalPipeline::agentUrls() const {
   std::vector<std::string> out;
   for (const auto& m : members_) {
@@ -560,8 +601,11 @@ Status LocalPipeline::writeConfigs() {
         if (!plugin.isOk()) return plugin.status().withContext("pipeline broker " + m->name);
         const std::string policy = m->data_dir + "/dynamic-security.json";
         BL_RETURN_IF_ERROR(writeFile(policy, pki::mosquittoDynamicSecurity(prefix, ids)));
-        const pki::BrokerTlsFiles files{layout.caCert().string(), layout.brokerCert().string(),
-                                        layout.brokerKey().string(), policy, *plugin,
+        const pki::BrokerTlsFiles files{layout.caCert().string(),
+                                        layout.brokerCert().string(),
+                                        layout.brokerKey().string(),
+                                        policy,
+                                        *plugin,
                                         layout.revocationList().string()};
         tls = pki::mosquittoTlsSettings(files);
         more_tls = pki::mosquittoListenerTlsSettings(files);
@@ -659,6 +703,7 @@ Status LocalPipeline::writeConfigs() {
       text = doc.render();
     }
     BL_RETURN_IF_ERROR(writeFile(m->config_path, text));
+    if (m->role == Role::kAgent) BL_RETURN_IF_ERROR(ensureIngestToken(*m));
     if (m->role == Role::kBroker && broker_user->switched) {
       std::vector<fs::path> keys, reads;
       if (options_.secure) {
@@ -781,10 +826,15 @@ Status LocalPipeline::writeTopology() {
     log::appendJsonString(out, m->data_dir);
     out += ", \"url\": ";
     log::appendJsonString(out, m->url);
+    if (m->role == Role::kAgent) {
+      out += ", \"ingest_token\": ";
+      log::appendJsonString(out, m->ingest_token);
+    }
     out += "}";
   }
   out += "]}\n";
-  return writeFileAtomically(topologyPath(), out);
+  // 0600: it holds every agent's ingest token.
+  return crypto::writeFileAtomically(topologyPath(), out, 0600);
 }
 
 Status LocalPipeline::start() {

@@ -11,8 +11,8 @@
 // member and the broker limits (shared/pki/broker_config.h), every agent and
 // aggregator with its own certificate and sealing keys. Run as root, the
 // brokers run as user `mosquitto`, owning their data dirs and keys; start()
-// fails naming the folder when that user cannot reach DIR. `secure = false` (`branchline up --insecure`) runs the same
-// pipeline on plain TCP with an anonymous broker, for comparison.
+// fails naming the folder when that user cannot reach DIR. `secure = false` (`branchline up
+// --insecure`) runs the same pipeline on plain TCP with an anonymous broker, for comparison.
 //
 // With `brokers = 2` a second Mosquitto, "mosquitto-2", bridges `<prefix>/#`
 // both ways to the first (over TLS with its own certificate, CN
@@ -95,6 +95,8 @@ struct Member {
   uint16_t port = 0;
   std::string url;   // "mqtts://127.0.0.1:P" ("mqtt://" insecure) or "http://127.0.0.1:P"
   ProcessSpec spec;  // how to start it again
+  // Agents: the bearer token for all of its sources (topology.json "ingest_token").
+  std::string ingest_token;
   NetworkNamespace* netns = nullptr;  // with isolate_agents (agents only)
   Process process;
   bool exit_reported = false;
@@ -131,6 +133,8 @@ class LocalPipeline {
   // Batches are sealed: the configs carry the [security] keys (with secure()).
   bool sealsBatches() const;
   std::vector<std::string> agentUrls() const;
+  // Each agent's ingest token, in agentUrls() order (LoadOptions::tokens).
+  std::vector<std::string> agentTokens() const;
   std::vector<std::string> aggregatorUrls() const;
 
   // nullptr for an unknown name.
@@ -166,6 +170,7 @@ class LocalPipeline {
   Status isolateAgents();  // plan(): a namespace per agent, its URL and argv
   Member* firstBroker();
   Status writeTopology();
+  Status ensureIngestToken(Member& m);
 
   PipelineOptions options_;
   // Before members_: destroyed after them, so no process outlives its namespace.

@@ -320,7 +320,36 @@ TEST(LocalPipelineTest, StartsEverythingWritesTopologyAndSurvivesAKilledAgent) {
       ASSERT_TRUE(h.isOk()) << name;
       EXPECT_EQ(h->status, 200) << name;
     }
+    if (proc.at("role").as_string() == "agent") {
+      // The documented contract: each agent's own ingest token, and only it works there.
+      const std::string token(proc.at("ingest_token").as_string());
+      EXPECT_EQ(token, p.member(name)->ingest_token);
+      const std::string body =
+          R"({"external_id":"topo-)" + name +
+          R"(","name":"Ada","email":"ada@example.com","channel":"web","created_at":"2026-11-25T10:00:00Z"})";
+      HttpConnection with(std::string("127.0.0.1"), p.member(name)->port,
+                          HttpClientOptions{.bearer_token = token});
+      auto ok = with.request("POST", "/v1/records/customer", "application/json", body, 10s);
+      ASSERT_TRUE(ok.isOk()) << name;
+      EXPECT_EQ(ok->status, 200) << ok->body;
+      HttpConnection without(std::string("127.0.0.1"), p.member(name)->port);
+      auto refused = without.request("POST", "/v1/records/customer", "application/json", body, 10s);
+      ASSERT_TRUE(refused.isOk()) << name;
+      EXPECT_EQ(refused->status, 401) << refused->body;
+    } else {
+      EXPECT_FALSE(proc.contains("ingest_token")) << name;
+    }
   }
+  const std::string agent1_token = p.member("agent-1")->ingest_token;
+  EXPECT_NE(agent1_token, p.member("agent-2")->ingest_token);
+  HttpConnection other(std::string("127.0.0.1"), p.member("agent-2")->port,
+                       HttpClientOptions{.bearer_token = agent1_token});
+  auto cross = other.request("POST", "/v1/records/customer", "application/json", "{}", 10s);
+  ASSERT_TRUE(cross.isOk());
+  EXPECT_EQ(cross->status, 401) << "agent-1's token must not work at agent-2: " << cross->body;
+  struct stat topo_stat {};
+  ASSERT_EQ(::stat(p.topologyPath().c_str(), &topo_stat), 0);
+  EXPECT_EQ(topo_stat.st_mode & 0777, 0600u) << "topology.json holds the tokens";
 
   // As root, the broker does not keep root: it runs as `mosquitto` (README
   // "Local pipeline"), which owns its data dir and its key.
@@ -460,7 +489,7 @@ TEST(LocalPipelineTest, IsolatedAgentAcceptsWhileItsUplinkIsCutAndDrainsAfter) {
       << conf;
   EXPECT_EQ(p.cutNetwork("agg-1").code(), Code::kInvalidArgument);
 
-  HttpConnection conn(inner, agent->port);
+  HttpConnection conn(inner, agent->port, HttpClientOptions{.bearer_token = agent->ingest_token});
   auto post = [&](const std::string& id) {
     const std::string body = R"({"external_id":")" + id +
                              R"(","name":"Ada","email":"ada@example.com","channel":"web",)"

@@ -27,7 +27,8 @@ TEST_F(PipelineTest, BadInputGetsItsDocumentedAnswerAndTheAgentStaysUp) {
   ASSERT_NO_FATAL_FAILURE(startPipeline(1, 1));
   auto url = cli::parseUrl(pipeline_->agentUrls().at(0));
   ASSERT_TRUE(url.isOk());
-  cli::HttpConnection conn(url->host, url->port);
+  cli::HttpConnection conn(url->host, url->port,
+                           cli::HttpClientOptions{.bearer_token = pipeline_->agentTokens().at(0)});
 
   const std::string valid =
       R"({"external_id":"bad-1","name":"Ada","email":"ada@example.com","channel":"web",)"

@@ -49,6 +49,7 @@ class BrokerTrustTest : public PipelineTest {
     gen.invalid_share = 0;
     loadgen::LoadOptions load = loadOptions(records, gen);
     load.urls = {pipeline_->member("agent-1")->url};
+    load.tokens = {pipeline_->member("agent-1")->ingest_token};
     load.concurrency = 2;
     load.batch = 10;
     auto stats = loadgen::runLoad(load);

@@ -88,7 +88,8 @@ double scrapeMetric(const std::string& base_url, const std::string& name) {
   return metricValue(m->body, name);
 }
 
-void postCustomerRecords(const std::string& agent_url, const std::string& prefix, int n) {
+void postCustomerRecords(const std::string& agent_url, const std::string& token,
+                         const std::string& prefix, int n) {
   std::string body;
   for (int i = 0; i < n; ++i) {
     body += R"({"external_id":")" + prefix + "-" + std::to_string(i) +
@@ -98,7 +99,7 @@ void postCustomerRecords(const std::string& agent_url, const std::string& prefix
   }
   auto url = cli::parseUrl(agent_url);
   ASSERT_TRUE(url.isOk()) << agent_url;
-  cli::HttpConnection conn(url->host, url->port);
+  cli::HttpConnection conn(url->host, url->port, cli::HttpClientOptions{.bearer_token = token});
   auto r = conn.request("POST", "/v1/records/customer", "application/x-ndjson", body,
                         std::chrono::seconds(30));
   ASSERT_TRUE(r.isOk()) << r.status().toString();
@@ -286,6 +287,7 @@ loadgen::LoadOptions PipelineTest::loadOptions(uint64_t records,
                                                const loadgen::GeneratorOptions& gen) const {
   loadgen::LoadOptions o;
   o.urls = pipeline_->agentUrls();
+  o.tokens = pipeline_->agentTokens();
   o.records = records;
   o.concurrency = 2 * static_cast<int>(o.urls.size());
   o.batch = 250;

@@ -33,7 +33,8 @@ double scrapeMetric(const std::string& base_url, const std::string& name);
 
 // POSTs `n` valid customer records (NDJSON, external ids <prefix>-0 ...) to
 // the agent at `agent_url`; a test failure unless all are accepted (200).
-void postCustomerRecords(const std::string& agent_url, const std::string& prefix, int n);
+void postCustomerRecords(const std::string& agent_url, const std::string& token,
+                         const std::string& prefix, int n);
 // One metric's value from Prometheus text (a /metrics body); -1 if absent.
 double metricValue(const std::string& text, const std::string& name);
 

@@ -28,6 +28,8 @@ TEST_F(PipelineTest, RevokedAgentIsRefusedAndAuditedRenewedAgentDelivers) {
   ASSERT_NO_FATAL_FAILURE(startPipeline(2, 1));
   const std::string agent1 = pipeline_->agentUrls().at(0);
   const std::string agent2 = pipeline_->agentUrls().at(1);
+  const std::string token1 = pipeline_->agentTokens().at(0);
+  const std::string token2 = pipeline_->agentTokens().at(1);
   const std::string aggregator = pipeline_->aggregatorUrls().at(0);
   const std::string pki = pipeline_->pkiDir();
   auto records = [&] { return queryInt(store(), "SELECT COUNT(*) FROM records"); };
@@ -40,14 +42,14 @@ TEST_F(PipelineTest, RevokedAgentIsRefusedAndAuditedRenewedAgentDelivers) {
     EXPECT_LE(days, 825.05) << url << " " << name;
   }
 
-  ASSERT_NO_FATAL_FAILURE(postCustomerRecords(agent1, "a1", 5));
-  ASSERT_NO_FATAL_FAILURE(postCustomerRecords(agent2, "a2", 5));
+  ASSERT_NO_FATAL_FAILURE(postCustomerRecords(agent1, token1, "a1", 5));
+  ASSERT_NO_FATAL_FAILURE(postCustomerRecords(agent2, token2, "a2", 5));
   ASSERT_TRUE(waitForDrain(10, 0, 60));
 
   // Revoked while connected: the broker still carries its batches (no reload
   // yet), the aggregator refuses them, audited.
   ASSERT_TRUE(cli::revokeIdentity(pki, "agent-1", cli::IdentityRole::kAgent).isOk());
-  ASSERT_NO_FATAL_FAILURE(postCustomerRecords(agent1, "a1-late", 5));
+  ASSERT_NO_FATAL_FAILURE(postCustomerRecords(agent1, token1, "a1-late", 5));
   const std::string audit_sql =
       "SELECT COUNT(*) FROM audit WHERE action = 'batch_refused' AND agent_id = 'agent-1' AND "
       "detail LIKE '%agent `agent-1` is revoked%'";
@@ -76,7 +78,7 @@ TEST_F(PipelineTest, RevokedAgentIsRefusedAndAuditedRenewedAgentDelivers) {
   ASSERT_TRUE(waitUntil([&] { return scrapeMetric(agent2, "bl_agent_mqtt_connected") == 1; }, 30s));
   EXPECT_NEAR(scrapeMetric(agent2, "bl_agent_certificate_expiry_days"), 60.0, 0.05)
       << "the renewed certificate is the one in use";
-  ASSERT_NO_FATAL_FAILURE(postCustomerRecords(agent2, "a2-renewed", 5));
+  ASSERT_NO_FATAL_FAILURE(postCustomerRecords(agent2, token2, "a2-renewed", 5));
   EXPECT_TRUE(waitUntil([&] { return records() == 15; }, 60s)) << records();
   EXPECT_EQ(scrapeMetric(agent1, "bl_agent_mqtt_connected"), 0);
 

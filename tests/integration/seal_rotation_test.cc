@@ -40,18 +40,19 @@ void setSealKeys(const std::string& config, const std::string& current,
 TEST_F(PipelineTest, RotatedSealKeyDrainsOldBatchesAndNewOnesUseTheNewKey) {
   ASSERT_NO_FATAL_FAILURE(startPipeline(1, 1, {{"batch.ack_timeout_ms", "1000"}}));
   const std::string agent = pipeline_->agentUrls().at(0);
+  const std::string token = pipeline_->agentTokens().at(0);
   const std::string config = pipeline_->member("agg-1")->config_path;
   auto records = [&] { return queryInt(store(), "SELECT COUNT(*) FROM records"); };
   const std::string unknown_key_sql =
       "SELECT COUNT(*) FROM audit WHERE action = 'batch_refused' AND detail LIKE "
       "'%unknown aggregator key id%'";
 
-  ASSERT_NO_FATAL_FAILURE(postCustomerRecords(agent, "before", 5));
+  ASSERT_NO_FATAL_FAILURE(postCustomerRecords(agent, token, "before", 5));
   ASSERT_TRUE(waitForDrain(5, 0, 60));
 
   // The aggregator away, the agent holds a batch sealed to the current key.
   ASSERT_TRUE(pipeline_->kill9("agg-1").isOk());
-  ASSERT_NO_FATAL_FAILURE(postCustomerRecords(agent, "held", 5));
+  ASSERT_NO_FATAL_FAILURE(postCustomerRecords(agent, token, "held", 5));
   auto rotation = cli::rotateSealKey(pipeline_->pkiDir());
   ASSERT_TRUE(rotation.isOk()) << rotation.status().toString();
 
@@ -78,7 +79,7 @@ TEST_F(PipelineTest, RotatedSealKeyDrainsOldBatchesAndNewOnesUseTheNewKey) {
   ASSERT_TRUE(pipeline_->kill9("agg-1").isOk());
   setSealKeys(config, rotation->new_private_key.string(), "");
   ASSERT_TRUE(pipeline_->restart("agg-1").isOk());
-  ASSERT_NO_FATAL_FAILURE(postCustomerRecords(agent, "after", 5));
+  ASSERT_NO_FATAL_FAILURE(postCustomerRecords(agent, token, "after", 5));
   ASSERT_TRUE(waitForDrain(15, 0, 60)) << "records: " << records();
   EXPECT_EQ(queryInt(store(), unknown_key_sql), refused_before);
 }
