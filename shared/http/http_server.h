@@ -4,7 +4,9 @@
 // ServerOptions) so a hostile or broken client costs a bounded amount of
 // memory and time and never holds a connection slot for long; handlers see whole
 // requests and answer through a callback that may be called later and from
-// any thread (e.g. once the agent's buffer has committed).
+// any thread (e.g. once the agent's buffer has committed). With a certificate
+// and key it serves HTTPS instead (TLS 1.2 or later), and with a client CA
+// bundle it admits only clients whose certificate chains to it (mutual TLS).
 #pragma once
 
 #include <chrono>
@@ -21,9 +23,9 @@
 namespace branchline::http {
 
 struct Request {
-  std::string method;        // "GET", "POST", ...
-  std::string target;        // path and query, as sent: "/v1/records/customer"
-  std::string content_type;  // media type only, lower-cased, parameters stripped
+  std::string method;               // "GET", "POST", ...
+  std::string target;               // path and query, as sent: "/v1/records/customer"
+  std::string content_type;         // media type only, lower-cased, parameters stripped
   std::string content_type_header;  // the Content-Type value as sent (multipart's boundary)
   std::string authorization;        // the Authorization value as sent; "" when absent
   std::string origin;               // the Origin value (browsers, CORS); "" when absent
@@ -31,6 +33,11 @@ struct Request {
   std::string access_control_request_method;
   std::string access_control_request_headers;
   std::string peer;  // the client's IP address ("127.0.0.1"), for rate limits and logs
+  // TLS with ServerOptions::client_ca_file: the client's certificate chains to
+  // it (always so: the handshake fails otherwise), and its subject's common
+  // name. false and "" over plain HTTP or TLS without client certificates.
+  bool client_verified = false;
+  std::string client_subject;
   std::string body;
 };
 
@@ -49,7 +56,10 @@ using Handler = std::function<void(Request&&, Respond)>;
 // `refused` under its reason label and, where an answer is possible, answered
 // with a JSON error: body_too_large (413), header_too_large (431),
 // malformed_http (400), header_timeout / body_timeout / body_too_slow (408),
-// too_many_connections / too_many_client_connections (503). Framing is strict
+// too_many_connections / too_many_client_connections (503), and, with no
+// answer possible, tls_handshake_failed (a TLS handshake that failed or did not
+// finish within header_timeout: plain HTTP on the TLS port, a client
+// certificate missing or not from client_ca_file). Framing is strict
 // (request_framing.h); after any refusal the connection is closed, never read
 // for another request.
 struct ServerOptions {
@@ -77,6 +87,13 @@ struct ServerOptions {
   size_t reserved_connections = 16;
   std::vector<std::string> reserved_paths = {"/healthz", "/metrics"};  // query ignored
   int threads = 2;
+  // HTTPS: a PEM certificate (chain) and its PEM private key, both or
+  // neither; "" and "": plain HTTP.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // PEM CA bundle; set (HTTPS only), every client must present a certificate
+  // that chains to it or its handshake fails (mutual TLS, see Request).
+  std::string client_ca_file;
   // Optional metrics, owned by the caller and outliving the server.
   LabeledCounter* refused = nullptr;  // refusals by reason (see above)
   Gauge* connections = nullptr;       // connections open now
@@ -84,7 +101,11 @@ struct ServerOptions {
 
 class Server {
  public:
-  // Binds and starts serving on its own threads. kUnavailable if the port is taken.
+  // Binds and starts serving on its own threads. kUnavailable if the port is
+  // taken; kInvalidArgument for a bad address, or TLS options that do not fit
+  // (one of the certificate and key, a client CA without them) or files that
+  // cannot be read or used (not PEM, a key that is not the certificate's),
+  // naming the option, the file and OpenSSL's reason.
   static Result<std::unique_ptr<Server>> start(ServerOptions options, Handler handler);
   ~Server();  // stops: closes the listener and every connection, joins the threads
 

@@ -14,12 +14,15 @@
 #include <mutex>
 #include <thread>
 
+#include "shared/core/testing/wait_until.h"
 #include "shared/http/http_test_client.h"
+#include "shared/http/http_test_tls.h"
 
 namespace branchline::http {
 namespace {
 
 using testing::TestClient;
+namespace beast = boost::beast;
 using namespace std::chrono_literals;
 
 // Echoes what the server handed to the handler, so tests see the parsed request.
@@ -777,6 +780,285 @@ TEST(HttpServerTest, HealthzAnswersWhileSlowClientsHoldEveryIngestSlot) {
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 503);
   EXPECT_TRUE(ingest.waitClosed());
+}
+
+// HTTPS: one throwaway PKI (http_test_tls.h) for the suite.
+class HttpsServerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { pki_ = new testing::TestPki(); }
+  static void TearDownTestSuite() {
+    delete pki_;
+    pki_ = nullptr;
+  }
+  void SetUp() override { ASSERT_TRUE(pki_->status().isOk()) << pki_->status().toString(); }
+
+  static std::string file(const std::string& name) { return pki_->file(name); }
+  static ServerOptions tlsOptions() {
+    ServerOptions o;
+    o.tls_cert_file = file("server.pem");
+    o.tls_key_file = file("server.key");
+    return o;
+  }
+  static ServerOptions mutualTlsOptions() {
+    ServerOptions o = tlsOptions();
+    o.client_ca_file = file("ca.pem");
+    return o;
+  }
+
+  static testing::TestPki* pki_;
+};
+testing::TestPki* HttpsServerTest::pki_ = nullptr;
+
+// Keeps what reached the handler (its TLS identity, peer, body) and echoes the body.
+struct RecordingHandler {
+  std::mutex mutex;
+  std::vector<Request> seen;
+  Handler handler() {
+    return [this](Request&& req, Respond respond) {
+      Response r;
+      r.content_type = "text/plain";
+      r.body = req.body;
+      {
+        std::lock_guard lock(mutex);
+        seen.push_back(std::move(req));
+      }
+      respond(std::move(r));
+    };
+  }
+  std::vector<Request> requests() {
+    std::lock_guard lock(mutex);
+    return seen;
+  }
+};
+
+uint64_t refusals(LabeledCounter& refused, const std::string& reason) {
+  auto counts = refused.snapshot();
+  auto it = counts.find(reason);
+  return it == counts.end() ? 0 : it->second;
+}
+
+TEST_F(HttpsServerTest, RequestsOverTlsReachTheHandlerWithBodyAndPeer) {
+  RecordingHandler recording;
+  auto server = startServer(tlsOptions(), recording.handler());
+  ASSERT_TRUE(server);
+  testing::TlsTestClient client(file("ca.pem"));
+  ASSERT_EQ(client.setupError(), "");
+  ASSERT_FALSE(client.open(server->port()));
+  auto r = client.request("POST", "/v1/records/customer", "{\"a\":1}", "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(r->body, "{\"a\":1}");
+  EXPECT_TRUE(r->keep_alive);
+  // Kept alive, then two pipelined requests in one write: answered in order.
+  r = client.request("POST", "/second", "two", "text/plain");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->body, "two");
+  ASSERT_FALSE(
+      client.writeRaw("POST /p1 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\np1"
+                      "POST /p2 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\np2"));
+  auto p1 = client.read();
+  auto p2 = client.read();
+  ASSERT_TRUE(p1 && p2);
+  EXPECT_EQ(p1->body, "p1");
+  EXPECT_EQ(p2->body, "p2");
+
+  auto seen = recording.requests();
+  ASSERT_EQ(seen.size(), 4u);
+  EXPECT_EQ(seen[0].method, "POST");
+  EXPECT_EQ(seen[0].target, "/v1/records/customer");
+  EXPECT_EQ(seen[0].content_type, "application/json");
+  EXPECT_EQ(seen[0].body, "{\"a\":1}");
+  EXPECT_EQ(seen[0].peer, "127.0.0.1");
+  EXPECT_FALSE(seen[0].client_verified);  // no client_ca_file: no client certificate asked for
+  EXPECT_EQ(seen[0].client_subject, "");
+  EXPECT_EQ(seen[3].target, "/p2");
+}
+
+TEST_F(HttpsServerTest, PlainHttpToTheTlsPortNeverReachesTheHandler) {
+  ServerOptions options = tlsOptions();
+  LabeledCounter& refused = testMetrics().labeledCounter("t_tls_plain_refused_total", "", "reason");
+  options.refused = &refused;
+  CountingHandler counting;
+  auto server = startServer(options, counting.handler());
+  ASSERT_TRUE(server);
+  TestClient plain(5s);
+  ASSERT_FALSE(plain.connect(server->port()));
+  beast::error_code error;
+  ASSERT_FALSE(plain.send("GET", "/healthz"));
+  EXPECT_FALSE(plain.read(&error));  // no HTTP answer: the connection just ends
+  EXPECT_NE(error, beast::error::timeout);
+  EXPECT_TRUE(branchline::testing::waitUntil(
+      [&] { return refusals(refused, "tls_handshake_failed") == 1; }, 5s));
+  EXPECT_EQ(counting.calls.load(), 0);
+}
+
+TEST_F(HttpsServerTest, WithAClientCaOnlyClientsWithItsCertificatesGetIn) {
+  ServerOptions options = mutualTlsOptions();
+  LabeledCounter& refused = testMetrics().labeledCounter("t_mtls_refused_total", "", "reason");
+  options.refused = &refused;
+  RecordingHandler recording;
+  auto server = startServer(options, recording.handler());
+  ASSERT_TRUE(server);
+
+  // Without a certificate, and with one from another CA. Over TLS 1.3 the
+  // client may see its handshake finish before the server's verdict arrives,
+  // so the proof is that no answer ever comes and the handler never runs.
+  struct Case {
+    const char* name;
+    std::string cert;
+    std::string key;
+  };
+  for (const Case& c : {Case{"no certificate", "", ""},
+                        Case{"another CA's", file("other-client.pem"), file("other-client.key")}}) {
+    SCOPED_TRACE(c.name);
+    testing::TlsTestClient client(file("ca.pem"), c.cert, c.key, 5s);
+    ASSERT_EQ(client.setupError(), "");
+    if (!client.open(server->port())) {
+      beast::error_code error;
+      if (!client.send("GET", "/healthz")) {
+        EXPECT_FALSE(client.read(&error));
+      }
+      EXPECT_NE(error, beast::error::timeout);
+    }
+  }
+  EXPECT_TRUE(branchline::testing::waitUntil(
+      [&] { return refusals(refused, "tls_handshake_failed") == 2; }, 5s))
+      << refusals(refused, "tls_handshake_failed");
+  EXPECT_TRUE(recording.requests().empty());
+
+  testing::TlsTestClient agent(file("ca.pem"), file("client.pem"), file("client.key"));
+  ASSERT_EQ(agent.setupError(), "");
+  ASSERT_FALSE(agent.open(server->port()));
+  auto r = agent.request("POST", "/v1/records/customer", "{}", "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  auto seen = recording.requests();
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_TRUE(seen[0].client_verified);
+  EXPECT_EQ(seen[0].client_subject, "agent-1");
+  EXPECT_EQ(seen[0].peer, "127.0.0.1");
+}
+
+TEST_F(HttpsServerTest, StartRefusesIncompleteOrUnusableTlsFiles) {
+  auto refusal = [](ServerOptions o) {
+    auto server = Server::start(std::move(o), echoHandler);
+    EXPECT_FALSE(server.isOk());
+    if (server.isOk()) return std::string();
+    EXPECT_EQ(server.status().code(), Code::kInvalidArgument);
+    return server.status().message();
+  };
+  ServerOptions o = tlsOptions();
+  o.tls_key_file.clear();
+  EXPECT_NE(refusal(o).find("tls_cert_file is set but tls_key_file is not"), std::string::npos);
+  o = tlsOptions();
+  o.tls_cert_file.clear();
+  EXPECT_NE(refusal(o).find("tls_key_file is set but tls_cert_file is not"), std::string::npos);
+  o = ServerOptions{};
+  o.client_ca_file = file("ca.pem");
+  EXPECT_NE(refusal(o).find("client_ca_file is set without"), std::string::npos);
+
+  // Another certificate's key: named, with what is wrong.
+  o = tlsOptions();
+  o.tls_key_file = file("client.key");
+  std::string message = refusal(o);
+  EXPECT_NE(message.find("tls_key_file `" + file("client.key") + "`"), std::string::npos)
+      << message;
+  EXPECT_NE(message.find("mismatch"), std::string::npos) << message;
+
+  o = tlsOptions();
+  o.tls_cert_file = file("missing.pem");
+  message = refusal(o);
+  EXPECT_NE(message.find("tls_cert_file `" + file("missing.pem") + "`: cannot read"),
+            std::string::npos)
+      << message;
+  // Not what the option wants: a certificate as the key, a key as the CA bundle.
+  o = tlsOptions();
+  o.tls_key_file = file("server.pem");
+  message = refusal(o);
+  EXPECT_NE(message.find("tls_key_file `" + file("server.pem") + "`: "), std::string::npos)
+      << message;
+  o = mutualTlsOptions();
+  o.client_ca_file = file("server.key");
+  message = refusal(o);
+  EXPECT_NE(message.find("client_ca_file `" + file("server.key") + "`: "), std::string::npos)
+      << message;
+}
+
+TEST_F(HttpsServerTest, AClientThatNeverHandshakesIsClosedWithinTheHeaderTimeoutAndCounted) {
+  ServerOptions options = tlsOptions();
+  options.header_timeout = 300ms;
+  LabeledCounter& refused =
+      testMetrics().labeledCounter("t_tls_silent_refused_total", "", "reason");
+  options.refused = &refused;
+  auto server = startServer(options);
+  ASSERT_TRUE(server);
+  RawSocket silent(server->port());
+  ASSERT_TRUE(silent.connected());
+  auto started = std::chrono::steady_clock::now();
+  std::string received;
+  EXPECT_TRUE(silent.awaitServer(5s, received));  // closed, nothing sent
+  auto took = std::chrono::steady_clock::now() - started;
+  EXPECT_GE(took, 250ms);
+  EXPECT_LT(took, 2s);
+  EXPECT_EQ(received, "");
+  EXPECT_TRUE(branchline::testing::waitUntil(
+      [&] { return refusals(refused, "tls_handshake_failed") == 1; }, 5s));
+
+  testing::TlsTestClient client(file("ca.pem"));
+  ASSERT_FALSE(client.open(server->port()));
+  auto r = client.request("GET", "/after");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+}
+
+TEST_F(HttpsServerTest, ASlowHeaderOverTlsGets408AndConnectionCloseIsHonoured) {
+  ServerOptions options = tlsOptions();
+  options.header_timeout = 300ms;
+  auto server = startServer(options);
+  ASSERT_TRUE(server);
+  {
+    testing::TlsTestClient slow(file("ca.pem"), "", "", 5s);
+    ASSERT_FALSE(slow.open(server->port()));
+    ASSERT_FALSE(slow.writeRaw("GET /slow HTTP/1.1\r\nHost: x\r\n"));  // and no more
+    auto r = slow.read();
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 408);
+    EXPECT_NE(r->body.find("request header not complete within 300 ms"), std::string::npos);
+    EXPECT_TRUE(slow.waitClosed());
+  }
+  testing::TlsTestClient once(file("ca.pem"), "", "", 5s);
+  ASSERT_FALSE(once.open(server->port()));
+  ASSERT_FALSE(once.send("GET", "/once", "", "", /*keep_alive=*/false));
+  auto r = once.read();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_FALSE(r->keep_alive);
+  auto started = std::chrono::steady_clock::now();
+  EXPECT_TRUE(once.waitClosed());
+  EXPECT_LT(std::chrono::steady_clock::now() - started, 3s);
+}
+
+TEST_F(HttpsServerTest, ConnectionsPastTheLimitGet503OverTls) {
+  ServerOptions options = tlsOptions();
+  options.max_connections = 1;
+  options.reserved_connections = 0;
+  LabeledCounter& refused = testMetrics().labeledCounter("t_tls_503_refused_total", "", "reason");
+  options.refused = &refused;
+  auto server = startServer(options);
+  ASSERT_TRUE(server);
+  testing::TlsTestClient first(file("ca.pem"));
+  ASSERT_FALSE(first.open(server->port()));
+  testing::TlsTestClient second(file("ca.pem"));
+  ASSERT_FALSE(second.open(server->port()));
+  auto r = second.read();  // answered unasked, once the handshake is done
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 503);
+  EXPECT_TRUE(second.waitClosed());
+  r = first.request("GET", "/still-served");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(refusals(refused, "too_many_connections"), 1u);
+  EXPECT_EQ(refusals(refused, "tls_handshake_failed"), 0u);
 }
 
 }  // namespace

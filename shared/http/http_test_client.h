@@ -1,6 +1,7 @@
 // A minimal HTTP/1.1 client for tests (Boost.Beast over loopback). Every
 // operation is bounded by a deadline, so a server bug fails a test instead of
-// hanging it. Test-only: header-only, not part of bl_http.
+// hanging it. Test-only: header-only, not part of bl_http. The TLS variant is
+// in http_test_tls.h.
 #pragma once
 
 #include <boost/asio/connect.hpp>
@@ -35,15 +36,19 @@ struct ClientResponse {
   }
 };
 
-class TestClient {
+// Over `Stream`: beast::tcp_stream (TestClient) or a stream wrapping one.
+template <class Stream>
+class BasicTestClient {
  public:
-  explicit TestClient(std::chrono::milliseconds deadline = std::chrono::seconds(10))
-      : deadline_(deadline) {}
+  // `stream_args...`: what Stream takes after the io_context (a TLS context).
+  template <class... StreamArgs>
+  explicit BasicTestClient(std::chrono::milliseconds deadline, StreamArgs&... stream_args)
+      : deadline_(deadline), stream_(ioc_, stream_args...) {}
 
   beast::error_code connect(uint16_t port) {
     beast::error_code result;
-    stream_.expires_after(deadline_);
-    stream_.async_connect(
+    lowest().expires_after(deadline_);
+    lowest().async_connect(
         boost::asio::ip::tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), port),
         [&](beast::error_code ec) { result = ec; });
     run();
@@ -53,7 +58,7 @@ class TestClient {
   // Writes raw bytes (for malformed, pipelined or partial requests).
   beast::error_code writeRaw(const std::string& bytes) {
     beast::error_code result;
-    stream_.expires_after(deadline_);
+    lowest().expires_after(deadline_);
     boost::asio::async_write(stream_, boost::asio::buffer(bytes),
                              [&](beast::error_code ec, size_t) { result = ec; });
     run();
@@ -73,7 +78,7 @@ class TestClient {
     req.keep_alive(keep_alive);
     req.prepare_payload();
     beast::error_code result;
-    stream_.expires_after(deadline_);
+    lowest().expires_after(deadline_);
     bhttp::async_write(stream_, req, [&](beast::error_code ec, size_t) { result = ec; });
     run();
     return result;
@@ -84,7 +89,7 @@ class TestClient {
     bhttp::response_parser<bhttp::string_body> parser;
     parser.body_limit(64 << 20);
     beast::error_code result;
-    stream_.expires_after(deadline_);
+    lowest().expires_after(deadline_);
     bhttp::async_read(stream_, buffer_, parser, [&](beast::error_code ec, size_t) { result = ec; });
     run();
     if (error) *error = result;
@@ -112,14 +117,15 @@ class TestClient {
   bool waitClosed() {
     char byte;
     beast::error_code result;
-    stream_.expires_after(deadline_);
+    lowest().expires_after(deadline_);
     stream_.async_read_some(boost::asio::buffer(&byte, 1),
                             [&](beast::error_code ec, size_t) { result = ec; });
     run();
     return result && result != beast::error::timeout;
   }
 
- private:
+ protected:
+  beast::tcp_stream& lowest() { return beast::get_lowest_layer(stream_); }
   void run() {
     ioc_.restart();
     ioc_.run();
@@ -127,8 +133,14 @@ class TestClient {
 
   std::chrono::milliseconds deadline_;
   boost::asio::io_context ioc_;
-  beast::tcp_stream stream_{ioc_};
+  Stream stream_;
   beast::flat_buffer buffer_;
+};
+
+class TestClient : public BasicTestClient<beast::tcp_stream> {
+ public:
+  explicit TestClient(std::chrono::milliseconds deadline = std::chrono::seconds(10))
+      : BasicTestClient(deadline) {}
 };
 
 }  // namespace branchline::http::testing
