@@ -309,6 +309,9 @@ int run(const std::string& config_path, const sigset_t& stop_signals) {
   http_options.idle_timeout = cfg->http.idle_timeout;
   http_options.max_connections = cfg->http.max_connections;
   http_options.max_connections_per_client = cfg->http.max_connections_per_client;
+  http_options.tls_cert_file = cfg->http.tls_cert_file.string();
+  http_options.tls_key_file = cfg->http.tls_key_file.string();
+  http_options.client_ca_file = cfg->http.client_ca_file.string();
   http_options.refused = &ingest.httpRefused();
   http_options.connections = &ingest.httpConnections();
   auto server =
@@ -316,6 +319,10 @@ int run(const std::string& config_path, const sigset_t& stop_signals) {
         ingest.handle(std::move(request), std::move(respond));
       });
   if (!server.isOk()) {
+    // A TLS file that cannot be used is a configuration error; a taken port is not.
+    if (server.status().code() == Code::kInvalidArgument) {
+      return fail(kExitBadConfig, "http: " + server.status().message());
+    }
     return fail(kExitStartupFailed,
                 "http.listen " + cfg->http.listen + ": " + server.status().message());
   }
@@ -367,6 +374,8 @@ int run(const std::string& config_path, const sigset_t& stop_signals) {
                               {"http_host", cfg->http.host},
                               {"http_port", static_cast<uint64_t>((*server)->port())},
                               {"data_dir", cfg->data_dir.string()},
+                              {"https", !cfg->http.tls_cert_file.empty()},
+                              {"client_certificates", !cfg->http.client_ca_file.empty()},
                               {"spool", cfg->spool.enabled},
                               {"brokers", static_cast<uint64_t>(cfg->mqtt.brokers.size())},
                               {"sealed", !cfg->security.seal_key_file.empty()}});

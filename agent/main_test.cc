@@ -26,6 +26,7 @@
 #include "agent/spool/testing/name_swapper.h"
 #include "protocol/batch_codec.h"
 #include "protocol/seal.h"
+#include "shared/http/http_test_tls.h"
 #include "shared/mqtt/mqtt_client.h"
 #include "shared/mqtt/testing/mosquitto_process.h"
 #include "shared/pki/pki.h"
@@ -854,6 +855,96 @@ TEST_F(AgentMainTest, MetricsTokenFileGuardsMetrics) {
   EXPECT_EQ(http(port, "GET", "/healthz").rfind("HTTP/1.1 200", 0), 0u);
   ::kill(pid_, SIGTERM);
   EXPECT_EQ(waitExit(15s), 0);
+}
+
+// README "Authenticated ingest": HTTPS on the ingest port against a test CA,
+// and with http.client_ca_file a client without a certificate never gets a
+// request in, while one with a certificate from that CA (and a token) posts.
+TEST_F(AgentMainTest, HttpsIngestAndClientCertificatesWithTheRealBinary) {
+  branchline::http::testing::TestPki tls;
+  ASSERT_TRUE(tls.status().isOk()) << tls.status().toString();
+  const fs::path config =
+      writeConfig(baseConfig("127.0.0.1:0", "tcp://127.0.0.1:1") + "[http_tls_placeholder]\n");
+  std::string text = readFile(config);
+  text.erase(text.find("[http_tls_placeholder]"));
+  text.insert(text.find("[http]\n") + 7,
+              "tls_cert_file = \"" + tls.file("server.pem") + "\"\ntls_key_file = \"" +
+                  tls.file("server.key") + "\"\nclient_ca_file = \"" + tls.file("ca.pem") + "\"\n");
+  std::ofstream(config) << text;
+  const std::string token = addToken(config);
+  spawn(config);
+  const int port = waitStartedPort();
+  ASSERT_GT(port, 0) << stderrText();
+  EXPECT_NE(stderrText().find(R"("https":true,"client_certificates":true)"), std::string::npos);
+
+  const std::string body = R"({"external_id":"tls-1","name":"Ada","email":"ada@example.com",)"
+                           R"("channel":"web","created_at":"2026-11-25T10:00:00Z"})";
+  const std::string request =
+      "POST /v1/records/customer HTTP/1.1\r\nHost: x\r\n"
+      "Authorization: Bearer " +
+      token +
+      "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+      "\r\n\r\n" + body;
+  {
+    branchline::http::testing::TlsTestClient with_cert(tls.file("ca.pem"), tls.file("client.pem"),
+                                                       tls.file("client.key"));
+    ASSERT_EQ(with_cert.setupError(), "");
+    ASSERT_FALSE(with_cert.open(static_cast<uint16_t>(port)));
+    ASSERT_FALSE(with_cert.writeRaw(request));
+    auto r = with_cert.read();
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200) << r->body;
+    EXPECT_NE(r->body.find(R"("accepted":1)"), std::string::npos) << r->body;
+  }
+  {
+    branchline::http::testing::TlsTestClient no_cert(tls.file("ca.pem"));
+    bool refused = static_cast<bool>(no_cert.open(static_cast<uint16_t>(port)));
+    if (!refused) {  // TLS 1.3 may report the refusal on the first read instead
+      no_cert.writeRaw(request);
+      refused = !no_cert.read().has_value();
+    }
+    EXPECT_TRUE(refused) << "a client without a certificate got in";
+  }
+  {
+    branchline::http::testing::TlsTestClient other(tls.file("ca.pem"), tls.file("other-client.pem"),
+                                                   tls.file("other-client.key"));
+    bool refused = static_cast<bool>(other.open(static_cast<uint16_t>(port)));
+    if (!refused) {
+      other.writeRaw(request);
+      refused = !other.read().has_value();
+    }
+    EXPECT_TRUE(refused) << "a certificate from another CA got in";
+  }
+  // Plain HTTP on the HTTPS port is not served.
+  EXPECT_EQ(post(port, "/v1/records/customer", body, token).find("HTTP/1.1 200"),
+            std::string::npos);
+  const std::string metrics_ok = [&] {
+    branchline::http::testing::TlsTestClient c(tls.file("ca.pem"), tls.file("client.pem"),
+                                               tls.file("client.key"));
+    if (c.open(static_cast<uint16_t>(port))) return std::string();
+    auto r = c.request("GET", "/metrics");
+    return r ? r->body : std::string();
+  }();
+  EXPECT_NE(metrics_ok.find("bl_agent_records_accepted_total 1\n"), std::string::npos)
+      << metrics_ok;
+  EXPECT_NE(metrics_ok.find(R"(bl_agent_http_refused_total{reason="tls_handshake_failed"})"),
+            std::string::npos)
+      << metrics_ok;
+  ::kill(pid_, SIGTERM);
+  EXPECT_EQ(waitExit(15s), 0);
+}
+
+TEST_F(AgentMainTest, HttpsWithAKeyThatIsNotTheCertificatesExits2) {
+  branchline::http::testing::TestPki tls;
+  ASSERT_TRUE(tls.status().isOk());
+  const fs::path config = writeConfig(baseConfig("127.0.0.1:0", "tcp://127.0.0.1:1"));
+  std::string text = readFile(config);
+  text.insert(text.find("[http]\n") + 7, "tls_cert_file = \"" + tls.file("server.pem") +
+                                             "\"\ntls_key_file = \"" + tls.file("client.key") +
+                                             "\"\n");
+  std::ofstream(config) << text;
+  EXPECT_EQ(runToExit(config), 2) << stderrText();
+  EXPECT_NE(stderrText().find("tls_key_file"), std::string::npos) << stderrText();
 }
 
 // Issue 14: an attacker with write access to the spool folder swaps the name

@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <boost/json/object.hpp>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <string_view>
 #include <unordered_map>
 
+#include "agent/ingest/form_body.h"
 #include "agent/ingest/record_intake.h"
 #include "shared/core/clock.h"
 #include "shared/core/log.h"
@@ -30,7 +32,7 @@ constexpr size_t kMaxRateLimitedClients = 100000;
 // written, so a flood of bad requests cannot fill the disk with logs.
 constexpr int64_t kMaxRefusalLogsPerSecond = 20;
 
-enum class BodyFormat { kJson, kNdjson };
+enum class BodyFormat { kJson, kNdjson, kUrlEncodedForm, kMultipartForm };
 
 http::Response jsonResponse(int status, std::string body) {
   http::Response r;
@@ -380,14 +382,21 @@ void IngestService::Impl::ingest(std::string_view source, http::Request& request
   } else if (type == "application/x-ndjson" || type == "application/ndjson" ||
              type == "application/jsonl") {
     format = BodyFormat::kNdjson;
+  } else if (type == "application/x-www-form-urlencoded") {
+    format = BodyFormat::kUrlEncodedForm;
+  } else if (type == "multipart/form-data") {
+    format = BodyFormat::kMultipartForm;
   } else {
-    return respond(http::jsonError(
-        415, "content type " + backquoted(type.empty() ? "(none)" : type) +
-                 " is not accepted; send application/json or application/x-ndjson"));
+    return respond(
+        http::jsonError(415, "content type " + backquoted(type.empty() ? "(none)" : type) +
+                                 " is not accepted; send application/json, application/x-ndjson, "
+                                 "application/x-www-form-urlencoded or multipart/form-data"));
   }
+  const bool form = format == BodyFormat::kUrlEncodedForm || format == BodyFormat::kMultipartForm;
   if (request.body.find_first_not_of(" \t\r\n") == std::string::npos) {
     return respond(http::jsonError(
-        400, "empty body: send a JSON object, a JSON array of objects, or NDJSON lines"));
+        400, form ? "empty form: nothing was accepted"
+                  : "empty body: send a JSON object, a JSON array of objects, or NDJSON lines"));
   }
 
   const std::string_view body = request.body;
@@ -407,6 +416,22 @@ void IngestService::Impl::ingest(std::string_view source, http::Request& request
       refused.with(too_deep ? "too_deep" : "invalid_json").inc();
       return respond(http::jsonError(400, "body: " + parsed.message() + "; nothing was accepted"));
     }
+  } else if (form) {
+    // One form post is one record, under the same rules as a JSON object.
+    boost::json::object fields;
+    const FormLimits limits{.max_value_bytes = options.max_field_bytes};
+    Status parsed = format == BodyFormat::kUrlEncodedForm
+                        ? parseUrlEncodedForm(body, limits, fields)
+                        : parseMultipartForm(request.content_type_header, body, limits, fields);
+    if (parsed.code() == Code::kResourceExhausted) {
+      refused.with("form_too_large").inc();
+      return respond(http::jsonError(413, "form: " + parsed.message() + "; nothing was accepted"));
+    }
+    if (!parsed.isOk()) {
+      refused.with("invalid_form").inc();
+      return respond(http::jsonError(400, "form: " + parsed.message() + "; nothing was accepted"));
+    }
+    intake.addObject(0, fields);
   } else {
     NdjsonSummary summary =
         addNdjson(intake, body, options.max_depth, options.max_records_per_request);
@@ -426,14 +451,25 @@ void IngestService::Impl::ingest(std::string_view source, http::Request& request
   if (intake.inputs() == 0) return respond(jsonResponse(200, std::move(answer)));
 
   std::vector<std::string> codes = intake.rejectCodes();
+  // An accepted form post goes on to the source's page; a rejected one gets
+  // the JSON answer, which says what to fix.
+  std::string redirect;
+  if (const SourcePolicy* p = policy(source); form && p != nullptr && n_accepted == 1) {
+    redirect = p->form_redirect;
+  }
   buffer.appendAsync(
       intake.takeRecords(), intake.takeRejects(),
-      [self, respond, answer = std::move(answer), n_accepted,
-       codes = std::move(codes)](Status status) mutable {
+      [self, respond, answer = std::move(answer), n_accepted, codes = std::move(codes),
+       redirect = std::move(redirect)](Status status) mutable {
         // Runs on the buffer's committer thread: count and hand off, never block.
         if (status.isOk()) {
           self->accepted.inc(n_accepted);
           self->countRejects(codes);
+          if (!redirect.empty()) {
+            http::Response r = jsonResponse(303, std::move(answer));
+            r.headers.emplace_back("Location", redirect);
+            return respond(std::move(r));
+          }
           return respond(jsonResponse(200, std::move(answer)));
         }
         if (status.code() == Code::kResourceExhausted) {

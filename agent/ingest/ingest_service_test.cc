@@ -709,5 +709,42 @@ TEST(IngestTokensTest, TheFileIsPrivateAndAWiderModeIsRefused) {
   EXPECT_EQ(read.status().code(), Code::kPermissionDenied) << read.status().toString();
 }
 
+TEST(IngestFormTest, AnAcceptedFormPostRedirectsAndARejectedOneAnswersJson) {
+  IngestOptions options;
+  options.sources["customer"] = SourcePolicy{
+      .open = true, .rate_limit_per_minute = 1000, .form_redirect = "https://example.com/thanks"};
+  Agent agent(1ull << 30, options);
+  const std::string good =
+      "external_id=f-1&name=Ada+Lovelace&email=ada%40example.com&channel=web"
+      "&created_at=2026-11-25T10%3A00%3A00Z";
+  auto r = post(agent, good, "application/x-www-form-urlencoded");
+  EXPECT_EQ(r.status, 303) << r.text;
+  {
+    TestClient client;
+    ASSERT_FALSE(client.connect(agent.server->port()));
+    client.send("POST", "/v1/records/customer", good, "application/x-www-form-urlencoded");
+    auto raw = client.read();
+    ASSERT_TRUE(raw);
+    EXPECT_EQ(raw->status, 303);
+    EXPECT_EQ(raw->header("Location"), "https://example.com/thanks");
+  }
+  auto bad = post(agent, "external_id=f-2&email=nope", "application/x-www-form-urlencoded");
+  EXPECT_EQ(bad.status, 200) << bad.text;
+  EXPECT_EQ(num(bad.body, "rejected"), 1);
+  auto broken = post(agent, "external_id=%zz", "application/x-www-form-urlencoded");
+  EXPECT_EQ(broken.status, 400) << broken.text;
+  auto twice = post(agent, "external_id=a&external_id=b", "application/x-www-form-urlencoded");
+  EXPECT_EQ(twice.status, 400) << twice.text;
+  const std::string upload =
+      "--b\r\nContent-Disposition: form-data; name=\"external_id\"; filename=\"x.txt\"\r\n\r\n"
+      "x\r\n--b--\r\n";
+  auto file = post(agent, upload, "multipart/form-data; boundary=b");
+  EXPECT_EQ(file.status, 400) << file.text;
+  EXPECT_EQ(agent.buffer->stats().records, 2u)
+      << "the accepted form (twice); the rest stored nothing";
+  EXPECT_NE(metricsText(agent).find("bl_agent_http_refused_total{reason=\"invalid_form\"} 3\n"),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace branchline::agent
