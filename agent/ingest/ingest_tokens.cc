@@ -232,16 +232,19 @@ Status updateIngestTokens(const std::filesystem::path& file,
   return writeIngestTokens(file, *tokens);
 }
 
+// What tells a rewritten token file from the one loaded (atomic writes change the inode).
+IngestTokenFile::Stamp IngestTokenFile::stampOf(const std::filesystem::path& file) {
+  struct stat st {};
+  if (::stat(file.c_str(), &st) != 0) return {};
+  return Stamp{static_cast<uint64_t>(st.st_ino), static_cast<uint64_t>(st.st_size),
+               static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec, true};
+}
+
 IngestTokenFile::IngestTokenFile(std::filesystem::path file, std::chrono::milliseconds recheck)
     : file_(std::move(file)), recheck_(recheck), tokens_(std::make_shared<IngestTokens>()) {}
 
 Status IngestTokenFile::loadNow() {
-  struct stat st {};
-  Stamp stamp;
-  if (::stat(file_.c_str(), &st) == 0) {
-    stamp = Stamp{static_cast<uint64_t>(st.st_ino), static_cast<uint64_t>(st.st_size),
-                  static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec, true};
-  }
+  const Stamp stamp = stampOf(file_);
   auto tokens = readIngestTokens(file_);
   if (!tokens.isOk()) return tokens.status();
   std::lock_guard lock(mutex_);
@@ -256,12 +259,7 @@ std::shared_ptr<const IngestTokens> IngestTokenFile::current() {
   const int64_t now = steadyMicros();
   if (now < next_check_us_) return tokens_;
   next_check_us_ = now + recheck_.count() * 1000;
-  struct stat st {};
-  Stamp stamp;
-  if (::stat(file_.c_str(), &st) == 0) {
-    stamp = Stamp{static_cast<uint64_t>(st.st_ino), static_cast<uint64_t>(st.st_size),
-                  static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec, true};
-  }
+  const Stamp stamp = stampOf(file_);
   if (stamp == stamp_) return tokens_;
   // The file is small; reading it under the lock keeps reloads single-file.
   auto tokens = readIngestTokens(file_);

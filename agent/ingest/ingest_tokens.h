@@ -113,6 +113,7 @@ class IngestTokenFile {
     bool exists = false;
     bool operator==(const Stamp&) const = default;
   } stamp_;
+  static Stamp stampOf(const std::filesystem::path& file);
 };
 
 }  // namespace branchline::agent
