@@ -158,7 +158,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 10));
   chaos_cmd->add_option("--brokers", chaos.pipeline.brokers, "1, or 2 bridged (each killed too)")
       ->check(CLI::Range(1, 2));
-  chaos_cmd->add_option("--seed", chaos.seed, "Seed of the fault schedule and the records");
+  chaos_cmd->add_option("--seed", chaos.seed,
+                        "Seed of the fault schedule and the records (default: a new random one, "
+                        "printed and in the verdict)");
   chaos_cmd->add_option("--min-kills", chaos_min_kills, "Kills per component, at least")
       ->check(CLI::Range(0, 1000));
   chaos_cmd->add_option("--bin-dir", chaos.pipeline.bin_dir, "As for `up`");

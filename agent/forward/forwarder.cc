@@ -16,6 +16,7 @@
 #include "protocol/batch_codec.h"
 #include "protocol/batch_digest.h"
 #include "shared/core/clock.h"
+#include "shared/core/failpoint.h"
 #include "shared/core/log.h"
 #include "shared/pki/broker_config.h"
 #include "shared/pki/pki.h"
@@ -327,6 +328,7 @@ struct Forwarder::Impl {
       log::warn("batch_publish_failed", {{"seq", seq}, {"error", s.toString()}});
       return;
     }
+    BL_FAILPOINT("agent.after_publish_before_ack");
     f.due = now + options.ack_timeout;
     f.due_why = "ack_timeout";
     if (!f.published && std::string_view(why) == "new") {
@@ -432,6 +434,7 @@ struct Forwarder::Impl {
                                    : pendingDigest(seq);
       if (held.empty() || ack->digest != held) return refuseAck("replayed", *ack);
     }
+    BL_FAILPOINT("agent.after_ack_before_delete");
     Status s = buffer.ack(seq);
     if (!s.isOk()) {
       // Kept: the resend gets a `duplicate` ack, and the delete is tried again.

@@ -12,6 +12,7 @@
 #include "agent/ingest/form_body.h"
 #include "agent/ingest/record_intake.h"
 #include "shared/core/clock.h"
+#include "shared/core/failpoint.h"
 #include "shared/core/log.h"
 #include "shared/crypto/hash.h"
 #include "shared/crypto/secret.h"
@@ -463,6 +464,7 @@ void IngestService::Impl::ingest(std::string_view source, http::Request& request
        redirect = std::move(redirect)](Status status) mutable {
         // Runs on the buffer's committer thread: count and hand off, never block.
         if (status.isOk()) {
+          BL_FAILPOINT("agent.after_commit_before_reply");
           self->accepted.inc(n_accepted);
           self->countRejects(codes);
           if (!redirect.empty()) {

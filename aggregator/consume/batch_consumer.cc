@@ -15,6 +15,7 @@
 
 #include "protocol/ack_auth.h"
 #include "shared/core/clock.h"
+#include "shared/core/failpoint.h"
 #include "shared/core/log.h"
 #include "shared/mqtt/broker_events.h"
 #include "shared/mqtt/mqtt_client.h"
@@ -510,6 +511,7 @@ struct BatchConsumer::Impl {
       }
     }
     setStoreReady(true);
+    if (!outcomes.empty()) BL_FAILPOINT("aggregator.after_commit_before_ack");
 
     for (const BatchOutcome& o : outcomes) {
       protocol::WireAck ack;

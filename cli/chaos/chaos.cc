@@ -70,6 +70,7 @@ struct StoreContents {
   uint64_t rows = 0;           // all rows of `records`
   uint64_t distinct = 0;       // distinct (source, record_key)
   int64_t ledger_stored = 0;   // sum(stored_records) of batch_ledger and batch_conflicts
+  int64_t ledger_records = 0;  // sum(records) of both: every record delivery committed
 };
 
 // The questions asked of the central store, in both dialects.
@@ -77,7 +78,9 @@ constexpr const char* kKeysSql = "SELECT record_key FROM records WHERE source = 
 constexpr const char* kCountsSql =
     "SELECT COUNT(*), (SELECT COUNT(*) FROM (SELECT DISTINCT source, record_key FROM records) d), "
     "(SELECT COALESCE(SUM(stored_records), 0) FROM batch_ledger) + "
-    "(SELECT COALESCE(SUM(stored_records), 0) FROM batch_conflicts) FROM records";
+    "(SELECT COALESCE(SUM(stored_records), 0) FROM batch_conflicts), "
+    "(SELECT COALESCE(SUM(records), 0) FROM batch_ledger) + "
+    "(SELECT COALESCE(SUM(records), 0) FROM batch_conflicts) FROM records";
 
 Result<StoreContents> readSqliteStore(const std::string& path) {
   sqlite3* db = nullptr;
@@ -110,6 +113,7 @@ Result<StoreContents> readSqliteStore(const std::string& path) {
       out.rows = static_cast<uint64_t>(sqlite3_column_int64(st, 0));
       out.distinct = static_cast<uint64_t>(sqlite3_column_int64(st, 1));
       out.ledger_stored = sqlite3_column_int64(st, 2);
+      out.ledger_records = sqlite3_column_int64(st, 3);
     });
   }
   sqlite3_close(db);
@@ -125,13 +129,14 @@ Result<StoreContents> readPostgresStore(testing::PostgresServer& server,
   for (auto& row : *keys) out.keys.insert(std::move(row.at(0)));
   auto counts = server.query(database, kCountsSql);
   if (!counts.isOk()) return counts.status().withContext("central store");
-  if (counts->size() != 1 || counts->front().size() != 3) {
+  if (counts->size() != 1 || counts->front().size() != 4) {
     return Status::internal("central store: unexpected answer to the count query");
   }
   const auto& row = counts->front();
   out.rows = std::stoull(row[0]);
   out.distinct = std::stoull(row[1]);
   out.ledger_stored = std::stoll(row[2]);
+  out.ledger_records = std::stoll(row[3]);
   return out;
 }
 
@@ -175,14 +180,18 @@ std::string ChaosVerdict::toJson() const {
       buf, sizeof buf,
       "{\"passed\":%s,\"load_seconds\":%.1f,\"records_sent\":%llu,\"accepted\":%llu,"
       "\"stored\":%llu,\"lost\":%llu,\"duplicated\":%llu,\"unexpected\":%llu,"
-      "\"failed_records\":%llu,\"ledger_mismatch\":%llu,\"drained\":%s,"
-      "\"drain_seconds\":%.1f,\"max_ready_seconds\":%.2f,\"faults_injected\":%zu,",
+      "\"recovered\":%llu,\"failed_records\":%llu,\"ledger_mismatch\":%llu,"
+      "\"deliveries\":%llu,\"extra_deliveries\":%llu,\"drained\":%s,"
+      "\"drain_seconds\":%.1f,\"max_ready_seconds\":%.2f,\"faults_injected\":%zu,"
+      "\"seed\":%llu,",
       passed() ? "true" : "false", load_seconds, static_cast<unsigned long long>(records_sent),
       static_cast<unsigned long long>(accepted), static_cast<unsigned long long>(stored),
       static_cast<unsigned long long>(lost), static_cast<unsigned long long>(duplicated),
-      static_cast<unsigned long long>(unexpected), static_cast<unsigned long long>(failed_records),
-      static_cast<unsigned long long>(ledger_mismatch), drained ? "true" : "false", drain_seconds,
-      max_ready_seconds, faults.size());
+      static_cast<unsigned long long>(unexpected), static_cast<unsigned long long>(recovered),
+      static_cast<unsigned long long>(failed_records),
+      static_cast<unsigned long long>(ledger_mismatch), static_cast<unsigned long long>(deliveries),
+      static_cast<unsigned long long>(extra_deliveries), drained ? "true" : "false", drain_seconds,
+      max_ready_seconds, faults.size(), static_cast<unsigned long long>(seed));
   std::string out = buf;
   out += "\"kills\":{";
   bool first = true;
@@ -235,6 +244,13 @@ Result<ChaosVerdict> runChaos(const ChaosOptions& options) {
     return Status::invalid("chaos: --store must be sqlite or postgresql, not `" + options.store +
                            "`");
   }
+  // Every run its own schedule unless one is asked for; the verdict and the
+  // log say which, so any run can be replayed.
+  uint64_t seed = options.seed;
+  while (seed == 0) seed = (uint64_t{std::random_device{}()} << 32) | std::random_device{}();
+  log::info("chaos_seed", {{"seed", seed}});
+  std::fprintf(stderr, "[ seed ] chaos seed %llu (replay: --seed %llu)\n",
+               static_cast<unsigned long long>(seed), static_cast<unsigned long long>(seed));
   // Declared before the pipeline, so it outlives the aggregators writing to it.
   std::unique_ptr<testing::PostgresServer> postgres;
   PipelineOptions pipeline_options = options.pipeline;
@@ -282,6 +298,7 @@ Result<ChaosVerdict> runChaos(const ChaosOptions& options) {
                                                      : options.max_down;
 
   ChaosVerdict verdict;
+  verdict.seed = seed;
   verdict.network_cuts_skipped = cuts_skipped;
   for (const auto& c : components) verdict.kills[c] = 0;
 
@@ -293,13 +310,13 @@ Result<ChaosVerdict> runChaos(const ChaosOptions& options) {
   load.rate = options.rate;
   load.concurrency = 2 * static_cast<int>(load.urls.size());
   load.batch = 50;
-  load.generator.seed = options.seed;
+  load.generator.seed = seed;
   load.generator.duplicate_share = 0.05;
   load.generator.invalid_share = 0.02;
   load.cancel = &stop_load;
   const loadgen::GeneratorOptions gen = load.generator;
 
-  std::mt19937_64 rng(options.seed);
+  std::mt19937_64 rng(seed);
   auto uniformMs = [&rng](std::chrono::milliseconds lo, std::chrono::milliseconds hi) {
     return std::chrono::milliseconds(
         std::uniform_int_distribution<int64_t>(lo.count(), hi.count())(rng));
@@ -410,10 +427,27 @@ Result<ChaosVerdict> runChaos(const ChaosOptions& options) {
       ++verdict.lost;
     }
   }
+  // Stored although their request's last answer was an error: recovered, not
+  // unexpected (the agent committed before the answer was lost).
+  loadgen::LoadStats failed_only = *stats;
+  failed_only.accepted_unique = stats->failed_unique;
+  auto failed_keys = acceptedKeys(failed_only, gen);
+  if (!failed_keys.isOk()) return failed_keys.status();
   for (const auto& key : store->keys) {
-    if (accepted->count(key) == 0) ++verdict.unexpected;
+    if (accepted->count(key) != 0) continue;
+    if (failed_keys->count(key) != 0) {
+      ++verdict.recovered;
+    } else {
+      ++verdict.unexpected;
+    }
   }
-  verdict.duplicated = store->rows - store->distinct;
+  // Doubling, counted without the store's UNIQUE constraint: every record
+  // delivery the ledger committed, against what the agents can have taken (each
+  // acceptance, plus each record whose answer was lost and may have committed).
+  verdict.deliveries = static_cast<uint64_t>(std::max<int64_t>(0, store->ledger_records));
+  const uint64_t allowed = stats->accepted + stats->failed_records + stats->resent_after_error;
+  verdict.extra_deliveries = verdict.deliveries > allowed ? verdict.deliveries - allowed : 0;
+  verdict.duplicated = (store->rows - store->distinct) + verdict.extra_deliveries;
   verdict.ledger_mismatch =
       static_cast<uint64_t>(std::llabs(store->ledger_stored - static_cast<int64_t>(store->rows)));
   return verdict;

@@ -41,7 +41,7 @@ struct ChaosOptions {
   std::string postgres_bin_dir = "/usr/lib/postgresql/15/bin";  // initdb, pg_ctl
   double seconds = 300;    // length of the fault phase (load runs for as long)
   double rate = 2000;      // records/s of load over all agents
-  uint64_t seed = 1;       // fault schedule and generator seed
+  uint64_t seed = 0;       // fault schedule and generator seed; 0: a random one (in the verdict)
   int min_kills_each = 2;  // every component killed at least this often
   std::chrono::milliseconds min_gap{4000}, max_gap{15000};  // between two faults
   std::chrono::milliseconds min_down{300}, max_down{4000};  // a victim's downtime
@@ -67,9 +67,17 @@ struct ChaosVerdict {
   uint64_t lost = 0;            // accepted, not stored
   uint64_t duplicated = 0;      // stored rows beyond one per (source, record_key)
   uint64_t unexpected = 0;      // stored, but never accepted by an agent
+  uint64_t recovered = 0;       // stored, though the load client's last answer was an error
   uint64_t failed_records = 0;  // load requests that failed for good (not accepted)
   // |sum(stored_records) over batch_ledger and batch_conflicts - rows in records|
   uint64_t ledger_mismatch = 0;
+  // Record deliveries committed (sum(records) over batch_ledger and
+  // batch_conflicts), and how many exceed what the agents can have accepted:
+  // doubling seen without relying on the store's UNIQUE constraint (counted
+  // in `duplicated`).
+  uint64_t deliveries = 0;
+  uint64_t extra_deliveries = 0;
+  uint64_t seed = 0;         // the seed the run used (replay with ChaosOptions::seed)
   double drain_seconds = 0;  // from the end of load until every buffer was empty
   bool drained = false;
   double max_ready_seconds = 0;      // the slowest restart-to-ready

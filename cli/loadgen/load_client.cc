@@ -122,8 +122,15 @@ void runWorker(const LoadOptions& options, Dispatcher& d, const CustomerGenerato
 
   std::vector<GeneratedRecord> batch(static_cast<size_t>(options.batch));
   std::vector<uint64_t> accepted_originals;
+  std::vector<uint64_t> failed_originals;
   std::string body;
   uint64_t first = 0, count = 0;
+  auto failed = [&] {
+    w.s.failed_records += count;
+    for (uint64_t i = 0; i < count; ++i) {
+      if (batch[i].valid) failed_originals.push_back(batch[i].original);
+    }
+  };
   while (d.claim(first, count)) {
     batch.resize(count);
     body.clear();
@@ -162,9 +169,10 @@ void runWorker(const LoadOptions& options, Dispatcher& d, const CustomerGenerato
           log::warn("loadgen_request_failed", {{"url", url.host + ":" + std::to_string(url.port)},
                                                {"first_record", first},
                                                {"error", res.status().message()}});
-          w.s.failed_records += count;
+          failed();
           break;
         }
+        w.s.resent_after_error += count;
         std::this_thread::sleep_for(
             std::chrono::milliseconds(std::min(100 * transport_failures, 1000)));
         continue;
@@ -180,7 +188,7 @@ void runWorker(const LoadOptions& options, Dispatcher& d, const CustomerGenerato
         continue;
       }
       ++w.s.http_errors;
-      w.s.failed_records += count;
+      failed();
       break;
     }
   }
@@ -188,6 +196,10 @@ void runWorker(const LoadOptions& options, Dispatcher& d, const CustomerGenerato
   accepted_originals.erase(std::unique(accepted_originals.begin(), accepted_originals.end()),
                            accepted_originals.end());
   w.s.accepted_unique = std::move(accepted_originals);
+  std::sort(failed_originals.begin(), failed_originals.end());
+  failed_originals.erase(std::unique(failed_originals.begin(), failed_originals.end()),
+                         failed_originals.end());
+  w.s.failed_unique = std::move(failed_originals);
 }
 
 double percentileMs(const std::vector<uint32_t>& sorted, double q) {
@@ -225,6 +237,7 @@ std::string LoadStats::toJson() const {
   num("accepted", accepted);
   num("rejected", rejected);
   num("failed_records", failed_records);
+  num("resent_after_error", resent_after_error);
   num("valid_sent", valid_sent);
   num("duplicates_sent", duplicates_sent);
   num("invalid_sent", invalid_sent);
@@ -315,6 +328,9 @@ Result<LoadStats> runLoad(const LoadOptions& options) {
     total.accepted += s.accepted;
     total.rejected += s.rejected;
     total.failed_records += s.failed_records;
+    total.resent_after_error += s.resent_after_error;
+    total.failed_unique.insert(total.failed_unique.end(), s.failed_unique.begin(),
+                               s.failed_unique.end());
     total.valid_sent += s.valid_sent;
     total.duplicates_sent += s.duplicates_sent;
     total.invalid_sent += s.invalid_sent;
@@ -333,6 +349,9 @@ Result<LoadStats> runLoad(const LoadOptions& options) {
   total.accepted_unique.erase(
       std::unique(total.accepted_unique.begin(), total.accepted_unique.end()),
       total.accepted_unique.end());
+  std::sort(total.failed_unique.begin(), total.failed_unique.end());
+  total.failed_unique.erase(std::unique(total.failed_unique.begin(), total.failed_unique.end()),
+                            total.failed_unique.end());
   std::sort(latencies.begin(), latencies.end());
   total.latency_p50_ms = percentileMs(latencies, 0.50);
   total.latency_p99_ms = percentileMs(latencies, 0.99);

@@ -62,6 +62,12 @@ struct LoadStats {
   // a duplicate of it), as stream indices, sorted: exactly what the central
   // store must hold. CustomerGenerator::externalId() turns one into its key.
   std::vector<uint64_t> accepted_unique;
+  // The distinct valid records of requests that failed for good (an error was
+  // their last answer), sorted: the agent may still have stored them.
+  std::vector<uint64_t> failed_unique;
+  // Records re-sent after a transport error: the broken attempt may have
+  // committed them already, so each may reach the store as one delivery more.
+  uint64_t resent_after_error = 0;
 
   double recordsPerSecond() const { return seconds > 0 ? records_sent / seconds : 0; }
   std::string toJson() const;  // one line

@@ -6,6 +6,8 @@
 // its uplink cut twice (skipped, with the reason printed, where namespaces are
 // not permitted). BRANCHLINE_CHAOS_SECONDS sets the length
 // of the fault phase (default 300 s; the README documents longer runs).
+// Every run draws a new seed and prints it; BRANCHLINE_CHAOS_SEED replays one.
+// The verdict is printed and kept in <build>/soak/chaos-verdict.json, passed or not.
 #include "cli/chaos/chaos.h"
 
 #include <gtest/gtest.h>
@@ -13,6 +15,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 namespace branchline::cli {
@@ -38,12 +41,22 @@ TEST(ChaosTest, EveryComponentKilledTwiceUnderLoadLosesAndDoublesNothing) {
     options.seconds = std::stod(s);
   }
   options.rate = 1500;
-  options.seed = 20261125;
+  if (const char* s = std::getenv("BRANCHLINE_CHAOS_SEED"); s != nullptr) {
+    options.seed = std::stoull(s);
+  }
   options.min_kills_each = 2;
 
   auto verdict = runChaos(options);
   ASSERT_TRUE(verdict.isOk()) << verdict.status().toString();
   std::printf("chaos verdict: %s\n", verdict->toJson().c_str());
+  std::printf("chaos seed: %llu (replay: BRANCHLINE_CHAOS_SEED=%llu)\n",
+              static_cast<unsigned long long>(verdict->seed),
+              static_cast<unsigned long long>(verdict->seed));
+  {
+    const std::filesystem::path out = std::filesystem::path(BRANCHLINE_BUILD_DIR) / "soak";
+    std::filesystem::create_directories(out);
+    std::ofstream(out / "chaos-verdict.json") << verdict->toJson() << "\n";
+  }
 
   for (const auto& [component, kills] : verdict->kills) {
     EXPECT_GE(kills, 2) << component << " was not killed twice";

@@ -3,14 +3,19 @@
 // (default 600) while the agents keep taking records. No ingest may be
 // refused while the buffers have room; once the aggregators are back the
 // backlog drains (oldest first, beside the new load) and every accepted record
-// is stored exactly once. Prints the backlog, the drain time and rate.
+// is stored exactly once. Prints the backlog, the drain time and rate, and
+// the load's seed (new every run; BRANCHLINE_OUTAGE_SEED replays one); the
+// figures are kept in <build>/soak/outage.json, passed or not.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <future>
+#include <random>
 #include <thread>
 
 #include "shared/core/clock.h"
@@ -34,7 +39,12 @@ TEST_F(OutageTest, CentralOutageBuffersAtAgentsAndDrainsOnceBack) {
   ASSERT_NO_FATAL_FAILURE(startPipeline(2, 2, {{"batch.ack_timeout_ms", "3000"}}));
 
   loadgen::GeneratorOptions gen;
-  gen.seed = 4242;
+  gen.seed = 0;
+  if (const char* s = std::getenv("BRANCHLINE_OUTAGE_SEED"); s != nullptr)
+    gen.seed = std::stoull(s);
+  while (gen.seed == 0) gen.seed = std::random_device{}();
+  std::printf("outage seed: %llu (replay: BRANCHLINE_OUTAGE_SEED=%llu)\n",
+              static_cast<unsigned long long>(gen.seed), static_cast<unsigned long long>(gen.seed));
   gen.duplicate_share = 0.05;
   gen.invalid_share = 0.02;
   loadgen::LoadOptions load = loadOptions(0, gen);
@@ -83,6 +93,14 @@ TEST_F(OutageTest, CentralOutageBuffersAtAgentsAndDrainsOnceBack) {
   auto stats = running.get();
   ASSERT_TRUE(stats.isOk()) << stats.status().toString();
   std::fprintf(stderr, "load: %s\n", stats->toJson().c_str());
+  {
+    const std::filesystem::path out = std::filesystem::path(BRANCHLINE_BUILD_DIR) / "soak";
+    std::filesystem::create_directories(out);
+    std::ofstream(out / "outage.json")
+        << "{\"seed\":" << gen.seed << ",\"outage_seconds\":" << outage_s
+        << ",\"backlog\":" << backlog << ",\"drain_seconds\":" << drain_s
+        << ",\"load\":" << stats->toJson() << "}\n";
+  }
   // No ingest was refused: the buffers had room the whole time.
   EXPECT_EQ(stats->retries_503, 0u);
   EXPECT_EQ(stats->failed_records, 0u);
