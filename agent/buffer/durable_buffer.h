@@ -78,6 +78,7 @@ struct BufferStats {
   int64_t oldest_unbatched_us = 0;  // ingested_at of the oldest unbatched entry, 0 if none
   int64_t oldest_unacked_us = 0;    // created_at of the oldest unacked batch, 0 if none
   uint64_t commits = 0;             // group-commit transactions since open (one fsync each)
+  uint64_t damaged = 0;           // rows moved aside as damaged (kept for forensics)
 };
 
 struct DataKeyRotation {
