@@ -303,6 +303,26 @@ class AgentMainTest : public ::testing::Test {
     return waitStartedPort();
   }
 
+  // Polls GET /health until it names `reason`; then it must be 503 with that
+  // reason alone, while GET /healthz (liveness) stays 200.
+  static void expectDegradedBy(int port, const std::string& reason) {
+    const std::string health = pollFor(port, "/health", reason);
+    EXPECT_EQ(health.rfind("HTTP/1.1 503", 0), 0u) << health;
+    EXPECT_EQ(bodyOf(health), R"({"status":"degraded","reasons":[")" + reason + R"("]})") << health;
+    EXPECT_EQ(http(port, "GET", "/healthz").rfind("HTTP/1.1 200", 0), 0u);
+  }
+
+  void stopAgent() {
+    ::kill(pid_, SIGTERM);
+    EXPECT_EQ(waitExit(15s), 0) << stderrText();
+  }
+
+  // Posts one `customer` record; it must be accepted.
+  static void postRecord(int port, const std::string& token, const std::string& id) {
+    const std::string answer = post(port, "/v1/records/customer", customerRecord(id), token);
+    EXPECT_NE(answer.find(R"("accepted":1)"), std::string::npos) << answer;
+  }
+
   // A record of the built-in `customer` source.
   static std::string customerRecord(const std::string& id) {
     return R"({"external_id":")" + id +
@@ -811,8 +831,7 @@ TEST_F(AgentMainTest, HealthIsOkWhileBatchesAreAcked) {
   EXPECT_NE(http(port, "GET", "/metrics").find("bl_agent_health_degraded 0"), std::string::npos);
   EXPECT_EQ(http(port, "GET", "/healthz").rfind("HTTP/1.1 200", 0), 0u);
   aggregator.stop();
-  ::kill(pid_, SIGTERM);
-  EXPECT_EQ(waitExit(15s), 0) << stderrText();
+  stopAgent();
 }
 
 TEST_F(AgentMainTest, HealthSaysBrokerUnreachableOnceTheBrokerIsGone) {
@@ -826,16 +845,12 @@ TEST_F(AgentMainTest, HealthSaysBrokerUnreachableOnceTheBrokerIsGone) {
       << stderrText();
   EXPECT_EQ(bodyOf(http(port, "GET", "/health")), R"({"status":"ok"})");
   broker.kill9();
-  const std::string health = pollFor(port, "/health", "broker_unreachable");
-  EXPECT_EQ(health.rfind("HTTP/1.1 503", 0), 0u) << health;
-  EXPECT_EQ(bodyOf(health), R"({"status":"degraded","reasons":["broker_unreachable"]})") << health;
+  expectDegradedBy(port, "broker_unreachable");
   EXPECT_NE(http(port, "GET", "/metrics").find("bl_agent_health_degraded 1"), std::string::npos);
-  EXPECT_EQ(http(port, "GET", "/healthz").rfind("HTTP/1.1 200", 0), 0u);
   // Back: ok again.
   ASSERT_TRUE(broker.restart()) << broker.error();
   EXPECT_EQ(bodyOf(pollFor(port, "/health", R"("ok")")), R"({"status":"ok"})") << stderrText();
-  ::kill(pid_, SIGTERM);
-  EXPECT_EQ(waitExit(15s), 0) << stderrText();
+  stopAgent();
 }
 
 TEST_F(AgentMainTest, HealthSaysAcksStalledWhenNoAggregatorAcks) {
@@ -851,14 +866,9 @@ TEST_F(AgentMainTest, HealthSaysAcksStalledWhenNoAggregatorAcks) {
   // Nothing waits yet: no ack is due.
   std::this_thread::sleep_for(400ms);
   EXPECT_EQ(bodyOf(http(port, "GET", "/health")), R"({"status":"ok"})");
-  const std::string answer = post(port, "/v1/records/customer", customerRecord("stall-1"), token);
-  ASSERT_NE(answer.find(R"("accepted":1)"), std::string::npos) << answer;
-  const std::string health = pollFor(port, "/health", "acks_stalled");
-  EXPECT_EQ(health.rfind("HTTP/1.1 503", 0), 0u) << health;
-  EXPECT_EQ(bodyOf(health), R"({"status":"degraded","reasons":["acks_stalled"]})") << health;
-  EXPECT_EQ(http(port, "GET", "/healthz").rfind("HTTP/1.1 200", 0), 0u);
-  ::kill(pid_, SIGTERM);
-  EXPECT_EQ(waitExit(15s), 0) << stderrText();
+  postRecord(port, token, "stall-1");
+  expectDegradedBy(port, "acks_stalled");
+  stopAgent();
 }
 
 TEST_F(AgentMainTest, HealthSaysBufferNearlyFullPastTheRatio) {
@@ -871,14 +881,9 @@ TEST_F(AgentMainTest, HealthSaysBufferNearlyFullPastTheRatio) {
   const int port = startAgent(config);
   ASSERT_GT(port, 0) << stderrText();
   EXPECT_EQ(bodyOf(http(port, "GET", "/health")), R"({"status":"ok"})");
-  const std::string answer = post(port, "/v1/records/customer", customerRecord("full-1"), token);
-  ASSERT_NE(answer.find(R"("accepted":1)"), std::string::npos) << answer;
-  const std::string health = pollFor(port, "/health", "buffer_nearly_full");
-  EXPECT_EQ(health.rfind("HTTP/1.1 503", 0), 0u) << health;
-  EXPECT_EQ(bodyOf(health), R"({"status":"degraded","reasons":["buffer_nearly_full"]})") << health;
-  EXPECT_EQ(http(port, "GET", "/healthz").rfind("HTTP/1.1 200", 0), 0u);
-  ::kill(pid_, SIGTERM);
-  EXPECT_EQ(waitExit(15s), 0) << stderrText();
+  postRecord(port, token, "full-1");
+  expectDegradedBy(port, "buffer_nearly_full");
+  stopAgent();
 }
 
 TEST_F(AgentMainTest, BadHealthTableExits2NamingTheKey) {
