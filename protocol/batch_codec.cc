@@ -112,6 +112,18 @@ std::string serializeBatch(const WireBatch& batch) {
     w.setReasons(text(r.reasons_json));
     w.setIngestedAt(r.ingested_at_us);
   }
+  if (!batch.damaged.empty()) {
+    auto damaged = b.initDamaged(static_cast<unsigned>(batch.damaged.size()));
+    for (size_t i = 0; i < batch.damaged.size(); ++i) {
+      const WireDamaged& d = batch.damaged[i];
+      auto w = damaged[static_cast<unsigned>(i)];
+      w.setTable(text(d.table));
+      w.setRow(d.row);
+      w.setSource(text(d.source));
+      w.setIngestedAt(d.ingested_at_us);
+      w.setReason(text(d.reason));
+    }
+  }
   return flatten(msg);
 }
 
@@ -257,8 +269,10 @@ Result<WireBatch> parseBatch(std::string_view raw, const Parts& parts, const Dec
     }
     auto records = b.getRecords();
     auto rejects = b.getRejects();
-    if (static_cast<size_t>(records.size()) + rejects.size() > limits.max_records) {
-      return Status::exhausted("batch holds " + std::to_string(records.size() + rejects.size()) +
+    auto damaged = b.getDamaged();
+    const size_t entries = static_cast<size_t>(records.size()) + rejects.size() + damaged.size();
+    if (entries > limits.max_records) {
+      return Status::exhausted("batch holds " + std::to_string(entries) +
                                " entries, past max_records " + std::to_string(limits.max_records));
     }
     out.records.reserve(records.size());
@@ -270,6 +284,11 @@ Result<WireBatch> parseBatch(std::string_view raw, const Parts& parts, const Dec
     for (auto r : rejects) {
       out.rejects.push_back(
           {str(r.getSource()), str(r.getRaw()), str(r.getReasons()), r.getIngestedAt()});
+    }
+    out.damaged.reserve(damaged.size());
+    for (auto d : damaged) {
+      out.damaged.push_back({str(d.getTable()), d.getRow(), str(d.getSource()), d.getIngestedAt(),
+                             str(d.getReason())});
     }
     return out;
   } catch (const kj::Exception& e) {

@@ -32,12 +32,24 @@ struct WireReject {
   bool operator==(const WireReject&) const = default;
 };
 
+// A buffer row the agent could not read back (schema `Damaged`): reported in
+// place of the record it held. `reason` names the value, never its contents.
+struct WireDamaged {
+  std::string table;  // "records" or "quarantine"
+  uint64_t row = 0;
+  std::string source;
+  int64_t ingested_at_us = 0;
+  std::string reason;
+  bool operator==(const WireDamaged&) const = default;
+};
+
 struct WireBatch {
   std::string agent_id;
   uint64_t seq = 0;
   int64_t created_at_us = 0;
   std::vector<WireRecord> records;
   std::vector<WireReject> rejects;
+  std::vector<WireDamaged> damaged;
   bool operator==(const WireBatch&) const = default;
 };
 
@@ -99,7 +111,7 @@ struct DecodeLimits {
   double max_inflate_ratio = 0;
   uint64_t max_traversal_words = 16 << 20;  // Cap'n Proto read budget (8-byte words)
   int max_nesting = 16;
-  size_t max_records = 100000;  // records + rejects in one batch
+  size_t max_records = 100000;  // records + rejects + damaged reports in one batch
 };
 
 // The envelope header, readable before the body is opened.

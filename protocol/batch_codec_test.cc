@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <zstd.h>
 
+#include "protocol/batch_digest.h"
+
 namespace branchline::protocol {
 namespace {
 
@@ -33,6 +35,22 @@ TEST(BatchCodecTest, RoundTripsRecordsAndRejects) {
     EXPECT_EQ(header->batch_seq, 42u);
     EXPECT_FALSE(header->is_ack);
   }
+}
+
+TEST(BatchCodecTest, RoundTripsDamageReportsAndCountsThemAgainstMaxRecords) {
+  WireBatch in = sampleBatch(3);
+  in.damaged.push_back({"records", 17, "customer", 1'790'000'000'000'017,
+                        "records.payload of row 17: failed authentication"});
+  in.damaged.push_back({"quarantine", 2, "lead", 1'790'000'000'000'002, "quarantine.raw"});
+  auto out = decodeBatch(encodeBatch(in, 1));
+  ASSERT_TRUE(out.isOk()) << out.status().toString();
+  EXPECT_EQ(*out, in);
+  EXPECT_NE(batchDigest(in), batchDigest(sampleBatch(3))) << "the reports are content";
+  DecodeLimits tight;
+  tight.max_records = in.records.size() + in.rejects.size() + 1;
+  auto refused = decodeBatch(encodeBatch(in, 1), tight);
+  ASSERT_FALSE(refused.isOk());
+  EXPECT_EQ(refused.status().code(), Code::kResourceExhausted) << refused.status().toString();
 }
 
 TEST(BatchCodecTest, CompressesBatches) {

@@ -47,6 +47,18 @@ std::string batchDigest(const WireBatch& batch) {
     h.field(r.reasons_json);
     h.u64(static_cast<uint64_t>(r.ingested_at_us));
   }
+  // Only a batch that reports damage hashes it, so every other batch keeps the
+  // digest it had before damage reports existed (and in the ledger).
+  if (!batch.damaged.empty()) {
+    h.u64(batch.damaged.size());
+    for (const WireDamaged& d : batch.damaged) {
+      h.field(d.table);
+      h.u64(d.row);
+      h.field(d.source);
+      h.u64(static_cast<uint64_t>(d.ingested_at_us));
+      h.field(d.reason);
+    }
+  }
   return h.hex();
 }
 

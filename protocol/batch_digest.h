@@ -9,7 +9,9 @@
 // digest from the decoded batch whatever the envelope (codec, sealing, key):
 // SHA-256 over "branchline-batch-digest-v1\0", then the record count and each
 // record's source, key, ingested_at and payload, then the reject count and
-// each reject's source, raw, reasons and ingested_at, in batch order; every
+// each reject's source, raw, reasons and ingested_at, then (only when the
+// batch reports damaged rows) their count and each one's table, row, source,
+// ingested_at and reason, in batch order; every
 // string is its byte length (u64, big-endian) followed by its bytes, every
 // count and time a u64 big-endian. The agent never reorders a batch's
 // contents on a resend, so order is part of the content.

@@ -48,12 +48,24 @@ struct Reject {
   ingestedAt @3 :Int64;
 }
 
+# A buffer row the agent could not read back (its sealed value failed
+# authentication): reported with the batch it would have travelled in, so the
+# central audit trail names it (`buffer_damaged`). Never record contents.
+struct Damaged {
+  table @0 :Text;             # "records" or "quarantine"
+  row @1 :UInt64;             # the row id in the agent's buffer
+  source @2 :Text;
+  ingestedAt @3 :Int64;
+  reason @4 :Text;            # which value failed, and how
+}
+
 struct Batch {
   agentId @0 :Text;
   seq @1 :UInt64;             # per-agent batch sequence, never reused
   createdAt @2 :Int64;        # Unix microseconds when the batch was formed
   records @3 :List(Record);
   rejects @4 :List(Reject);
+  damaged @5 :List(Damaged);  # rows of this batch lost to damage; empty normally
 }
 
 enum AckStatus {

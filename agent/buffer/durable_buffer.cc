@@ -83,6 +83,8 @@ constexpr std::string_view kRawColumn = "quarantine.raw";
 constexpr std::string_view kReasonsColumn = "quarantine.reasons";
 constexpr int64_t kTokenRetentionUs = int64_t{30} * 24 * 3600 * 1000000;
 constexpr int64_t kTokenPruneEveryUs = int64_t{3600} * 1000000;
+// Damaged rows stay this long after their batch's report was acked.
+constexpr int64_t kDamagedRetentionUs = int64_t{30} * 24 * 3600 * 1000000;
 // Per-entry and per-append bookkeeping counted against max_queued_bytes, so a flood
 // of empty appends is bounded too.
 constexpr size_t kEntryOverhead = sizeof(WireRecord);
@@ -168,6 +170,8 @@ struct DurableBuffer::Impl {
   Stmt insert_batch, update_meta, select_batch;
   Stmt select_records_range, select_rejects_range;
   Stmt delete_records_range, delete_rejects_range, delete_batch;
+  Stmt damage_record, damage_reject, delete_record, delete_reject, shrink_batch;
+  Stmt select_damaged, damaged_acked, prune_damaged;
   int64_t next_record_id = 1;
   int64_t next_reject_id = 1;
   int64_t last_batched_record = 0;
@@ -257,8 +261,9 @@ struct DurableBuffer::Impl {
     return n >= seal_overhead ? n - seal_overhead : 0;  // a short value fails to open
   }
 
-  // Reads a sealed column of the current row into `out`, opening it.
-  Status readSealed(sqlite3_stmt* q, int col, std::string_view column, int64_t rowid,
+  // Reads a sealed column of the current row into `out`, opening it: kDataLoss
+  // (naming the column and row, not the file) when the value fails to open.
+  Status openSealed(sqlite3_stmt* q, int col, std::string_view column, int64_t rowid,
                     std::string& out) {
     if (!cipher) {
       out = columnString(q, col);
@@ -267,8 +272,94 @@ struct DurableBuffer::Impl {
     const void* p = sqlite3_column_blob(q, col);
     std::string_view v(p == nullptr ? "" : static_cast<const char*>(p),
                        size_t(sqlite3_column_bytes(q, col)));
-    Status s = cipher->open(column, rowid, v, out);
-    return s.isOk() ? s : s.withContext("buffer " + path);
+    return cipher->open(column, rowid, v, out);
+  }
+
+  // A row whose sealed value did not open, on its way to the `damaged` table.
+  struct DamagedRow {
+    bool reject = false;  // quarantine (else records)
+    int64_t id = 0;
+    std::string source;
+    int64_t ingested_at_us = 0;
+    std::string reason;
+    uint64_t bytes = 0;  // what the row counted against max_bytes
+  };
+
+  // Opens a record row's (or a reject row's) two sealed values. A value that
+  // fails authentication lands in `damaged` (false returned), anything else is
+  // an error for the caller.
+  Result<bool> openRow(sqlite3_stmt* q, bool reject, int64_t id, std::string& a, std::string& b,
+                       std::vector<DamagedRow>& damaged) {
+    Status s =
+        reject ? openSealed(q, 2, kRawColumn, id, a) : openSealed(q, 2, kRecordKeyColumn, id, a);
+    if (s.isOk()) {
+      s = reject ? openSealed(q, 3, kReasonsColumn, id, b)
+                 : openSealed(q, 4, kPayloadColumn, id, b);
+    }
+    if (s.isOk()) return true;
+    if (s.code() != Code::kDataLoss) return s.withContext("buffer " + path);
+    DamagedRow& d = damaged.emplace_back();
+    d.reject = reject;
+    d.id = id;
+    d.source = columnString(q, 1);
+    d.ingested_at_us = sqlite3_column_int64(q, reject ? 4 : 3);
+    d.reason = s.message();
+    d.bytes = plainSize(q, reject ? 2 : 4);
+    log::error("buffer_row_damaged", {{"path", path},
+                                      {"table", reject ? "quarantine" : "records"},
+                                      {"row", id},
+                                      {"error", s.message()}});
+    return false;
+  }
+
+  // Inside the caller's transaction: moves the rows, bytes unchanged, to
+  // `damaged` as part of batch `seq`.
+  Status moveToDamaged(const std::vector<DamagedRow>& rows, uint64_t seq, int64_t now_us) {
+    for (const DamagedRow& d : rows) {
+      sqlite3_stmt* c = d.reject ? damage_reject.get() : damage_record.get();
+      {
+        StmtUse use(c);
+        sqlite3_bind_int64(c, 1, d.id);
+        sqlite3_bind_int64(c, 2, int64_t(seq));
+        sqlite3_bind_int64(c, 3, now_us);
+        bindText(c, 4, d.reason);
+        BL_RETURN_IF_ERROR(run(c, "keep damaged row"));
+      }
+      sqlite3_stmt* del = d.reject ? delete_reject.get() : delete_record.get();
+      StmtUse use(del);
+      sqlite3_bind_int64(del, 1, d.id);
+      BL_RETURN_IF_ERROR(run(del, "remove damaged row"));
+    }
+    return Status::ok();
+  }
+
+  // The damage reports of batch `seq`, oldest first.
+  Status loadDamaged(uint64_t seq, std::vector<protocol::WireDamaged>& out) {
+    sqlite3_stmt* q = select_damaged.get();
+    StmtUse use(q);
+    sqlite3_bind_int64(q, 1, int64_t(seq));
+    int rc;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+      protocol::WireDamaged& d = out.emplace_back();
+      d.table = columnString(q, 0);
+      d.row = uint64_t(sqlite3_column_int64(q, 1));
+      d.source = columnString(q, 2);
+      d.ingested_at_us = sqlite3_column_int64(q, 3);
+      d.reason = columnString(q, 4);
+    }
+    return rc == SQLITE_DONE ? Status::ok()
+                             : sqlError(rc, "read damage reports of batch " + std::to_string(seq));
+  }
+
+  // Counts rows that left records/quarantine for `damaged`.
+  void countDamaged(const std::vector<DamagedRow>& rows) {
+    std::lock_guard lock(stats_mu);
+    for (const DamagedRow& d : rows) {
+      (d.reject ? counters.rejects : counters.records) -= 1;
+      counters.bytes -= d.bytes;
+    }
+    counters.damaged += rows.size();
+    counters.damaged_found += rows.size();
   }
 
   // Proves the data key is the one the buffer was written with (or seals the
@@ -554,6 +645,14 @@ struct DurableBuffer::Impl {
         " id INTEGER PRIMARY KEY CHECK (id = 1), sealed BLOB NOT NULL);"
         "CREATE TABLE IF NOT EXISTS tokens("
         " token TEXT PRIMARY KEY, committed_at INTEGER NOT NULL) WITHOUT ROWID;"
+        // Rows whose sealed values failed to open, bytes as found (value_a/value_b:
+        // record_key/payload or raw/reasons); acked_at once their report is acked.
+        "CREATE TABLE IF NOT EXISTS damaged("
+        " id INTEGER PRIMARY KEY, from_table TEXT NOT NULL, row_id INTEGER NOT NULL,"
+        " batch_seq INTEGER NOT NULL, found_at INTEGER NOT NULL, source TEXT NOT NULL,"
+        " ingested_at INTEGER NOT NULL, reason TEXT NOT NULL, value_a BLOB, value_b BLOB,"
+        " acked_at INTEGER);"
+        "CREATE INDEX IF NOT EXISTS damaged_by_batch ON damaged(batch_seq);"
         "INSERT OR IGNORE INTO meta VALUES (1, 2, 1, 0, 0);",
         "create schema");
     if (s.isOk()) s = exec("COMMIT", "commit schema");
@@ -608,6 +707,28 @@ struct DurableBuffer::Impl {
     BL_RETURN_IF_ERROR(
         prepare(delete_rejects_range, "DELETE FROM quarantine WHERE id BETWEEN ? AND ?"));
     BL_RETURN_IF_ERROR(prepare(delete_batch, "DELETE FROM batches WHERE seq = ?"));
+    BL_RETURN_IF_ERROR(
+        prepare(damage_record,
+                "INSERT INTO damaged(from_table, row_id, batch_seq, found_at, source, ingested_at,"
+                " reason, value_a, value_b) SELECT 'records', id, ?2, ?3, source, ingested_at, ?4,"
+                " record_key, payload FROM records WHERE id = ?1"));
+    BL_RETURN_IF_ERROR(prepare(
+        damage_reject,
+        "INSERT INTO damaged(from_table, row_id, batch_seq, found_at, source, ingested_at,"
+        " reason, value_a, value_b) SELECT 'quarantine', id, ?2, ?3, source, ingested_at, ?4,"
+        " raw, reasons FROM quarantine WHERE id = ?1"));
+    BL_RETURN_IF_ERROR(prepare(delete_record, "DELETE FROM records WHERE id = ?"));
+    BL_RETURN_IF_ERROR(prepare(delete_reject, "DELETE FROM quarantine WHERE id = ?"));
+    BL_RETURN_IF_ERROR(
+        prepare(shrink_batch,
+                "UPDATE batches SET record_count = record_count - ?,"
+                " reject_count = reject_count - ?, bytes = bytes - ? WHERE seq = ?"));
+    BL_RETURN_IF_ERROR(prepare(select_damaged,
+                               "SELECT from_table, row_id, source, ingested_at, reason FROM damaged"
+                               " WHERE batch_seq = ? ORDER BY id"));
+    BL_RETURN_IF_ERROR(prepare(
+        damaged_acked, "UPDATE damaged SET acked_at = ? WHERE batch_seq = ? AND acked_at IS NULL"));
+    BL_RETURN_IF_ERROR(prepare(prune_damaged, "DELETE FROM damaged WHERE acked_at < ?"));
     return Status::ok();
   }
 
@@ -651,6 +772,8 @@ struct DurableBuffer::Impl {
     BL_RETURN_IF_ERROR(queryInts(
         "SELECT count(*), coalesce(sum(length(raw)), 0), coalesce(max(id), 0) FROM quarantine",
         {&rej_count, &rej_bytes, &rej_max}, "scan quarantine"));
+    int64_t damaged_rows = 0;
+    BL_RETURN_IF_ERROR(queryInts("SELECT count(*) FROM damaged", {&damaged_rows}, "count damaged"));
     int64_t unb_rec = 0, unb_rej = 0;
     {
       Stmt s;
@@ -696,6 +819,7 @@ struct DurableBuffer::Impl {
     counters.rejects = uint64_t(rej_count);
     counters.bytes = uint64_t(rec_bytes + rej_bytes);
     counters.batches = batches.size();
+    counters.damaged = uint64_t(damaged_rows);
     unbatched_records = uint64_t(unb_rec);
     unbatched_rejects = uint64_t(unb_rej);
     oldest_unbatched_record_us = oldest_rec;
@@ -728,6 +852,14 @@ struct DurableBuffer::Impl {
     BL_RETURN_IF_ERROR(run(prune_tokens.get(), "prune tokens"));
     last_token_prune_us = now_us;
     if (sqlite3_changes(db.get()) > 0) wal_dirty = true;
+    StmtUse use_damaged(prune_damaged.get());
+    sqlite3_bind_int64(prune_damaged.get(), 1, now_us - kDamagedRetentionUs);
+    BL_RETURN_IF_ERROR(run(prune_damaged.get(), "prune damaged rows"));
+    if (const int n = sqlite3_changes(db.get()); n > 0) {
+      wal_dirty = true;
+      std::lock_guard lock(stats_mu);
+      counters.damaged -= std::min<uint64_t>(counters.damaged, uint64_t(n));
+    }
     return Status::ok();
   }
 
@@ -948,6 +1080,7 @@ struct DurableBuffer::Impl {
     batch.created_at_us = now_us;
     uint64_t bytes = 0;
     int64_t last_reject = last_batched_reject, last_record = last_batched_record;
+    std::vector<DamagedRow> damaged;
     {
       sqlite3_stmt* q = select_unbatched_rejects.get();
       StmtUse use(q);
@@ -957,16 +1090,18 @@ struct DurableBuffer::Impl {
       while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
         size_t n = plainSize(q, 2);
         if (!batch.rejects.empty() && bytes + n > reject_bytes) break;
-        WireReject& r = batch.rejects.emplace_back();
-        last_reject = sqlite3_column_int64(q, 0);
-        r.source = columnString(q, 1);
-        s = readSealed(q, 2, kRawColumn, last_reject, r.raw);
-        if (s.isOk()) s = readSealed(q, 3, kReasonsColumn, last_reject, r.reasons_json);
-        if (!s.isOk()) {
+        const int64_t id = sqlite3_column_int64(q, 0);
+        WireReject r;
+        auto opened = openRow(q, true, id, r.raw, r.reasons_json, damaged);
+        if (!opened.isOk()) {
           rollbackQuietly();
-          return s.withContext("form batch " + std::to_string(batch.seq));
+          return opened.status().withContext("form batch " + std::to_string(batch.seq));
         }
+        last_reject = id;
+        if (!*opened) continue;
+        r.source = columnString(q, 1);
         r.ingested_at_us = sqlite3_column_int64(q, 4);
+        batch.rejects.push_back(std::move(r));
         bytes += n;
       }
       if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
@@ -979,21 +1114,24 @@ struct DurableBuffer::Impl {
       sqlite3_stmt* q = select_unbatched_records.get();
       StmtUse use(q);
       sqlite3_bind_int64(q, 1, last_batched_record);
-      sqlite3_bind_int64(q, 2, int64_t(std::max<size_t>(1, max_entries - batch.rejects.size())));
+      const size_t taken = batch.rejects.size() + damaged.size();
+      sqlite3_bind_int64(q, 2, int64_t(max_entries > taken ? max_entries - taken : 1));
       int rc;
       while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
         size_t n = plainSize(q, 4);
         if (!batch.records.empty() && bytes + n > limits.max_bytes) break;
-        WireRecord& r = batch.records.emplace_back();
-        last_record = sqlite3_column_int64(q, 0);
-        r.source = columnString(q, 1);
-        s = readSealed(q, 2, kRecordKeyColumn, last_record, r.key);
-        if (s.isOk()) s = readSealed(q, 4, kPayloadColumn, last_record, r.payload);
-        if (!s.isOk()) {
+        const int64_t id = sqlite3_column_int64(q, 0);
+        WireRecord r;
+        auto opened = openRow(q, false, id, r.key, r.payload, damaged);
+        if (!opened.isOk()) {
           rollbackQuietly();
-          return s.withContext("form batch " + std::to_string(batch.seq));
+          return opened.status().withContext("form batch " + std::to_string(batch.seq));
         }
+        last_record = id;
+        if (!*opened) continue;
+        r.source = columnString(q, 1);
         r.ingested_at_us = sqlite3_column_int64(q, 3);
+        batch.records.push_back(std::move(r));
         bytes += n;
       }
       if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
@@ -1002,14 +1140,16 @@ struct DurableBuffer::Impl {
             .withContext("form batch " + std::to_string(batch.seq));
       }
     }
-    if (batch.records.empty() && batch.rejects.empty()) {
+    if (batch.records.empty() && batch.rejects.empty() && damaged.empty()) {
       rollbackQuietly();
       return Status::dataLoss("buffer " + path + ": " + std::to_string(records_waiting) +
                               " records and " + std::to_string(rejects_waiting) +
                               " rejects counted as unbatched but none found");
     }
 
-    {
+    // A batch of damaged rows only is formed too: it carries their reports.
+    s = moveToDamaged(damaged, batch.seq, now_us);
+    if (s.isOk()) {
       sqlite3_stmt* ins = insert_batch.get();
       StmtUse use(ins);
       sqlite3_bind_int64(ins, 1, int64_t(batch.seq));
@@ -1047,10 +1187,17 @@ struct DurableBuffer::Impl {
     }
     ++next_batch_seq;
     wal_dirty = true;
+    uint64_t damaged_records = 0;
+    for (const DamagedRow& d : damaged) {
+      batch.damaged.push_back({d.reject ? "quarantine" : "records", uint64_t(d.id), d.source,
+                               d.ingested_at_us, d.reason});
+      if (!d.reject) ++damaged_records;
+    }
+    countDamaged(damaged);
 
     std::lock_guard lock(stats_mu);
-    unbatched_records -= batch.records.size();
-    unbatched_rejects -= batch.rejects.size();
+    unbatched_records -= batch.records.size() + damaged_records;
+    unbatched_rejects -= batch.rejects.size() + (damaged.size() - damaged_records);
     oldest_unbatched_record_us = oldest_rec;
     oldest_unbatched_reject_us = oldest_rej;
     counters.batches += 1;
@@ -1092,6 +1239,7 @@ struct DurableBuffer::Impl {
     batch.created_at_us = b.created_at;
     batch.records.reserve(size_t(b.record_count));
     batch.rejects.reserve(size_t(b.reject_count));
+    std::vector<DamagedRow> damaged;
     {
       sqlite3_stmt* q = select_records_range.get();
       StmtUse use(q);
@@ -1099,13 +1247,14 @@ struct DurableBuffer::Impl {
       sqlite3_bind_int64(q, 2, b.last_record);
       int rc;
       while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
-        WireRecord& r = batch.records.emplace_back();
         const int64_t id = sqlite3_column_int64(q, 0);
+        WireRecord r;
+        auto opened = openRow(q, false, id, r.key, r.payload, damaged);
+        if (!opened.isOk()) return opened.status().withContext(what);
+        if (!*opened) continue;
         r.source = columnString(q, 1);
-        Status s = readSealed(q, 2, kRecordKeyColumn, id, r.key);
-        if (s.isOk()) s = readSealed(q, 4, kPayloadColumn, id, r.payload);
-        if (!s.isOk()) return s.withContext(what);
         r.ingested_at_us = sqlite3_column_int64(q, 3);
+        batch.records.push_back(std::move(r));
       }
       if (rc != SQLITE_DONE) return sqlError(rc, "read records of " + what);
     }
@@ -1116,24 +1265,59 @@ struct DurableBuffer::Impl {
       sqlite3_bind_int64(q, 2, b.last_reject);
       int rc;
       while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
-        WireReject& r = batch.rejects.emplace_back();
         const int64_t id = sqlite3_column_int64(q, 0);
+        WireReject r;
+        auto opened = openRow(q, true, id, r.raw, r.reasons_json, damaged);
+        if (!opened.isOk()) return opened.status().withContext(what);
+        if (!*opened) continue;
         r.source = columnString(q, 1);
-        Status s = readSealed(q, 2, kRawColumn, id, r.raw);
-        if (s.isOk()) s = readSealed(q, 3, kReasonsColumn, id, r.reasons_json);
-        if (!s.isOk()) return s.withContext(what);
         r.ingested_at_us = sqlite3_column_int64(q, 4);
+        batch.rejects.push_back(std::move(r));
       }
       if (rc != SQLITE_DONE) return sqlError(rc, "read rejects of " + what);
     }
-    if (batch.records.size() != size_t(b.record_count) ||
-        batch.rejects.size() != size_t(b.reject_count)) {
+    int64_t record_count = b.record_count, reject_count = b.reject_count;
+    if (!damaged.empty()) {
+      BL_RETURN_IF_ERROR(shrinkBatch(seq, damaged).withContext(what));
+      for (const DamagedRow& d : damaged) --(d.reject ? reject_count : record_count);
+    }
+    BL_RETURN_IF_ERROR(loadDamaged(seq, batch.damaged));
+    if (batch.records.size() != size_t(record_count) ||
+        batch.rejects.size() != size_t(reject_count)) {
       return Status::dataLoss(
           "buffer " + path + ": " + what + " should hold " + std::to_string(b.record_count) +
           " records and " + std::to_string(b.reject_count) + " rejects, found " +
           std::to_string(batch.records.size()) + " and " + std::to_string(batch.rejects.size()));
     }
     return batch;
+  }
+
+  // Moves a formed batch's damaged rows to `damaged`, shrinking its counts.
+  Status shrinkBatch(uint64_t seq, const std::vector<DamagedRow>& damaged) {
+    int64_t records = 0, rejects = 0, bytes = 0;
+    for (const DamagedRow& d : damaged) {
+      ++(d.reject ? rejects : records);
+      bytes += int64_t(d.bytes);
+    }
+    Status s = runOnce(begin, "begin");
+    if (s.isOk()) s = moveToDamaged(damaged, seq, nowMicros());
+    if (s.isOk()) {
+      sqlite3_stmt* up = shrink_batch.get();
+      StmtUse use(up);
+      sqlite3_bind_int64(up, 1, records);
+      sqlite3_bind_int64(up, 2, rejects);
+      sqlite3_bind_int64(up, 3, bytes);
+      sqlite3_bind_int64(up, 4, int64_t(seq));
+      s = run(up, "shrink batch");
+    }
+    if (s.isOk()) s = runOnce(commit, "commit damaged rows");
+    if (!s.isOk()) {
+      rollbackQuietly();
+      return s;
+    }
+    wal_dirty = true;
+    countDamaged(damaged);
+    return Status::ok();
   }
 
   Status ack(uint64_t seq) {
@@ -1164,6 +1348,13 @@ struct DurableBuffer::Impl {
       StmtUse use(d);
       sqlite3_bind_int64(d, 1, int64_t(seq));
       s = run(d, "delete batch row");
+    }
+    if (s.isOk()) {
+      sqlite3_stmt* d = damaged_acked.get();
+      StmtUse use(d);
+      sqlite3_bind_int64(d, 1, nowMicros());
+      sqlite3_bind_int64(d, 2, int64_t(seq));
+      s = run(d, "mark damage reports acked");
     }
     if (s.isOk()) s = runOnce(commit, "commit");
     if (!s.isOk()) {

@@ -14,7 +14,13 @@
 // under the agent's data key (record_cipher.h), bound to its table, column and row:
 // the buffer's files alone reveal no record content. Opening a buffer with another
 // key fails (kPermissionDenied) instead of returning garbage; a changed sealed value
-// makes formBatch/loadBatch fail with kDataLoss naming the row.
+// makes that one row damaged (see below); the rest of its batch goes on.
+//
+// Damage costs only the damaged row: a sealed value that fails to open in
+// formBatch or loadBatch moves its row, bytes unchanged, to the `damaged` table
+// (kept for forensics, 30 days after its batch is acked), and the batch it
+// belonged to carries a report of it (PendingBatch::damaged) instead of the
+// record, so the central audit trail names it (`buffer_damaged`).
 //
 // Data-key rotation (rotateDataKey) re-seals everything under a new key. A crash at
 // any point of it leaves a buffer that opens: under the old key (the rotation did not
@@ -67,6 +73,7 @@ struct PendingBatch {
   int64_t created_at_us = 0;
   std::vector<WireRecord> records;
   std::vector<WireReject> rejects;
+  std::vector<protocol::WireDamaged> damaged;  // its rows moved to `damaged`, by row id
 };
 
 struct BufferStats {
@@ -78,7 +85,8 @@ struct BufferStats {
   int64_t oldest_unbatched_us = 0;  // ingested_at of the oldest unbatched entry, 0 if none
   int64_t oldest_unacked_us = 0;    // created_at of the oldest unacked batch, 0 if none
   uint64_t commits = 0;             // group-commit transactions since open (one fsync each)
-  uint64_t damaged = 0;           // rows moved aside as damaged (kept for forensics)
+  uint64_t damaged = 0;             // rows moved aside as damaged (kept for forensics)
+  uint64_t damaged_found = 0;       // rows found damaged since open
 };
 
 struct DataKeyRotation {

@@ -836,10 +836,11 @@ TEST(DurableBufferEncryptionTest, KeyFileOpenToGroupOrOthersIsRefused) {
   EXPECT_TRUE(openOrDie(o)) << "the fix named in the error works";
 }
 
-TEST(DurableBufferEncryptionTest, ChangedOrMovedCiphertextIsDataLossNamingTheRow) {
+TEST(DurableBufferEncryptionTest, ChangedOrMovedCiphertextCostsOnlyItsRowAndIsReported) {
   TempDir dir;
   BufferOptions o = optionsIn(dir);
   uint64_t seq = 0;
+  uint64_t bytes_before = 0;
   {
     auto buf = openOrDie(o);
     ASSERT_TRUE(buf);
@@ -848,34 +849,127 @@ TEST(DurableBufferEncryptionTest, ChangedOrMovedCiphertextIsDataLossNamingTheRow
     ASSERT_TRUE(b.isOk() && b->has_value());
     seq = (*b)->seq;
     ASSERT_TRUE(buf->append(piiRecords(4, 3), {}).isOk());  // rows 4-6, unbatched
+    ASSERT_TRUE(buf->append({}, {piiReject()}).isOk());     // quarantine row 1, unbatched
+    bytes_before = buf->stats().bytes;
   }
-  std::string row1_payload;
+  std::string row2_payload, row1_payload;
   {
     SqliteHandle h(o.path);
     std::vector<std::string> p = h.values("SELECT payload FROM records WHERE id = 2");
     ASSERT_EQ(p.size(), 1u);
     p[0][20] = char(p[0][20] ^ 0x01);  // one bit of the ciphertext
+    row2_payload = p[0];
     h.setBlob("UPDATE records SET payload = ? WHERE id = 2", p[0]);
     // Row 1's (valid) payload moved into row 5: sealed for another row.
     row1_payload = h.values("SELECT payload FROM records WHERE id = 1").at(0);
     h.setBlob("UPDATE records SET payload = ? WHERE id = 5", row1_payload);
+    // The reject's reasons flipped too.
+    std::vector<std::string> r = h.values("SELECT reasons FROM quarantine WHERE id = 1");
+    r.at(0)[25] = char(r.at(0)[25] ^ 0x80);
+    h.setBlob("UPDATE quarantine SET reasons = ? WHERE id = 1", r[0]);
   }
   auto buf = openOrDie(o);
   ASSERT_TRUE(buf);
-  auto loaded = buf->loadBatch(seq);
-  ASSERT_FALSE(loaded.isOk());
-  EXPECT_EQ(loaded.status().code(), Code::kDataLoss) << loaded.status().toString();
-  EXPECT_NE(loaded.status().message().find("records.payload of row 2"), std::string::npos)
-      << loaded.status().toString();
-  EXPECT_NE(loaded.status().message().find("batch " + std::to_string(seq)), std::string::npos);
-  EXPECT_EQ(joined(markersIn(loaded.status().message())), "") << "no content in errors";
+  EXPECT_EQ(buf->stats().damaged, 0u) << "found when read, not at open";
 
+  // The formed batch: rows 1 and 3 travel, row 2 is reported in their place.
+  auto loaded = buf->loadBatch(seq);
+  ASSERT_TRUE(loaded.isOk()) << loaded.status().toString();
+  std::vector<WireRecord> expected = piiRecords(1, 3);
+  expected.erase(expected.begin() + 1);
+  EXPECT_EQ(loaded->records, expected);
+  ASSERT_EQ(loaded->damaged.size(), 1u);
+  EXPECT_EQ(loaded->damaged[0].table, "records");
+  EXPECT_EQ(loaded->damaged[0].row, 2u);
+  EXPECT_EQ(loaded->damaged[0].source, piiRecords(1, 3)[1].source);
+  EXPECT_EQ(loaded->damaged[0].ingested_at_us, piiRecords(1, 3)[1].ingested_at_us);
+  EXPECT_NE(loaded->damaged[0].reason.find("records.payload of row 2"), std::string::npos)
+      << loaded->damaged[0].reason;
+  EXPECT_EQ(loaded->damaged[0].reason.find(o.path.string()), std::string::npos)
+      << "the report names the row, not the file";
+  EXPECT_EQ(joined(markersIn(loaded->damaged[0].reason)), "") << "no content in reports";
+  EXPECT_EQ(buf->stats().damaged, 1u);
+  EXPECT_EQ(buf->stats().damaged_found, 1u);
+
+  // Loading again gives the same batch: the row was moved aside once.
+  auto again = buf->loadBatch(seq);
+  ASSERT_TRUE(again.isOk()) << again.status().toString();
+  EXPECT_EQ(again->records, loaded->records);
+  EXPECT_EQ(again->damaged, loaded->damaged);
+  EXPECT_EQ(buf->stats().damaged_found, 1u);
+
+  // Forming the next batch skips row 5 (sealed for row 1) and the reject.
   auto formed = buf->formBatch({}, 1);
-  ASSERT_FALSE(formed.isOk());
-  EXPECT_EQ(formed.status().code(), Code::kDataLoss) << formed.status().toString();
-  EXPECT_NE(formed.status().message().find("row 5"), std::string::npos)
-      << formed.status().toString();
-  EXPECT_EQ(buf->stats().unbatched_records, 3u) << "a failed formBatch changes nothing";
+  ASSERT_TRUE(formed.isOk()) << formed.status().toString();
+  ASSERT_TRUE(formed->has_value());
+  std::vector<WireRecord> expected_next = piiRecords(4, 3);
+  expected_next.erase(expected_next.begin() + 1);
+  EXPECT_EQ((*formed)->records, expected_next);
+  EXPECT_TRUE((*formed)->rejects.empty());
+  ASSERT_EQ((*formed)->damaged.size(), 2u);
+  EXPECT_EQ((*formed)->damaged[0].table, "quarantine");
+  EXPECT_NE((*formed)->damaged[0].reason.find("quarantine.reasons of row 1"), std::string::npos)
+      << (*formed)->damaged[0].reason;
+  EXPECT_EQ((*formed)->damaged[1].table, "records");
+  EXPECT_EQ((*formed)->damaged[1].row, 5u);
+  const BufferStats st = buf->stats();
+  EXPECT_EQ(st.unbatched_records, 0u);
+  EXPECT_EQ(st.records, 4u);
+  EXPECT_EQ(st.rejects, 0u);
+  EXPECT_EQ(st.damaged, 3u);
+  EXPECT_LT(st.bytes, bytes_before) << "damaged rows no longer count against max_bytes";
+  const uint64_t next_seq = (*formed)->seq;
+  auto reloaded = buf->loadBatch(next_seq);
+  ASSERT_TRUE(reloaded.isOk()) << reloaded.status().toString();
+  EXPECT_EQ(reloaded->records, (*formed)->records);
+  EXPECT_EQ(reloaded->damaged, (*formed)->damaged);
+
+  // Acking delivers the rest and keeps the damaged bytes, unchanged, for forensics.
+  ASSERT_TRUE(buf->ack(seq).isOk());
+  ASSERT_TRUE(buf->ack(next_seq).isOk());
+  EXPECT_EQ(buf->stats().records, 0u);
+  EXPECT_EQ(buf->stats().bytes, 0u);
+  EXPECT_EQ(buf->stats().damaged, 3u);
+  buf.reset();
+  {
+    SqliteHandle h(o.path);
+    EXPECT_EQ(h.values("SELECT value_b FROM damaged WHERE from_table = 'records' AND row_id = 2"),
+              std::vector<std::string>{row2_payload});
+    EXPECT_EQ(h.values("SELECT value_b FROM damaged WHERE from_table = 'records' AND row_id = 5"),
+              std::vector<std::string>{row1_payload});
+    EXPECT_EQ(h.values("SELECT count(*) FROM damaged WHERE acked_at IS NULL"),
+              std::vector<std::string>{"0"});
+  }
+  auto reopened = openOrDie(o);
+  ASSERT_TRUE(reopened);
+  EXPECT_EQ(reopened->stats().damaged, 3u) << "counted again at open";
+}
+
+TEST(DurableBufferEncryptionTest, ABatchOfOnlyDamagedRowsIsFormedToCarryTheReports) {
+  TempDir dir;
+  BufferOptions o = optionsIn(dir);
+  {
+    auto buf = openOrDie(o);
+    ASSERT_TRUE(buf);
+    ASSERT_TRUE(buf->append(piiRecords(1, 1), {}).isOk());
+  }
+  {
+    SqliteHandle h(o.path);
+    std::vector<std::string> k = h.values("SELECT record_key FROM records WHERE id = 1");
+    k.at(0)[15] = char(k.at(0)[15] ^ 0x10);
+    h.setBlob("UPDATE records SET record_key = ? WHERE id = 1", k[0]);
+  }
+  auto buf = openOrDie(o);
+  ASSERT_TRUE(buf);
+  auto formed = buf->formBatch({}, 1);
+  ASSERT_TRUE(formed.isOk()) << formed.status().toString();
+  ASSERT_TRUE(formed->has_value());
+  EXPECT_TRUE((*formed)->records.empty());
+  ASSERT_EQ((*formed)->damaged.size(), 1u);
+  EXPECT_NE((*formed)->damaged[0].reason.find("records.record_key of row 1"), std::string::npos);
+  auto none = buf->formBatch({}, 2);
+  ASSERT_TRUE(none.isOk());
+  EXPECT_FALSE(none->has_value()) << "nothing else waits";
 }
 
 TEST(DurableBufferEncryptionTest, PlaintextVersion1BufferIsSealedInPlaceOnOpen) {

@@ -55,6 +55,7 @@ protocol::WireBatch toWire(const std::string& agent_id, PendingBatch&& batch) {
   wire.created_at_us = batch.created_at_us;
   wire.records = std::move(batch.records);
   wire.rejects = std::move(batch.rejects);
+  wire.damaged = std::move(batch.damaged);
   return wire;
 }
 
@@ -95,6 +96,11 @@ struct Forwarder::Impl {
         buffer_records(m.gauge("bl_agent_buffer_records",
                                "Records and quarantined rejects held in the buffer")),
         buffer_bytes(m.gauge("bl_agent_buffer_bytes", "Bytes held in the buffer")),
+        buffer_damaged(m.counter("bl_agent_buffer_damaged_total",
+                                 "Buffer rows found damaged (a sealed value failed to open): kept "
+                                 "aside and reported centrally, the rest of the batch delivered")),
+        buffer_damaged_rows(m.gauge("bl_agent_buffer_damaged_rows",
+                                    "Damaged rows kept in the buffer for forensics")),
         oldest_unacked_age(m.gauge("bl_agent_oldest_unacked_age_seconds",
                                    "Age of the oldest formed, unacked batch")),
         mqtt_connected(m.gauge("bl_agent_mqtt_connected", "1 while connected to a broker")),
@@ -131,6 +137,9 @@ struct Forwarder::Impl {
   LabeledCounter& announcements_refused;
   Gauge& buffer_records;
   Gauge& buffer_bytes;
+  Counter& buffer_damaged;
+  Gauge& buffer_damaged_rows;
+  uint64_t damaged_counted = 0;  // of BufferStats::damaged_found, already in buffer_damaged
   Gauge& oldest_unacked_age;
   Gauge& mqtt_connected;
   Counter& sealed;
@@ -596,6 +605,11 @@ struct Forwarder::Impl {
     }
     buffer_records.set(static_cast<int64_t>(st.records + st.rejects));
     buffer_bytes.set(static_cast<int64_t>(st.bytes));
+    if (st.damaged_found > damaged_counted) {
+      buffer_damaged.inc(st.damaged_found - damaged_counted);
+      damaged_counted = st.damaged_found;
+    }
+    buffer_damaged_rows.set(static_cast<int64_t>(st.damaged));
     oldest_unacked_age.set(
         st.oldest_unacked_us == 0
             ? 0

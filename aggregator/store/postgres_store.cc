@@ -600,6 +600,7 @@ struct PostgresCentralStore::Impl {
       outcomes[i].duplicate_records = outcomes[i].records - outcomes[i].stored_records;
 
     BL_RETURN_IF_ERROR(insertRejects(stored_at));
+    for (size_t i : fresh) BL_RETURN_IF_ERROR(auditDamaged(batches[i], aggregator, stored_at));
     for (size_t i : reused) {
       BL_RETURN_IF_ERROR(storeReused(batches[i], digests[i], aggregator, stored_at, outcomes[i]));
     }
@@ -698,6 +699,23 @@ struct PostgresCentralStore::Impl {
     return Status::ok();
   }
 
+  // One `buffer_damaged` audit row per buffer row the batch reports damaged.
+  Status auditDamaged(const protocol::WireBatch& b, const std::string& aggregator,
+                      const std::string& stored_at) {
+    if (b.damaged.empty()) return Status::ok();
+    const std::string seq = std::to_string(b.seq);
+    for (const protocol::WireDamaged& d : b.damaged) {
+      const std::string detail = bufferDamagedDetail(d);
+      const char* values[] = {stored_at.c_str(),  aggregator.c_str(), kBufferDamagedAction,
+                              b.agent_id.c_str(), seq.c_str(),        detail.c_str()};
+      PgResult audit(PQexecPrepared(conn.get(), "bl_audit", 6, values, nullptr, nullptr, 0));
+      if (!audit || PQresultStatus(audit.get()) != PGRES_COMMAND_OK) {
+        return failure(audit.get(), "insert buffer_damaged audit row");
+      }
+    }
+    return Status::ok();
+  }
+
   // Stores a reused sequence's batch unless this content was stored before,
   // records it in batch_conflicts and audits it, all in the open transaction.
   Status storeReused(const protocol::WireBatch& b, const std::string& digest,
@@ -727,6 +745,7 @@ struct PostgresCentralStore::Impl {
       stored = static_cast<uint32_t>(parseInt(PQgetvalue(recs.get(), 0, 0)));
     }
     BL_RETURN_IF_ERROR(insertRejects(stored_at));
+    BL_RETURN_IF_ERROR(auditDamaged(b, aggregator, stored_at));
     const std::string stored_text = std::to_string(stored);
     const char* count_values[] = {stored_text.c_str(), b.agent_id.c_str(), seq.c_str(),
                                   digest.c_str()};

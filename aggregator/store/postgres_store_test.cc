@@ -519,6 +519,41 @@ TEST_F(PostgresStoreTest, ReusedBatchSeqWithOtherContentIsStoredRecordedAndAudit
 }
 
 // A database at schema version 1 (no digests) is upgraded in place.
+// As in SQLite: one `buffer_damaged` audit row per reported row, with its
+// batch, and none more on redelivery; a reused sequence's reports too.
+TEST_F(PostgresStoreTest, DamageReportsAreAuditedOnceWithTheirBatch) {
+  auto store = openStore();
+  ASSERT_TRUE(store);
+  WireBatch b = makeBatch("office-3", 11, 2, "d");
+  b.damaged.push_back({"records", 42, "customer", 1'790'000'000'123'456,
+                       "records.payload of row 42: failed authentication"});
+  auto first = store->commit({b}, "agg-a");
+  ASSERT_TRUE(first.isOk()) << first.status().toString();
+  auto again = store->commit({b}, "agg-b");
+  ASSERT_TRUE(again.isOk()) << again.status().toString();
+  EXPECT_TRUE(again->front().duplicate);
+  WireBatch reused = makeBatch("office-3", 11, 1, "e");
+  reused.damaged.push_back({"quarantine", 7, "customer", 1'790'000'000'000'001,
+                            "quarantine.raw of row 7: failed authentication"});
+  auto third = store->commit({reused}, "agg-b");
+  ASSERT_TRUE(third.isOk()) << third.status().toString();
+  EXPECT_TRUE(third->front().seq_reused);
+
+  EXPECT_EQ(count("SELECT count(*) FROM records WHERE agent_id = 'office-3'"), 3);
+  auto audit = rows(
+      "SELECT actor, action, agent_id, batch_seq, detail FROM audit "
+      "WHERE action = 'buffer_damaged' ORDER BY id");
+  ASSERT_EQ(audit.size(), 2u);
+  EXPECT_EQ(audit[0][0], "agg-a");
+  EXPECT_EQ(audit[0][2], "office-3");
+  EXPECT_EQ(audit[0][3], "11");
+  EXPECT_NE(audit[0][4].find("records#42"), std::string::npos) << audit[0][4];
+  EXPECT_NE(audit[1][4].find("quarantine#7"), std::string::npos) << audit[1][4];
+  // Both backends agree on the digest of a batch that reports damage.
+  ScratchDir lite;
+  EXPECT_EQ(first->front().digest, liteDigest(lite.path(), b));
+}
+
 TEST_F(PostgresStoreTest, UpgradesAVersion1DatabaseInPlace) {
   auto v1 = server_->query(db_, R"sql(
     CREATE TABLE records (id BIGSERIAL PRIMARY KEY, source TEXT NOT NULL,

@@ -1,5 +1,8 @@
 #include "aggregator/store/seq_reuse.h"
 
+#include "shared/core/clock.h"
+#include "shared/core/log.h"
+
 namespace branchline::aggregator {
 
 std::string seqReusedDetail(uint64_t batch_seq, const std::string& ledger_digest,
@@ -11,6 +14,13 @@ std::string seqReusedDetail(uint64_t batch_seq, const std::string& ledger_digest
          "from an old disk image?); stored " + std::to_string(stored_records) + " new records (" +
          std::to_string(duplicate_records) + " already stored) and " + std::to_string(rejects) +
          " rejects; see batch_conflicts";
+}
+
+std::string bufferDamagedDetail(const protocol::WireDamaged& d) {
+  return "agent buffer row " + log::printableExcerpt(d.table, 16) + "#" + std::to_string(d.row) +
+         " (source `" + log::printableExcerpt(d.source, 64) + "`, ingested " +
+         formatRfc3339Micros(d.ingested_at_us) + ") could not be read back and was kept aside " +
+         "on the agent: " + log::printableExcerpt(d.reason, 300);
 }
 
 }  // namespace branchline::aggregator

@@ -313,7 +313,7 @@ struct SqliteCentralStore::Impl {
       return writeLedgerHit(batch, digest, aggregator, created_at, stored_at, out);
 
     uint32_t stored = 0;
-    rc = writeContents(batch, stored_at, stored);
+    rc = writeContents(batch, aggregator, stored_at, stored);
     if (rc != SQLITE_OK) return rc;
     Statement& u = ledger_update;
     u.integer(1, stored);
@@ -363,7 +363,7 @@ struct SqliteCentralStore::Impl {
     if (sqlite3_changes(db) == 0) return SQLITE_OK;  // this content was stored before
 
     uint32_t stored = 0;
-    rc = writeContents(batch, stored_at, stored);
+    rc = writeContents(batch, aggregator, stored_at, stored);
     if (rc != SQLITE_OK) return rc;
     Statement& u = conflict_update;
     u.integer(1, stored);
@@ -391,9 +391,10 @@ struct SqliteCentralStore::Impl {
     return a.run();
   }
 
-  // Inserts the batch's records (new ones only) and its rejects.
-  int writeContents(const protocol::WireBatch& batch, std::string_view stored_at,
-                    uint32_t& stored) {
+  // Inserts the batch's records (new ones only), its rejects, and an audit row
+  // for each buffer row it reports damaged.
+  int writeContents(const protocol::WireBatch& batch, const std::string& aggregator,
+                    std::string_view stored_at, uint32_t& stored) {
     // Bindings survive sqlite3_reset: bind the per-batch columns once.
     Statement& r = record_insert;
     r.text(3, batch.agent_id);
@@ -420,6 +421,18 @@ struct SqliteCentralStore::Impl {
       j.text(5, rej.reasons_json);
       j.text(6, ingested_text.format(rej.ingested_at_us));
       int rc = j.run();
+      if (rc != SQLITE_OK) return rc;
+    }
+    for (const protocol::WireDamaged& d : batch.damaged) {
+      const std::string detail = bufferDamagedDetail(d);  // bound, not copied: outlives run()
+      Statement& a = audit_insert;
+      a.text(1, stored_at);
+      a.text(2, aggregator);
+      a.text(3, kBufferDamagedAction);
+      a.text(4, batch.agent_id);
+      a.integer(5, toSqlInt(batch.seq));
+      a.text(6, detail);
+      int rc = a.run();
       if (rc != SQLITE_OK) return rc;
     }
     return SQLITE_OK;

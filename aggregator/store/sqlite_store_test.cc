@@ -317,6 +317,39 @@ TEST(SqliteCentralStore, AuditRowsAreWritten) {
   EXPECT_EQ(rows[1][3], "<null>");
 }
 
+// A batch that reports damaged agent buffer rows stores its records and one
+// `buffer_damaged` audit row per damaged row, in the same transaction; its
+// redelivery audits nothing more.
+TEST(SqliteCentralStore, DamageReportsAreAuditedOnceWithTheirBatch) {
+  TempDir dir;
+  auto store = openStore(dir.path() / "central.db");
+  ASSERT_TRUE(store);
+  WireBatch b = makeBatch("office-3", 11, 2, "d");
+  b.damaged.push_back({"records", 42, "customer", 1'790'000'000'123'456,
+                       "records.payload of row 42: failed authentication"});
+  b.damaged.push_back({"quarantine", 7, "customer", 1'790'000'000'000'001,
+                       "quarantine.raw of row 7: failed authentication"});
+  auto first = store->commit({b}, "agg-a");
+  ASSERT_TRUE(first.isOk()) << first.status().toString();
+  EXPECT_EQ(first->front().stored_records, 2u);
+  auto again = store->commit({b}, "agg-b");
+  ASSERT_TRUE(again.isOk()) << again.status().toString();
+  EXPECT_TRUE(again->front().duplicate);
+
+  Query q(dir.path() / "central.db");
+  EXPECT_EQ(q.count("SELECT count(*) FROM records WHERE agent_id = 'office-3'"), 2);
+  auto audit = q.rows("SELECT actor, action, agent_id, batch_seq, detail FROM audit ORDER BY id");
+  ASSERT_EQ(audit.size(), 2u);
+  EXPECT_EQ(audit[0][0], "agg-a");
+  EXPECT_EQ(audit[0][1], "buffer_damaged");
+  EXPECT_EQ(audit[0][2], "office-3");
+  EXPECT_EQ(audit[0][3], "11");
+  EXPECT_NE(audit[0][4].find("records#42"), std::string::npos) << audit[0][4];
+  EXPECT_NE(audit[0][4].find("records.payload of row 42: failed authentication"), std::string::npos)
+      << audit[0][4];
+  EXPECT_NE(audit[1][4].find("quarantine#7"), std::string::npos) << audit[1][4];
+}
+
 TEST(SqliteCentralStore, ReopenKeepsDataAndSchema) {
   TempDir dir;
   {
