@@ -16,6 +16,7 @@
 #include "agent/buffer/durable_buffer.h"
 #include "agent/config/agent_config.h"
 #include "agent/forward/forwarder.h"
+#include "agent/health/agent_health.h"
 #include "agent/ingest/ingest_service.h"
 #include "agent/ingest/ingest_tokens.h"
 #include "agent/spool/spool_ingester.h"
@@ -236,12 +237,14 @@ int run(const std::string& config_path, const sigset_t& stop_signals) {
   }
   const std::string client_id = "branchline-agent-" + cfg->id;
   // What the broker refuses the forwarder (README "MQTT 5"): logged, counted
-  // and on /healthz. Declared before the stages that report into it.
+  // and on /health. Declared before the stages that report into it.
   mqtt::BrokerEvents broker_events(metrics, "bl_agent", client_id);
+  // GET /health (README "Health"): whether the agent can forward.
+  agent::AgentHealth health(*buffer, buffer_options.max_bytes, broker_events, cfg->health, metrics);
   agent::IngestOptions ingest_options;
-  ingest_options.health_fields = [&broker_events] {
-    auto h = broker_events.health();
-    return agent::HealthFields{h.degraded, std::move(h.json_fields)};
+  ingest_options.health = [&health] {
+    const agent::HealthVerdict verdict = health.check();
+    return agent::HealthAnswer{!verdict.ok(), verdict.json()};
   };
   ingest_options.max_depth = static_cast<size_t>(cfg->http.max_depth);
   ingest_options.max_records_per_request = cfg->http.max_records_per_request;
@@ -314,6 +317,7 @@ int run(const std::string& config_path, const sigset_t& stop_signals) {
   http_options.client_ca_file = cfg->http.client_ca_file.string();
   http_options.refused = &ingest.httpRefused();
   http_options.connections = &ingest.httpConnections();
+  http_options.reserved_paths.push_back("/health");
   auto server =
       http::Server::start(http_options, [&ingest](http::Request&& request, http::Respond respond) {
         ingest.handle(std::move(request), std::move(respond));
@@ -369,6 +373,7 @@ int run(const std::string& config_path, const sigset_t& stop_signals) {
   forward.seal = std::move(seal);
   auto forwarder = agent::Forwarder::start(*buffer, std::move(forward), metrics);
   if (!forwarder.isOk()) return fail(kExitStartupFailed, forwarder.status().message());
+  health.watch(forwarder->get());
 
   log::info("agent_started", {{"agent", cfg->id},
                               {"http_host", cfg->http.host},
@@ -388,6 +393,7 @@ int run(const std::string& config_path, const sigset_t& stop_signals) {
   // which finishes pending appends (and their answers) before it closes.
   server->reset();
   spool.reset();
+  health.watch(nullptr);  // nothing asks now (the server is gone); never leave it dangling
   forwarder->reset();
   buffer.reset();
   log::info("agent_stopped", {{"agent", cfg->id}});

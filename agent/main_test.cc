@@ -43,13 +43,17 @@ std::string readFile(const fs::path& p) {
   return s.str();
 }
 
-// Subscribes to the test agent's batch topic and keeps every payload that arrives.
+// Subscribes to the test agent's batch topic and keeps every payload that
+// arrives; with `ack`, also acks each batch `stored`, as an aggregator does
+// after its commit (the test agent does not seal, so acks carry no tag).
 class BatchListener {
  public:
-  BatchListener(const std::string& broker_uri, const std::string& client_id)
-      : client_(
+  BatchListener(const std::string& broker_uri, const std::string& client_id, bool ack = false)
+      : ack_(ack),
+        client_(
             options(broker_uri, client_id),
             [this](branchline::mqtt::Message&& m) {
+              if (ack_) ackBatch(m.payload);
               std::lock_guard lock(mu_);
               payloads_.push_back(std::move(m.payload));
               cv_.notify_all();
@@ -87,6 +91,19 @@ class BatchListener {
     return o;
   }
 
+  // On Paho's thread: decode and publish, nothing that blocks.
+  void ackBatch(const std::string& payload) {
+    auto batch = branchline::protocol::decodeBatch(payload);
+    if (!batch.isOk()) return;
+    branchline::protocol::WireAck ack;
+    ack.agent_id = batch->agent_id;
+    ack.batch_seq = batch->seq;
+    ack.aggregator = "main-test";
+    (void)client_.publish("branchline/v1/agents/" + batch->agent_id + "/ack",
+                          branchline::protocol::encodeAck(ack), 1);
+  }
+
+  const bool ack_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::vector<std::string> payloads_;
@@ -272,6 +289,45 @@ class AgentMainTest : public ::testing::Test {
       std::this_thread::sleep_for(100ms);
     }
     return answer;
+  }
+
+  // The body of a whole answer (after the header).
+  static std::string bodyOf(const std::string& answer) {
+    const size_t at = answer.find("\r\n\r\n");
+    return at == std::string::npos ? "" : answer.substr(at + 4);
+  }
+
+  // Starts the agent with `config` and waits for its port (0: it failed, reported).
+  int startAgent(const fs::path& config) {
+    spawn(config);
+    return waitStartedPort();
+  }
+
+  // Polls GET /health until it names `reason`; then it must be 503 with that
+  // reason alone, while GET /healthz (liveness) stays 200.
+  static void expectDegradedBy(int port, const std::string& reason) {
+    const std::string health = pollFor(port, "/health", reason);
+    EXPECT_EQ(health.rfind("HTTP/1.1 503", 0), 0u) << health;
+    EXPECT_EQ(bodyOf(health), R"({"status":"degraded","reasons":[")" + reason + R"("]})") << health;
+    EXPECT_EQ(http(port, "GET", "/healthz").rfind("HTTP/1.1 200", 0), 0u);
+  }
+
+  void stopAgent() {
+    ::kill(pid_, SIGTERM);
+    EXPECT_EQ(waitExit(15s), 0) << stderrText();
+  }
+
+  // Posts one `customer` record; it must be accepted.
+  static void postRecord(int port, const std::string& token, const std::string& id) {
+    const std::string answer = post(port, "/v1/records/customer", customerRecord(id), token);
+    EXPECT_NE(answer.find(R"("accepted":1)"), std::string::npos) << answer;
+  }
+
+  // A record of the built-in `customer` source.
+  static std::string customerRecord(const std::string& id) {
+    return R"({"external_id":")" + id +
+           R"(","name":"Ada Health","email":"ada@example.com","channel":"web",)"
+           R"("created_at":"2026-11-25T10:00:00Z"})";
   }
 
   fs::path binary_;
@@ -654,9 +710,9 @@ TEST_F(AgentMainTest, RotateDataKeyOfflineKeepsBufferedRecordsDeliverable) {
 }
 
 // README "MQTT 5": the agent speaks MQTT 5, so a batch the broker's ACL will
-// not take comes back as PUBACK 0x87 and is logged, counted and on /healthz,
-// instead of being resent into silence forever.
-TEST_F(AgentMainTest, PublishRefusedByTheBrokerIsLoggedCountedAndOnHealthz) {
+// not take comes back as PUBACK 0x87 and is logged, counted and on /health
+// (503 degraded; /healthz stays 200), instead of being resent into silence forever.
+TEST_F(AgentMainTest, PublishRefusedByTheBrokerIsLoggedCountedAndOnHealth) {
   branchline::mqtt::testing::MosquittoProcess broker;
   broker.useAnonymousAcl("topic read branchline/v1/#\n");  // no writes at all
   ASSERT_TRUE(broker.start()) << broker.error();
@@ -666,10 +722,9 @@ TEST_F(AgentMainTest, PublishRefusedByTheBrokerIsLoggedCountedAndOnHealthz) {
   spawn(config);
   const int port = waitStartedPort();
   ASSERT_GT(port, 0) << stderrText();
-  const std::string healthy = http(port, "GET", "/healthz");
-  EXPECT_NE(healthy.find(R"({"status":"ok",)"), std::string::npos) << healthy;
-  EXPECT_NE(healthy.find(R"("duplicate_identity":false)"), std::string::npos) << healthy;
-  EXPECT_EQ(healthy.find("last_publish_refused"), std::string::npos) << healthy;
+  const std::string healthy = http(port, "GET", "/health");
+  EXPECT_EQ(healthy.rfind("HTTP/1.1 200", 0), 0u) << healthy;
+  EXPECT_EQ(bodyOf(healthy), R"({"status":"ok"})") << healthy;
 
   const std::string answer =
       http(port, "POST", "/v1/records/customer",
@@ -678,13 +733,20 @@ TEST_F(AgentMainTest, PublishRefusedByTheBrokerIsLoggedCountedAndOnHealthz) {
            token);
   ASSERT_NE(answer.find(R"("accepted":1)"), std::string::npos) << answer;
 
-  const std::string health = pollFor(port, "/healthz", "last_publish_refused");
-  EXPECT_NE(health.find(R"("status":"degraded")"), std::string::npos) << health;
+  const std::string health = pollFor(port, "/health", "last_publish_refused");
+  EXPECT_EQ(health.rfind("HTTP/1.1 503", 0), 0u) << health;
+  EXPECT_NE(health.find(R"({"status":"degraded","reasons":["publish_refused"],)"),
+            std::string::npos)
+      << health;
   EXPECT_NE(health.find(R"("last_publish_refused":{"reason":"Not authorized","code":135,)"
                         R"("topic":"branchline/v1/agents/main-test/batch")"),
             std::string::npos)
       << health << "\n"
       << stderrText();
+  const std::string live = http(port, "GET", "/healthz");
+  EXPECT_EQ(live.rfind("HTTP/1.1 200", 0), 0u) << live;
+  EXPECT_NE(live.find(R"({"status":"ok",)"), std::string::npos) << live;
+  EXPECT_EQ(live.find("publish_refused"), std::string::npos) << "liveness only: " << live;
   const std::string metrics = http(port, "GET", "/metrics");
   EXPECT_NE(metrics.find(R"(bl_agent_publish_refused_total{reason="not_authorized"} )"),
             std::string::npos)
@@ -701,7 +763,7 @@ TEST_F(AgentMainTest, PublishRefusedByTheBrokerIsLoggedCountedAndOnHealthz) {
 
 // Two live copies of one agent (a cloned config): the broker hands the
 // session back and forth; the agent says duplicate_identity in its log, on
-// /healthz and in a counter. The second copy here is a client under the
+// /health (503; /healthz stays 200) and in a counter. The second copy here is a client under the
 // agent's MQTT client id.
 TEST_F(AgentMainTest, SecondLiveCopyOfTheIdentityIsReported) {
   branchline::mqtt::testing::MosquittoProcess broker;
@@ -719,11 +781,14 @@ TEST_F(AgentMainTest, SecondLiveCopyOfTheIdentityIsReported) {
   branchline::mqtt::Client twin(o, nullptr, nullptr);
   ASSERT_TRUE(twin.start().isOk());
 
-  const std::string health = pollFor(port, "/healthz", R"("duplicate_identity":true)");
+  const std::string health = pollFor(port, "/health", R"("duplicate_identity")");
+  const std::string live = http(port, "GET", "/healthz");
   twin.stop();
+  EXPECT_EQ(health.rfind("HTTP/1.1 503", 0), 0u) << health;
   EXPECT_NE(health.find(R"("status":"degraded")"), std::string::npos) << health;
-  EXPECT_NE(health.find(R"("duplicate_identity":true)"), std::string::npos) << health << "\n"
-                                                                            << stderrText();
+  EXPECT_NE(health.find(R"("reasons":["duplicate_identity"])"), std::string::npos) << health << "\n"
+                                                                                   << stderrText();
+  EXPECT_EQ(live.rfind("HTTP/1.1 200", 0), 0u) << live;
   const std::string metrics = http(port, "GET", "/metrics");
   EXPECT_EQ(metrics.find("bl_agent_duplicate_identity_total 0"), std::string::npos) << metrics;
   EXPECT_NE(metrics.find("bl_agent_duplicate_identity_total "), std::string::npos) << metrics;
@@ -733,6 +798,104 @@ TEST_F(AgentMainTest, SecondLiveCopyOfTheIdentityIsReported) {
       << log;
   ::kill(pid_, SIGTERM);
   EXPECT_EQ(waitExit(15s), 0) << stderrText();
+}
+
+// README "Health": GET /health says whether the agent can forward, and why
+// not; GET /healthz is liveness and stays 200 throughout.
+TEST_F(AgentMainTest, HealthIsOkWhileBatchesAreAcked) {
+  branchline::mqtt::testing::MosquittoProcess broker;
+  ASSERT_TRUE(broker.start()) << broker.error();
+  BatchListener aggregator(broker.uri(), "main-test-aggregator", /*ack=*/true);
+  ASSERT_TRUE(aggregator.start());
+  // Thresholds small enough that a stall or an outage would show within the test.
+  const fs::path config = writeConfig(baseConfig("127.0.0.1:0", broker.uri()) +
+                                      "[batch]\nlinger_ms = 10\n[health]\n"
+                                      "broker_unreachable_ms = 500\nacks_stalled_ms = 500\n");
+  const std::string token = addToken(config);
+  const int port = startAgent(config);
+  ASSERT_GT(port, 0) << stderrText();
+  // One append, so one batch.
+  const std::string answer = post(port, "/v1/records/customer",
+                                  "[" + customerRecord("ok-1") + "," + customerRecord("ok-2") +
+                                      "," + customerRecord("ok-3") + "]",
+                                  token);
+  ASSERT_NE(answer.find(R"("accepted":3)"), std::string::npos) << answer;
+  ASSERT_NE(pollFor(port, "/metrics", "bl_agent_batches_acked_total 1").find("acked_total 1"),
+            std::string::npos)
+      << stderrText();
+  // Past both thresholds: still ok, because acks keep coming and the link is up.
+  std::this_thread::sleep_for(700ms);
+  const std::string health = http(port, "GET", "/health");
+  EXPECT_EQ(health.rfind("HTTP/1.1 200", 0), 0u) << health;
+  EXPECT_EQ(bodyOf(health), R"({"status":"ok"})") << health;
+  EXPECT_NE(http(port, "GET", "/metrics").find("bl_agent_health_degraded 0"), std::string::npos);
+  EXPECT_EQ(http(port, "GET", "/healthz").rfind("HTTP/1.1 200", 0), 0u);
+  aggregator.stop();
+  stopAgent();
+}
+
+TEST_F(AgentMainTest, HealthSaysBrokerUnreachableOnceTheBrokerIsGone) {
+  branchline::mqtt::testing::MosquittoProcess broker;
+  ASSERT_TRUE(broker.start()) << broker.error();
+  const int port = startAgent(writeConfig(baseConfig("127.0.0.1:0", broker.uri()) +
+                                          "[health]\nbroker_unreachable_ms = 300\n"));
+  ASSERT_GT(port, 0) << stderrText();
+  ASSERT_NE(pollFor(port, "/metrics", "bl_agent_mqtt_connected 1").find("connected 1"),
+            std::string::npos)
+      << stderrText();
+  EXPECT_EQ(bodyOf(http(port, "GET", "/health")), R"({"status":"ok"})");
+  broker.kill9();
+  expectDegradedBy(port, "broker_unreachable");
+  EXPECT_NE(http(port, "GET", "/metrics").find("bl_agent_health_degraded 1"), std::string::npos);
+  // Back: ok again.
+  ASSERT_TRUE(broker.restart()) << broker.error();
+  EXPECT_EQ(bodyOf(pollFor(port, "/health", R"("ok")")), R"({"status":"ok"})") << stderrText();
+  stopAgent();
+}
+
+TEST_F(AgentMainTest, HealthSaysAcksStalledWhenNoAggregatorAcks) {
+  branchline::mqtt::testing::MosquittoProcess broker;  // and no aggregator
+  ASSERT_TRUE(broker.start()) << broker.error();
+  const fs::path config = writeConfig(baseConfig("127.0.0.1:0", broker.uri()) +
+                                      "[batch]\nlinger_ms = 10\n[health]\nacks_stalled_ms = 300\n");
+  const std::string token = addToken(config);
+  const int port = startAgent(config);
+  ASSERT_GT(port, 0) << stderrText();
+  ASSERT_NE(pollFor(port, "/metrics", "bl_agent_mqtt_connected 1").find("connected 1"),
+            std::string::npos);
+  // Nothing waits yet: no ack is due.
+  std::this_thread::sleep_for(400ms);
+  EXPECT_EQ(bodyOf(http(port, "GET", "/health")), R"({"status":"ok"})");
+  postRecord(port, token, "stall-1");
+  expectDegradedBy(port, "acks_stalled");
+  stopAgent();
+}
+
+TEST_F(AgentMainTest, HealthSaysBufferNearlyFullPastTheRatio) {
+  // No broker is needed: the default broker_unreachable_ms (30 s) outlasts the test.
+  // 1 MiB is the smallest max_bytes; 0.00005 of it is about 52 bytes, less than a record.
+  const fs::path config = writeConfig(baseConfig("127.0.0.1:0", "tcp://127.0.0.1:1") +
+                                      "[buffer]\nmax_bytes = 1048576\n"
+                                      "[health]\nbuffer_full_ratio = 0.00005\n");
+  const std::string token = addToken(config);
+  const int port = startAgent(config);
+  ASSERT_GT(port, 0) << stderrText();
+  EXPECT_EQ(bodyOf(http(port, "GET", "/health")), R"({"status":"ok"})");
+  postRecord(port, token, "full-1");
+  expectDegradedBy(port, "buffer_nearly_full");
+  stopAgent();
+}
+
+TEST_F(AgentMainTest, BadHealthTableExits2NamingTheKey) {
+  auto cfg = writeConfig(baseConfig("127.0.0.1:0", "tcp://127.0.0.1:1") +
+                         "[health]\nbuffer_full_ratio = 2\n");
+  EXPECT_EQ(runToExit(cfg), 2);
+  EXPECT_NE(stderrText().find("health.buffer_full_ratio: must be greater than 0 and at most 1"),
+            std::string::npos)
+      << stderrText();
+  cfg = writeConfig(baseConfig("127.0.0.1:0", "tcp://127.0.0.1:1") + "[health]\nstall_ms = 5\n");
+  EXPECT_EQ(runToExit(cfg), 2);
+  EXPECT_NE(stderrText().find("unknown key `health.stall_ms`"), std::string::npos) << stderrText();
 }
 
 }  // namespace

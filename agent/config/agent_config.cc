@@ -62,6 +62,21 @@ class TableReader {
     return Status::ok();
   }
 
+  // A float or an integer in (min, max]: a ratio such as 0.9.
+  Status ratio(std::string_view key, double min_exclusive, double max, double& out) {
+    const toml::node* node = take(key);
+    if (node == nullptr) return Status::ok();
+    const std::optional<double> v = node->is_number() ? node->value<double>() : std::nullopt;
+    if (!v) return Status::invalid(keyPath(key) + ": must be a number");
+    if (!(*v > min_exclusive && *v <= max)) {
+      std::ostringstream bound;
+      bound << keyPath(key) << ": must be greater than " << min_exclusive << " and at most " << max;
+      return Status::invalid(bound.str());
+    }
+    out = *v;
+    return Status::ok();
+  }
+
   Status string(std::string_view key, std::string& out, bool* present = nullptr) {
     const toml::node* node = take(key);
     if (present != nullptr) *present = node != nullptr;
@@ -462,6 +477,17 @@ Status parseRoot(const toml::table& root, const std::filesystem::path& base_dir,
       cfg.security.seal_key_file = (base_dir / seal_key).lexically_normal();
       cfg.security.aggregator_key_file = (base_dir / aggregator_key).lexically_normal();
     }
+  }
+
+  auto health = top.table("health");
+  if (!health.isOk()) return health.status();
+  if (*health != nullptr) {
+    TableReader t(**health, "health");
+    BL_RETURN_IF_ERROR(
+        t.millis("broker_unreachable_ms", 100, 86400000, cfg.health.broker_unreachable));
+    BL_RETURN_IF_ERROR(t.millis("acks_stalled_ms", 100, 86400000, cfg.health.acks_stalled));
+    BL_RETURN_IF_ERROR(t.ratio("buffer_full_ratio", 0, 1, cfg.health.buffer_full_ratio));
+    BL_RETURN_IF_ERROR(t.rejectUnknown());
   }
 
   auto sources = top.table("sources");

@@ -12,6 +12,7 @@
 #include <string_view>
 #include <vector>
 
+#include "agent/health/health_thresholds.h"
 #include "shared/core/status.h"
 #include "shared/rules/rule_engine.h"
 
@@ -102,6 +103,7 @@ struct AgentConfig {
   Batch batch;
   Spool spool;
   Security security;
+  HealthThresholds health;                   // [health]: when GET /health says degraded
   std::vector<rules::SourceSchema> sources;  // built-in `customer` when none are declared
   std::vector<SourceAccess> access;          // one per source, in the same order
 

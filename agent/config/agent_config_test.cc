@@ -58,6 +58,11 @@ max_records_per_file = 200000
 owner = ""                   # user name or uid spool files must be owned by; default: the agent's user
 keep_done = false            # true: keep committed files in done/ (mode 0600); default: delete them
 
+[health]                     # when GET /health answers 503 degraded (GET /healthz stays 200)
+broker_unreachable_ms = 30000   # no MQTT connection for longer: broker_unreachable
+acks_stalled_ms = 60000      # batches wait and no ack for longer: acks_stalled
+buffer_full_ratio = 0.9      # buffer bytes past this share of [buffer] max_bytes: buffer_nearly_full
+
 # Sources. Without any [sources.*] table the built-in `customer` source is used.
 [sources.customer]
 key = ["external_id"]        # record key fields; empty: hash of the normalized record
@@ -97,6 +102,9 @@ TEST(AgentConfigTest, ReadmeExampleParses) {
   EXPECT_EQ(c.batch.ack_timeout, 10000ms);
   EXPECT_EQ(c.spool.dir, "/var/lib/branchline/agent/spool");
   EXPECT_EQ(c.buffer.key_file, "/var/lib/branchline/agent/buffer.key");
+  EXPECT_EQ(c.health.broker_unreachable, 30000ms);
+  EXPECT_EQ(c.health.acks_stalled, 60000ms);
+  EXPECT_EQ(c.health.buffer_full_ratio, 0.9);
   ASSERT_EQ(c.sources.size(), 1u);
   EXPECT_EQ(c.sources[0].name, "customer");
   EXPECT_EQ(c.sources[0].key_fields, std::vector<std::string>{"external_id"});
@@ -136,6 +144,39 @@ TEST(AgentConfigTest, DefaultsForEverythingButTheRequiredKeys) {
   ASSERT_EQ(c.sources.size(), 1u);
   EXPECT_EQ(c.sources[0].name, "customer");
   EXPECT_FALSE(c.sources[0].fields.empty());
+}
+
+TEST(AgentConfigTest, HealthThresholdsHaveDefaultsAndAreChecked) {
+  auto d = parseAgentConfig(kMinimal, "/etc/branchline");
+  ASSERT_TRUE(d.isOk()) << d.status().toString();
+  EXPECT_EQ(d->health.broker_unreachable, 30s);
+  EXPECT_EQ(d->health.acks_stalled, 60s);
+  EXPECT_EQ(d->health.buffer_full_ratio, 0.9);
+
+  auto r = parseAgentConfig(withMinimal("[health]\nbroker_unreachable_ms = 250\n"
+                                        "acks_stalled_ms = 400\nbuffer_full_ratio = 1\n"),
+                            "/etc/branchline");
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  EXPECT_EQ(r->health.broker_unreachable, 250ms);
+  EXPECT_EQ(r->health.acks_stalled, 400ms);
+  EXPECT_EQ(r->health.buffer_full_ratio, 1.0);
+
+  EXPECT_EQ(parseError(withMinimal("[health]\nbroker_unreachable = 5\n")).message(),
+            "unknown key `health.broker_unreachable`");
+  EXPECT_EQ(parseError(withMinimal("[health]\nacks_stalled_ms = 50\n")).message(),
+            "health.acks_stalled_ms: must be between 100 and 86400000");
+  EXPECT_EQ(parseError(withMinimal("[health]\nbroker_unreachable_ms = \"30s\"\n")).message(),
+            "health.broker_unreachable_ms: must be an integer");
+  EXPECT_EQ(parseError(withMinimal("[health]\nbuffer_full_ratio = \"90%\"\n")).message(),
+            "health.buffer_full_ratio: must be a number");
+  for (const char* bad : {"0", "0.0", "-0.5", "1.5", "nan"}) {
+    EXPECT_EQ(parseError(withMinimal(std::string("[health]\nbuffer_full_ratio = ") + bad + "\n"))
+                  .message(),
+              "health.buffer_full_ratio: must be greater than 0 and at most 1")
+        << bad;
+  }
+  EXPECT_EQ(parseError("health = 3\n" + std::string(kMinimal)).message(),
+            "health: must be a table");
 }
 
 TEST(AgentConfigTest, SpoolOwnerAndKeepDone) {

@@ -184,6 +184,11 @@ struct Forwarder::Impl {
   Clock::time_point error_backoff_until{};
   std::atomic<size_t> in_flight_count{0};
   std::atomic<bool> connected_flag{false};
+  // For progress(), steadyMicros() values: when the link went down (0: up;
+  // set by Paho's thread), and since when batches wait without an ack (0:
+  // none waits; forwarder thread).
+  std::atomic<int64_t> down_since_us{steadyMicros()};
+  std::atomic<int64_t> unacked_since_us{0};
 
   std::unique_ptr<protocol::BatchSealer> sealer;  // set when options.seal is
   std::unique_ptr<mqtt::Client> client;
@@ -219,6 +224,13 @@ struct Forwarder::Impl {
   void onConnection(bool is_up) {
     mqtt_connected.set(is_up ? 1 : 0);
     connected_flag.store(is_up);
+    if (is_up) {
+      down_since_us.store(0);
+    } else {
+      // Each failed reconnect reports down again: the outage began at the first.
+      int64_t up_marker = 0;
+      down_since_us.compare_exchange_strong(up_marker, steadyMicros());
+    }
     {
       std::lock_guard lock(mutex);
       up = is_up;
@@ -442,6 +454,7 @@ struct Forwarder::Impl {
       return;
     }
     acked.inc();
+    unacked_since_us.store(steadyMicros());  // progress: the stall clock starts over
     if (it != in_flight.end()) untrack(it);
     if (pending != startup_resend.end()) startup_resend.erase(pending);
   }
@@ -588,6 +601,11 @@ struct Forwarder::Impl {
 
   void updateGauges() {
     const BufferStats st = buffer.stats();
+    if (st.batches == 0 && in_flight.empty()) {
+      unacked_since_us.store(0);
+    } else if (unacked_since_us.load() == 0) {
+      unacked_since_us.store(steadyMicros());
+    }
     buffer_records.set(static_cast<int64_t>(st.records + st.rejects));
     buffer_bytes.set(static_cast<int64_t>(st.bytes));
     if (st.damaged_found > damaged_counted) {
@@ -763,6 +781,19 @@ void Forwarder::stop() {
 
 size_t Forwarder::inFlight() const { return impl_->in_flight_count.load(); }
 bool Forwarder::connected() const { return impl_->connected_flag.load(); }
+
+ForwardProgress Forwarder::progress() const {
+  const int64_t now = steadyMicros();
+  const auto since = [now](int64_t at_us) {
+    return std::chrono::milliseconds(at_us == 0 ? 0 : std::max<int64_t>(0, now - at_us) / 1000);
+  };
+  ForwardProgress p;
+  p.connected = impl_->connected_flag.load();
+  p.disconnected_for = p.connected ? milliseconds(0) : since(impl_->down_since_us.load());
+  p.in_flight = impl_->in_flight_count.load();
+  p.unacked_for = since(impl_->unacked_since_us.load());
+  return p;
+}
 
 std::string statusTopic(const std::string& prefix, const std::string& agent_id) {
   return prefix + "/agents/" + agent_id + "/status";

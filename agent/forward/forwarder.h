@@ -44,6 +44,21 @@ struct ForwarderOptions {
   std::optional<protocol::SealerKeys> seal;
 };
 
+// How forwarding goes, for the agent's health check (agent/health). Durations
+// are measured on the monotonic clock when progress() is called.
+struct ForwardProgress {
+  bool connected = false;
+  // Since the broker connection was lost, or since start when it never came
+  // up; 0 while connected.
+  std::chrono::milliseconds disconnected_for{0};
+  size_t in_flight = 0;  // batches published and not yet acked
+  // While batches wait for an ack (published, or formed and unacked in the
+  // buffer): how long since the later of the last ack (`stored` or
+  // `duplicate`; a refusal is no progress) and the moment they began to wait.
+  // 0 when none waits.
+  std::chrono::milliseconds unacked_for{0};
+};
+
 class Forwarder {
  public:
   // Connects (in the background: a broker that is away is not an error) and
@@ -60,6 +75,8 @@ class Forwarder {
   // For tests and health: batches published and not yet acked.
   size_t inFlight() const;
   bool connected() const;
+  // Any thread; a few atomic loads, no lock.
+  ForwardProgress progress() const;
 
  private:
   Forwarder();

@@ -675,6 +675,51 @@ TEST_F(ForwarderTest, BrokerCrashThenEverythingArrives) {
   EXPECT_EQ(aggregator_->keys_acked_.size(), 60u);
 }
 
+// What the agent's /health reads: how long the link is down, how long acks wait.
+TEST_F(ForwarderTest, ProgressSaysHowLongTheLinkIsDownAndHowLongAcksWait) {
+  const auto eventually = [](auto pred) {
+    const auto deadline = std::chrono::steady_clock::now() + 15s;
+    while (!pred() && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(10ms);
+    }
+    return pred();
+  };
+  startForwarder(options());
+  ASSERT_TRUE(eventually([&] { return forwarder_->connected(); }));
+  ForwardProgress p = forwarder_->progress();
+  EXPECT_EQ(p.disconnected_for, 0ms);
+  EXPECT_EQ(p.unacked_for, 0ms);
+  append(0, 10);
+  ASSERT_TRUE(waitDrained());
+  ASSERT_TRUE(eventually([&] { return forwarder_->progress().unacked_for == 0ms; }));
+
+  // No ack: the batch waits, and the wait grows.
+  aggregator_->setMode(FakeAggregator::Mode::kSilent);
+  append(10, 10);
+  ASSERT_TRUE(eventually([&] { return forwarder_->progress().in_flight == 1; }));
+  std::this_thread::sleep_for(150ms);
+  p = forwarder_->progress();
+  EXPECT_GE(p.unacked_for, 100ms);
+  EXPECT_LT(p.unacked_for, 10s);
+  EXPECT_TRUE(p.connected);
+  // An ack ends the wait.
+  aggregator_->ackAllSeen();
+  ASSERT_TRUE(waitDrained());
+  ASSERT_TRUE(eventually([&] { return forwarder_->progress().unacked_for == 0ms; }));
+
+  // The broker dies: the outage is timed from the first loss, not from each
+  // failed reconnect (every 100-300 ms here).
+  broker_.kill9();
+  ASSERT_TRUE(eventually([&] { return !forwarder_->progress().connected; }));
+  std::this_thread::sleep_for(600ms);
+  p = forwarder_->progress();
+  EXPECT_FALSE(p.connected);
+  EXPECT_GE(p.disconnected_for, 550ms);
+  ASSERT_TRUE(broker_.restart()) << broker_.error();
+  ASSERT_TRUE(eventually([&] { return forwarder_->progress().connected; }));
+  EXPECT_EQ(forwarder_->progress().disconnected_for, 0ms);
+}
+
 TEST_F(ForwarderTest, NothingIsFormedWithoutABroker) {
   auto o = options();
   o.mqtt.broker_uris = {"tcp://127.0.0.1:" + std::to_string(MosquittoProcess::freePort())};

@@ -312,7 +312,7 @@ void IngestService::handle(http::Request&& request, http::Respond respond) {
   std::string_view path = request.target;
   path = path.substr(0, path.find('?'));
 
-  if (path == "/healthz" || path == "/metrics") {
+  if (path == "/healthz" || path == "/health" || path == "/metrics") {
     if (request.method != "GET") {
       http::Response r = http::jsonError(405, "use GET");
       r.headers.emplace_back("Allow", "GET");
@@ -331,13 +331,16 @@ void IngestService::handle(http::Request&& request, http::Respond respond) {
       r.body = impl_->metrics.renderPrometheus();
       return counted(std::move(r));
     }
+    if (path == "/health") {
+      if (!impl_->options.health) return counted(jsonResponse(200, R"({"status":"ok"})"));
+      HealthAnswer health = impl_->options.health();
+      return counted(jsonResponse(health.degraded ? 503 : 200, std::move(health.body)));
+    }
+    // Liveness only: whether the agent can forward is GET /health's question.
     BufferStats stats = impl_->buffer.stats();
-    HealthFields more;
-    if (impl_->options.health_fields) more = impl_->options.health_fields();
-    return counted(jsonResponse(
-        200, std::string("{\"status\":\"") + (more.degraded ? "degraded" : "ok") +
-                 "\",\"buffer_records\":" + std::to_string(stats.records) +
-                 ",\"buffer_bytes\":" + std::to_string(stats.bytes) + more.json + "}"));
+    return counted(
+        jsonResponse(200, "{\"status\":\"ok\",\"buffer_records\":" + std::to_string(stats.records) +
+                              ",\"buffer_bytes\":" + std::to_string(stats.bytes) + "}"));
   }
   if (path.substr(0, kRecordsPrefix.size()) == kRecordsPrefix) {
     std::string_view source = path.substr(kRecordsPrefix.size());
@@ -364,9 +367,9 @@ void IngestService::handle(http::Request&& request, http::Respond respond) {
       return impl_->ingest(source, request, with_cors, impl_);
     }
   }
-  counted(
-      http::jsonError(404, "no such path " + backquoted(path) +
-                               "; use POST /v1/records/<source>, GET /healthz or GET /metrics"));
+  counted(http::jsonError(
+      404, "no such path " + backquoted(path) +
+               "; use POST /v1/records/<source>, GET /healthz, GET /health or GET /metrics"));
 }
 
 void IngestService::Impl::ingest(std::string_view source, http::Request& request,

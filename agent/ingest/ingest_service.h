@@ -26,10 +26,10 @@
 
 namespace branchline::agent {
 
-// More of the agent's state for GET /healthz (e.g. what the broker refused).
-struct HealthFields {
-  bool degraded = false;  // status "degraded" (still 200: records are still taken)
-  std::string json;       // `,"key":value` members appended to the body
+// The answer to GET /health: whether the agent can forward (agent/health).
+struct HealthAnswer {
+  bool degraded = false;  // 503 when set, else 200
+  std::string body;       // JSON
 };
 
 // Who may post to one source, and from which web pages (README "Authenticated
@@ -51,8 +51,9 @@ struct IngestOptions {
   size_t max_records_per_request = 10000;  // past it: 413
   size_t max_record_bytes = 256 << 10;     // past it: that record is rejected (200)
   size_t max_field_bytes = 64 << 10;       // a string value past it: its record is rejected
-  // Called for every GET /healthz, on the network thread; must not block. Optional.
-  std::function<HealthFields()> health_fields;
+  // Called for every GET /health, on the network thread; must not block.
+  // Unset: /health answers 200 {"status":"ok"} (nothing to judge by).
+  std::function<HealthAnswer()> health;
   // Per source; a source not listed needs a token and allows no origin.
   std::map<std::string, SourcePolicy, std::less<>> sources;
   // The tokens sources are checked against; must outlive the service. nullptr:
@@ -76,7 +77,8 @@ class IngestService {
   LabeledCounter& httpRefused();
   Gauge& httpConnections();
 
-  // The http::Handler: POST /v1/records/<source>, GET /healthz, GET /metrics.
+  // The http::Handler: POST /v1/records/<source>, GET /healthz (liveness:
+  // always 200 while serving), GET /health (can it forward: 200 or 503), GET /metrics.
   // Parses on the calling (network) thread; answers from the buffer's committer
   // thread once the append committed. Thread-safe.
   void handle(http::Request&& request, http::Respond respond);

@@ -11,7 +11,9 @@
 #include <set>
 #include <thread>
 
+#include "agent/health/agent_health.h"
 #include "shared/http/http_test_client.h"
+#include "shared/mqtt/broker_events.h"
 
 namespace branchline::agent {
 namespace {
@@ -484,6 +486,107 @@ TEST(IngestServiceTest, WrongMethodIs405) {
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 405);
   EXPECT_EQ(r->header("Allow"), "POST, OPTIONS");
+}
+
+// --- GET /health and GET /healthz (README "Health") -------------------------
+
+struct HealthProbe {
+  int status = 0;
+  json::value body;
+  std::string text;
+};
+
+HealthProbe get(Agent& agent, const std::string& path) {
+  TestClient client;
+  HealthProbe p;
+  if (client.connect(agent.server->port())) return p;
+  auto r = client.request("GET", path);
+  if (!r) return p;
+  p.status = r->status;
+  p.text = r->body;
+  json::error_code ec;
+  p.body = json::parse(r->body, ec);
+  return p;
+}
+
+std::set<std::string> reasonsOf(const HealthProbe& p) {
+  std::set<std::string> out;
+  if (!p.body.is_object() || !p.body.as_object().contains("reasons")) return out;
+  for (const auto& r : p.body.at("reasons").as_array()) out.emplace(r.as_string());
+  return out;
+}
+
+TEST(IngestHealthTest, WithoutAHealthCheckHealthIsOk) {
+  Agent agent;
+  const HealthProbe h = get(agent, "/health");
+  EXPECT_EQ(h.status, 200);
+  EXPECT_EQ(h.text, R"({"status":"ok"})");
+  TestClient client;
+  ASSERT_FALSE(client.connect(agent.server->port()));
+  auto posted = client.request("POST", "/health");
+  ASSERT_TRUE(posted);
+  EXPECT_EQ(posted->status, 405);
+}
+
+// The buffer's damaged count comes from DurableBuffer::stats(); here the
+// stats the check reads are the real buffer's with damaged rows added, as a
+// buffer that moved rows aside reports them.
+TEST(IngestHealthTest, DamagedRowsAnswer503WhileHealthzStays200) {
+  std::atomic<uint64_t> damaged{0};
+  std::atomic<const DurableBuffer*> source{nullptr};
+  IngestOptions options;
+  options.health = [&] {
+    HealthInputs in;
+    in.forwarding.connected = true;
+    in.buffer = source.load()->stats();
+    in.buffer.damaged = damaged.load();
+    in.buffer_max_bytes = 1ull << 30;
+    const HealthVerdict v = judgeHealth(in, {});
+    return HealthAnswer{!v.ok(), v.json()};
+  };
+  Agent agent(1ull << 30, options);
+  source.store(agent.buffer.get());
+  EXPECT_EQ(get(agent, "/health").text, R"({"status":"ok"})");
+
+  damaged.store(2);
+  const HealthProbe h = get(agent, "/health");
+  EXPECT_EQ(h.status, 503) << h.text;
+  EXPECT_EQ(h.text, R"({"status":"degraded","reasons":["buffer_damaged"]})");
+  EXPECT_TRUE(healthy(agent)) << "liveness must not follow forwarding health";
+  // Still taking records: degraded is about forwarding.
+  EXPECT_EQ(post(agent, customer(1)).status, 200);
+}
+
+// The real check over the real buffer: bytes past buffer_full_ratio of max_bytes.
+TEST(IngestHealthTest, BufferPastTheRatioIsNearlyFull) {
+  MetricsRegistry health_metrics;
+  mqtt::BrokerEvents broker(health_metrics, "bl_test", "health-test");
+  std::atomic<const AgentHealth*> check{nullptr};
+  IngestOptions options;
+  options.health = [&] {
+    const HealthVerdict v = check.load()->check();
+    return HealthAnswer{!v.ok(), v.json()};
+  };
+  constexpr uint64_t kMaxBytes = 4000;
+  Agent agent(kMaxBytes, options);
+  HealthThresholds thresholds;
+  thresholds.broker_unreachable = std::chrono::hours(1);  // no forwarder here
+  thresholds.buffer_full_ratio = 0.5;
+  AgentHealth health(*agent.buffer, kMaxBytes, broker, thresholds, health_metrics);
+  check.store(&health);
+  EXPECT_EQ(get(agent, "/health").status, 200);
+
+  int i = 0;
+  while (agent.buffer->stats().bytes <= kMaxBytes / 2) {
+    ASSERT_EQ(post(agent, customer(i++)).status, 200) << "full before half full?";
+    ASSERT_LT(i, 100);
+  }
+  const HealthProbe h = get(agent, "/health");
+  EXPECT_EQ(h.status, 503) << h.text;
+  EXPECT_EQ(reasonsOf(h), std::set<std::string>{"buffer_nearly_full"}) << h.text;
+  EXPECT_TRUE(healthy(agent));
+  EXPECT_NE(health_metrics.renderPrometheus().find("bl_agent_health_degraded 1"),
+            std::string::npos);
 }
 
 // --- Authenticated ingest (README "Authenticated ingest") -------------------

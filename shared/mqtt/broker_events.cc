@@ -76,22 +76,23 @@ BrokerEvents::Health BrokerEvents::health() const {
   std::lock_guard lock(mutex_);
   Health h;
   const auto now = std::chrono::steady_clock::now();
-  const bool duplicate = last_takeover_ && now - *last_takeover_ <= recent_;
-  h.json_fields = std::string(",\"duplicate_identity\":") + (duplicate ? "true" : "false");
-  h.degraded = duplicate;
+  h.duplicate_identity = last_takeover_ && now - *last_takeover_ <= recent_;
+  h.json_fields =
+      std::string(",\"duplicate_identity\":") + (h.duplicate_identity ? "true" : "false");
   if (last_refusal_) {
     const Refusal& r = *last_refusal_;
-    h.json_fields += ",\"last_publish_refused\":{\"reason\":";
-    log::appendJsonString(h.json_fields, r.reason);
-    h.json_fields += ",\"code\":" + std::to_string(r.code) + ",\"topic\":";
-    log::appendJsonString(h.json_fields, r.topic);
-    h.json_fields += ",\"at\":";
-    log::appendJsonString(h.json_fields, formatRfc3339Micros(r.at_us));
-    h.json_fields += "}";
-    h.degraded =
-        h.degraded || nowMicros() - r.at_us <=
-                          std::chrono::duration_cast<std::chrono::microseconds>(recent_).count();
+    h.last_publish_refused = "{\"reason\":";
+    log::appendJsonString(h.last_publish_refused, r.reason);
+    h.last_publish_refused += ",\"code\":" + std::to_string(r.code) + ",\"topic\":";
+    log::appendJsonString(h.last_publish_refused, r.topic);
+    h.last_publish_refused += ",\"at\":";
+    log::appendJsonString(h.last_publish_refused, formatRfc3339Micros(r.at_us));
+    h.last_publish_refused += "}";
+    h.json_fields += ",\"last_publish_refused\":" + h.last_publish_refused;
+    h.publish_refused = nowMicros() - r.at_us <=
+                        std::chrono::duration_cast<std::chrono::microseconds>(recent_).count();
   }
+  h.degraded = h.duplicate_identity || h.publish_refused;
   return h;
 }
 

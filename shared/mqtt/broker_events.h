@@ -1,11 +1,12 @@
 // BrokerEvents: what the broker refused or took away from one process's MQTT
-// client, made visible: a log line, a counter and a /healthz field each for a
+// client, made visible: a log line, a counter and a health field each for a
 // publish the broker refused (an MQTT 5 PUBACK reason code) and for a
 // duplicate identity (another live client under this client id).
 //
 //   mqtt::BrokerEvents events(metrics, "bl_agent", client_id);
 //   events.attach(client_options);         // before the Client is made
-//   body += events.health().json_fields;   // in GET /healthz
+//   body += events.health().json_fields;   // in GET /healthz (the aggregator's;
+//                                          // the agent's GET /health names reasons)
 #pragma once
 
 #include <chrono>
@@ -36,10 +37,13 @@ class BrokerEvents {
   void sessionTakenOver(ClientOptions::Takeover how);
 
   struct Health {
-    bool degraded = false;  // a refusal or a takeover within `recent`
+    bool degraded = false;            // a refusal or a takeover within `recent`
+    bool duplicate_identity = false;  // a takeover within `recent`
+    bool publish_refused = false;     // a refusal within `recent`
+    // Once a publish was refused: {"reason","code","topic","at"} of the last one.
+    std::string last_publish_refused;
     // `,"duplicate_identity":<bool>` and, once a publish was refused,
-    // `,"last_publish_refused":{"reason","code","topic","at"}`: JSON object
-    // members to append to a health body.
+    // `,"last_publish_refused":{...}`: JSON object members to append to a health body.
     std::string json_fields;
   };
   Health health() const;

@@ -4,6 +4,7 @@
 #include <sqlite3.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/json.hpp>
 #include <chrono>
 #include <deque>
@@ -11,6 +12,7 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <string_view>
 #include <thread>
 
 #include "cli/loadgen/record_generator.h"
@@ -173,16 +175,22 @@ std::map<std::string, StoredRecord> readRecords(const std::string& db_path) {
   return out;
 }
 
-// On a failure, what each live process says about itself: /healthz and the
-// metrics that tell a stall from a loss (connection, window, refusals).
+// On a failure, what each live process says about itself: /healthz (and an
+// agent's /health, which names why it cannot forward) and the metrics that
+// tell a stall from a loss (connection, window, refusals).
 void PipelineTest::reportProcessStates() const {
   if (!pipeline_) return;
-  auto urls = pipeline_->agentUrls();
+  const auto agents = pipeline_->agentUrls();
+  auto urls = agents;
   for (const auto& u : pipeline_->aggregatorUrls()) urls.push_back(u);
   for (const auto& url : urls) {
-    auto h = cli::httpGet(url + "/healthz", std::chrono::milliseconds(2000));
-    std::fprintf(stderr, "--- %s/healthz: %s\n", url.c_str(),
-                 h.isOk() ? h->body.substr(0, 600).c_str() : h.status().toString().c_str());
+    const bool agent = std::find(agents.begin(), agents.end(), url) != agents.end();
+    for (const char* path : {"/healthz", "/health"}) {
+      if (!agent && std::string_view(path) == "/health") continue;
+      auto h = cli::httpGet(url + path, std::chrono::milliseconds(2000));
+      std::fprintf(stderr, "--- %s%s: %s\n", url.c_str(), path,
+                   h.isOk() ? h->body.substr(0, 600).c_str() : h.status().toString().c_str());
+    }
     auto m = cli::httpGet(url + "/metrics", std::chrono::milliseconds(2000));
     if (!m.isOk()) continue;
     std::istringstream lines(m->body);
