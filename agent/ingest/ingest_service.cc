@@ -479,7 +479,7 @@ void IngestService::Impl::ingest(std::string_view source, http::Request& request
         }
         if (status.code() == Code::kResourceExhausted) {
           http::Response r = http::jsonError(
-              503, "the agent's buffer is full; nothing was accepted; retry later (" +
+              503, "the agent's buffer (or its disk) is full; nothing was accepted; retry later (" +
                        status.message() + ")");
           r.headers.emplace_back("Retry-After", "1");
           return respond(std::move(r));

@@ -326,7 +326,7 @@ TEST(IngestServiceTest, FullBufferAnswers503WithRetryAfterAndAcceptsNothing) {
   Answer a = post(agent, "[" + customer(1) + "," + customer(2) + "," + customer(3) + "]");
   EXPECT_EQ(a.status, 503) << a.text;
   EXPECT_EQ(a.retry_after, "1");
-  EXPECT_NE(errorText(a).find("buffer is full"), std::string::npos) << a.text;
+  EXPECT_NE(errorText(a).find("is full; nothing was accepted"), std::string::npos) << a.text;
   EXPECT_EQ(agent.buffer->stats().records, 0u);
   EXPECT_EQ(agent.buffer->stats().rejects, 0u);
   EXPECT_TRUE(healthy(agent));
