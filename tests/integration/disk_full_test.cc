@@ -1,11 +1,13 @@
-// A full disk at the agent (issue 15 part 3, README "Full disks"), with the
+// Full disks (issue 15 part 3), with the real binaries. At the agent: the
 // real binaries: the agent's data folder is a small tmpfs the test mounts
 // (skipped, with the reason, where mounting is not permitted). While the
 // aggregator is down the buffer grows until the disk is full: ingest answers
 // 503 with Retry-After and stores nothing of that request; once space is freed
 // the agent takes records again by itself, and every record answered 200
 // reaches the central store. Space is freed the way an operator would: a
-// file that filled the disk is removed.
+// file that filled the disk is removed. At the central SQLite store (also on
+// a small tmpfs): a commit that finds the disk full acks nothing, the agent
+// keeps buffering, and once space is freed everything drains by itself.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/mount.h>
@@ -14,7 +16,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
+#include <thread>
 
 #include "cli/net/http_client.h"
 #include "tests/integration/pipeline_fixture.h"
@@ -119,6 +123,79 @@ TEST_F(PipelineTest, FullDiskAnswers503AndRecoversByItselfLosingNothingAccepted)
       << "stored " << queryInt(store(), "SELECT count(*) FROM records") << " of "
       << accepted + after;
   EXPECT_EQ(queryInt(store(), "SELECT count(*) FROM records"), accepted + after);
+  pipeline_->stop();
+}
+
+std::string fileText(const fs::path& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+TEST_F(PipelineTest, FullCentralDiskAcksNothingAndDrainsOnceSpaceIsFreed) {
+  ASSERT_NO_FATAL_FAILURE(startPipeline(1, 1));
+  cli::Member* agg = pipeline_->member("agg-1");
+  ASSERT_NE(agg, nullptr);
+  ASSERT_TRUE(pipeline_->process("agg-1")->signal(SIGTERM).isOk());
+  ASSERT_TRUE(pipeline_->process("agg-1")->waitFor(20s));
+  // The central store moves to a 4 MiB tmpfs of its own.
+  const fs::path central = fs::path(dir_) / "central-disk";
+  fs::create_directory(central);
+  Mount mount;
+  if (::mount("tmpfs", central.c_str(), "tmpfs", 0, "size=4m,mode=0755") != 0) {
+    GTEST_SKIP() << "cannot mount a tmpfs here (" << std::strerror(errno) << "); needs root";
+  }
+  mount.path = central.string();
+  const std::string old_store = store();
+  const std::string new_store = (central / "central.db").string();
+  for (const char* suffix : {"", "-wal", "-shm"}) {
+    if (fs::exists(old_store + suffix)) fs::copy_file(old_store + suffix, new_store + suffix);
+  }
+  std::string config = fileText(agg->config_path);
+  const size_t at = config.find(old_store);
+  ASSERT_NE(at, std::string::npos) << config;
+  config.replace(at, old_store.size(), new_store);
+  std::ofstream(agg->config_path) << config;
+  store_ = new_store;
+  // Something else takes most of that disk.
+  const fs::path filler = central / "filler";
+  {
+    std::ofstream f(filler, std::ios::binary);
+    const std::string mib(1 << 20, 'x');
+    for (int i = 0; i < 3; ++i) f << mib;
+  }
+  ASSERT_TRUE(pipeline_->restart("agg-1").isOk());
+
+  auto url = cli::parseUrl(pipeline_->agentUrls().at(0));
+  ASSERT_TRUE(url.isOk());
+  cli::HttpConnection conn(url->host, url->port,
+                           cli::HttpClientOptions{.bearer_token = pipeline_->agentTokens().at(0)});
+  int accepted = 0;
+  double failures = 0;
+  for (int i = 0; i < 60 && failures < 1; ++i) {
+    auto r = conn.request("POST", "/v1/records/customer", "application/x-ndjson",
+                          ndjson("c" + std::to_string(i), 100), 30s);
+    ASSERT_TRUE(r.isOk()) << r.status().toString();
+    ASSERT_EQ(r->status, 200) << "the agent refused while only the central disk is full: "
+                              << r->body;
+    accepted += 100;
+    std::this_thread::sleep_for(100ms);
+    failures = scrapeMetric(agg->url, "bl_aggregator_commit_failures_total");
+  }
+  ASSERT_GE(failures, 1) << "the central disk never filled";
+  std::this_thread::sleep_for(1s);
+  const int64_t stored_when_full = queryInt(store(), "SELECT count(*) FROM records");
+  const int64_t held = agentBufferRecords();
+  std::printf("central disk full: %lld of %d records stored, the agent holds %lld\n",
+              static_cast<long long>(stored_when_full), accepted, static_cast<long long>(held));
+  EXPECT_LT(stored_when_full, accepted);
+  EXPECT_EQ(held, accepted - stored_when_full) << "acked without a commit, or lost";
+  EXPECT_EQ(scrapeMetric(agg->url, "bl_aggregator_store_ready"), 0);
+
+  fs::remove(filler);
+  EXPECT_TRUE(waitForDrain(accepted, 0, 120))
+      << "stored " << queryInt(store(), "SELECT count(*) FROM records") << " of " << accepted;
+  EXPECT_EQ(queryInt(store(), "SELECT count(*) FROM records"), accepted);
+  EXPECT_TRUE(pipeline_->process("agg-1")->isRunning()) << "recovered without a restart";
   pipeline_->stop();
 }
 
