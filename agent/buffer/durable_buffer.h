@@ -57,7 +57,7 @@ struct BufferOptions {
   // The data key; created (0600) when missing. Empty: `buffer.key` in path's folder.
   std::filesystem::path key_file;
   // Stores values in clear and ignores key_file. Only for measuring what encryption
-  // costs (durable_buffer_test's throughput print); a buffer written one way is
+  // costs (branchline-microbench buffer); a buffer written one way is
   // refused when opened the other way.
   bool insecure_plaintext_for_benchmarks = false;
 };
