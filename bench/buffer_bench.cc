@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "agent/buffer/durable_buffer.h"
+#include "agent/buffer/testing/plaintext_buffer.h"
 #include "bench/microbench.h"
 #include "shared/core/clock.h"
 
@@ -81,9 +82,9 @@ struct BufferRates {
   double append = 0, cycle = 0;
 };
 
-// append() and append -> formBatch -> ack rates of one buffer.
-Result<BufferRates> measureBuffer(const BufferOptions& options) {
-  auto buf = DurableBuffer::open(options);
+// append() and append -> formBatch -> ack rates of one buffer, sealed or in clear.
+Result<BufferRates> measureBuffer(const BufferOptions& options, bool in_clear) {
+  auto buf = in_clear ? agent::testing::openPlaintextBuffer(options) : DurableBuffer::open(options);
   if (!buf.isOk()) return buf.status();
   const agent::BatchLimits limits{.max_records = kPerGroup, .max_bytes = 1 << 30};
 
@@ -127,10 +128,9 @@ int runBufferBench() {
   BufferOptions sealed, clear;
   sealed.path = sealed_dir.path() / "buffer.db";
   clear.path = clear_dir.path() / "buffer.db";
-  clear.insecure_plaintext_for_benchmarks = true;
-  auto sealed_rates = measureBuffer(sealed);
+  auto sealed_rates = measureBuffer(sealed, /*in_clear=*/false);
   if (!sealed_rates.isOk()) return failed("buffer", sealed_rates.status());
-  auto clear_rates = measureBuffer(clear);
+  auto clear_rates = measureBuffer(clear, /*in_clear=*/true);
   if (!clear_rates.isOk()) return failed("buffer", clear_rates.status());
   const double raw = *raw_rate;
   std::printf("[ throughput  ] raw SQLite INSERT (same run, 1,000 rows/txn): %.0f rows/s\n", raw);

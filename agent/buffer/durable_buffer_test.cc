@@ -26,6 +26,7 @@
 #include <sstream>
 #include <thread>
 
+#include "agent/buffer/testing/plaintext_buffer.h"
 #include "shared/core/clock.h"
 
 namespace branchline::agent {
@@ -80,13 +81,21 @@ WireReject rejectFor(uint64_t id) {
 
 uint64_t idOf(const WireRecord& r) { return std::stoull(r.key.substr(2)); }
 
-std::unique_ptr<DurableBuffer> openOrDie(const BufferOptions& options) {
-  auto b = DurableBuffer::open(options);
+std::unique_ptr<DurableBuffer> orFail(Result<std::unique_ptr<DurableBuffer>> b) {
   if (!b.isOk()) {
     ADD_FAILURE() << b.status().toString();
     return nullptr;
   }
   return std::move(b).value();
+}
+
+std::unique_ptr<DurableBuffer> openOrDie(const BufferOptions& options) {
+  return orFail(DurableBuffer::open(options));
+}
+
+// Values in clear (agent/buffer/testing): for tests whose premise needs them readable.
+std::unique_ptr<DurableBuffer> openInClearOrDie(const BufferOptions& options) {
+  return orFail(testing::openPlaintextBuffer(options));
 }
 
 BufferOptions optionsIn(const TempDir& dir) {
@@ -584,8 +593,7 @@ TEST(DurableBufferTest, AckedDataLeavesTheFilesAndTheWalIsTruncatedWhenEmpty) {
   o.checkpoint_interval = 50ms;
   // The premise (the marker is in the file before the ack) needs values in clear;
   // sealed buffers are covered by the encryption tests below.
-  o.insecure_plaintext_for_benchmarks = true;
-  auto buf = openOrDie(o);
+  auto buf = openInClearOrDie(o);
   ASSERT_TRUE(buf);
   const std::string secret = "SECRET-CUSTOMER-MARKER-0123456789";
   std::vector<WireRecord> records = recordsFor(1, 300);
@@ -1022,18 +1030,14 @@ TEST(DurableBufferEncryptionTest, PlaintextBenchmarkModeAndSealedBuffersDoNotMix
   TempDir dir;
   BufferOptions o = optionsIn(dir);
   { ASSERT_TRUE(openOrDie(o)); }
-  BufferOptions plain = o;
-  plain.insecure_plaintext_for_benchmarks = true;
-  auto b = DurableBuffer::open(plain);
+  auto b = testing::openPlaintextBuffer(o);
   ASSERT_FALSE(b.isOk());
   EXPECT_EQ(b.status().code(), Code::kInvalidArgument) << b.status().toString();
 
   TempDir dir2;
   BufferOptions p2 = optionsIn(dir2);
-  p2.insecure_plaintext_for_benchmarks = true;
-  { ASSERT_TRUE(openOrDie(p2)); }
+  { ASSERT_TRUE(openInClearOrDie(p2)); }
   EXPECT_FALSE(std::filesystem::exists(dir2.path() / "buffer.key"));
-  p2.insecure_plaintext_for_benchmarks = false;
   auto c = DurableBuffer::open(p2);
   ASSERT_FALSE(c.isOk());
   EXPECT_EQ(c.status().code(), Code::kInvalidArgument) << c.status().toString();
@@ -1509,8 +1513,7 @@ TEST(DurableBufferRotationTest, RefusedWhileTheBufferIsOpenOrMissingOrInClear) {
 
   TempDir clear_dir;
   BufferOptions clear = optionsIn(clear_dir);
-  clear.insecure_plaintext_for_benchmarks = true;
-  auto buf = openOrDie(clear);
+  auto buf = openInClearOrDie(clear);
   ASSERT_TRUE(buf);
   EXPECT_EQ(buf->rotateDataKey().status().code(), Code::kInvalidArgument);
 }
