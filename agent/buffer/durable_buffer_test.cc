@@ -98,6 +98,26 @@ std::unique_ptr<DurableBuffer> openInClearOrDie(const BufferOptions& options) {
   return orFail(testing::openPlaintextBuffer(options));
 }
 
+// The seed of a randomized test: BRANCHLINE_TEST_SEED when set (to replay a
+// failure), else a fresh one. Printed first, with the command that replays it:
+// the same seed makes the same random choices (batch sizes, acks, kill delays);
+// where a kill lands still depends on the machine's timing.
+unsigned testSeed() {
+  unsigned seed = std::random_device{}();
+  if (const char* s = std::getenv("BRANCHLINE_TEST_SEED"); s != nullptr && *s != '\0') {
+    seed = unsigned(std::strtoul(s, nullptr, 10));
+  }
+  const ::testing::TestInfo* test = ::testing::UnitTest::GetInstance()->current_test_info();
+  const std::string name = std::string(test->test_suite_name()) + "." + test->name();
+  std::printf(
+      "[ seed       ] %u (replay: BRANCHLINE_TEST_SEED=%u durable_buffer_test "
+      "--gtest_filter=%s)\n",
+      seed, seed, name.c_str());
+  std::fflush(stdout);
+  ::testing::Test::RecordProperty("seed", std::to_string(seed));
+  return seed;
+}
+
 BufferOptions optionsIn(const TempDir& dir) {
   BufferOptions o;
   o.path = dir.path() / "buffer.db";
@@ -1110,7 +1130,9 @@ TEST(DurableBufferTest, KillNineLosesNothingReportedAndDoublesNothing) {
   TempDir dir;
   BufferOptions o = optionsIn(dir);
   o.checkpoint_interval = 20ms;  // let kills land inside checkpoints too
-  std::mt19937 rng(std::random_device{}());
+  const unsigned seed = testSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed) + " (BRANCHLINE_TEST_SEED replays it)");
+  std::mt19937 rng(seed);
   uint64_t max_seq_seen = 0;
   uint64_t total_reported = 0;
   for (int round = 0; round < 6; ++round) {
@@ -1307,7 +1329,9 @@ TEST(DurableBufferNonceTest, NoNonceRepeatsOverAMillionSealsAcross100KillNineRes
   const uint64_t per_round = std::max<uint64_t>(1, total / kRounds);
   TempDir dir;
   const BufferOptions o = optionsIn(dir);
-  std::mt19937 rng(std::random_device{}());
+  const unsigned seed = testSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed) + " (BRANCHLINE_TEST_SEED replays it)");
+  std::mt19937 rng(seed);
   std::vector<std::array<unsigned char, 12>> nonces;
   nonces.reserve(total + total / 10);
   uint64_t first_id = 1;
