@@ -31,8 +31,8 @@
 //       highest ids already in a batch, everything above them is unbatched.
 //   key_check(id = 1, sealed BLOB)
 //       A constant sealed under the data key: opening with another key fails here,
-//       before any record is read. An empty BLOB marks a buffer written with
-//       insecure_plaintext_for_benchmarks.
+//       before any record is read. An empty BLOB marks a buffer written in clear
+//       (agent/buffer/testing/plaintext_buffer.h: benchmarks and tests only).
 //   tokens(token TEXT PRIMARY KEY, committed_at INTEGER) WITHOUT ROWID
 //       Idempotency tokens of appends (spool files), written in the append's
 //       transaction and pruned after 30 days.
@@ -156,7 +156,8 @@ struct DurableBuffer::Impl {
   std::string path;  // for error messages
 
   // --- the cipher shares the connection's lock (db_mu): one GCM context, key set once ---
-  std::unique_ptr<RecordCipher> cipher;  // null only with insecure_plaintext_for_benchmarks
+  bool in_clear = false;                 // values unsealed: benchmarks and tests only
+  std::unique_ptr<RecordCipher> cipher;  // null only in_clear
   size_t seal_overhead = 0;              // bytes a sealed value adds to its plaintext
   std::string sealed_a, sealed_b;        // reused per insert: no allocation per value
 
@@ -407,9 +408,9 @@ struct DurableBuffer::Impl {
     if (plaintext != sealed.empty()) {
       return Status::invalid(
           "buffer " + path +
-          (plaintext ? " is encrypted; insecure_plaintext_for_benchmarks cannot open it"
-                     : " was written in clear with insecure_plaintext_for_benchmarks (a "
-                       "benchmark's file); delete it or open it the same way"));
+          (plaintext ? " is encrypted; a buffer in clear (a benchmark's) cannot open it"
+                     : " was written in clear by a benchmark or test (agent/buffer/testing); "
+                       "delete it or open it the same way"));
     }
     if (plaintext) return Status::ok();
     if (opensKeyCheck(*cipher, sealed)) return discardUnfinishedRotation();
@@ -572,7 +573,7 @@ struct DurableBuffer::Impl {
   }
 
   Status loadCipher() {
-    if (options.insecure_plaintext_for_benchmarks) return Status::ok();
+    if (in_clear) return Status::ok();
     auto key = loadOrCreateDataKey(keyFile());
     if (!key.isOk()) return key.status().withContext("buffer " + path);
     auto c = RecordCipher::create(*key);
@@ -1376,7 +1377,7 @@ struct DurableBuffer::Impl {
     std::lock_guard db_lock(db_mu);
     if (!cipher) {
       return Status::invalid("buffer " + path +
-                             " is written in clear (insecure_plaintext_for_benchmarks): it has no "
+                             " is written in clear (a benchmark's or test's buffer): it has no "
                              "data key to rotate");
     }
     auto stop = [&](std::string_view step) { return after_step && !after_step(step); };
@@ -1462,9 +1463,14 @@ struct DurableBuffer::Impl {
 DurableBuffer::DurableBuffer() : impl_(std::make_unique<Impl>()) {}
 
 Result<std::unique_ptr<DurableBuffer>> DurableBuffer::open(BufferOptions options) {
+  return open(std::move(options), /*in_clear=*/false);
+}
+
+Result<std::unique_ptr<DurableBuffer>> DurableBuffer::open(BufferOptions options, bool in_clear) {
   if (options.path.empty()) return Status::invalid("buffer: options.path is empty");
   std::unique_ptr<DurableBuffer> buffer(new DurableBuffer());
   Impl& impl = *buffer->impl_;
+  impl.in_clear = in_clear;
   impl.options = std::move(options);
   impl.options.max_group_records = std::max<size_t>(1, impl.options.max_group_records);
   impl.path = impl.options.path.string();

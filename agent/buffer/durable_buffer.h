@@ -56,10 +56,6 @@ struct BufferOptions {
   size_t max_queued_bytes = 64 << 20;
   // The data key; created (0600) when missing. Empty: `buffer.key` in path's folder.
   std::filesystem::path key_file;
-  // Stores values in clear and ignores key_file. Only for measuring what encryption
-  // costs (durable_buffer_test's throughput print); a buffer written one way is
-  // refused when opened the other way.
-  bool insecure_plaintext_for_benchmarks = false;
 };
 
 struct BatchLimits {
@@ -93,6 +89,10 @@ struct DataKeyRotation {
   uint64_t records = 0;  // record rows re-sealed (batched or not)
   uint64_t rejects = 0;  // quarantine rows re-sealed
 };
+
+namespace testing {
+struct PlaintextBufferAccess;  // agent/buffer/testing/plaintext_buffer.h
+}  // namespace testing
 
 // Test seam for crash tests: called after each step of a rotation ("new_key_written",
 // "resealing" (inside the transaction), "resealed", "old_key_zeroed",
@@ -143,10 +143,14 @@ class DurableBuffer {
   // did not commit), or installed when only it does (a crash after step 2).
   // Appends wait meanwhile. Needs free disk space about the size of the sealed data
   // (the WAL holds the re-sealed pages until the checkpoint). kInvalidArgument for a
-  // buffer written with insecure_plaintext_for_benchmarks.
+  // buffer written in clear (agent/buffer/testing/plaintext_buffer.h).
   Result<DataKeyRotation> rotateDataKey(const RotationStep& after_step = {});
 
  private:
+  friend struct testing::PlaintextBufferAccess;
+  // in_clear: values unsealed and no key file; reached only through the testing
+  // header named above (benchmarks and tests), never from a product binary.
+  static Result<std::unique_ptr<DurableBuffer>> open(BufferOptions options, bool in_clear);
   DurableBuffer();
   struct Impl;
   std::unique_ptr<Impl> impl_;

@@ -26,6 +26,7 @@
 #include <sstream>
 #include <thread>
 
+#include "agent/buffer/testing/plaintext_buffer.h"
 #include "shared/core/clock.h"
 
 namespace branchline::agent {
@@ -80,13 +81,41 @@ WireReject rejectFor(uint64_t id) {
 
 uint64_t idOf(const WireRecord& r) { return std::stoull(r.key.substr(2)); }
 
-std::unique_ptr<DurableBuffer> openOrDie(const BufferOptions& options) {
-  auto b = DurableBuffer::open(options);
+std::unique_ptr<DurableBuffer> orFail(Result<std::unique_ptr<DurableBuffer>> b) {
   if (!b.isOk()) {
     ADD_FAILURE() << b.status().toString();
     return nullptr;
   }
   return std::move(b).value();
+}
+
+std::unique_ptr<DurableBuffer> openOrDie(const BufferOptions& options) {
+  return orFail(DurableBuffer::open(options));
+}
+
+// Values in clear (agent/buffer/testing): for tests whose premise needs them readable.
+std::unique_ptr<DurableBuffer> openInClearOrDie(const BufferOptions& options) {
+  return orFail(testing::openPlaintextBuffer(options));
+}
+
+// The seed of a randomized test: BRANCHLINE_TEST_SEED when set (to replay a
+// failure), else a fresh one. Printed first, with the command that replays it:
+// the same seed makes the same random choices (batch sizes, acks, kill delays);
+// where a kill lands still depends on the machine's timing.
+unsigned testSeed() {
+  unsigned seed = std::random_device{}();
+  if (const char* s = std::getenv("BRANCHLINE_TEST_SEED"); s != nullptr && *s != '\0') {
+    seed = unsigned(std::strtoul(s, nullptr, 10));
+  }
+  const ::testing::TestInfo* test = ::testing::UnitTest::GetInstance()->current_test_info();
+  const std::string name = std::string(test->test_suite_name()) + "." + test->name();
+  std::printf(
+      "[ seed       ] %u (replay: BRANCHLINE_TEST_SEED=%u durable_buffer_test "
+      "--gtest_filter=%s)\n",
+      seed, seed, name.c_str());
+  std::fflush(stdout);
+  ::testing::Test::RecordProperty("seed", std::to_string(seed));
+  return seed;
 }
 
 BufferOptions optionsIn(const TempDir& dir) {
@@ -584,8 +613,7 @@ TEST(DurableBufferTest, AckedDataLeavesTheFilesAndTheWalIsTruncatedWhenEmpty) {
   o.checkpoint_interval = 50ms;
   // The premise (the marker is in the file before the ack) needs values in clear;
   // sealed buffers are covered by the encryption tests below.
-  o.insecure_plaintext_for_benchmarks = true;
-  auto buf = openOrDie(o);
+  auto buf = openInClearOrDie(o);
   ASSERT_TRUE(buf);
   const std::string secret = "SECRET-CUSTOMER-MARKER-0123456789";
   std::vector<WireRecord> records = recordsFor(1, 300);
@@ -1022,18 +1050,14 @@ TEST(DurableBufferEncryptionTest, PlaintextBenchmarkModeAndSealedBuffersDoNotMix
   TempDir dir;
   BufferOptions o = optionsIn(dir);
   { ASSERT_TRUE(openOrDie(o)); }
-  BufferOptions plain = o;
-  plain.insecure_plaintext_for_benchmarks = true;
-  auto b = DurableBuffer::open(plain);
+  auto b = testing::openPlaintextBuffer(o);
   ASSERT_FALSE(b.isOk());
   EXPECT_EQ(b.status().code(), Code::kInvalidArgument) << b.status().toString();
 
   TempDir dir2;
   BufferOptions p2 = optionsIn(dir2);
-  p2.insecure_plaintext_for_benchmarks = true;
-  { ASSERT_TRUE(openOrDie(p2)); }
+  { ASSERT_TRUE(openInClearOrDie(p2)); }
   EXPECT_FALSE(std::filesystem::exists(dir2.path() / "buffer.key"));
-  p2.insecure_plaintext_for_benchmarks = false;
   auto c = DurableBuffer::open(p2);
   ASSERT_FALSE(c.isOk());
   EXPECT_EQ(c.status().code(), Code::kInvalidArgument) << c.status().toString();
@@ -1106,7 +1130,9 @@ TEST(DurableBufferTest, KillNineLosesNothingReportedAndDoublesNothing) {
   TempDir dir;
   BufferOptions o = optionsIn(dir);
   o.checkpoint_interval = 20ms;  // let kills land inside checkpoints too
-  std::mt19937 rng(std::random_device{}());
+  const unsigned seed = testSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed) + " (BRANCHLINE_TEST_SEED replays it)");
+  std::mt19937 rng(seed);
   uint64_t max_seq_seen = 0;
   uint64_t total_reported = 0;
   for (int round = 0; round < 6; ++round) {
@@ -1303,7 +1329,9 @@ TEST(DurableBufferNonceTest, NoNonceRepeatsOverAMillionSealsAcross100KillNineRes
   const uint64_t per_round = std::max<uint64_t>(1, total / kRounds);
   TempDir dir;
   const BufferOptions o = optionsIn(dir);
-  std::mt19937 rng(std::random_device{}());
+  const unsigned seed = testSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed) + " (BRANCHLINE_TEST_SEED replays it)");
+  std::mt19937 rng(seed);
   std::vector<std::array<unsigned char, 12>> nonces;
   nonces.reserve(total + total / 10);
   uint64_t first_id = 1;
@@ -1509,8 +1537,7 @@ TEST(DurableBufferRotationTest, RefusedWhileTheBufferIsOpenOrMissingOrInClear) {
 
   TempDir clear_dir;
   BufferOptions clear = optionsIn(clear_dir);
-  clear.insecure_plaintext_for_benchmarks = true;
-  auto buf = openOrDie(clear);
+  auto buf = openInClearOrDie(clear);
   ASSERT_TRUE(buf);
   EXPECT_EQ(buf->rotateDataKey().status().code(), Code::kInvalidArgument);
 }
@@ -1559,111 +1586,6 @@ TEST(DurableBufferRotationTest, KillNineAtEveryStepLeavesABufferThatOpensWithOne
     ASSERT_TRUE(buf);
     expectMixedContent(*buf, m);
   }
-}
-
-// ------------------------------------------------------------------ throughput
-
-// The same-run reference: plain SQLite, WAL + synchronous=FULL, integer keys in
-// arrival order, 1,000 rows per transaction, one prepared INSERT. What the buffer
-// adds on top (queueing, group commit, accounting) shows as the ratio to this.
-double rawSqliteRowsPerSecond(const std::filesystem::path& path,
-                              const std::vector<std::vector<WireRecord>>& groups) {
-  sqlite3* db = nullptr;
-  if (sqlite3_open(path.c_str(), &db) != SQLITE_OK) return 0;
-  sqlite3_exec(db,
-               "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
-               "CREATE TABLE t(id INTEGER PRIMARY KEY, source TEXT, record_key TEXT,"
-               " ingested_at INTEGER, payload BLOB)",
-               nullptr, nullptr, nullptr);
-  sqlite3_stmt* ins = nullptr;
-  sqlite3_prepare_v2(db, "INSERT INTO t VALUES (?,?,?,?,?)", -1, &ins, nullptr);
-  int64_t id = 0, rows = 0;
-  const int64_t t0 = steadyMicros();
-  for (const auto& g : groups) {
-    sqlite3_exec(db, "BEGIN", nullptr, nullptr, nullptr);
-    for (const auto& r : g) {
-      sqlite3_bind_int64(ins, 1, ++id);
-      sqlite3_bind_text(ins, 2, r.source.data(), int(r.source.size()), SQLITE_STATIC);
-      sqlite3_bind_text(ins, 3, r.key.data(), int(r.key.size()), SQLITE_STATIC);
-      sqlite3_bind_int64(ins, 4, r.ingested_at_us);
-      sqlite3_bind_blob(ins, 5, r.payload.data(), int(r.payload.size()), SQLITE_STATIC);
-      if (sqlite3_step(ins) == SQLITE_DONE) ++rows;
-      sqlite3_reset(ins);
-    }
-    sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
-  }
-  const int64_t elapsed = steadyMicros() - t0;
-  sqlite3_finalize(ins);
-  sqlite3_close(db);
-  return double(rows) * 1e6 / double(elapsed);
-}
-
-struct BufferRates {
-  double append = 0, cycle = 0;
-};
-
-// append() and append -> formBatch -> ack rates of one buffer.
-void measureBuffer(const BufferOptions& options, BufferRates* out) {
-  auto buf = openOrDie(options);
-  ASSERT_TRUE(buf);
-  constexpr size_t kGroups = 60, kPerGroup = 1000;
-  std::vector<std::vector<WireRecord>> groups;
-  for (size_t g = 0; g < kGroups; ++g) groups.push_back(recordsFor(g * kPerGroup, kPerGroup));
-
-  int64_t t0 = steadyMicros();
-  for (auto& g : groups) ASSERT_TRUE(buf->append(std::move(g), {}).isOk());
-  int64_t append_us = steadyMicros() - t0;
-  double append_rate = double(kGroups * kPerGroup) * 1e6 / double(append_us);
-
-  groups.clear();
-  for (size_t g = 0; g < kGroups; ++g) {
-    groups.push_back(recordsFor((kGroups + g) * kPerGroup, kPerGroup));
-  }
-  // Drain what the first phase left, so the cycle measures steady state.
-  while (true) {
-    auto b = buf->formBatch({.max_records = kPerGroup, .max_bytes = 1 << 30}, 1);
-    ASSERT_TRUE(b.isOk());
-    if (!b->has_value()) break;
-    ASSERT_TRUE(buf->ack((*b)->seq).isOk());
-  }
-  t0 = steadyMicros();
-  for (auto& g : groups) {
-    ASSERT_TRUE(buf->append(std::move(g), {}).isOk());
-    auto b = buf->formBatch({.max_records = kPerGroup, .max_bytes = 1 << 30}, 1);
-    ASSERT_TRUE(b.isOk() && b->has_value());
-    ASSERT_EQ((*b)->records.size(), kPerGroup);
-    ASSERT_TRUE(buf->ack((*b)->seq).isOk());
-  }
-  int64_t cycle_us = steadyMicros() - t0;
-  double cycle_rate = double(kGroups * kPerGroup) * 1e6 / double(cycle_us);
-  EXPECT_EQ(buf->stats().records, 0u);
-  *out = {append_rate, cycle_rate};
-}
-
-TEST(DurableBufferTest, PrintsThroughput) {
-  TempDir dir;
-  std::vector<std::vector<WireRecord>> groups;
-  for (size_t g = 0; g < 60; ++g) groups.push_back(recordsFor(g * 1000, 1000));
-  const double raw_rate = rawSqliteRowsPerSecond(dir.path() / "raw.db", groups);
-  TempDir sealed_dir, clear_dir;
-  BufferOptions clear = optionsIn(clear_dir);
-  clear.insecure_plaintext_for_benchmarks = true;
-  BufferRates sealed_rates, clear_rates;
-  measureBuffer(optionsIn(sealed_dir), &sealed_rates);
-  measureBuffer(clear, &clear_rates);
-  std::printf("[ throughput  ] raw SQLite INSERT (same run, 1,000 rows/txn): %.0f rows/s\n",
-              raw_rate);
-  for (auto [name, r] : {std::pair{"sealed", sealed_rates}, std::pair{"clear ", clear_rates}}) {
-    std::printf(
-        "[ throughput  ] %s append(): %.0f records/s (1,000-record groups, %zu-byte payloads), "
-        "%.2fx raw\n",
-        name, r.append, payloadFor(1).size(), r.append / raw_rate);
-    std::printf("[ throughput  ] %s append -> formBatch -> ack: %.0f records/s, %.2fx raw\n", name,
-                r.cycle, r.cycle / raw_rate);
-  }
-  std::printf("[ throughput  ] sealing costs: append %.1f%%, cycle %.1f%%\n",
-              100.0 * (1.0 - sealed_rates.append / clear_rates.append),
-              100.0 * (1.0 - sealed_rates.cycle / clear_rates.cycle));
 }
 
 }  // namespace

@@ -10,7 +10,6 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
-#include <random>
 #include <string>
 #include <thread>
 #include <utility>
@@ -46,47 +45,6 @@ WireBatch makeBatch(const std::string& agent, uint64_t seq, size_t records,
                          1'790'000'000'000'001});
   }
   return b;
-}
-
-// 10 commits x 10 batches x 1000 records with random keys and 400-byte payloads.
-std::vector<std::vector<WireBatch>> throughputLoad() {
-  constexpr int kTransactions = 10, kBatches = 10, kRecords = 1000;
-  std::vector<std::vector<WireBatch>> groups;
-  uint64_t seq = 0;
-  std::minstd_rand rng(42);
-  for (int t = 0; t < kTransactions; ++t) {
-    std::vector<WireBatch> group;
-    for (int b = 0; b < kBatches; ++b) {
-      WireBatch batch = makeBatch("office-1", ++seq, 0, "");
-      batch.records.reserve(kRecords);
-      for (int r = 0; r < kRecords; ++r) {
-        char key[40];
-        std::snprintf(key, sizeof key, "%08x%08x%08x", static_cast<unsigned>(rng()),
-                      static_cast<unsigned>(rng()), static_cast<unsigned>(rng()));
-        batch.records.push_back(
-            {"customer", key, 1'790'000'000'000'000 + r, std::string(400, 'p')});
-      }
-      group.push_back(std::move(batch));
-    }
-    groups.push_back(std::move(group));
-  }
-  return groups;
-}
-
-// Commits every group; returns records/s, or -1 on a failure (reported).
-double measure(CentralStore& store, const std::vector<std::vector<WireBatch>>& groups,
-               uint64_t expected) {
-  auto start = std::chrono::steady_clock::now();
-  uint64_t stored = 0;
-  for (const auto& group : groups) {
-    auto out = store.commit(group, "agg-a");
-    EXPECT_TRUE(out.isOk()) << out.status().toString();
-    if (!out) return -1;
-    for (const auto& o : *out) stored += o.stored_records;
-  }
-  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  EXPECT_EQ(stored, expected);
-  return static_cast<double>(stored) / secs;
 }
 
 class ScratchDir {
@@ -750,34 +708,6 @@ TEST_F(PostgresStoreTest, ServerCrashKeepsCommittedBatchesAndTheStoreRecovers) {
   EXPECT_EQ(back->front().stored_records, 10u);
   EXPECT_EQ(count("SELECT count(*) FROM records"), 60);
   EXPECT_EQ(count("SELECT count(*) FROM batch_ledger"), 2);
-}
-
-// Not a timed assertion: the PostgreSQL figure next to SQLite's, measured on
-// the same load in the same run.
-TEST_F(PostgresStoreTest, PrintsCommitThroughputNextToSqlite) {
-  const auto groups = throughputLoad();
-  const uint64_t expected = 10 * 10 * 1000;
-
-  auto pg = openStore();
-  ASSERT_TRUE(pg);
-  const double pg_rate = measure(*pg, groups, expected);
-
-  std::string tmpl = "/tmp/bl_pg_sqlite_XXXXXX";
-  ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-  double sqlite_rate = -1;
-  {
-    SqliteStoreOptions options;
-    options.path = fs::path(tmpl) / "central.db";
-    auto lite = SqliteCentralStore::open(options);
-    ASSERT_TRUE(lite.isOk()) << lite.status().toString();
-    sqlite_rate = measure(**lite, groups, expected);
-  }
-  fs::remove_all(tmpl);
-  EXPECT_EQ(count("SELECT count(*) FROM records"), static_cast<int64_t>(expected));
-  std::printf(
-      "[ throughput ] central store commit (10 batches x 1000 records per transaction, random "
-      "keys, 400-byte payloads): PostgreSQL %.0f records/s, SQLite %.0f records/s (ratio %.2f)\n",
-      pg_rate, sqlite_rate, sqlite_rate > 0 ? pg_rate / sqlite_rate : 0.0);
 }
 
 }  // namespace

@@ -5,10 +5,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <cstdio>
 #include <filesystem>
-#include <random>
 #include <set>
 #include <string>
 #include <thread>
@@ -617,47 +615,6 @@ TEST(SqliteCentralStore, TwoStoresOnOneFileCommitConcurrentlyWithoutLossOrDoubli
   EXPECT_EQ(q.count("SELECT count(*) FROM (SELECT source, record_key FROM records "
                     "GROUP BY 1, 2 HAVING count(*) > 1)"),
             0);
-}
-
-// Not a timed assertion: prints the figure to compare with LIMITS.md
-// (~38k rows/s at one batch per transaction, 58-78k at ~10).
-TEST(SqliteCentralStore, PrintsCommitThroughput) {
-  TempDir dir;
-  auto store = openStore(dir.path() / "central.db");
-  ASSERT_TRUE(store);
-  constexpr int kTransactions = 10, kBatches = 10, kRecords = 1000;
-  std::vector<std::vector<WireBatch>> groups;
-  uint64_t seq = 0;
-  std::minstd_rand rng(42);
-  for (int t = 0; t < kTransactions; ++t) {
-    std::vector<WireBatch> group;
-    for (int b = 0; b < kBatches; ++b) {
-      WireBatch batch = makeBatch("office-1", ++seq, 0, "");
-      batch.records.reserve(kRecords);
-      for (int r = 0; r < kRecords; ++r) {
-        char key[40];
-        std::snprintf(key, sizeof key, "%08x%08x%08x", static_cast<unsigned>(rng()),
-                      static_cast<unsigned>(rng()), static_cast<unsigned>(rng()));
-        batch.records.push_back(
-            {"customer", key, 1'790'000'000'000'000 + r, std::string(400, 'p')});
-      }
-      group.push_back(std::move(batch));
-    }
-    groups.push_back(std::move(group));
-  }
-  auto start = std::chrono::steady_clock::now();
-  uint64_t stored = 0;
-  for (const auto& group : groups) {
-    auto out = store->commit(group, "agg-a");
-    ASSERT_TRUE(out.isOk()) << out.status().toString();
-    for (const auto& o : *out) stored += o.stored_records;
-  }
-  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  EXPECT_EQ(stored, static_cast<uint64_t>(kTransactions * kBatches * kRecords));
-  std::printf(
-      "[ throughput ] central store commit: %.0f records/s (%d batches x %d records "
-      "per transaction, random keys, synchronous=FULL)\n",
-      static_cast<double>(stored) / secs, kBatches, kRecords);
 }
 
 }  // namespace

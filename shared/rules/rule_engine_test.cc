@@ -7,18 +7,19 @@
 #include <atomic>
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
-#include <chrono>
 #include <cstdio>
-#include <ctime>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "shared/rules/testing/customer_records.h"
+
 namespace branchline::rules {
 namespace {
 
 namespace json = boost::json;
+using testing::makeCustomers;
 
 std::shared_ptr<const RuleEngine> mustCreate(std::vector<SourceSchema> sources) {
   Result<std::shared_ptr<const RuleEngine>> engine = RuleEngine::create(std::move(sources));
@@ -605,36 +606,6 @@ region = "GB"
             "sources.s.fields: missing: a source declares its fields");
 }
 
-// Realistic customer records: mixed case, offsets, phone formats, some non-ASCII.
-std::vector<json::object> makeCustomers(size_t n) {
-  static const char* kNames[] = {"Ada Lovelace",      "José Álvarez", "Grace Hopper",
-                                 "Zoë Müller",        "Alan Turing",  "Linus Torvalds",
-                                 "Margaret Hamilton", "李小龙"};
-  static const char* kChannels[] = {"web", "Mobile", "PARTNER", "office"};
-  static const char* kPhones[] = {"(415) 555-0132", "+44 20 7946 0958", "415.555.0132",
-                                  "+1 212 555 0199"};
-  std::vector<json::object> out;
-  out.reserve(n);
-  char buf[64];
-  for (size_t i = 0; i < n; ++i) {
-    json::object r;
-    std::snprintf(buf, sizeof buf, "CRM-%08zu", i);
-    r["external_id"] = buf;
-    r["name"] = kNames[i % 8];
-    std::snprintf(buf, sizeof buf, " Customer.%zu@Example-Mail.com ", i);
-    r["email"] = buf;
-    r["channel"] = kChannels[i % 4];
-    std::snprintf(buf, sizeof buf, "2026-%02zu-%02zuT%02zu:%02zu:%02zu%s", 1 + i % 12, 1 + i % 28,
-                  i % 24, i % 60, (i * 7) % 60, i % 2 ? "Z" : ".250+02:00");
-    r["created_at"] = buf;
-    if (i % 2 == 0) r["phone"] = kPhones[i % 4];
-    if (i % 3 == 0) r["consent_marketing"] = i % 2 == 0;
-    if (i % 5 == 0) r["notes"] = "Prefers email contact; renewal due next quarter.";
-    out.push_back(std::move(r));
-  }
-  return out;
-}
-
 TEST(RuleEngine, ConcurrentApplyMatchesSingleThreaded) {
   auto engine = mustCreate({defaultCustomerSchema()});
   const CompiledSchema& customer = *engine->find("customer");
@@ -658,52 +629,6 @@ TEST(RuleEngine, ConcurrentApplyMatchesSingleThreaded) {
   }
   for (std::thread& t : threads) t.join();
   EXPECT_EQ(mismatches.load(), 0u);
-}
-
-// CPU time of the calling thread: on a shared 2-core machine wall time mostly
-// measures the neighbours, CPU time measures the engine.
-double threadCpuSeconds() {
-  timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
-}
-
-// Records per CPU-second of apply() over `records`, running for about `budget` CPU-seconds
-// (and never more than 4x that in wall time).
-double measure(const RuleEngine& engine, const CompiledSchema& schema,
-               const std::vector<json::object>& records, double budget) {
-  size_t done = 0;
-  const double cpu0 = threadCpuSeconds();
-  const auto wall0 = std::chrono::steady_clock::now();
-  while (threadCpuSeconds() - cpu0 < budget &&
-         std::chrono::steady_clock::now() - wall0 < std::chrono::duration<double>(4 * budget)) {
-    for (const json::object& r : records) {
-      Outcome o = engine.apply(schema, r);
-      if (!o.ok()) {
-        ADD_FAILURE() << errorsText(o);
-        return 0;
-      }
-    }
-    done += records.size();
-  }
-  return static_cast<double>(done) / (threadCpuSeconds() - cpu0);
-}
-
-// Prints records/s of apply() on one core: a figure for LIMITS.md, not an assertion.
-TEST(RuleEngine, ThroughputOnDefaultCustomerSchema) {
-  auto engine = mustCreate({defaultCustomerSchema()});
-  const CompiledSchema& customer = *engine->find("customer");
-  const std::vector<json::object> records = makeCustomers(20000);
-  std::vector<json::object> no_phone = records;
-  for (json::object& r : no_phone) r.erase("phone");
-  const double mixed = measure(*engine, customer, records, 1.0);
-  const double without = measure(*engine, customer, no_phone, 0.5);
-  std::printf(
-      "[ throughput ] rule engine, customer schema, half with phone: %.0f records/s "
-      "per core\n[ throughput ] rule engine, customer schema, no phone:        "
-      "%.0f records/s per core\n",
-      mixed, without);
-  EXPECT_GT(mixed, 0);
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 
 #include "agent/config/agent_config.h"
 #include "agent/ingest/record_intake.h"
+#include "agent/spool/csv_reader.h"
 #include "aggregator/config/aggregator_config.h"
 #include "protocol/batch_codec.h"
 #include "protocol/seal.h"
@@ -159,6 +160,22 @@ TEST(FuzzSeeds, HttpSeedsFrameAsNamed) {
   };
   for (const auto& file : valid) EXPECT_TRUE(frameAll(readFile(file))) << file;
   for (const auto& file : invalid) EXPECT_FALSE(frameAll(readFile(file))) << file;
+}
+
+// Each valid-* CSV seed reads with at least one row; each invalid-* one is refused.
+TEST(FuzzSeeds, CsvSeedsReadAsNamed) {
+  auto valid = seeds("fuzz_csv", "valid-");
+  auto invalid = seeds("fuzz_csv", "invalid-");
+  ASSERT_GE(valid.size(), 3u);
+  ASSERT_GE(invalid.size(), 3u);
+  auto rowsOf = [](const std::string& text) -> long {
+    std::vector<std::string> header;
+    long rows = 0;
+    auto s = branchline::agent::readCsv(text, header, [&](const auto&) { ++rows; });
+    return s.isOk() ? rows : -1;
+  };
+  for (const auto& file : valid) EXPECT_GT(rowsOf(readFile(file)), 0) << file;
+  for (const auto& file : invalid) EXPECT_EQ(rowsOf(readFile(file)), -1) << file;
 }
 
 }  // namespace
