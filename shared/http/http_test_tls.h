@@ -1,13 +1,12 @@
 // Test-only TLS helpers for bl_http's HTTPS (and the CLI's client tests): a
 // throwaway PKI written to a temporary folder with bl_pki, and TlsTestClient,
 // TestClient over TLS that checks the server's certificate like a real client.
-// Header-only; a test using it links bl_pki and OpenSSL::SSL.
+// TestPki is header code; a test using it links bl_pki and bl_http_testing.
 #pragma once
 
 #include <stdlib.h>
+#include <sys/types.h>
 
-#include <boost/asio/ssl.hpp>
-#include <boost/beast/ssl.hpp>
 #include <filesystem>
 #include <string>
 
@@ -79,56 +78,21 @@ class TestPki {
   Status status_;
 };
 
-namespace detail {
-// Base-from-member: the TLS context must be complete before the stream (whose
-// SSL object copies its settings) is made.
-struct ClientTlsContext {
-  ClientTlsContext(const std::string& ca_file, const std::string& cert_file,
-                   const std::string& key_file) {
-    beast::error_code ec;
-    if (!ca_file.empty()) {
-      tls_context.load_verify_file(ca_file, ec);
-      tls_context.set_verify_mode(boost::asio::ssl::verify_peer);
-    }
-    if (!ec && !cert_file.empty()) tls_context.use_certificate_chain_file(cert_file, ec);
-    if (!ec && !key_file.empty()) {
-      tls_context.use_private_key_file(key_file, boost::asio::ssl::context::pem, ec);
-    }
-    if (ec) setup_error = ec.message();
-  }
-  boost::asio::ssl::context tls_context{boost::asio::ssl::context::tls_client};
-  std::string setup_error;  // "" when the files loaded
-};
-}  // namespace detail
-
 // TestClient over TLS: trusts `ca_file` (and checks that the server's
 // certificate names 127.0.0.1), presents `cert_file`/`key_file` when given.
-class TlsTestClient : private detail::ClientTlsContext,
-                      public BasicTestClient<beast::ssl_stream<beast::tcp_stream>> {
+class TlsTestClient : public TestClient {
  public:
   explicit TlsTestClient(const std::string& ca_file, const std::string& cert_file = {},
                          const std::string& key_file = {},
-                         std::chrono::milliseconds deadline = std::chrono::seconds(10))
-      : ClientTlsContext(ca_file, cert_file, key_file), BasicTestClient(deadline, tls_context) {
-    stream_.set_verify_callback(boost::asio::ssl::host_name_verification("127.0.0.1"));
-  }
+                         std::chrono::milliseconds deadline = std::chrono::seconds(10));
 
-  const std::string& setupError() const { return setup_error; }
+  // Why the files could not be loaded; "" when they loaded.
+  const std::string& setupError() const;
 
-  beast::error_code handshake() {
-    beast::error_code result;
-    lowest().expires_after(deadline_);
-    stream_.async_handshake(boost::asio::ssl::stream_base::client,
-                            [&](beast::error_code ec) { result = ec; });
-    run();
-    return result;
-  }
+  beast::error_code handshake();
 
   // connect() then handshake(); the first error.
-  beast::error_code open(uint16_t port) {
-    if (auto ec = connect(port)) return ec;
-    return handshake();
-  }
+  beast::error_code open(uint16_t port);
 };
 
 }  // namespace branchline::http::testing
