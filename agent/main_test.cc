@@ -26,6 +26,7 @@
 #include "agent/spool/testing/name_swapper.h"
 #include "protocol/batch_codec.h"
 #include "protocol/seal.h"
+#include "shared/core/atomic_file.h"
 #include "shared/http/http_test_tls.h"
 #include "shared/mqtt/mqtt_client.h"
 #include "shared/mqtt/testing/mosquitto_process.h"
@@ -489,9 +490,9 @@ TEST_F(AgentMainTest, AgentIdThatIsNotTheCertificateCnIsRefused) {
   ASSERT_TRUE(ca.isOk()) << ca.status().toString();
   auto cert = pki::issueCertificate(*ca, {.common_name = "agent-1"});  // a client certificate
   ASSERT_TRUE(cert.isOk()) << cert.status().toString();
-  ASSERT_TRUE(pki::writeFileAtomically(dir_ / "ca.crt", ca->certificate_pem, 0644, true).isOk());
-  ASSERT_TRUE(pki::writeFileAtomically(dir_ / "a.crt", cert->certificate_pem, 0644, true).isOk());
-  ASSERT_TRUE(pki::writeFileAtomically(dir_ / "a.key", cert->private_key_pem, 0600, true).isOk());
+  ASSERT_TRUE(branchline::writeFileAtomically(dir_ / "ca.crt", ca->certificate_pem, 0644).isOk());
+  ASSERT_TRUE(branchline::writeFileAtomically(dir_ / "a.crt", cert->certificate_pem, 0644).isOk());
+  ASSERT_TRUE(branchline::writeFileAtomically(dir_ / "a.key", cert->private_key_pem, 0600).isOk());
   const std::string tls = "ca_file = \"ca.crt\"\ncert_file = \"a.crt\"\nkey_file = \"a.key\"\n";
   const std::string body = baseConfig("127.0.0.1:0", "ssl://127.0.0.1:1") + tls;
 

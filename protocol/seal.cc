@@ -4,6 +4,7 @@
 
 #include "protocol/ack_auth.h"
 #include "protocol/envelope.h"
+#include "shared/core/atomic_file.h"
 #include "shared/core/clock.h"
 #include "shared/core/log.h"
 #include "shared/crypto/aead.h"
@@ -65,7 +66,7 @@ constexpr crypto::KeyFileRules kPublicKeyFile{
     .label = "seal public key file", .check_mode = false, .max_bytes = kMaxKeyFileBytes};
 
 Status writeKeyFile(const std::filesystem::path& file, std::string_view line, mode_t mode) {
-  Status s = crypto::writeFileAtomically(file, line, mode, /*replace=*/true);
+  Status s = writeFileAtomically(file, line, mode);
   return s.isOk() ? s : s.withContext("key file");
 }
 

@@ -9,6 +9,7 @@
 #include <optional>
 #include <span>
 
+#include "shared/core/atomic_file.h"
 #include "shared/crypto/aead.h"
 #include "shared/crypto/key_file.h"
 #include "shared/crypto/random.h"
@@ -33,8 +34,9 @@ constexpr crypto::KeyFileRules kKeyFileRules{
 // Writes a key to a temp file and renames it into place. Without `replace`, a key
 // another process created meanwhile is kept: kAlreadyExists.
 Status writeKeyFile(const std::filesystem::path& file, const DataKey& key, bool replace) {
-  Status s = crypto::writeFileAtomically(
-      file, std::string_view(reinterpret_cast<const char*>(key.data()), key.size()), 0600, replace);
+  Status s = writeFileAtomically(
+      file, std::string_view(reinterpret_cast<const char*>(key.data()), key.size()), 0600,
+      {.replace = replace});
   return s.isOk() || s.code() == Code::kAlreadyExists ? s : s.withContext("key file");
 }
 

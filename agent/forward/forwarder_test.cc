@@ -13,6 +13,7 @@
 
 #include "protocol/ack_auth.h"
 #include "protocol/batch_digest.h"
+#include "shared/core/atomic_file.h"
 #include "shared/core/clock.h"
 #include "shared/mqtt/testing/mosquitto_process.h"
 #include "shared/mqtt/testing/publish.h"
@@ -412,7 +413,7 @@ TEST_F(ForwarderTest, WithTheFleetCaOnlySignedAnnouncementsOfThatAggregatorCount
   const pki::Credential fake9 =
       *pki::issueCertificate(stranger_ca, {.common_name = "aggregator.agg-9"});
   const auto ca_file = dir_ / "ca.crt";
-  ASSERT_TRUE(pki::writeFileAtomically(ca_file, ca.certificate_pem, 0644, true).isOk());
+  ASSERT_TRUE(writeFileAtomically(ca_file, ca.certificate_pem, 0644).isOk());
 
   aggregator_->setMode(FakeAggregator::Mode::kIgnoreFirst);
   auto o = options();

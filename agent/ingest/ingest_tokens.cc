@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "shared/core/atomic_file.h"
 #include "shared/core/clock.h"
 #include "shared/core/log.h"
 #include "shared/core/unique_fd.h"
@@ -215,7 +216,7 @@ Result<IngestTokens> readIngestTokens(const std::filesystem::path& file) {
 }
 
 Status writeIngestTokens(const std::filesystem::path& file, const IngestTokens& tokens) {
-  return crypto::writeFileAtomically(file, tokens.render(), 0600);
+  return writeFileAtomically(file, tokens.render(), 0600);
 }
 
 Status updateIngestTokens(const std::filesystem::path& file,

@@ -19,6 +19,7 @@
 
 #include "agent/ingest/record_intake.h"
 #include "agent/spool/csv_reader.h"
+#include "shared/core/atomic_file.h"
 #include "shared/core/clock.h"
 #include "shared/core/log.h"
 #include "shared/core/private_path.h"
@@ -38,35 +39,6 @@ std::string errnoText(const std::string& what, const fs::path& path) {
 // Opens a folder that must be a real directory (no symlink in its place).
 UniqueFd openDirAt(int parent_fd, const char* name) {
   return UniqueFd(::openat(parent_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-}
-
-// Writes `content` to `dir_fd`/`name` (`path` names it in errors) at mode 0600
-// so that a crash leaves either the old state or the whole new file: temp
-// name, fsync, rename, fsync the directory.
-Status writeFileDurably(int dir_fd, const fs::path& path, const std::string& content) {
-  const std::string name = path.filename().string();
-  const std::string tmp = name + ".tmp";
-  UniqueFd fd(
-      ::openat(dir_fd, tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
-  if (fd.get() < 0) return Status::internal(errnoText("create", path.string() + ".tmp"));
-  // O_TRUNC keeps the mode of a temp file left by a crash: set it.
-  if (::fchmod(fd.get(), 0600) != 0) return Status::internal(errnoText("chmod", path));
-  size_t off = 0;
-  while (off < content.size()) {
-    ssize_t n = ::write(fd.get(), content.data() + off, content.size() - off);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::internal(errnoText("write", path));
-    }
-    off += static_cast<size_t>(n);
-  }
-  if (::fsync(fd.get()) != 0) return Status::internal(errnoText("fsync", path));
-  if (fd.release() != 0) return Status::internal(errnoText("close", path));
-  if (::renameat(dir_fd, tmp.c_str(), dir_fd, name.c_str()) != 0) {
-    return Status::internal(errnoText("rename", path));
-  }
-  if (::fsync(dir_fd) != 0) return Status::internal(errnoText("fsync directory of", path));
-  return Status::ok();
 }
 
 // Reads up to `expected_size` bytes through `fd` (never by name again).
@@ -237,8 +209,9 @@ struct SpoolIngester::Impl {
     log::warn("spool_file_failed",
               {{"source", src.name}, {"file", name}, {"reason", reason}, {"detail", why}});
     const fs::path failed = src.dir / "failed";
-    Status s = writeFileDurably(src.failed_fd.get(), failed / (name + ".errors.json"),
-                                errorsJson(name, 0, 0, {}, why));
+    Status s =
+        writeFileAtomically(failed / (name + ".errors.json"), errorsJson(name, 0, 0, {}, why), 0600,
+                            {.dir_fd = src.failed_fd.get()});
     if (s.isOk() && fd >= 0) s = makePrivate(fd, src.dir / name);
     if (s.isOk()) s = moveInto(src, name, src.failed_fd.get(), failed);
     if (!s.isOk()) {
@@ -402,8 +375,9 @@ struct SpoolIngester::Impl {
     const fs::path done = src.dir / "done";
     Status s;
     if (rejected > 0) {
-      s = writeFileDurably(src.done_fd.get(), done / (name + ".errors.json"),
-                           errorsJson(name, accepted, rejected, intake.errors(), ""));
+      s = writeFileAtomically(done / (name + ".errors.json"),
+                              errorsJson(name, accepted, rejected, intake.errors(), ""), 0600,
+                              {.dir_fd = src.done_fd.get()});
     }
     if (s.isOk() && options.keep_done) s = makePrivate(fd.get(), path);
     if (s.isOk())

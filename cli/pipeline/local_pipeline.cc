@@ -20,6 +20,7 @@
 #include "agent/ingest/ingest_tokens.h"
 #include "cli/net/http_client.h"
 #include "cli/pki/fleet_pki.h"
+#include "shared/core/atomic_file.h"
 #include "shared/core/clock.h"
 #include "shared/core/log.h"
 #include "shared/core/private_path.h"
@@ -279,43 +280,6 @@ std::string tailOfFile(const std::string& path, size_t max_bytes) {
   return out;
 }
 
-Status writeFileAtomically(const std::string& path, const std::string& contents) {
-  const std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return Status::internal("open " + tmp + ": " + strerror(errno));
-  const char* p = contents.data();
-  size_t left = contents.size();
-  while (left > 0) {
-    ssize_t n = ::write(fd, p, left);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      int err = errno;
-      ::close(fd);
-      return Status::internal("write " + tmp + ": " + strerror(err));
-    }
-    p += n;
-    left -= static_cast<size_t>(n);
-  }
-  if (::fsync(fd) != 0) {
-    int err = errno;
-    ::close(fd);
-    return Status::internal("fsync " + tmp + ": " + strerror(err));
-  }
-  if (::close(fd) != 0) return Status::internal("close " + tmp + ": " + strerror(errno));
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    return Status::internal("rename " + tmp + " -> " + path + ": " + strerror(errno));
-  }
-  // The rename is durable only once the directory entry is.
-  const std::string dir = fs::path(path).parent_path().string();
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0) return Status::internal("open " + dir + ": " + strerror(errno));
-  int rc = ::fsync(dfd);
-  int err = errno;
-  ::close(dfd);
-  if (rc != 0) return Status::internal("fsync " + dir + ": " + strerror(err));
-  return Status::ok();
-}
-
 LocalPipeline::LocalPipeline(PipelineOptions options) : options_(std::move(options)) {}
 
 LocalPipeline::~LocalPipeline() { stop(); }
@@ -361,7 +325,7 @@ Status LocalPipeline::ensureIngestToken(Member& m) {
     auto added = tokens.add(sources, nowMicros() / 1000000);
     if (!added.isOk()) return added.status();
     token = std::move(added).value();
-    return crypto::writeFileAtomically(saved, token + "\n", 0600);
+    return writeFileAtomically(saved, token + "\n", 0600);
   });
   if (!s.isOk()) return s.withContext(m.name + " ingest token");
   m.ingest_token = token;
@@ -834,7 +798,7 @@ Status LocalPipeline::writeTopology() {
   }
   out += "]}\n";
   // 0600: it holds every agent's ingest token.
-  return crypto::writeFileAtomically(topologyPath(), out, 0600);
+  return writeFileAtomically(topologyPath(), out, 0600);
 }
 
 Status LocalPipeline::start() {

@@ -183,8 +183,4 @@ class LocalPipeline {
 // The last `max_bytes` of a log file, for error messages ("" if unreadable).
 std::string tailOfFile(const std::string& path, size_t max_bytes = 2000);
 
-// Writes `contents` to `path` atomically and durably: temp file in the same
-// directory, fsync, rename, fsync of the directory.
-Status writeFileAtomically(const std::string& path, const std::string& contents);
-
 }  // namespace branchline::cli

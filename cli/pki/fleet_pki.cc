@@ -7,6 +7,7 @@
 #include <set>
 
 #include "protocol/seal.h"
+#include "shared/core/atomic_file.h"
 #include "shared/pki/broker_config.h"
 #include "shared/pki/certificate_expiry.h"
 #include "shared/pki/crl.h"
@@ -62,9 +63,9 @@ Status refuseExisting(const fs::path& file, const std::string& why) {
 // Key first, then certificate, neither ever replacing a file.
 Status writeCredential(const pki::Credential& c, const fs::path& cert, const fs::path& key,
                        PkiReport& report) {
-  BL_RETURN_IF_ERROR(pki::writeFileAtomically(key, c.private_key_pem, 0600, false));
+  BL_RETURN_IF_ERROR(writeFileAtomically(key, c.private_key_pem, 0600, {.replace = false}));
   report.files.push_back(key.string());
-  BL_RETURN_IF_ERROR(pki::writeFileAtomically(cert, c.certificate_pem, 0644, false));
+  BL_RETURN_IF_ERROR(writeFileAtomically(cert, c.certificate_pem, 0644, {.replace = false}));
   report.files.push_back(cert.string());
   return Status::ok();
 }
@@ -122,7 +123,7 @@ Status writeRevocationFile(const PkiLayout& layout, const pki::Credential& ca,
                            const pki::RevocationList& list, bool replace) {
   auto pem = pki::writeRevocationList(ca, list);
   if (!pem.isOk()) return pem.status();
-  return pki::writeFileAtomically(layout.revocationList(), *pem, 0644, replace);
+  return writeFileAtomically(layout.revocationList(), *pem, 0644, {.replace = replace});
 }
 
 // An empty CRL where there is none, so the broker's `crlfile` always exists.
@@ -155,8 +156,8 @@ Status writeBrokerFiles(const PkiLayout& layout, const pki::Credential& ca,
   ids.agents = certifiedNamesIn(layout.agentsDir());
   ids.aggregators = certifiedNamesIn(layout.aggregatorsDir());
   ids.bridges = certifiedNamesIn(layout.bridgesDir());
-  BL_RETURN_IF_ERROR(pki::writeFileAtomically(
-      layout.brokerPolicy(), pki::mosquittoDynamicSecurity(topic_prefix, ids), 0644, true));
+  BL_RETURN_IF_ERROR(writeFileAtomically(layout.brokerPolicy(),
+                                         pki::mosquittoDynamicSecurity(topic_prefix, ids), 0644));
   report.files.push_back(layout.brokerPolicy().string());
   pki::BrokerTlsFiles files;
   files.ca_file = fs::absolute(layout.caCert()).string();
@@ -176,7 +177,7 @@ Status writeBrokerFiles(const PkiLayout& layout, const pki::Credential& ca,
       "# Mosquitto (SIGHUP) after one.\n"
       "listener 8883\n" +
       pki::mosquittoTlsSettings(files) + pki::mosquittoLimits();
-  BL_RETURN_IF_ERROR(pki::writeFileAtomically(layout.brokerConf(), conf, 0644, true));
+  BL_RETURN_IF_ERROR(writeFileAtomically(layout.brokerConf(), conf, 0644));
   report.files.push_back(layout.brokerConf().string());
   return Status::ok();
 }
@@ -478,9 +479,9 @@ Result<LifecycleReport> renewIdentity(const std::string& dir, const std::string&
   // Each file is renamed over its old self; key first, so the one window
   // (microseconds) has a new key beside the old certificate, which a process
   // starting right then refuses loudly rather than using a mixed pair.
-  BL_RETURN_IF_ERROR(pki::writeFileAtomically(id->key, cred->private_key_pem, 0600, true));
+  BL_RETURN_IF_ERROR(writeFileAtomically(id->key, cred->private_key_pem, 0600));
   report.files.push_back(id->key.string());
-  BL_RETURN_IF_ERROR(pki::writeFileAtomically(id->cert, cred->certificate_pem, 0644, true));
+  BL_RETURN_IF_ERROR(writeFileAtomically(id->cert, cred->certificate_pem, 0644));
   report.files.push_back(id->cert.string());
   return report;
 }
@@ -500,7 +501,7 @@ Result<LifecycleReport> revokeIdentity(const std::string& dir, const std::string
   if (role == IdentityRole::kAgent && fs::exists(layout.agentSealPublic(name), ec)) {
     auto pem = pki::readFile(layout.agentSealPublic(name));
     if (!pem.isOk()) return pem.status();
-    Status marked = pki::writeFileAtomically(layout.agentSealRevoked(name), *pem, 0644, true);
+    Status marked = writeFileAtomically(layout.agentSealRevoked(name), *pem, 0644);
     if (!marked) return marked;
     report.files.push_back(layout.agentSealRevoked(name).string());
     fs::remove(layout.agentSealPublic(name), ec);

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "shared/core/atomic_file.h"
 #include "shared/crypto/aead.h"
 #include "shared/crypto/ecdsa.h"
 #include "shared/crypto/hash.h"
@@ -247,13 +248,14 @@ unsigned modeOf(const fs::path& p) {
 
 TEST_F(KeyFileTest, WritesExactModeAtomicallyAndNeverReplacesSilently) {
   const fs::path key = dir_ / "sub" / "k.key";
-  ASSERT_TRUE(writeFileAtomically(key, "first", 0600, false).isOk());
+  ASSERT_TRUE(writeFileAtomically(key, "first", 0600, {.replace = false}).isOk());
   EXPECT_EQ(modeOf(key), 0600u);
-  EXPECT_EQ(writeFileAtomically(key, "second", 0600, false).code(), Code::kAlreadyExists);
+  EXPECT_EQ(writeFileAtomically(key, "second", 0600, {.replace = false}).code(),
+            Code::kAlreadyExists);
   auto read = readKeyFile(key, {});
   ASSERT_TRUE(read.isOk()) << read.status().toString();
   EXPECT_EQ(read->view(), "first");
-  ASSERT_TRUE(writeFileAtomically(key, "third", 0600, true).isOk());
+  ASSERT_TRUE(writeFileAtomically(key, "third", 0600).isOk());
   EXPECT_EQ(readKeyFile(key, {})->view(), "third");
   ASSERT_TRUE(writeFileAtomically(dir_ / "k.pub", "public", 0644).isOk());
   EXPECT_EQ(modeOf(dir_ / "k.pub"), 0644u);

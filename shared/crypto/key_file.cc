@@ -85,49 +85,6 @@ Result<SecretString> readKeyFile(const fs::path& file, const KeyFileRules& rules
   return out;
 }
 
-Status writeFileAtomically(const fs::path& file, std::string_view contents, mode_t mode,
-                           bool replace) {
-  const std::string name = file.string();
-  const fs::path dir = folderOf(file);
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) return Status::internal(name + ": create folder " + dir.string() + ": " + ec.message());
-  std::string tmp = (dir / ("." + file.filename().string() + ".XXXXXX")).string();
-  // mkstemp creates the file 0600, so a key is never readable by others even briefly.
-  UniqueFd fd(::mkostemp(tmp.data(), O_CLOEXEC));
-  if (fd.get() < 0) {
-    return Status::internal(name + ": create a temp file in " + dir.string() + ": " +
-                            errnoText(errno));
-  }
-  auto fail = [&](const std::string& step, int err) {
-    ::unlink(tmp.c_str());
-    return Status::internal(name + ": " + step + " " + tmp + ": " + errnoText(err));
-  };
-  if (::fchmod(fd.get(), mode) != 0) return fail("chmod", errno);
-  size_t put = 0;
-  while (put < contents.size()) {
-    ssize_t n = ::write(fd.get(), contents.data() + put, contents.size() - put);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return fail("write", errno);
-    put += size_t(n);
-  }
-  if (::fsync(fd.get()) != 0) return fail("fsync", errno);
-  if (fd.release() != 0) return fail("close", errno);
-  if (replace) {
-    if (::rename(tmp.c_str(), name.c_str()) != 0) return fail("rename", errno);
-  } else {
-    // link() refuses an existing name, so a key is never silently replaced.
-    const int rc = ::link(tmp.c_str(), name.c_str());
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    if (rc != 0 && err == EEXIST) {
-      return Status(Code::kAlreadyExists, name + " already exists; not overwritten");
-    }
-    if (rc != 0) return Status::internal(name + ": create: " + errnoText(err));
-  }
-  return fsyncFolder(file);
-}
-
 Status replaceFile(const fs::path& from, const fs::path& to) {
   if (::rename(from.c_str(), to.c_str()) != 0) {
     return Status::internal(to.string() + ": rename from " + from.string() + ": " +

@@ -1,6 +1,7 @@
 // Key files: reading a secret file only when no one but its owner can read it,
-// and writing key (and certificate) files atomically and durably with an exact
-// mode. Errors name the file and the fix, never its contents.
+// replacing one key file by another and zeroing an old one. Key (and
+// certificate) files are written with writeFileAtomically
+// (shared/core/atomic_file.h). Errors name the file and the fix, never its contents.
 #pragma once
 
 #include <sys/types.h>
@@ -33,14 +34,6 @@ struct KeyFileRules {
 // naming `chmod 600 <path>`; kInvalidArgument when it is not a regular file or
 // is longer than max_bytes; kInternal for other I/O errors.
 Result<SecretString> readKeyFile(const std::filesystem::path& file, const KeyFileRules& rules);
-
-// Writes `contents` atomically and durably: a temp file in the same folder (the
-// folder created if missing) with exactly `mode` (fchmod'ed, so the umask cannot
-// widen or narrow it; never readable by others meanwhile), fsync, then rename
-// over `file` (or, with `replace` false, link + unlink, which fails with
-// kAlreadyExists rather than replace an existing file), then fsync of the folder.
-Status writeFileAtomically(const std::filesystem::path& file, std::string_view contents,
-                           mode_t mode = 0600, bool replace = true);
 
 // Renames `from` over `to` (atomically, in one folder) and fsyncs the folder.
 Status replaceFile(const std::filesystem::path& from, const std::filesystem::path& to);

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <string>
 
+#include "shared/core/atomic_file.h"
 #include "shared/core/status.h"
 #include "shared/http/http_test_client.h"
 #include "shared/pki/pki.h"
@@ -71,7 +72,7 @@ class TestPki {
   }
 
   Status write(const std::string& name, const std::string& text, mode_t mode) {
-    return pki::writeFileAtomically(dir_ / name, text, mode, /*replace=*/true);
+    return writeFileAtomically(dir_ / name, text, mode);
   }
 
   std::filesystem::path dir_;

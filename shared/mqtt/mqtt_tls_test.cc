@@ -14,6 +14,7 @@
 #include <mutex>
 #include <thread>
 
+#include "shared/core/atomic_file.h"
 #include "shared/mqtt/mqtt_client.h"
 #include "shared/mqtt/testing/mosquitto_process.h"
 #include "shared/pki/broker_config.h"
@@ -128,7 +129,7 @@ class MqttTlsTest : public ::testing::Test {
   }
   static std::string file(const std::string& name) { return (*dir_ / name).string(); }
   static void write(const std::string& name, const std::string& text, mode_t mode) {
-    Status s = pki::writeFileAtomically(*dir_ / name, text, mode, true);
+    Status s = writeFileAtomically(*dir_ / name, text, mode);
     ASSERT_TRUE(s.isOk()) << s.toString();
   }
   static void issue(const pki::Credential& ca, const pki::CertificateSpec& spec,
@@ -438,8 +439,8 @@ TEST(MqttTlsOptionsTest, StartRefusesUnusableTlsFiles) {
   char tmpl[] = "/tmp/bl-mqtt-tls-opts.XXXXXX";
   ASSERT_NE(::mkdtemp(tmpl), nullptr);
   const fs::path dir = tmpl;
-  ASSERT_TRUE(pki::writeFileAtomically(dir / "c.crt", "x", 0644, true).isOk());
-  ASSERT_TRUE(pki::writeFileAtomically(dir / "c.key", "x", 0644, true).isOk());
+  ASSERT_TRUE(writeFileAtomically(dir / "c.crt", "x", 0644).isOk());
+  ASSERT_TRUE(writeFileAtomically(dir / "c.key", "x", 0644).isOk());
   ClientOptions o;
   o.broker_uris = {"ssl://127.0.0.1:1"};
   o.ca_file = (dir / "missing-ca.crt").string();
@@ -468,8 +469,8 @@ TEST(MqttTlsOptionsTest, StartRefusesUnusableTlsFiles) {
   spec.common_name = "agent-2";
   auto two = pki::issueCertificate(*ca, spec);
   ASSERT_TRUE(one.isOk() && two.isOk());
-  ASSERT_TRUE(pki::writeFileAtomically(dir / "c.crt", one->certificate_pem, 0644, true).isOk());
-  ASSERT_TRUE(pki::writeFileAtomically(dir / "c.key", two->private_key_pem, 0600, true).isOk());
+  ASSERT_TRUE(writeFileAtomically(dir / "c.crt", one->certificate_pem, 0644).isOk());
+  ASSERT_TRUE(writeFileAtomically(dir / "c.key", two->private_key_pem, 0600).isOk());
   {
     Status s = Client(o, nullptr, nullptr).start();
     EXPECT_EQ(s.code(), Code::kInvalidArgument);

@@ -495,11 +495,6 @@ Status verifyMessageSignature(std::string_view certificate_pem, std::string_view
   return verified;
 }
 
-Status writeFileAtomically(const fs::path& file, std::string_view contents, mode_t mode,
-                           bool replace) {
-  return crypto::writeFileAtomically(file, contents, mode, replace);
-}
-
 Result<std::string> readFile(const fs::path& file) {
   // Straight into the string with read(2): no stream buffer keeps a copy of a key.
   const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);

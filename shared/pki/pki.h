@@ -7,9 +7,10 @@
 // subjectAltName with DNS names and IP addresses.
 //
 // Private keys never appear in a log line or an error message. Key generation,
-// randomness, signing and key files come from shared/crypto: key files are
-// written atomically (temp file, fsync, rename or link, fsync of the folder)
-// with mode 0600, and a `Credential` wipes its key text when it goes away.
+// randomness and signing come from shared/crypto; key files are written with
+// writeFileAtomically (shared/core/atomic_file.h: temp file, fsync, rename or
+// link, fsync of the folder) with mode 0600, and a `Credential` wipes its key
+// text when it goes away.
 #pragma once
 
 #include <sys/types.h>
@@ -101,14 +102,6 @@ Result<std::string> signMessage(const std::string& private_key_pem, std::string_
 // kPermissionDenied naming the certificate's CN otherwise.
 Status verifyMessageSignature(std::string_view certificate_pem, std::string_view message,
                               std::string_view signature);
-
-// Atomic and durable: crypto::writeFileAtomically (shared/crypto/key_file.h): a
-// temp file in the same folder written with `mode` (fchmod'ed, so the umask
-// cannot widen or narrow it), fsync, then rename (or, with `replace` false,
-// link + unlink, which fails with kAlreadyExists rather than replace an
-// existing file), then fsync of the folder.
-Status writeFileAtomically(const std::filesystem::path& file, std::string_view contents,
-                           mode_t mode, bool replace);
 
 // The whole file; kNotFound when it cannot be opened.
 Result<std::string> readFile(const std::filesystem::path& file);

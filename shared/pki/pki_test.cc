@@ -9,6 +9,7 @@
 #include <ctime>
 #include <filesystem>
 
+#include "shared/core/atomic_file.h"
 #include "shared/core/metrics.h"
 #include "shared/pki/certificate_expiry.h"
 #include "shared/pki/crl.h"
@@ -154,9 +155,9 @@ TEST(PkiTest, OpenSslAcceptsChainPurposeAndSubjectAltName) {
   EXPECT_EQ(info->ip_addresses, (std::vector<std::string>{"127.0.0.1", "::1"}));
 
   const fs::path dir = tmp.path();
-  ASSERT_TRUE(writeFileAtomically(dir / "ca.crt", ca->certificate_pem, 0644, true).isOk());
-  ASSERT_TRUE(writeFileAtomically(dir / "broker.crt", broker->certificate_pem, 0644, true).isOk());
-  ASSERT_TRUE(writeFileAtomically(dir / "client.crt", client->certificate_pem, 0644, true).isOk());
+  ASSERT_TRUE(writeFileAtomically(dir / "ca.crt", ca->certificate_pem, 0644).isOk());
+  ASSERT_TRUE(writeFileAtomically(dir / "broker.crt", broker->certificate_pem, 0644).isOk());
+  ASSERT_TRUE(writeFileAtomically(dir / "client.crt", client->certificate_pem, 0644).isOk());
   auto run = [&](const std::string& args) {
     const std::string cmd = "openssl " + args + " >" + (dir / "out.txt").string() + " 2>&1";
     const int rc = std::system(cmd.c_str());
@@ -192,11 +193,12 @@ TEST(PkiTest, KeyFilesArePrivateAtomicAndNeverReplacedSilently) {
   ASSERT_TRUE(ca.isOk());
   const fs::path key = tmp.path() / "ca.key";
   const fs::path crt = tmp.path() / "ca.crt";
-  ASSERT_TRUE(writeFileAtomically(key, ca->private_key_pem, 0600, false).isOk());
-  ASSERT_TRUE(writeFileAtomically(crt, ca->certificate_pem, 0644, false).isOk());
+  ASSERT_TRUE(writeFileAtomically(key, ca->private_key_pem, 0600, {.replace = false}).isOk());
+  ASSERT_TRUE(writeFileAtomically(crt, ca->certificate_pem, 0644, {.replace = false}).isOk());
   EXPECT_EQ(modeOf(key), 0600u);
   EXPECT_EQ(modeOf(crt), 0644u);
-  EXPECT_EQ(writeFileAtomically(key, "other", 0600, false).code(), Code::kAlreadyExists);
+  EXPECT_EQ(writeFileAtomically(key, "other", 0600, {.replace = false}).code(),
+            Code::kAlreadyExists);
   EXPECT_EQ(*readFile(key), ca->private_key_pem) << "the existing key is untouched";
   size_t entries = 0;
   for ([[maybe_unused]] const auto& e : fs::directory_iterator(tmp.path())) ++entries;
@@ -215,7 +217,7 @@ TEST(PkiTest, KeyFilesArePrivateAtomicAndNeverReplacedSilently) {
 
   auto other = createAuthority(authoritySpec("Other"));
   ASSERT_TRUE(other.isOk());
-  ASSERT_TRUE(writeFileAtomically(key, other->private_key_pem, 0600, true).isOk());
+  ASSERT_TRUE(writeFileAtomically(key, other->private_key_pem, 0600).isOk());
   EXPECT_EQ(loadCredential(crt, key).status().code(), Code::kInvalidArgument);
   EXPECT_EQ(loadCredential(tmp.path() / "missing.crt", key).status().code(), Code::kNotFound);
 }
@@ -310,7 +312,7 @@ TEST(PkiTest, CertificateExpiryGaugeDropsAsTheCertificateAges) {
   auto cert = issueCertificate(*ca, spec);
   ASSERT_TRUE(cert.isOk());
   const fs::path file = tmp.path() / "agent-1.crt";
-  ASSERT_TRUE(writeFileAtomically(file, cert->certificate_pem, 0644, true).isOk());
+  ASSERT_TRUE(writeFileAtomically(file, cert->certificate_pem, 0644).isOk());
 
   int64_t clock = start;
   MetricsRegistry metrics;
