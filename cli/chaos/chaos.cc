@@ -269,6 +269,9 @@ Result<ChaosVerdict> runChaos(const ChaosOptions& options) {
     auto probe = NetworkNamespace::create(120);
     if (probe.isOk()) {
       pipeline_options.isolate_agents = true;
+    } else if (probe.status().code() != Code::kPermissionDenied) {
+      // A namespace was made but not wired: a fault, not a lack of permission.
+      return probe.status().withContext("chaos: network cuts");
     } else {
       cuts_skipped = probe.status().toString();
       log::warn("chaos_network_cuts_skipped", {{"reason", cuts_skipped}});

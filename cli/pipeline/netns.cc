@@ -76,7 +76,12 @@ Result<std::unique_ptr<NetworkNamespace>> NetworkNamespace::create(int index) {
   const std::string tag = pid + "x" + std::to_string(index);
   const std::string net = "10." + std::to_string(100 + ::getpid() % 100) + ".";
   ns->name_ = "bl-" + pid + "-" + std::to_string(index);
-  BL_RETURN_IF_ERROR(runIp({"netns", "add", ns->name_}));
+  // Only this first step tells "namespaces are not permitted here"
+  // (kPermissionDenied, which callers may skip on); any later failure is a
+  // fault of ours or of the machine and stays an error.
+  if (Status s = runIp({"netns", "add", ns->name_}); !s.isOk()) {
+    return Status(Code::kPermissionDenied, "cannot create a network namespace: " + s.message());
+  }
   ns->created_ = true;  // from here the destructor cleans up
 
   // One veth pair: host end `host_if` with <prefix>.1/30, inner end <prefix>.2/30.
