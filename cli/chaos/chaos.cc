@@ -146,9 +146,9 @@ constexpr std::string_view kUplinkPrefix = "uplink:";
 bool isUplink(const std::string& component) { return component.rfind(kUplinkPrefix, 0) == 0; }
 constexpr const char* kPostgresDatabase = "branchline";
 
-// The record keys of the accepted records, as the rule engine derives them.
-Result<std::set<std::string>> acceptedKeys(const loadgen::LoadStats& stats,
-                                           const loadgen::GeneratorOptions& gen) {
+// The record keys of the generated records `indices`, as the rule engine derives them.
+Result<std::set<std::string>> recordKeys(const std::vector<uint64_t>& indices,
+                                         const loadgen::GeneratorOptions& gen) {
   auto engine = rules::RuleEngine::create({rules::defaultCustomerSchema()});
   if (!engine.isOk()) return engine.status();
   const rules::CompiledSchema* schema = (*engine)->find("customer");
@@ -156,7 +156,7 @@ Result<std::set<std::string>> acceptedKeys(const loadgen::LoadStats& stats,
   loadgen::CustomerGenerator generator(gen);
   loadgen::GeneratedRecord rec;
   std::set<std::string> keys;
-  for (uint64_t index : stats.accepted_unique) {
+  for (uint64_t index : indices) {
     generator.generate(index, rec);
     boost::system::error_code ec;
     boost::json::value v = boost::json::parse(rec.json, ec);
@@ -417,7 +417,7 @@ Result<ChaosVerdict> runChaos(const ChaosOptions& options) {
   }
   pipeline.stop();
 
-  auto accepted = acceptedKeys(*stats, gen);
+  auto accepted = recordKeys(stats->accepted_unique, gen);
   if (!accepted.isOk()) return accepted.status();
   auto store = postgres ? readPostgresStore(*postgres, kPostgresDatabase)
                         : readSqliteStore(pipeline.storePath());
@@ -432,9 +432,7 @@ Result<ChaosVerdict> runChaos(const ChaosOptions& options) {
   }
   // Stored although their request's last answer was an error: recovered, not
   // unexpected (the agent committed before the answer was lost).
-  loadgen::LoadStats failed_only = *stats;
-  failed_only.accepted_unique = stats->failed_unique;
-  auto failed_keys = acceptedKeys(failed_only, gen);
+  auto failed_keys = recordKeys(stats->failed_unique, gen);
   if (!failed_keys.isOk()) return failed_keys.status();
   for (const auto& key : store->keys) {
     if (accepted->count(key) != 0) continue;

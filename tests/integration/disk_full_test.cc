@@ -16,7 +16,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
 #include <string>
 #include <thread>
 
@@ -29,15 +28,9 @@ namespace {
 using namespace std::chrono_literals;
 namespace fs = std::filesystem;
 
+// Records of ~400 bytes, so the small disks fill in a few requests.
 std::string ndjson(const std::string& prefix, int n) {
-  std::string body;
-  for (int i = 0; i < n; ++i) {
-    body += R"({"external_id":")" + prefix + "-" + std::to_string(i) +
-            R"(","name":"Ada Lovelace","email":"ada@example.com","channel":"web",)"
-            R"("created_at":"2026-11-25T10:00:00Z","notes":")" +
-            std::string(300, 'n') + "\"}\n";
-  }
-  return body;
+  return customerNdjson(prefix, n, std::string(300, 'n'));
 }
 
 // Unmounts the tmpfs (lazily: the agent may still hold files) when the test ends.
@@ -126,11 +119,6 @@ TEST_F(PipelineTest, FullDiskAnswers503AndRecoversByItselfLosingNothingAccepted)
   pipeline_->stop();
 }
 
-std::string fileText(const fs::path& path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
 TEST_F(PipelineTest, FullCentralDiskAcksNothingAndDrainsOnceSpaceIsFreed) {
   ASSERT_NO_FATAL_FAILURE(startPipeline(1, 1));
   cli::Member* agg = pipeline_->member("agg-1");
@@ -150,7 +138,7 @@ TEST_F(PipelineTest, FullCentralDiskAcksNothingAndDrainsOnceSpaceIsFreed) {
   for (const char* suffix : {"", "-wal", "-shm"}) {
     if (fs::exists(old_store + suffix)) fs::copy_file(old_store + suffix, new_store + suffix);
   }
-  std::string config = fileText(agg->config_path);
+  std::string config = cli::tailOfFile(agg->config_path, 1 << 20);
   const size_t at = config.find(old_store);
   ASSERT_NE(at, std::string::npos) << config;
   config.replace(at, old_store.size(), new_store);

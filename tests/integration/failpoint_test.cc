@@ -14,9 +14,7 @@
 
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <future>
-#include <iterator>
 #include <string>
 #include <thread>
 
@@ -33,11 +31,6 @@ struct Window {
   int pass;               // which pass kills it
   bool recovery_certain;  // whether the window always leaves something to recover
 };
-
-std::string fileText(const std::string& path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
 
 class FailpointTest : public PipelineTest, public ::testing::WithParamInterface<Window> {};
 
@@ -76,7 +69,7 @@ TEST_P(FailpointTest, CrashInTheWindowLosesAndDoublesNothing) {
     if (std::chrono::steady_clock::now() > deadline) break;
   }
   ASSERT_TRUE(died) << w.point << " was never reached";
-  EXPECT_NE(fileText(m->log_path).find("\"failpoint_hit\""), std::string::npos)
+  EXPECT_NE(cli::tailOfFile(m->log_path, 1 << 20).find("\"failpoint_hit\""), std::string::npos)
       << "the process died, but not at its failpoint: see " << m->log_path;
   auto stats = running.get();
   ASSERT_TRUE(stats.isOk()) << stats.status().toString();

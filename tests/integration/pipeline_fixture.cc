@@ -90,15 +90,21 @@ double scrapeMetric(const std::string& base_url, const std::string& name) {
   return metricValue(m->body, name);
 }
 
-void postCustomerRecords(const std::string& agent_url, const std::string& token,
-                         const std::string& prefix, int n) {
+std::string customerNdjson(const std::string& prefix, int n, const std::string& notes) {
   std::string body;
   for (int i = 0; i < n; ++i) {
     body += R"({"external_id":")" + prefix + "-" + std::to_string(i) +
             R"(","name":"Ada","email":"ada@example.com","channel":"web",)"
-            R"("created_at":"2026-11-25T10:00:00Z"})"
-            "\n";
+            R"("created_at":"2026-11-25T10:00:00Z")";
+    if (!notes.empty()) body += R"(,"notes":")" + notes + "\"";
+    body += "}\n";
   }
+  return body;
+}
+
+void postCustomerRecords(const std::string& agent_url, const std::string& token,
+                         const std::string& prefix, int n) {
+  const std::string body = customerNdjson(prefix, n);
   auto url = cli::parseUrl(agent_url);
   ASSERT_TRUE(url.isOk()) << agent_url;
   cli::HttpConnection conn(url->host, url->port, cli::HttpClientOptions{.bearer_token = token});

@@ -31,7 +31,11 @@ int64_t queryInt(const std::string& store, const std::string& sql);
 // absent or the process does not answer.
 double scrapeMetric(const std::string& base_url, const std::string& name);
 
-// POSTs `n` valid customer records (NDJSON, external ids <prefix>-0 ...) to
+// `n` valid customer records as NDJSON, external ids <prefix>-0 ..., each with
+// `notes` when it is not empty.
+std::string customerNdjson(const std::string& prefix, int n, const std::string& notes = {});
+
+// POSTs `n` valid customer records (customerNdjson) to
 // the agent at `agent_url`; a test failure unless all are accepted (200).
 void postCustomerRecords(const std::string& agent_url, const std::string& token,
                          const std::string& prefix, int n);
