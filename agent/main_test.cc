@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "agent/spool/testing/name_swapper.h"
+#include "cli/net/http_client.h"
 #include "protocol/batch_codec.h"
 #include "protocol/seal.h"
 #include "shared/core/atomic_file.h"
@@ -200,6 +201,19 @@ class AgentMainTest : public ::testing::Test {
   // One request on its own connection; the whole answer (status line, headers, body).
   static std::string http(int port, const std::string& method, const std::string& path,
                           const std::string& body = "", const std::string& token = "") {
+    std::string req = method + " " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n";
+    if (!token.empty()) req += "Authorization: Bearer " + token + "\r\n";
+    if (!body.empty()) {
+      req += "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+             "\r\n";
+    }
+    req += "\r\n" + body;
+    return exchange(port, req);
+  }
+
+  // Sends `request` as written (it should say `Connection: close`) and returns
+  // the whole answer; "" when the port does not connect.
+  static std::string exchange(int port, const std::string& request) {
     int fd = ::socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
@@ -209,15 +223,8 @@ class AgentMainTest : public ::testing::Test {
       ::close(fd);
       return "";
     }
-    std::string req = method + " " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n";
-    if (!token.empty()) req += "Authorization: Bearer " + token + "\r\n";
-    if (!body.empty()) {
-      req += "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
-             "\r\n";
-    }
-    req += "\r\n" + body;
     std::string answer;
-    if (::write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
+    if (::write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
       char buf[4096];
       for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;)
         answer.append(buf, static_cast<size_t>(n));
@@ -230,6 +237,11 @@ class AgentMainTest : public ::testing::Test {
   // go to *output. Returns the exit code, or -1 when it did not exit in time.
   int runCommand(const std::vector<std::string>& args, std::string* output,
                  std::string* stdout_only = nullptr) {
+    return runBinary(binary_, args, output, stdout_only);
+  }
+  // runCommand for another executable of build/bin (`branchline`).
+  int runBinary(const fs::path& binary, const std::vector<std::string>& args, std::string* output,
+                std::string* stdout_only = nullptr) {
     const fs::path out = dir_ / "command.out";
     const fs::path out_only = dir_ / "command.stdout";
     const pid_t pid = ::fork();
@@ -242,10 +254,11 @@ class AgentMainTest : public ::testing::Test {
       } else {
         ::dup2(fd, STDOUT_FILENO);
       }
-      std::vector<char*> argv = {const_cast<char*>("branchline-agent")};
+      const std::string name = binary.filename().string();
+      std::vector<char*> argv = {const_cast<char*>(name.c_str())};
       for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
       argv.push_back(nullptr);
-      ::execv(binary_.c_str(), argv.data());
+      ::execv(binary.c_str(), argv.data());
       ::_exit(127);
     }
     const auto deadline = std::chrono::steady_clock::now() + 20s;
@@ -901,6 +914,69 @@ TEST_F(AgentMainTest, BadHealthTableExits2NamingTheKey) {
 
 }  // namespace
 
+// README "Authenticated ingest" (Browsers) and "Web forms", with the real
+// binary: a preflight from the listed origin is answered with the CORS headers
+// and from any other origin refused; a form post from the listed page is
+// stored and redirected, one carrying another Origin stores nothing.
+TEST_F(AgentMainTest, CorsPreflightOriginsAndFormRedirectWithTheRealBinary) {
+  const std::string sources = R"(
+[sources.webform]
+auth = "none"
+rate_limit_per_minute = 100
+cors_origins = ["https://forms.example.com"]
+form_redirect = "https://forms.example.com/thanks"
+key = ["external_id"]
+[sources.webform.fields.external_id]
+type = "string"
+required = true
+)";
+  spawn(writeConfig(baseConfig("127.0.0.1:0", "tcp://127.0.0.1:1") + sources));
+  const int port = waitStartedPort();
+  ASSERT_GT(port, 0) << stderrText();
+  const auto preflight = [&](const std::string& origin) {
+    return exchange(port, "OPTIONS /v1/records/webform HTTP/1.1\r\nHost: x\r\nOrigin: " + origin +
+                              "\r\nAccess-Control-Request-Method: POST\r\n"
+                              "Access-Control-Request-Headers: content-type\r\n"
+                              "Connection: close\r\n\r\n");
+  };
+  const std::string allowed = preflight("https://forms.example.com");
+  EXPECT_EQ(allowed.rfind("HTTP/1.1 204", 0), 0u) << allowed;
+  EXPECT_NE(allowed.find("Access-Control-Allow-Origin: https://forms.example.com\r\n"),
+            std::string::npos)
+      << allowed;
+  EXPECT_NE(allowed.find("Access-Control-Allow-Methods: POST"), std::string::npos) << allowed;
+  EXPECT_NE(allowed.find("Access-Control-Max-Age: 600"), std::string::npos) << allowed;
+  for (const std::string other : {"https://evil.example.com", "http://forms.example.com",
+                                  "https://forms.example.com:8443", "null"}) {
+    const std::string refused = preflight(other);
+    EXPECT_EQ(refused.rfind("HTTP/1.1 403", 0), 0u) << other << ": " << refused;
+    EXPECT_EQ(refused.find("Access-Control-Allow-Origin"), std::string::npos) << refused;
+  }
+
+  const auto formPost = [&](const std::string& origin, const std::string& id) {
+    const std::string body = "external_id=" + id;
+    return exchange(port, "POST /v1/records/webform HTTP/1.1\r\nHost: x\r\nOrigin: " + origin +
+                              "\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                              "Content-Length: " +
+                              std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body);
+  };
+  const std::string posted = formPost("https://forms.example.com", "cors-ok");
+  EXPECT_EQ(posted.rfind("HTTP/1.1 303", 0), 0u) << posted;
+  EXPECT_NE(posted.find("Location: https://forms.example.com/thanks\r\n"), std::string::npos)
+      << posted;
+  EXPECT_NE(posted.find("Access-Control-Allow-Origin: https://forms.example.com\r\n"),
+            std::string::npos)
+      << posted;
+  const std::string foreign = formPost("https://evil.example.com", "cors-evil");
+  EXPECT_EQ(foreign.rfind("HTTP/1.1 403", 0), 0u) << foreign;
+
+  // Accepted: the listed page's record, not the other one.
+  const std::string metrics = http(port, "GET", "/metrics");
+  EXPECT_NE(metrics.find("bl_agent_records_accepted_total 1\n"), std::string::npos) << metrics;
+  ::kill(pid_, SIGTERM);
+  EXPECT_EQ(waitExit(15s), 0);
+}
+
 // README "Authenticated ingest", with the real binary: `token add|list|revoke`
 // change the hash file (0600, never the token), every change is logged with the
 // id only, the running agent follows them within a second, and refused posts
@@ -1079,6 +1155,52 @@ TEST_F(AgentMainTest, HttpsIngestAndClientCertificatesWithTheRealBinary) {
     }
     EXPECT_TRUE(refused) << "a certificate from another CA got in";
   }
+  // The `branchline` command's client (loadgen, chaos, bench) over HTTPS: with
+  // the CA and a client certificate it posts; it refuses a server its CA does
+  // not vouch for, and the agent refuses it without a certificate.
+  {
+    branchline::cli::HttpConnection c(
+        "127.0.0.1", static_cast<uint16_t>(port),
+        branchline::cli::HttpClientOptions{.bearer_token = token,
+                                           .tls = true,
+                                           .ca_file = tls.file("ca.pem"),
+                                           .cert_file = tls.file("client.pem"),
+                                           .key_file = tls.file("client.key")});
+    const std::string two = R"({"external_id":"tls-2","name":"Ada","email":"ada@example.com",)"
+                            R"("channel":"web","created_at":"2026-11-25T10:00:00Z"})";
+    for (int i = 0; i < 2; ++i) {  // the second request reuses the kept-alive connection
+      auto r = c.request("POST", "/v1/records/customer", "application/json", two, 10s);
+      ASSERT_TRUE(r.isOk()) << r.status().toString();
+      EXPECT_EQ(r->status, 200) << r->body;
+    }
+    branchline::cli::HttpConnection untrusted(
+        "127.0.0.1", static_cast<uint16_t>(port),
+        branchline::cli::HttpClientOptions{.tls = true,
+                                           .ca_file = tls.file("other-ca.pem"),
+                                           .cert_file = tls.file("client.pem"),
+                                           .key_file = tls.file("client.key")});
+    auto u = untrusted.request("GET", "/healthz", "", "", 10s);
+    ASSERT_FALSE(u.isOk());
+    EXPECT_NE(u.status().message().find("certificate verify failed"), std::string::npos)
+        << u.status().toString();
+    branchline::cli::HttpConnection anonymous(
+        "127.0.0.1", static_cast<uint16_t>(port),
+        branchline::cli::HttpClientOptions{.tls = true, .ca_file = tls.file("ca.pem")});
+    EXPECT_FALSE(anonymous.request("GET", "/healthz", "", "", 10s).isOk());
+  }
+  {
+    std::string out;
+    const fs::path branchline = binary_.parent_path() / "branchline";
+    const int rc =
+        runBinary(branchline,
+                  {"loadgen", "--url", "https://127.0.0.1:" + std::to_string(port), "--token",
+                   token, "--ca-file", tls.file("ca.pem"), "--cert-file", tls.file("client.pem"),
+                   "--key-file", tls.file("client.key"), "--records", "20", "--batch", "10",
+                   "--invalid", "0", "--duplicates", "0"},
+                  &out);
+    EXPECT_EQ(rc, 0) << out;
+    EXPECT_NE(out.find(R"("accepted":20)"), std::string::npos) << out;
+  }
   // Plain HTTP on the HTTPS port is not served.
   EXPECT_EQ(post(port, "/v1/records/customer", body, token).find("HTTP/1.1 200"),
             std::string::npos);
@@ -1089,7 +1211,7 @@ TEST_F(AgentMainTest, HttpsIngestAndClientCertificatesWithTheRealBinary) {
     auto r = c.request("GET", "/metrics");
     return r ? r->body : std::string();
   }();
-  EXPECT_NE(metrics_ok.find("bl_agent_records_accepted_total 1\n"), std::string::npos)
+  EXPECT_NE(metrics_ok.find("bl_agent_records_accepted_total 23\n"), std::string::npos)
       << metrics_ok;
   EXPECT_NE(metrics_ok.find(R"(bl_agent_http_refused_total{reason="tls_handshake_failed"})"),
             std::string::npos)

@@ -44,6 +44,15 @@ int main(int argc, char** argv) {
   load_cmd->add_option("--token", load.tokens,
                        "Ingest token (Authorization: Bearer): one per --url in order, or one for "
                        "all (topology.json's \"ingest_token\")");
+  load_cmd->add_option("--ca-file", load.ca_file,
+                       "For https:// URLs: the CA (PEM) the agents' certificates chain to "
+                       "(default: the system's trusted CAs)");
+  load_cmd
+      ->add_option("--cert-file", load.cert_file,
+                   "For https:// URLs: a client certificate (PEM), for agents with "
+                   "[http] client_ca_file")
+      ->needs(load_cmd->add_option("--key-file", load.key_file,
+                                   "The client certificate's private key (PEM)"));
   auto* records_opt = load_cmd->add_option("--records", load.records, "Records to send");
   load_cmd->add_option("--seconds", load.seconds, "Send for this long")->excludes(records_opt);
   load_cmd->add_option("--rate", load.rate, "Records per second (0: as fast as possible)");

@@ -113,7 +113,12 @@ void account(const std::string& body, const std::vector<GeneratedRecord>& batch,
 
 void runWorker(const LoadOptions& options, Dispatcher& d, const CustomerGenerator& gen,
                const cli::Url& url, const std::string& token, WorkerStats& w) {
-  cli::HttpConnection conn(url.host, url.port, cli::HttpClientOptions{.bearer_token = token});
+  cli::HttpConnection conn(url.host, url.port,
+                           cli::HttpClientOptions{.bearer_token = token,
+                                                  .tls = url.tls,
+                                                  .ca_file = options.ca_file,
+                                                  .cert_file = options.cert_file,
+                                                  .key_file = options.key_file});
   std::string target = url.target;
   if (target.empty() || target.back() != '/') target.push_back('/');
   target += "v1/records/" + options.source;

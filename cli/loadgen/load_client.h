@@ -26,6 +26,12 @@ struct LoadOptions {
   // Ingest tokens (Authorization: Bearer): one per URL, in the same order, or
   // one for all; empty: none sent.
   std::vector<std::string> tokens;
+  // For https:// URLs: the CA the agents' certificates chain to (empty: the
+  // system's trusted CAs), and a client certificate and key for agents that
+  // require one ([http] client_ca_file). All PEM files.
+  std::string ca_file;
+  std::string cert_file;
+  std::string key_file;
   std::string source = "customer";
   uint64_t records = 0;  // stop after this many records (0: no count limit)
   double seconds = 0;    // stop after this long (0: no time limit); one must be set

@@ -2,18 +2,23 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <charconv>
 #include <cstring>
 #include <optional>
 #include <thread>
+#include <variant>
 
 #include "shared/core/clock.h"
 
@@ -24,14 +29,21 @@ namespace http = beast::http;
 using tcp = asio::ip::tcp;
 
 Result<Url> parseUrl(std::string_view url) {
-  constexpr std::string_view kScheme = "http://";
-  if (url.substr(0, kScheme.size()) != kScheme) {
-    return Status::invalid("url `" + std::string(url) + "`: only http:// URLs are supported");
+  constexpr std::string_view kHttp = "http://", kHttps = "https://";
+  Url out;
+  std::string_view rest;
+  if (url.substr(0, kHttp.size()) == kHttp) {
+    rest = url.substr(kHttp.size());
+  } else if (url.substr(0, kHttps.size()) == kHttps) {
+    rest = url.substr(kHttps.size());
+    out.tls = true;
+    out.port = 443;
+  } else {
+    return Status::invalid("url `" + std::string(url) +
+                           "`: only http:// and https:// URLs are supported");
   }
-  std::string_view rest = url.substr(kScheme.size());
   size_t slash = rest.find('/');
   std::string_view authority = rest.substr(0, slash);
-  Url out;
   out.target = slash == std::string_view::npos ? "/" : std::string(rest.substr(slash));
   size_t colon = authority.rfind(':');
   if (colon == std::string_view::npos) {
@@ -88,36 +100,110 @@ Status waitForTcp(uint16_t port, std::chrono::milliseconds timeout) {
 }
 
 struct HttpConnection::Impl {
+  using TlsStream = beast::ssl_stream<beast::tcp_stream>;
+
   std::string host;
   uint16_t port;
   std::string authorization;  // "Bearer <token>", or "" for none
+  HttpClientOptions options;
   asio::io_context ioc;
-  std::optional<beast::tcp_stream> stream;
+  std::optional<asio::ssl::context> tls;  // set once, on the first https connection
+  // No connection, a plain one, or a TLS one.
+  std::variant<std::monostate, beast::tcp_stream, TlsStream> stream;
   beast::flat_buffer buffer;
+
+  bool connected() const { return !std::holds_alternative<std::monostate>(stream); }
+  std::string scheme() const { return options.tls ? "https://" : "http://"; }
+
+  // The TLS context: verification on, the CA and the client certificate loaded.
+  Status makeTlsContext() {
+    if (tls) return Status::ok();
+    asio::ssl::context ctx(asio::ssl::context::tls_client);
+    beast::error_code ec;
+    ctx.set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                        asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
+                        asio::ssl::context::no_tlsv1_1,
+                    ec);
+    ctx.set_verify_mode(asio::ssl::verify_peer, ec);
+    if (options.ca_file.empty()) {
+      ctx.set_default_verify_paths(ec);
+    } else {
+      ctx.load_verify_file(options.ca_file, ec);
+    }
+    if (ec) return Status::invalid("TLS CA file `" + options.ca_file + "`: " + ec.message());
+    if (options.cert_file.empty() != options.key_file.empty()) {
+      return Status::invalid("a TLS client certificate needs both its certificate and key file");
+    }
+    if (!options.cert_file.empty()) {
+      ctx.use_certificate_chain_file(options.cert_file, ec);
+      if (ec) {
+        return Status::invalid("TLS certificate file `" + options.cert_file + "`: " + ec.message());
+      }
+      ctx.use_private_key_file(options.key_file, asio::ssl::context::pem, ec);
+      if (ec) return Status::invalid("TLS key file `" + options.key_file + "`: " + ec.message());
+    }
+    tls.emplace(std::move(ctx));
+    return Status::ok();
+  }
+
+  static beast::tcp_stream& tcpOf(beast::tcp_stream& s) { return s; }
+  static beast::tcp_stream& tcpOf(TlsStream& s) { return beast::get_lowest_layer(s); }
+
+  // Connects (and for https shakes hands) within `timeout`.
+  Status connect(std::chrono::milliseconds timeout) {
+    buffer.clear();
+    beast::error_code ec;
+    tcp::resolver resolver(ioc);
+    auto endpoints = resolver.resolve(host, std::to_string(port), ec);
+    if (ec) return fail("resolve", ec);
+    if (options.tls) {
+      BL_RETURN_IF_ERROR(makeTlsContext());
+      TlsStream& s = stream.emplace<TlsStream>(ioc, *tls);
+      // SNI, and the name the certificate must carry (X509_check_host or _ip).
+      if (!SSL_set_tlsext_host_name(s.native_handle(), host.c_str())) {
+        return fail("tls", beast::error_code(static_cast<int>(::ERR_get_error()),
+                                             asio::error::get_ssl_category()));
+      }
+      s.set_verify_callback(asio::ssl::host_name_verification(host));
+    } else {
+      stream.emplace<beast::tcp_stream>(ioc);
+    }
+    return std::visit(
+        [&](auto& s) -> Status {
+          if constexpr (std::is_same_v<std::decay_t<decltype(s)>, std::monostate>) {
+            return Status::internal("no stream");
+          } else {
+            beast::tcp_stream& tcp_layer = tcpOf(s);
+            tcp_layer.expires_after(timeout);
+            tcp_layer.async_connect(endpoints,
+                                    [&ec](beast::error_code e, const tcp::endpoint&) { ec = e; });
+            ioc.run();
+            if (ec) return fail("connect", ec);
+            tcp_layer.socket().set_option(tcp::no_delay(true), ec);
+            ioc.restart();
+            if constexpr (std::is_same_v<std::decay_t<decltype(s)>, TlsStream>) {
+              tcp_layer.expires_after(timeout);
+              s.async_handshake(asio::ssl::stream_base::client,
+                                [&ec](beast::error_code e) { ec = e; });
+              ioc.run();
+              if (ec) return fail("tls handshake", ec);
+              ioc.restart();
+            }
+            return Status::ok();
+          }
+        },
+        stream);
+  }
 
   // Runs one exchange on the current (or a new) connection. `stale` is set when
   // the failure looks like a kept-alive connection the server had already closed.
   Result<HttpResponse> exchange(std::string_view method, std::string_view target,
                                 std::string_view content_type, std::string_view body,
                                 std::chrono::milliseconds timeout, bool& stale) {
-    const bool reused = stream.has_value();
+    const bool reused = connected();
     stale = false;
-    beast::error_code ec;
     ioc.restart();
-    if (!stream) {
-      stream.emplace(ioc);
-      buffer.clear();
-      tcp::resolver resolver(ioc);
-      auto endpoints = resolver.resolve(host, std::to_string(port), ec);
-      if (ec) return fail("resolve", ec);
-      stream->expires_after(timeout);
-      stream->async_connect(endpoints,
-                            [&ec](beast::error_code e, const tcp::endpoint&) { ec = e; });
-      ioc.run();
-      if (ec) return fail("connect", ec);
-      stream->socket().set_option(tcp::no_delay(true), ec);
-      ioc.restart();
-    }
+    if (!connected()) BL_RETURN_IF_ERROR(connect(timeout));
 
     http::request<http::span_body<const char>> req;
     req.method_string(beast::string_view(method.data(), method.size()));
@@ -135,16 +221,24 @@ struct HttpConnection::Impl {
 
     http::response_parser<http::string_body> parser;
     parser.body_limit(256u << 20);
-    stream->expires_after(timeout);
-    http::async_write(*stream, req, [&](beast::error_code e, size_t) {
-      ec = e;
-      if (ec) return;
-      http::async_read(*stream, buffer, parser, [&ec](beast::error_code e2, size_t) { ec = e2; });
-    });
-    ioc.run();
+    beast::error_code ec;
+    std::visit(
+        [&](auto& s) {
+          if constexpr (!std::is_same_v<std::decay_t<decltype(s)>, std::monostate>) {
+            tcpOf(s).expires_after(timeout);
+            http::async_write(s, req, [&](beast::error_code e, size_t) {
+              ec = e;
+              if (ec) return;
+              http::async_read(s, buffer, parser, [&ec](beast::error_code e2, size_t) { ec = e2; });
+            });
+            ioc.run();
+          }
+        },
+        stream);
     if (ec) {
       stale = reused && (ec == http::error::end_of_stream || ec == asio::error::eof ||
-                         ec == asio::error::connection_reset || ec == asio::error::broken_pipe);
+                         ec == asio::error::connection_reset || ec == asio::error::broken_pipe ||
+                         ec == asio::ssl::error::stream_truncated);
       return fail("request", ec);
     }
 
@@ -161,17 +255,24 @@ struct HttpConnection::Impl {
 
   Status fail(const char* what, const beast::error_code& ec) {
     reset();
-    return Status::unavailable(std::string(what) + " http://" + host + ":" + std::to_string(port) +
-                               ": " + ec.message());
+    return Status::unavailable(std::string(what) + " " + scheme() + host + ":" +
+                               std::to_string(port) + ": " + ec.message());
   }
 
+  // Closes the socket without a TLS close_notify: the server treats a client
+  // that leaves as done either way, and waiting for its answer would cost a
+  // round trip per reconnect.
   void reset() {
-    if (stream) {
-      beast::error_code ignored;
-      stream->socket().shutdown(tcp::socket::shutdown_both, ignored);
-      stream->socket().close(ignored);
-      stream.reset();
-    }
+    std::visit(
+        [](auto& s) {
+          if constexpr (!std::is_same_v<std::decay_t<decltype(s)>, std::monostate>) {
+            beast::error_code ignored;
+            tcpOf(s).socket().shutdown(tcp::socket::shutdown_both, ignored);
+            tcpOf(s).socket().close(ignored);
+          }
+        },
+        stream);
+    stream.emplace<std::monostate>();
   }
 };
 
@@ -180,6 +281,7 @@ HttpConnection::HttpConnection(std::string host, uint16_t port, HttpClientOption
   impl_->host = std::move(host);
   impl_->port = port;
   if (!options.bearer_token.empty()) impl_->authorization = "Bearer " + options.bearer_token;
+  impl_->options = std::move(options);
 }
 
 HttpConnection::~HttpConnection() { close(); }
@@ -202,7 +304,7 @@ Result<HttpResponse> HttpConnection::request(std::string_view method, std::strin
 Result<HttpResponse> httpGet(std::string_view url, std::chrono::milliseconds timeout) {
   auto parsed = parseUrl(url);
   if (!parsed.isOk()) return parsed.status();
-  HttpConnection conn(parsed->host, parsed->port);
+  HttpConnection conn(parsed->host, parsed->port, HttpClientOptions{.tls = parsed->tls});
   return conn.request("GET", parsed->target, "", "", timeout);
 }
 

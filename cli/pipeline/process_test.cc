@@ -155,7 +155,15 @@ TEST(NetTest, ParseUrl) {
   ASSERT_TRUE(v.isOk());
   EXPECT_EQ(v->port, 80);
   EXPECT_EQ(v->target, "/");
-  EXPECT_FALSE(parseUrl("https://x:1").isOk());
+  auto w = parseUrl("https://agent.example.com/x");
+  ASSERT_TRUE(w.isOk());
+  EXPECT_TRUE(w->tls);
+  EXPECT_EQ(w->port, 443);
+  EXPECT_EQ(w->target, "/x");
+  EXPECT_FALSE(u->tls);
+  EXPECT_EQ(parseUrl("https://x:1")->port, 1);
+  EXPECT_FALSE(parseUrl("ftp://x:1").isOk());
+  EXPECT_FALSE(parseUrl("https:/x:1").isOk());
   EXPECT_FALSE(parseUrl("http://x:99999").isOk());
   EXPECT_FALSE(parseUrl("http://:80").isOk());
 }
