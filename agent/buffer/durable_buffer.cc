@@ -201,6 +201,33 @@ struct DurableBuffer::Impl {
   bool committer_started = false;  // open() succeeded
 
   // ---------------------------------------------------------------- errors
+  // Set once by the first I/O error and never cleared while open (see
+  // BufferStats::io_failed): a failed fsync is not retried as if it had worked.
+  mutable std::atomic<bool> io_failed{false};
+  mutable std::mutex io_mu;
+  mutable std::string io_failure;  // the first one's message; under io_mu
+
+  void noteIoFailure(const std::string& msg) const {
+    {
+      std::lock_guard lock(io_mu);
+      if (io_failed.load()) return;
+      io_failure = msg;
+      io_failed.store(true);
+    }
+    log::error("buffer_io_failed",
+               {{"path", path},
+                {"error", msg},
+                {"action", "appends refused until the agent is restarted; check the disk"}});
+  }
+
+  Status ioFailedStatus() const {
+    std::lock_guard lock(io_mu);
+    return Status::unavailable(
+        "buffer " + path + " stopped taking records after an I/O error (" + io_failure +
+        "): writes it reported done may be lost, so nothing more is answered as stored; "
+        "check the disk and restart the agent");
+  }
+
   Status sqlError(int rc, std::string_view op) const {
     std::string msg = "buffer ";
     msg += path;
@@ -209,6 +236,7 @@ struct DurableBuffer::Impl {
     msg += ": ";
     msg += db ? sqlite3_errmsg(db.get()) : sqlite3_errstr(rc);
     msg += " (sqlite code " + std::to_string(rc) + ")";
+    if ((rc & 0xff) == SQLITE_IOERR) noteIoFailure(msg);
     switch (rc & 0xff) {
       case SQLITE_FULL:
         return Status::exhausted(msg + "; free disk space");
@@ -927,6 +955,11 @@ struct DurableBuffer::Impl {
       }
     };
 
+    if (io_failed.load()) {  // queued before the error: refused like later ones
+      const Status refused = ioFailedStatus();
+      for (PendingAppend& a : group) a.status = refused;
+      return;
+    }
     Status s = runOnce(begin, "begin append transaction");
     if (!s.isOk()) return fail_all(s);
     // Every value this run seals is in `group` already (RecordCipher: nonce runs).
@@ -1534,6 +1567,10 @@ void DurableBuffer::appendAsync(std::vector<WireRecord> records, std::vector<Wir
   a.token = std::move(token);
   a.done = std::move(done);
   Impl& impl = *impl_;
+  if (impl.io_failed.load()) {
+    a.done(impl.ioFailedStatus());
+    return;
+  }
   std::unique_lock lock(impl.q_mu);
   if (impl.stopping) {
     lock.unlock();
@@ -1625,6 +1662,7 @@ BufferStats DurableBuffer::stats() const {
   int64_t a = impl.oldest_unbatched_record_us, b = impl.oldest_unbatched_reject_us;
   s.oldest_unbatched_us = a == 0 ? b : (b == 0 ? a : std::min(a, b));
   s.oldest_unacked_us = impl.unacked.empty() ? 0 : impl.unacked.begin()->second;
+  s.io_failed = impl.io_failed.load();
   return s;
 }
 

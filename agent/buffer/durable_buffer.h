@@ -83,6 +83,12 @@ struct BufferStats {
   uint64_t commits = 0;             // group-commit transactions since open (one fsync each)
   uint64_t damaged = 0;             // rows moved aside as damaged (kept for forensics)
   uint64_t damaged_found = 0;       // rows found damaged since open
+  // An I/O error (SQLite's SQLITE_IOERR: EIO from write, fsync, read) stopped
+  // the buffer taking records: after a failed fsync the kernel may have dropped
+  // the unwritten pages and a later fsync would still succeed, so no later
+  // commit could be trusted (PostgreSQL's "fsyncgate"). Appends fail until the
+  // agent is restarted; what was committed before the error is still forwarded.
+  bool io_failed = false;
 };
 
 struct DataKeyRotation {

@@ -28,6 +28,7 @@
 
 #include "agent/buffer/testing/plaintext_buffer.h"
 #include "shared/core/clock.h"
+#include "shared/core/testing/sqlite_fault_vfs.h"
 
 namespace branchline::agent {
 namespace {
@@ -595,6 +596,78 @@ TEST(DurableBufferTest, DamagedPagesAreDataLoss) {
   ASSERT_FALSE(b.isOk());
   EXPECT_EQ(b.status().code(), Code::kDataLoss) << b.status().toString();
   EXPECT_NE(b.status().message().find(o.path.string()), std::string::npos);
+}
+
+// Issue 15 part 3, the "fsyncgate" rule: a commit whose fsync failed is never
+// reported done, and the buffer does not retry and carry on as if the next
+// fsync made everything durable (after a failed fsync Linux may drop the
+// unwritten pages and report the next fsync clean). It stops taking records,
+// says so (stats, log), and keeps what it had committed before.
+TEST(DurableBufferFaultTest, FailedFsyncIsNeverReportedDoneAndStopsAppendsUntilReopened) {
+  TempDir dir;
+  BufferOptions o = optionsIn(dir);
+  branchline::testing::SqliteFaultVfs vfs;
+  {
+    auto buf = openOrDie(o);
+    ASSERT_TRUE(buf);
+    ASSERT_TRUE(buf->append(recordsFor(1, 20), {}).isOk());
+    EXPECT_FALSE(buf->stats().io_failed);
+
+    vfs.arm(branchline::testing::SqliteFaultVfs::Fault::kSyncEio, "buffer.db", 1);
+    const Status failed = buf->append(recordsFor(21, 5), {});
+    EXPECT_FALSE(failed.isOk()) << "a commit whose fsync failed was reported done";
+    EXPECT_EQ(vfs.failures(), 1u);
+    EXPECT_TRUE(buf->stats().io_failed);
+
+    // The disk "works" again: the buffer still refuses, naming the first error.
+    vfs.disarm();
+    const Status after = buf->append(recordsFor(26, 5), {});
+    ASSERT_FALSE(after.isOk());
+    EXPECT_EQ(after.code(), Code::kUnavailable) << after.toString();
+    EXPECT_NE(after.message().find("stopped taking records after an I/O error"), std::string::npos)
+        << after.toString();
+    EXPECT_NE(after.message().find(o.path.string()), std::string::npos) << after.toString();
+
+    // What was committed before the error is still there to forward.
+    auto formed = buf->formBatch({}, 777);
+    ASSERT_TRUE(formed.isOk()) << formed.status().toString();
+    ASSERT_TRUE(formed->has_value());
+    ASSERT_GE((*formed)->records.size(), 20u);
+    for (size_t i = 0; i < 20; ++i) EXPECT_EQ(idOf((*formed)->records[i]), i + 1);
+  }
+  // A restart (the operator checked the disk) takes records again and still
+  // holds the 20 answered ones.
+  auto buf = openOrDie(o);
+  ASSERT_TRUE(buf);
+  EXPECT_FALSE(buf->stats().io_failed);
+  ASSERT_TRUE(buf->append(recordsFor(100, 3), {}).isOk());
+  EXPECT_GE(buf->stats().records, 23u);
+}
+
+// A write that fails with EIO counts the same as a failed fsync; a full disk
+// (SQLITE_FULL) does not: it is refused as "exhausted" and the next append
+// after space is freed works.
+TEST(DurableBufferFaultTest, WriteEioStopsAppendsButAFullDiskOnlyRefusesUntilSpaceIsBack) {
+  TempDir dir;
+  BufferOptions o = optionsIn(dir);
+  branchline::testing::SqliteFaultVfs vfs;
+  auto buf = openOrDie(o);
+  ASSERT_TRUE(buf);
+  ASSERT_TRUE(buf->append(recordsFor(1, 5), {}).isOk());
+
+  vfs.arm(branchline::testing::SqliteFaultVfs::Fault::kWriteFull, "buffer.db", -1);
+  const Status full = buf->append(recordsFor(6, 5), {});
+  ASSERT_FALSE(full.isOk());
+  EXPECT_EQ(full.code(), Code::kResourceExhausted) << full.toString();
+  EXPECT_FALSE(buf->stats().io_failed);
+  vfs.disarm();
+  ASSERT_TRUE(buf->append(recordsFor(11, 5), {}).isOk()) << "a freed disk takes records again";
+
+  vfs.arm(branchline::testing::SqliteFaultVfs::Fault::kWriteEio, "buffer.db", 1);
+  EXPECT_FALSE(buf->append(recordsFor(16, 5), {}).isOk());
+  vfs.disarm();
+  EXPECT_TRUE(buf->stats().io_failed);
+  EXPECT_EQ(buf->append(recordsFor(21, 5), {}).code(), Code::kUnavailable);
 }
 
 TEST(DurableBufferTest, SecondOpenerIsRefusedWhileInUse) {

@@ -102,6 +102,9 @@ struct Forwarder::Impl {
                                  "aside and reported centrally, the rest of the batch delivered")),
         buffer_damaged_rows(m.gauge("bl_agent_buffer_damaged_rows",
                                     "Damaged rows kept in the buffer for forensics")),
+        buffer_io_failed(m.gauge("bl_agent_buffer_io_failed",
+                                 "1 once an I/O error (EIO on write, fsync or read) stopped the "
+                                 "buffer taking records; cleared by a restart")),
         oldest_unacked_age(m.gauge("bl_agent_oldest_unacked_age_seconds",
                                    "Age of the oldest formed, unacked batch")),
         mqtt_connected(m.gauge("bl_agent_mqtt_connected", "1 while connected to a broker")),
@@ -140,6 +143,7 @@ struct Forwarder::Impl {
   Gauge& buffer_bytes;
   Counter& buffer_damaged;
   Gauge& buffer_damaged_rows;
+  Gauge& buffer_io_failed;
   uint64_t damaged_counted = 0;  // of BufferStats::damaged_found, already in buffer_damaged
   Gauge& oldest_unacked_age;
   Gauge& mqtt_connected;
@@ -613,6 +617,7 @@ struct Forwarder::Impl {
       damaged_counted = st.damaged_found;
     }
     buffer_damaged_rows.set(static_cast<int64_t>(st.damaged));
+    buffer_io_failed.set(st.io_failed ? 1 : 0);
     oldest_unacked_age.set(
         st.oldest_unacked_us == 0
             ? 0

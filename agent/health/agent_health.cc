@@ -29,6 +29,7 @@ HealthVerdict judgeHealth(const HealthInputs& in, const HealthThresholds& thresh
           static_cast<double>(in.buffer.bytes) >
               thresholds.buffer_full_ratio * static_cast<double>(in.buffer_max_bytes),
       in.buffer.damaged > 0,
+      in.buffer.io_failed,
       in.broker.duplicate_identity,
       in.broker.publish_refused,
   };

@@ -7,6 +7,8 @@
 //   acks_stalled        batches wait and no ack came for acks_stalled
 //   buffer_nearly_full  buffer bytes past buffer_full_ratio of its max_bytes
 //   buffer_damaged      the buffer moved damaged rows aside
+//   buffer_io_failed    an I/O error stopped the buffer taking records (restart
+//                       after checking the disk; the one reason about ingest)
 //   duplicate_identity  another live client holds this agent's identity (lately)
 //   publish_refused     the broker refused a publish (lately)
 #pragma once
@@ -28,9 +30,9 @@
 namespace branchline::agent {
 
 // Every reason, in the order a verdict lists them.
-inline constexpr std::array<std::string_view, 6> kHealthReasons = {
-    "broker_unreachable", "acks_stalled",       "buffer_nearly_full",
-    "buffer_damaged",     "duplicate_identity", "publish_refused"};
+inline constexpr std::array<std::string_view, 7> kHealthReasons = {
+    "broker_unreachable", "acks_stalled",       "buffer_nearly_full", "buffer_damaged",
+    "buffer_io_failed",   "duplicate_identity", "publish_refused"};
 
 // The agent's state at one moment, as its stages report it.
 struct HealthInputs {

@@ -86,6 +86,7 @@ TEST(AgentHealthTest, EveryReasonAtOnceInTheirOrder) {
   in.forwarding.unacked_for = 1h;
   in.buffer.bytes = 999;
   in.buffer.damaged = 3;
+  in.buffer.io_failed = true;
   in.buffer_max_bytes = 1000;
   in.broker.duplicate_identity = true;
   in.broker.publish_refused = true;
@@ -94,7 +95,8 @@ TEST(AgentHealthTest, EveryReasonAtOnceInTheirOrder) {
   EXPECT_EQ(v.reasons, std::vector<std::string_view>(kHealthReasons.begin(), kHealthReasons.end()));
   EXPECT_EQ(v.json(),
             R"({"status":"degraded","reasons":["broker_unreachable","acks_stalled",)"
-            R"("buffer_nearly_full","buffer_damaged","duplicate_identity","publish_refused"],)"
+            R"("buffer_nearly_full","buffer_damaged","buffer_io_failed","duplicate_identity",)"
+            R"("publish_refused"],)"
             R"("last_publish_refused":{}})");
 }
 

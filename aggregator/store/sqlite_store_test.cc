@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "shared/core/clock.h"
+#include "shared/core/testing/sqlite_fault_vfs.h"
 
 namespace branchline::aggregator {
 namespace {
@@ -346,6 +347,49 @@ TEST(SqliteCentralStore, DamageReportsAreAuditedOnceWithTheirBatch) {
   EXPECT_NE(audit[0][4].find("records.payload of row 42: failed authentication"), std::string::npos)
       << audit[0][4];
   EXPECT_NE(audit[1][4].find("quarantine#7"), std::string::npos) << audit[1][4];
+}
+
+// Issue 15 part 3: EIO on a write or an fsync, or a full disk, while the
+// central store commits: the commit fails (so the aggregator acks nothing and
+// the agent keeps the batch), nothing of it is visible, and the same batch
+// commits once the disk is back, without a restart.
+TEST(SqliteCentralStore, FailedWritesFsyncsAndAFullDiskCommitNothingAndTheStoreRecovers) {
+  using branchline::testing::SqliteFaultVfs;
+  TempDir dir;
+  const fs::path db = dir.path() / "central.db";
+  SqliteFaultVfs vfs;
+  auto store = openStore(db);
+  ASSERT_TRUE(store);
+  ASSERT_TRUE(store->commit({makeBatch("office-1", 1, 5, "a")}, "agg-a").isOk());
+  const SqliteFaultVfs::Fault faults[] = {SqliteFaultVfs::Fault::kSyncEio,
+                                          SqliteFaultVfs::Fault::kWriteEio,
+                                          SqliteFaultVfs::Fault::kWriteFull};
+  uint64_t seq = 2;
+  for (SqliteFaultVfs::Fault fault : faults) {
+    SCOPED_TRACE("fault " + std::to_string(static_cast<int>(fault)));
+    const WireBatch batch = makeBatch("office-1", seq, 5, "k" + std::to_string(seq) + "-");
+    vfs.arm(fault, "central.db", -1);
+    auto failed = store->commit({batch}, "agg-a");
+    vfs.disarm();
+    ASSERT_FALSE(failed.isOk()) << "committed through a failing disk";
+    EXPECT_EQ(failed.status().code(), Code::kUnavailable) << failed.status().toString();
+    {
+      Query q(db);
+      EXPECT_EQ(
+          q.count("SELECT count(*) FROM batch_ledger WHERE batch_seq = " + std::to_string(seq)), 0);
+    }
+    auto retried = store->commit({batch}, "agg-a");
+    ASSERT_TRUE(retried.isOk()) << retried.status().toString();
+    EXPECT_FALSE(retried->front().duplicate);
+    EXPECT_EQ(retried->front().stored_records, 5u);
+    ++seq;
+  }
+  EXPECT_GE(vfs.failures(), 3u);
+  store.reset();
+  Query q(db);
+  EXPECT_EQ(q.rows("PRAGMA integrity_check").at(0).at(0), "ok");
+  EXPECT_EQ(q.count("SELECT count(*) FROM batch_ledger"), 4);
+  EXPECT_EQ(q.count("SELECT count(*) FROM records"), 20);
 }
 
 TEST(SqliteCentralStore, ReopenKeepsDataAndSchema) {
