@@ -1,6 +1,10 @@
 #include "shared/core/testing/sqlite_fault_vfs.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cstring>
+#include <filesystem>
 #include <mutex>
 #include <new>
 
@@ -31,16 +35,21 @@ int xWrite(sqlite3_file* f, const void* p, int n, sqlite3_int64 off) {
   FaultFile* ff = self(f);
   if (ff->owner->shouldFail(SqliteFaultVfs::Fault::kWriteEio, ff->path)) return SQLITE_IOERR_WRITE;
   if (ff->owner->shouldFail(SqliteFaultVfs::Fault::kWriteFull, ff->path)) return SQLITE_FULL;
+  if (!ff->owner->beforeChange(ff->path, real(f), off, n, false)) return SQLITE_IOERR_WRITE;
   return real(f)->pMethods->xWrite(real(f), p, n, off);
 }
 int xTruncate(sqlite3_file* f, sqlite3_int64 size) {
+  FaultFile* ff = self(f);
+  if (!ff->owner->beforeChange(ff->path, real(f), size, 0, true)) return SQLITE_IOERR_TRUNCATE;
   return real(f)->pMethods->xTruncate(real(f), size);
 }
 int xSync(sqlite3_file* f, int flags) {
   FaultFile* ff = self(f);
   if (ff->owner->shouldFail(SqliteFaultVfs::Fault::kSyncEio, ff->path)) return SQLITE_IOERR_FSYNC;
+  bool pass = true;
+  if (!ff->owner->onSync(ff->path, &pass)) return SQLITE_IOERR_FSYNC;
   ff->owner->countSync();
-  return real(f)->pMethods->xSync(real(f), flags);
+  return pass ? real(f)->pMethods->xSync(real(f), flags) : SQLITE_OK;
 }
 int xFileSize(sqlite3_file* f, sqlite3_int64* size) {
   return real(f)->pMethods->xFileSize(real(f), size);
@@ -115,6 +124,7 @@ sqlite3_vfs* realOf(sqlite3_vfs* vfs) {
   return static_cast<SqliteFaultVfs*>(vfs->pAppData)->real();
 }
 int xDelete(sqlite3_vfs* vfs, const char* name, int sync_dir) {
+  if (!static_cast<SqliteFaultVfs*>(vfs->pAppData)->onDelete(name)) return SQLITE_IOERR_DELETE;
   return realOf(vfs)->xDelete(realOf(vfs), name, sync_dir);
 }
 int xAccess(sqlite3_vfs* vfs, const char* name, int flags, int* out) {
@@ -161,6 +171,100 @@ bool SqliteFaultVfs::shouldFail(Fault kind, const char* path) {
   if (remaining_ > 0) --remaining_;
   failures_.fetch_add(1);
   return true;
+}
+
+void SqliteFaultVfs::track() {
+  std::lock_guard lock(mu_);
+  tracked_.clear();
+  crash_at_ = 0;
+  operations_.store(0);
+  crashed_.store(false);
+  tracking_.store(true);
+}
+
+void SqliteFaultVfs::crashAt(uint64_t operation) {
+  std::lock_guard lock(mu_);
+  crash_at_ = operation;
+}
+
+bool SqliteFaultVfs::countOperation() {
+  if (crashed_.load()) return false;
+  const uint64_t n = operations_.fetch_add(1) + 1;
+  if (crash_at_ != 0 && n >= crash_at_) {
+    crashed_.store(true);
+    return false;
+  }
+  return true;
+}
+
+bool SqliteFaultVfs::beforeChange(const char* path, sqlite3_file* f, int64_t offset, int64_t length,
+                                  bool truncate) {
+  if (!tracking_.load()) return true;
+  std::lock_guard lock(mu_);
+  if (!countOperation()) return false;
+  sqlite3_int64 size = 0;
+  if (f->pMethods->xFileSize(f, &size) != SQLITE_OK) size = 0;
+  Undo u{offset, {}, size};
+  // The bytes the change replaces that exist now: a truncation drops the tail.
+  const int64_t end = truncate ? size : std::min<int64_t>(offset + length, size);
+  if (end > offset) {
+    u.before.resize(static_cast<size_t>(end - offset));
+    if (f->pMethods->xRead(f, u.before.data(), static_cast<int>(u.before.size()), offset) !=
+        SQLITE_OK) {
+      u.before.clear();  // a short read: the rollback truncates to size_before anyway
+    }
+  }
+  tracked_[path].undo.push_back(std::move(u));
+  return true;
+}
+
+bool SqliteFaultVfs::onSync(const char* path, bool* pass) {
+  *pass = true;
+  if (!tracking_.load()) return true;
+  std::lock_guard lock(mu_);
+  if (!countOperation()) return false;
+  if (lie_.load()) {
+    *pass = false;  // "done", and nothing made durable: the undo log stays
+    return true;
+  }
+  tracked_[path].undo.clear();
+  return true;
+}
+
+bool SqliteFaultVfs::onDelete(const char* path) {
+  if (!tracking_.load()) return true;
+  std::lock_guard lock(mu_);
+  if (crashed_.load()) return false;
+  tracked_.erase(path);  // gone; SQLite syncs the directory when it matters
+  return true;
+}
+
+void SqliteFaultVfs::powerCut() {
+  std::lock_guard lock(mu_);
+  for (auto& [path, t] : tracked_) {
+    if (t.undo.empty()) continue;
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    for (auto it = t.undo.rbegin(); it != t.undo.rend(); ++it) {
+      if (::ftruncate(fd, it->size_before) != 0) break;
+      if (!it->before.empty() && ::pwrite(fd, it->before.data(), it->before.size(), it->offset) !=
+                                     static_cast<ssize_t>(it->before.size())) {
+        break;
+      }
+    }
+    ::fsync(fd);
+    ::close(fd);
+  }
+  for (const auto& [path, t] : tracked_) {
+    // Shared memory (the WAL index) is gone with the power; SQLite rebuilds it.
+    const bool wal = path.size() > 4 && path.compare(path.size() - 4, 4, "-wal") == 0;
+    std::error_code ec;
+    std::filesystem::remove((wal ? path.substr(0, path.size() - 4) : path) + "-shm", ec);
+  }
+  tracked_.clear();
+  tracking_.store(false);
+  crashed_.store(false);
+  crash_at_ = 0;
 }
 
 }  // namespace branchline::testing
