@@ -236,7 +236,8 @@ struct DurableBuffer::Impl {
     msg += ": ";
     msg += db ? sqlite3_errmsg(db.get()) : sqlite3_errstr(rc);
     msg += " (sqlite code " + std::to_string(rc) + ")";
-    if ((rc & 0xff) == SQLITE_IOERR) noteIoFailure(msg);
+    // Out of memory is not the disk's fault.
+    if ((rc & 0xff) == SQLITE_IOERR && rc != SQLITE_IOERR_NOMEM) noteIoFailure(msg);
     switch (rc & 0xff) {
       case SQLITE_FULL:
         return Status::exhausted(msg + "; free disk space");

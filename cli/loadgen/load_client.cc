@@ -300,6 +300,14 @@ Result<LoadStats> runLoad(const LoadOptions& options) {
   for (const auto& u : options.urls) {
     auto parsed = cli::parseUrl(u);
     if (!parsed.isOk()) return parsed.status();
+    if (parsed->tls) {  // a TLS file that does not load fails here, not on every request
+      cli::HttpConnection probe(parsed->host, parsed->port,
+                                cli::HttpClientOptions{.tls = true,
+                                                       .ca_file = options.ca_file,
+                                                       .cert_file = options.cert_file,
+                                                       .key_file = options.key_file});
+      BL_RETURN_IF_ERROR(probe.prepare().withContext("loadgen --url " + u));
+    }
     urls.push_back(std::move(parsed).value());
   }
 

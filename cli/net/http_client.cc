@@ -114,6 +114,7 @@ struct HttpConnection::Impl {
 
   bool connected() const { return !std::holds_alternative<std::monostate>(stream); }
   std::string scheme() const { return options.tls ? "https://" : "http://"; }
+  std::string host_header;  // host, with :port unless it is the scheme's default
 
   // The TLS context: verification on, the CA and the client certificate loaded.
   Status makeTlsContext() {
@@ -159,8 +160,11 @@ struct HttpConnection::Impl {
     if (options.tls) {
       BL_RETURN_IF_ERROR(makeTlsContext());
       TlsStream& s = stream.emplace<TlsStream>(ioc, *tls);
-      // SNI, and the name the certificate must carry (X509_check_host or _ip).
-      if (!SSL_set_tlsext_host_name(s.native_handle(), host.c_str())) {
+      // SNI (never for an IP address, RFC 6066 §3), and the name the
+      // certificate must carry (X509_check_host or _ip).
+      beast::error_code not_ip;
+      asio::ip::make_address(host, not_ip);
+      if (not_ip && !SSL_set_tlsext_host_name(s.native_handle(), host.c_str())) {
         return fail("tls", beast::error_code(static_cast<int>(::ERR_get_error()),
                                              asio::error::get_ssl_category()));
       }
@@ -209,7 +213,7 @@ struct HttpConnection::Impl {
     req.method_string(beast::string_view(method.data(), method.size()));
     req.target(beast::string_view(target.data(), target.size()));
     req.version(11);
-    req.set(http::field::host, host);
+    req.set(http::field::host, host_header);
     req.keep_alive(true);
     if (!authorization.empty()) req.set(http::field::authorization, authorization);
     if (!content_type.empty()) {
@@ -282,6 +286,12 @@ HttpConnection::HttpConnection(std::string host, uint16_t port, HttpClientOption
   impl_->port = port;
   if (!options.bearer_token.empty()) impl_->authorization = "Bearer " + options.bearer_token;
   impl_->options = std::move(options);
+  const bool default_port = impl_->port == (impl_->options.tls ? 443 : 80);
+  impl_->host_header = default_port ? impl_->host : impl_->host + ":" + std::to_string(impl_->port);
+}
+
+Status HttpConnection::prepare() {
+  return impl_->options.tls ? impl_->makeTlsContext() : Status::ok();
 }
 
 HttpConnection::~HttpConnection() { close(); }

@@ -69,6 +69,10 @@ class HttpConnection {
                                std::string_view content_type, std::string_view body,
                                std::chrono::milliseconds timeout);
   void close();
+  // Loads what the connection needs before its first request (for https the
+  // CA, certificate and key files): kInvalidArgument naming a file that does
+  // not load. request() does the same on first use.
+  Status prepare();
 
  private:
   struct Impl;

@@ -3,10 +3,14 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <mutex>
 #include <new>
+#include <random>
 
 namespace branchline::testing {
 namespace {
@@ -26,6 +30,7 @@ sqlite3_file* real(sqlite3_file* f) { return self(f)->real; }
 int xClose(sqlite3_file* f) {
   int rc = SQLITE_OK;
   if (real(f)->pMethods != nullptr) rc = real(f)->pMethods->xClose(real(f));
+  self(f)->owner->fileClosed();
   return rc;
 }
 int xRead(sqlite3_file* f, void* p, int n, sqlite3_int64 off) {
@@ -114,7 +119,10 @@ int xOpen(sqlite3_vfs* vfs, const char* name, sqlite3_file* f, int flags, int* o
   std::strncpy(ff->path, name != nullptr ? name : "", sizeof ff->path - 1);
   ff->path[sizeof ff->path - 1] = '\0';
   const int rc = owner->real()->xOpen(owner->real(), name, ff->real, flags, out_flags);
-  if (rc == SQLITE_OK) ff->base.pMethods = &kMethods;
+  if (rc == SQLITE_OK) {
+    ff->base.pMethods = &kMethods;
+    owner->fileOpened();
+  }
   return rc;
 }
 
@@ -152,6 +160,11 @@ SqliteFaultVfs::SqliteFaultVfs(std::string name) : name_(std::move(name)) {
 }
 
 SqliteFaultVfs::~SqliteFaultVfs() {
+  if (open_files_.load() != 0) {  // their callbacks would reach a destroyed object
+    std::fprintf(stderr, "SqliteFaultVfs %s destroyed with %d files open\n", name_.c_str(),
+                 open_files_.load());
+    std::abort();
+  }
   sqlite3_vfs_unregister(&vfs_);
   sqlite3_vfs_register(real_, 1);
 }
@@ -176,6 +189,7 @@ bool SqliteFaultVfs::shouldFail(Fault kind, const char* path) {
 void SqliteFaultVfs::track() {
   std::lock_guard lock(mu_);
   tracked_.clear();
+  rollback_broken_ = false;
   crash_at_ = 0;
   operations_.store(0);
   crashed_.store(false);
@@ -199,7 +213,8 @@ bool SqliteFaultVfs::countOperation() {
 
 bool SqliteFaultVfs::beforeChange(const char* path, sqlite3_file* f, int64_t offset, int64_t length,
                                   bool truncate) {
-  if (!tracking_.load()) return true;
+  // A nameless temp file (SQLite deletes it on close) survives no power cut.
+  if (!tracking_.load() || path[0] == '\0') return true;
   std::lock_guard lock(mu_);
   if (!countOperation()) return false;
   sqlite3_int64 size = 0;
@@ -211,7 +226,7 @@ bool SqliteFaultVfs::beforeChange(const char* path, sqlite3_file* f, int64_t off
     u.before.resize(static_cast<size_t>(end - offset));
     if (f->pMethods->xRead(f, u.before.data(), static_cast<int>(u.before.size()), offset) !=
         SQLITE_OK) {
-      u.before.clear();  // a short read: the rollback truncates to size_before anyway
+      rollback_broken_ = true;
     }
   }
   tracked_[path].undo.push_back(std::move(u));
@@ -220,7 +235,7 @@ bool SqliteFaultVfs::beforeChange(const char* path, sqlite3_file* f, int64_t off
 
 bool SqliteFaultVfs::onSync(const char* path, bool* pass) {
   *pass = true;
-  if (!tracking_.load()) return true;
+  if (!tracking_.load() || path[0] == '\0') return true;
   std::lock_guard lock(mu_);
   if (!countOperation()) return false;
   if (lie_.load()) {
@@ -239,20 +254,29 @@ bool SqliteFaultVfs::onDelete(const char* path) {
   return true;
 }
 
-void SqliteFaultVfs::powerCut() {
+bool SqliteFaultVfs::powerCut(uint64_t keep_seed) {
   std::lock_guard lock(mu_);
+  bool exact = !rollback_broken_;
+  std::mt19937_64 rng(keep_seed);
   for (auto& [path, t] : tracked_) {
-    if (t.undo.empty()) continue;
+    // The oldest `keep` unsynced writes reached the disk; the rest did not.
+    const size_t keep = keep_seed == 0 ? 0 : static_cast<size_t>(rng() % (t.undo.size() + 1));
+    if (t.undo.size() == keep) continue;
     const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
-    if (fd < 0) continue;
-    for (auto it = t.undo.rbegin(); it != t.undo.rend(); ++it) {
-      if (::ftruncate(fd, it->size_before) != 0) break;
-      if (!it->before.empty() && ::pwrite(fd, it->before.data(), it->before.size(), it->offset) !=
-                                     static_cast<ssize_t>(it->before.size())) {
+    if (fd < 0) {
+      exact = exact && errno == ENOENT;  // deleted since: nothing to roll back
+      continue;
+    }
+    for (size_t i = t.undo.size(); i-- > keep;) {
+      const Undo& u = t.undo[i];
+      if (::ftruncate(fd, u.size_before) != 0 ||
+          (!u.before.empty() && ::pwrite(fd, u.before.data(), u.before.size(), u.offset) !=
+                                    static_cast<ssize_t>(u.before.size()))) {
+        exact = false;
         break;
       }
     }
-    ::fsync(fd);
+    if (::fsync(fd) != 0) exact = false;
     ::close(fd);
   }
   for (const auto& [path, t] : tracked_) {
@@ -264,7 +288,9 @@ void SqliteFaultVfs::powerCut() {
   tracked_.clear();
   tracking_.store(false);
   crashed_.store(false);
+  rollback_broken_ = false;
   crash_at_ = 0;
+  return exact;
 }
 
 }  // namespace branchline::testing

@@ -45,7 +45,10 @@ class SqliteFaultVfs {
   // every later write, truncation, fsync or delete fails (SQLITE_IOERR), as
   // if the machine had stopped there. After the connections are closed,
   // powerCut() rolls every tracked file back to its last fsync (a file never
-  // synced is emptied), removes the -shm files and stops tracking.
+  // synced is emptied), removes the -shm files and stops tracking. With a
+  // non-zero `keep_seed` each file keeps a random prefix of its unsynced writes
+  // instead (the disk wrote back some of them, in order). False when the
+  // rollback could not be done exactly (the trial proves nothing).
   // lieAboutFsync(true): fsyncs report success without making anything
   // durable, which a power cut then shows (the stand-in for synchronous=OFF).
   void track();
@@ -53,7 +56,7 @@ class SqliteFaultVfs {
   void lieAboutFsync(bool lie) { lie_.store(lie); }
   uint64_t operations() const { return operations_.load(); }
   bool crashed() const { return crashed_.load(); }
-  void powerCut();
+  bool powerCut(uint64_t keep_seed = 0);
 
   // Calls failed since construction, and fsyncs passed through.
   uint64_t failures() const { return failures_.load(); }
@@ -71,6 +74,8 @@ class SqliteFaultVfs {
   // call the real fsync.
   bool onSync(const char* path, bool* pass);
   bool onDelete(const char* path);
+  void fileOpened() { open_files_.fetch_add(1); }
+  void fileClosed() { open_files_.fetch_sub(1); }
 
  private:
   std::string name_;
@@ -95,6 +100,8 @@ class SqliteFaultVfs {
   std::atomic<bool> crashed_{false};
   std::atomic<bool> lie_{false};
   std::atomic<uint64_t> operations_{0};
+  std::atomic<int> open_files_{0};
+  bool rollback_broken_ = false;            // under mu_: a pre-image could not be read
   uint64_t crash_at_ = 0;                   // under mu_; 0: no crash armed
   std::map<std::string, Tracked> tracked_;  // under mu_, by path
   bool countOperation();                    // under mu_: false once crashed
