@@ -117,7 +117,10 @@ INSTANTIATE_TEST_SUITE_P(
     Windows, FailpointTest,
     ::testing::Values(Window{"agent-1", "agent.after_commit_before_reply", 5, true},
                       Window{"agent-1", "agent.after_publish_before_ack", 3, false},
-                      Window{"agent-1", "agent.after_ack_before_delete", 3, true},
+                      // The ack may come again after the restart (the agent died
+                      // before its PUBACK; its session is persistent): then the
+                      // batch is deleted with no resend, and nothing is recovered.
+                      Window{"agent-1", "agent.after_ack_before_delete", 3, false},
                       Window{"agg-1", "aggregator.after_commit_before_ack", 3, true}),
     [](const ::testing::TestParamInfo<Window>& info) {
       std::string name = info.param.point;
