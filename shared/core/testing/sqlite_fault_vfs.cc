@@ -53,7 +53,6 @@ int xSync(sqlite3_file* f, int flags) {
   if (ff->owner->shouldFail(SqliteFaultVfs::Fault::kSyncEio, ff->path)) return SQLITE_IOERR_FSYNC;
   bool pass = true;
   if (!ff->owner->onSync(ff->path, &pass)) return SQLITE_IOERR_FSYNC;
-  ff->owner->countSync();
   return pass ? real(f)->pMethods->xSync(real(f), flags) : SQLITE_OK;
 }
 int xFileSize(sqlite3_file* f, sqlite3_int64* size) {

@@ -58,13 +58,11 @@ class SqliteFaultVfs {
   bool crashed() const { return crashed_.load(); }
   bool powerCut(uint64_t keep_seed = 0);
 
-  // Calls failed since construction, and fsyncs passed through.
+  // Calls failed since construction.
   uint64_t failures() const { return failures_.load(); }
-  uint64_t syncs() const { return syncs_.load(); }
 
   // Internal (the C callbacks): whether this call on `path` fails.
   bool shouldFail(Fault kind, const char* path);
-  void countSync() { syncs_.fetch_add(1); }
   sqlite3_vfs* real() const { return real_; }
   // Before a write or truncation of `path` (file `f` of the real VFS): notes
   // the bytes it replaces. False when the power is out (the call must fail).
@@ -86,7 +84,6 @@ class SqliteFaultVfs {
   int remaining_ = 0;  // under mu_, as path_part_
   std::string path_part_;
   std::atomic<uint64_t> failures_{0};
-  std::atomic<uint64_t> syncs_{0};
 
   struct Undo {
     int64_t offset;       // where the replaced bytes were
